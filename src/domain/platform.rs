@@ -1,0 +1,60 @@
+//! A registered platform enterprise as the rules see it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+
+use super::ids::CreditCode;
+
+/// Instant-delivery fee tier of a platform in a division (domain.md, Fees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryTier {
+    A,
+    B,
+}
+
+impl DeliveryTier {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "A" => Some(Self::A),
+            "B" => Some(Self::B),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::A => "A",
+            Self::B => "B",
+        }
+    }
+}
+
+/// What the gateway knows about a platform: its industries and, per division, the
+/// local date its pilot starts (orders before it are not billable and are rejected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformProfile {
+    /// Store key of the platform.
+    pub id: i64,
+    pub uscc: CreditCode,
+    pub name: String,
+    pub industries: BTreeSet<String>,
+    /// Division code → pilot start date (Asia/Shanghai).
+    pub pilot_starts: BTreeMap<String, NaiveDate>,
+    pub delivery_tier: DeliveryTier,
+}
+
+impl PlatformProfile {
+    /// The pilot start that governs `division`: the division's own entry, else its
+    /// prefecture's (`xxxx00`), else its province's (`xx0000`).
+    pub fn pilot_start(&self, division: &str) -> Option<NaiveDate> {
+        if division.len() != 6 {
+            return None;
+        }
+        let prefecture = format!("{}00", &division[..4]);
+        let province = format!("{}0000", &division[..2]);
+        [division, prefecture.as_str(), province.as_str()]
+            .into_iter()
+            .find_map(|d| self.pilot_starts.get(d).copied())
+    }
+}

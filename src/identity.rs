@@ -1,0 +1,106 @@
+//! Who is calling: the client certificate, already verified against the CA in the TLS
+//! handshake, names the caller in a SAN URI:
+//!
+//! | role            | SAN URI                              |
+//! |-----------------|--------------------------------------|
+//! | platform        | `oip://platform/<USCC>`              |
+//! | tax office      | `oip://tax/<office code>`            |
+//! | social security | `oip://social-security/<agency code>`|
+//! | administrator   | `oip://admin/<name>`                 |
+//!
+//! The URI only says who the caller is; what it may do is in the grant table (`access`).
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::access::Role;
+use crate::domain::ids::CreditCode;
+
+/// The URI scheme of gateway identities.
+pub const SCHEME: &str = "oip://";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The full identity URI, the key of the grant table.
+    pub uri: String,
+    /// The role the certificate claims (a grant must still confirm it).
+    pub role: Role,
+    /// The USCC, office, agency or administrator name.
+    pub subject: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("no client certificate")]
+    NoCertificate,
+    #[error("client certificate cannot be parsed")]
+    BadCertificate,
+    #[error("client certificate carries no oip:// identity URI")]
+    NoIdentity,
+    #[error("identity URI {0} is not of the form oip://<role>/<subject>")]
+    Malformed(String),
+}
+
+impl Principal {
+    /// Parses an identity URI such as `oip://platform/91320100MA1PLTA0X7`.
+    pub fn from_uri(uri: &str) -> Result<Self, IdentityError> {
+        let malformed = || IdentityError::Malformed(uri.to_string());
+        let rest = uri.strip_prefix(SCHEME).ok_or_else(malformed)?;
+        let (role, subject) = rest.split_once('/').ok_or_else(malformed)?;
+        let role = Role::parse(role).ok_or_else(malformed)?;
+        let valid_subject = !subject.is_empty()
+            && subject.len() <= 64
+            && subject.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_subject || (role == Role::Platform && CreditCode::parse(subject).is_err()) {
+            return Err(malformed());
+        }
+        Ok(Self {
+            uri: uri.to_string(),
+            role,
+            subject: subject.to_string(),
+        })
+    }
+
+    /// The identity of the end-entity certificate (DER), the first of the chain.
+    pub fn from_certificate(der: &[u8]) -> Result<Self, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|_| IdentityError::BadCertificate)?
+            .ok_or(IdentityError::NoIdentity)?;
+        let uri = san
+            .value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                GeneralName::URI(u) if u.starts_with(SCHEME) => Some(*u),
+                _ => None,
+            })
+            .ok_or(IdentityError::NoIdentity)?;
+        Self::from_uri(uri)
+    }
+
+    /// The caller of a tonic request (the peer certificates are set by the TLS layer).
+    pub fn of_request<T>(req: &tonic::Request<T>) -> Result<Self, IdentityError> {
+        let certs = req.peer_certs().ok_or(IdentityError::NoCertificate)?;
+        let first = certs.first().ok_or(IdentityError::NoCertificate)?;
+        Self::from_certificate(first.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_identity_uris() {
+        let p = Principal::from_uri("oip://tax/32050000").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((p.role, p.subject.as_str()), (Role::Tax, "32050000"));
+        assert!(Principal::from_uri("oip://platform/NOT-A-USCC").is_err());
+        assert!(Principal::from_uri("https://platform/x").is_err());
+        assert!(Principal::from_uri("oip://king/x").is_err());
+        assert!(Principal::from_uri("oip://admin/").is_err());
+        assert!(Principal::from_uri("oip://admin/a b").is_err());
+    }
+}

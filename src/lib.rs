@@ -1,0 +1,29 @@
+//! oip-gateway: the data-exchange point between platform enterprises and the
+//! government systems of China's occupational injury protection for gig workers
+//! (新就业形态人员职业伤害保障).
+//!
+//! A request travels: TLS handshake (`tls`) → caller identity (`identity`) → grant
+//! check (`access`) → field rules (`validate`) → rules between records
+//! (`crosscheck`) → one transaction in the store (`store`) → per-record outcomes.
+//! `api` holds the thin tonic services; `app` assembles everything from `config`.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod api;
+pub mod app;
+pub mod bulk;
+pub mod certs;
+pub mod config;
+pub mod crosscheck;
+pub mod domain;
+pub mod error;
+pub mod identity;
+pub mod ingest;
+pub mod proto;
+pub mod reference;
+pub mod store;
+pub mod submit;
+pub mod telemetry;
+pub mod tls;
+pub mod validate;

@@ -1,0 +1,131 @@
+//! Durable storage behind one interface. `sqlite` is the embedded default; a
+//! PostgreSQL implementation for several replicas comes next (roadmap), and the
+//! conformance suite in `tests/it/store.rs` is written against the trait.
+//!
+//! An ingest is one transaction: [`Store::begin_ingest`] opens it, the caller loads
+//! what the rules need ([`IngestTx::load`]), decides with `crosscheck`, writes the
+//! resulting plan and commits; the answer goes out only after the commit.
+
+use async_trait::async_trait;
+
+use crate::access::Grant;
+use crate::crosscheck::{Known, Plan};
+use crate::domain::PlatformProfile;
+use crate::domain::time::Millis;
+
+pub mod sqlite;
+
+/// Storage failures. Every variant is the gateway's problem, not the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Busy, locked, out of connections or I/O: retrying later may succeed; nothing
+    /// was half-applied.
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// Data in the store does not have the shape the code expects.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A page of a listing, in key order.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: u32,
+    /// Exclusive lower bound: the last key of the previous page.
+    pub after: Option<String>,
+    /// Only this record id.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The key to pass as `after` for the next page; None at the end.
+    pub next: Option<String>,
+}
+
+/// A stored worker as read back (personal fields as stored; callers mask them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    pub revision: u32,
+    pub id_type: String,
+    pub id_number: String,
+    pub name: String,
+    pub mobile: String,
+    pub industries: Vec<String>,
+    pub registered_at: Millis,
+    pub status: String,
+    pub left_at: Option<Millis>,
+    pub received_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub revision: u32,
+    pub worker_id: String,
+    pub industry: String,
+    pub division_code: String,
+    pub accepted_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub status: String,
+    pub vehicle_plate: Option<String>,
+    pub received_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionRecord {
+    pub seq: i64,
+    pub kind: String,
+    pub record_id: String,
+    pub revision: u32,
+    pub code: String,
+    pub field: String,
+    pub message: String,
+    pub received_at: Millis,
+}
+
+/// A platform as registered by configuration or an administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformRegistration {
+    pub uscc: String,
+    pub name: String,
+    pub industries: Vec<String>,
+    /// Division code → pilot start (Asia/Shanghai local date).
+    pub pilot_starts: Vec<(String, chrono::NaiveDate)>,
+    pub delivery_tier: crate::domain::platform::DeliveryTier,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces a platform (its divisions are replaced as a whole).
+    async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile>;
+    async fn platform(&self, uscc: &str) -> Result<Option<PlatformProfile>>;
+
+    async fn put_grant(&self, grant: &Grant) -> Result<()>;
+    /// Every grant held by `identity`, expired ones included (the caller decides).
+    async fn grants(&self, identity: &str) -> Result<Vec<Grant>>;
+
+    /// Opens the transaction of one batch for a platform. Batches of one platform are
+    /// serialised, so `load` sees everything committed before.
+    async fn begin_ingest(&self, platform_id: i64) -> Result<Box<dyn IngestTx>>;
+
+    async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>>;
+    async fn list_orders(&self, platform_id: i64, page: &PageRequest) -> Result<Page<OrderRow>>;
+    async fn list_rejections(&self, platform_id: i64, page: &PageRequest) -> Result<Page<RejectionRecord>>;
+}
+
+/// One open ingest transaction. Dropping it without `commit` rolls back.
+#[async_trait]
+pub trait IngestTx: Send {
+    /// The stored state of these workers and orders (ids not stored are absent).
+    async fn load(&mut self, worker_ids: &[&str], order_ids: &[&str]) -> Result<Known>;
+    /// Writes the plan's records and rejections.
+    async fn write(&mut self, plan: &Plan, received_at: Millis) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}

@@ -1,0 +1,477 @@
+//! The embedded default store: one SQLite file in WAL mode with synchronous=FULL, so
+//! a committed batch survives a crash or power loss.
+//!
+//! Writes go through a pool of exactly one connection (SQLite has one writer at a
+//! time; queueing in the pool avoids SQLITE_BUSY between our own writers), reads
+//! through a separate pool. Batch writes are multi-row statements; id look-ups pass
+//! the ids as one JSON array parameter (`json_each`), whatever the batch size.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
+
+use super::{
+    IngestTx, OrderRow, Page, PageRequest, PlatformRegistration, RejectionRecord, Result, Store, StoreError, WorkerRow,
+};
+use crate::access::{Grant, Role};
+use crate::crosscheck::{Known, Plan, Stored, WorkerState};
+use crate::domain::ids::CreditCode;
+use crate::domain::platform::DeliveryTier;
+use crate::domain::records::ContentHash;
+use crate::domain::time::Millis;
+use crate::domain::{PlatformProfile, WorkerStatus};
+
+/// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+pub struct SqliteStore {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::RowNotFound
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() || d.is_unique_violation() => {
+            StoreError::Corrupt(d.to_string())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at a `sqlite:` URL or plain path and
+    /// applies the migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        Ok(Self { reader, writer })
+    }
+}
+
+fn join(items: &[String]) -> String {
+    items.join(",")
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+}
+
+fn hash_of(bytes: &[u8]) -> Result<ContentHash> {
+    bytes.try_into().map_err(|_| corrupt("content_hash is not 32 bytes"))
+}
+
+fn revision_of(v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| corrupt("revision out of range"))
+}
+
+fn page_of<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let now = crate::domain::time::now_millis();
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO platforms (uscc, name, industries, delivery_tier, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (uscc) DO UPDATE SET name = excluded.name, industries = excluded.industries,
+               delivery_tier = excluded.delivery_tier, updated_at = excluded.updated_at
+             RETURNING id",
+        )
+        .bind(&reg.uscc)
+        .bind(&reg.name)
+        .bind(join(&reg.industries))
+        .bind(reg.delivery_tier.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("DELETE FROM platform_divisions WHERE platform_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if !reg.pilot_starts.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO platform_divisions (platform_id, division_code, pilot_start) ");
+            q.push_values(&reg.pilot_starts, |mut b, (code, start)| {
+                b.push_bind(id).push_bind(code).push_bind(start.to_string());
+            });
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        self.platform(&reg.uscc)
+            .await?
+            .ok_or_else(|| corrupt("platform vanished after upsert"))
+    }
+
+    async fn platform(&self, uscc: &str) -> Result<Option<PlatformProfile>> {
+        let row: Option<(i64, String, String, String, String)> =
+            sqlx::query_as("SELECT id, uscc, name, industries, delivery_tier FROM platforms WHERE uscc = ?1")
+                .bind(uscc)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_err)?;
+        let Some((id, uscc, name, industries, tier)) = row else { return Ok(None) };
+        let divisions: Vec<(String, String)> =
+            sqlx::query_as("SELECT division_code, pilot_start FROM platform_divisions WHERE platform_id = ?1")
+                .bind(id)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_err)?;
+        let mut pilot_starts = BTreeMap::new();
+        for (code, start) in divisions {
+            let date = NaiveDate::from_str(&start).map_err(|_| corrupt("pilot_start is not a date"))?;
+            pilot_starts.insert(code, date);
+        }
+        Ok(Some(PlatformProfile {
+            id,
+            uscc: CreditCode::parse(&uscc).map_err(|_| corrupt("stored USCC is invalid"))?,
+            name,
+            industries: split(&industries).into_iter().collect(),
+            pilot_starts,
+            delivery_tier: DeliveryTier::parse(&tier).ok_or_else(|| corrupt("unknown delivery tier"))?,
+        }))
+    }
+
+    async fn put_grant(&self, grant: &Grant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO grants (identity, role, scope, expires_at, granted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (identity, role, scope) DO UPDATE SET expires_at = excluded.expires_at, granted_at = excluded.granted_at",
+        )
+        .bind(&grant.identity)
+        .bind(grant.role.as_str())
+        .bind(&grant.scope)
+        .bind(grant.expires_at)
+        .bind(crate::domain::time::now_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn grants(&self, identity: &str) -> Result<Vec<Grant>> {
+        let rows: Vec<(String, String, String, Option<i64>)> =
+            sqlx::query_as("SELECT identity, role, scope, expires_at FROM grants WHERE identity = ?1")
+                .bind(identity)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(identity, role, scope, expires_at)| {
+                Ok(Grant {
+                    identity,
+                    role: Role::parse(&role).ok_or_else(|| corrupt("unknown role in grants"))?,
+                    scope,
+                    expires_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn begin_ingest(&self, platform_id: i64) -> Result<Box<dyn IngestTx>> {
+        let tx = self.writer.begin().await.map_err(db_err)?;
+        Ok(Box::new(SqliteIngest { tx, platform_id }))
+    }
+
+    async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>> {
+        type Row = (String, i64, String, String, String, String, String, i64, String, Option<i64>, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT worker_id, revision, id_type, id_number, name, mobile, industries, registered_at, status, left_at, received_at
+             FROM workers WHERE platform_id = ?1 AND worker_id > ?2 AND (?3 IS NULL OR worker_id = ?3)
+             ORDER BY worker_id LIMIT ?4",
+        )
+        .bind(platform_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.id.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                Ok(WorkerRow {
+                    worker_id: r.0,
+                    revision: revision_of(r.1)?,
+                    id_type: r.2,
+                    id_number: r.3,
+                    name: r.4,
+                    mobile: r.5,
+                    industries: split(&r.6),
+                    registered_at: r.7,
+                    status: r.8,
+                    left_at: r.9,
+                    received_at: r.10,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, page.limit, |w| w.worker_id.clone()))
+    }
+
+    async fn list_orders(&self, platform_id: i64, page: &PageRequest) -> Result<Page<OrderRow>> {
+        type Row = (String, i64, String, String, String, i64, Option<i64>, String, Option<String>, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT order_id, revision, worker_id, industry, division_code, accepted_at, completed_at, status, vehicle_plate, received_at
+             FROM orders WHERE platform_id = ?1 AND order_id > ?2 AND (?3 IS NULL OR order_id = ?3)
+             ORDER BY order_id LIMIT ?4",
+        )
+        .bind(platform_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.id.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                Ok(OrderRow {
+                    order_id: r.0,
+                    revision: revision_of(r.1)?,
+                    worker_id: r.2,
+                    industry: r.3,
+                    division_code: r.4,
+                    accepted_at: r.5,
+                    completed_at: r.6,
+                    status: r.7,
+                    vehicle_plate: r.8,
+                    received_at: r.9,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, page.limit, |o| o.order_id.clone()))
+    }
+
+    async fn list_rejections(&self, platform_id: i64, page: &PageRequest) -> Result<Page<RejectionRecord>> {
+        let after: i64 = match page.after.as_deref() {
+            None => 0,
+            Some(s) => s.parse().map_err(|_| corrupt("bad rejection cursor"))?,
+        };
+        type Row = (i64, String, String, i64, String, String, String, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, kind, record_id, revision, code, field, message, received_at
+             FROM rejections WHERE platform_id = ?1 AND seq > ?2 AND (?3 IS NULL OR record_id = ?3)
+             ORDER BY seq LIMIT ?4",
+        )
+        .bind(platform_id)
+        .bind(after)
+        .bind(page.id.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                Ok(RejectionRecord {
+                    seq: r.0,
+                    kind: r.1,
+                    record_id: r.2,
+                    revision: revision_of(r.3)?,
+                    code: r.4,
+                    field: r.5,
+                    message: r.6,
+                    received_at: r.7,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, page.limit, |r| r.seq.to_string()))
+    }
+}
+
+struct SqliteIngest {
+    tx: Transaction<'static, Sqlite>,
+    platform_id: i64,
+}
+
+fn ids_json(ids: &[&str]) -> Result<String> {
+    serde_json::to_string(ids).map_err(|e| corrupt(&e.to_string()))
+}
+
+#[async_trait]
+impl IngestTx for SqliteIngest {
+    async fn load(&mut self, worker_ids: &[&str], order_ids: &[&str]) -> Result<Known> {
+        let mut known = Known::default();
+        if !worker_ids.is_empty() {
+            type Row = (String, i64, Vec<u8>, String, i64, String, Option<i64>, Option<String>);
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT worker_id, revision, content_hash, industries, registered_at, status, left_at, birth_date
+                 FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(self.platform_id)
+            .bind(ids_json(worker_ids)?)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+            for (id, revision, hash, industries, registered_at, status, left_at, birth) in rows {
+                let state = WorkerState {
+                    stored: Stored {
+                        revision: revision_of(revision)?,
+                        hash: hash_of(&hash)?,
+                    },
+                    industries: split(&industries),
+                    registered_at,
+                    status: WorkerStatus::parse(&status).ok_or_else(|| corrupt("unknown worker status"))?,
+                    left_at,
+                    birth_date: birth
+                        .map(|b| NaiveDate::from_str(&b).map_err(|_| corrupt("birth_date is not a date")))
+                        .transpose()?,
+                };
+                known.workers.insert(id, state);
+            }
+        }
+        if !order_ids.is_empty() {
+            let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT order_id, revision, content_hash
+                 FROM orders WHERE platform_id = ?1 AND order_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(self.platform_id)
+            .bind(ids_json(order_ids)?)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+            for (id, revision, hash) in rows {
+                known.orders.insert(
+                    id,
+                    Stored {
+                        revision: revision_of(revision)?,
+                        hash: hash_of(&hash)?,
+                    },
+                );
+            }
+        }
+        Ok(known)
+    }
+
+    async fn write(&mut self, plan: &Plan, received_at: Millis) -> Result<()> {
+        let pid = self.platform_id;
+        for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
+                 birth_date, industries, registered_at, status, left_at, received_at) ",
+            );
+            q.push_values(chunk, |mut b, w| {
+                let r = &w.record;
+                b.push_bind(pid)
+                    .push_bind(&r.worker_id)
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(&w.hash[..])
+                    .push_bind(r.id_number.id_type().as_str())
+                    .push_bind(r.id_number.as_str())
+                    .push_bind(r.name.as_str())
+                    .push_bind(r.mobile.as_str())
+                    .push_bind(r.id_number.birth_date().map(|d| d.to_string()))
+                    .push_bind(join(&r.industries))
+                    .push_bind(r.registered_at)
+                    .push_bind(r.status.as_str())
+                    .push_bind(r.left_at)
+                    .push_bind(received_at);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, worker_id) DO UPDATE SET revision = excluded.revision,
+                 content_hash = excluded.content_hash, id_type = excluded.id_type, id_number = excluded.id_number,
+                 name = excluded.name, mobile = excluded.mobile, birth_date = excluded.birth_date,
+                 industries = excluded.industries, registered_at = excluded.registered_at, status = excluded.status,
+                 left_at = excluded.left_at, received_at = excluded.received_at",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        for chunk in plan.orders.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO orders (platform_id, order_id, revision, content_hash, worker_id, industry, division_code,
+                 accepted_at, completed_at, status, vehicle_plate, received_at) ",
+            );
+            q.push_values(chunk, |mut b, w| {
+                let r = &w.record;
+                b.push_bind(pid)
+                    .push_bind(&r.order_id)
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(&w.hash[..])
+                    .push_bind(&r.worker_id)
+                    .push_bind(&r.industry)
+                    .push_bind(&r.division_code)
+                    .push_bind(r.accepted_at)
+                    .push_bind(r.completed_at)
+                    .push_bind(r.status.as_str())
+                    .push_bind(r.vehicle_plate.as_ref().map(|p| p.as_str()))
+                    .push_bind(received_at);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, order_id) DO UPDATE SET revision = excluded.revision,
+                 content_hash = excluded.content_hash, worker_id = excluded.worker_id, industry = excluded.industry,
+                 division_code = excluded.division_code, accepted_at = excluded.accepted_at,
+                 completed_at = excluded.completed_at, status = excluded.status,
+                 vehicle_plate = excluded.vehicle_plate, received_at = excluded.received_at",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        for chunk in plan.rejections.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rejections (platform_id, kind, record_id, revision, code, field, message, received_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(pid)
+                    .push_bind(r.kind.as_str())
+                    .push_bind(&r.id)
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(r.rejection.code.as_str())
+                    .push_bind(&r.rejection.field)
+                    .push_bind(&r.rejection.message)
+                    .push_bind(received_at);
+            });
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(db_err)
+    }
+}
