@@ -71,8 +71,13 @@ impl Access {
 
     /// The platform a caller may act as: it needs a live platform grant whose scope is
     /// the USCC in its own certificate, and the platform must be registered.
-    pub async fn platform(&self, principal: &Principal, now: Millis) -> Result<PlatformProfile, ApiError> {
-        let denied = || ApiError::PermissionDenied(format!("{} has no platform grant", principal.uri));
+    pub async fn platform(
+        &self,
+        principal: &Principal,
+        now: Millis,
+    ) -> Result<PlatformProfile, ApiError> {
+        let denied =
+            || ApiError::PermissionDenied(format!("{} has no platform grant", principal.uri));
         if principal.role != Role::Platform {
             return Err(denied());
         }
@@ -86,6 +91,11 @@ impl Access {
         self.store
             .platform(&principal.subject)
             .await?
-            .ok_or_else(|| ApiError::PermissionDenied(format!("platform {} is not registered", principal.subject)))
+            .ok_or_else(|| {
+                ApiError::PermissionDenied(format!(
+                    "platform {} is not registered",
+                    principal.subject
+                ))
+            })
     }
 }

@@ -1,0 +1,286 @@
+//! One typed configuration, read from a TOML file with every key overridable by an
+//! environment variable (`OIP_` + the key path in upper case, `__` between levels:
+//! `OIP_LISTEN`, `OIP_TLS__CA`, `OIP_LIMITS__MAX_BATCH_RECORDS`), validated once at
+//! start. Bad configuration stops start-up with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ids::CreditCode;
+use crate::domain::platform::DeliveryTier;
+use crate::identity::Principal;
+use crate::reference::Reference;
+use crate::store::PlatformRegistration;
+
+/// The default configuration file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/oip-gateway.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC listener (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` (the embedded default); created with its directory if missing.
+    pub database_url: String,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub reference: ReferenceConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Identity URIs (`oip://admin/<name>`) granted the admin role at start.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Platforms registered (and granted) at start.
+    #[serde(default)]
+    pub platforms: Vec<PlatformSeed>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// The server's certificate chain and private key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReferenceConfig {
+    /// CSV replacing the shipped `reference/divisions.csv`.
+    pub divisions_file: Option<PathBuf>,
+    /// CSV replacing the shipped `reference/industries.csv`.
+    pub industries_file: Option<PathBuf>,
+    /// Divisions this gateway serves (with everything under them).
+    pub served_divisions: Vec<String>,
+}
+
+impl Default for ReferenceConfig {
+    fn default() -> Self {
+        Self {
+            divisions_file: None,
+            industries_file: None,
+            served_divisions: vec!["320000".to_string()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Records in one unary batch call; more is INVALID_ARGUMENT.
+    pub max_batch_records: usize,
+    /// Records in one client stream.
+    pub max_stream_records: usize,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// How far in the future a record's time may be (clock skew), in seconds.
+    pub max_future_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_records: 10_000,
+            max_stream_records: 100_000,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_future_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformSeed {
+    pub uscc: String,
+    pub name: String,
+    pub industries: Vec<String>,
+    /// Divisions where the platform is in the pilot; `["*"]` means every served city.
+    pub divisions: Vec<String>,
+    /// Pilot start for every listed division (Asia/Shanghai date)...
+    pub pilot_start: NaiveDate,
+    /// ...except these, division code → date.
+    #[serde(default)]
+    pub pilot_start_overrides: BTreeMap<String, NaiveDate>,
+    /// Instant-delivery fee tier, A or B.
+    #[serde(default = "tier_a")]
+    pub delivery_tier: String,
+}
+
+fn tier_a() -> String {
+    "A".to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads `path` and the `OIP_*` environment, then validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(invalid(
+                "--config",
+                format!("file {} not found", path.display()),
+            ));
+        }
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file(path))
+                .merge(Env::prefixed("OIP_").split("__").ignore(&["config"])),
+        )
+    }
+
+    /// Extracts and validates from any figment (tests build one without touching the
+    /// process environment).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration for tests: port 0, the given database and TLS files, the
+    /// shipped reference data, the given platforms.
+    pub fn for_test(database_url: String, tls: TlsFiles, platforms: Vec<PlatformSeed>) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            tls,
+            reference: ReferenceConfig::default(),
+            limits: Limits::default(),
+            admins: vec![],
+            platforms,
+        }
+    }
+
+    /// The same configuration as a figment layer (to merge overrides onto).
+    pub fn figment(&self) -> Figment {
+        Figment::from(Serialized::defaults(self))
+    }
+
+    /// Loads the reference data this configuration names.
+    pub fn reference(&self) -> Result<Reference, ConfigError> {
+        Reference::load(
+            self.reference.divisions_file.as_deref(),
+            self.reference.industries_file.as_deref(),
+            &self.reference.served_divisions,
+        )
+        .map_err(|e| invalid("reference", e.to_string()))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if !path.is_file() {
+                return Err(invalid(key, format!("file {} not found", path.display())));
+            }
+        }
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite: (PostgreSQL support comes next)",
+            ));
+        }
+        if self.limits.max_batch_records == 0 || self.limits.max_stream_records == 0 {
+            return Err(invalid("limits", "record limits must be at least 1"));
+        }
+        if !(0..=3600).contains(&self.limits.max_future_secs) {
+            return Err(invalid(
+                "limits.max_future_secs",
+                "must be between 0 and 3600",
+            ));
+        }
+        for (i, a) in self.admins.iter().enumerate() {
+            match Principal::from_uri(a) {
+                Ok(p) if p.role == crate::access::Role::Admin => {}
+                _ => {
+                    return Err(invalid(
+                        format!("admins[{i}]"),
+                        "must be an oip://admin/<name> URI",
+                    ));
+                }
+            }
+        }
+        let reference = self.reference()?;
+        self.platform_registrations(&reference).map(|_| ())
+    }
+
+    /// The platforms to register at start, resolved against the reference data.
+    pub fn platform_registrations(
+        &self,
+        reference: &Reference,
+    ) -> Result<Vec<PlatformRegistration>, ConfigError> {
+        let served_cities: Vec<String> = reference
+            .divisions()
+            .filter(|d| !d.is_province() && reference.serves(&d.code))
+            .map(|d| d.code.clone())
+            .collect();
+        self.platforms
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let key = |k: &str| format!("platforms[{i}].{k}");
+                CreditCode::parse(&p.uscc).map_err(|e| invalid(key("uscc"), e.to_string()))?;
+                if p.industries.is_empty() {
+                    return Err(invalid(key("industries"), "at least one industry"));
+                }
+                if let Some(bad) = p.industries.iter().find(|x| !reference.is_industry(x)) {
+                    return Err(invalid(
+                        key("industries"),
+                        format!("unknown industry {bad}"),
+                    ));
+                }
+                let divisions = if p.divisions.iter().any(|d| d == "*") {
+                    served_cities.clone()
+                } else {
+                    p.divisions.clone()
+                };
+                if let Some(bad) = divisions
+                    .iter()
+                    .chain(p.pilot_start_overrides.keys())
+                    .find(|d| !reference.serves(d))
+                {
+                    return Err(invalid(
+                        key("divisions"),
+                        format!("division {bad} is unknown or not served"),
+                    ));
+                }
+                let delivery_tier = DeliveryTier::parse(&p.delivery_tier)
+                    .ok_or_else(|| invalid(key("delivery_tier"), "must be A or B"))?;
+                let mut pilot_starts: BTreeMap<String, NaiveDate> =
+                    divisions.into_iter().map(|d| (d, p.pilot_start)).collect();
+                pilot_starts.extend(p.pilot_start_overrides.clone());
+                Ok(PlatformRegistration {
+                    uscc: p.uscc.clone(),
+                    name: p.name.clone(),
+                    industries: p.industries.clone(),
+                    pilot_starts: pilot_starts.into_iter().collect(),
+                    delivery_tier,
+                })
+            })
+            .collect()
+    }
+}

@@ -13,7 +13,9 @@ use chrono::NaiveDate;
 
 use crate::domain::records::ContentHash;
 use crate::domain::time::{Millis, local_midnight};
-use crate::domain::{ErrorCode, Order, Outcome, PlatformProfile, Record, RecordKind, Rejection, Worker, WorkerStatus};
+use crate::domain::{
+    ErrorCode, Order, Outcome, PlatformProfile, Record, RecordKind, Rejection, Worker, WorkerStatus,
+};
 use crate::validate;
 
 /// A record's stored revision and content hash.
@@ -107,7 +109,12 @@ impl Plan {
 }
 
 /// Adds `w` to `list`, replacing an earlier write of the same id.
-fn push_write<T>(list: &mut Vec<Write<T>>, pos: &mut HashMap<String, usize>, id: &str, w: Write<T>) {
+fn push_write<T>(
+    list: &mut Vec<Write<T>>,
+    pos: &mut HashMap<String, usize>,
+    id: &str,
+    w: Write<T>,
+) {
     match pos.get(id) {
         Some(&i) => {
             // A second revision of the same id in one batch: keep the later one, and it
@@ -129,13 +136,22 @@ enum Step {
 }
 
 /// Compares an incoming revision with the stored one.
-fn revision_step(stored: Option<&Stored>, revision: u32, hash: &ContentHash) -> Result<Step, Rejection> {
-    let Some(s) = stored else { return Ok(Step::New) };
+fn revision_step(
+    stored: Option<&Stored>,
+    revision: u32,
+    hash: &ContentHash,
+) -> Result<Step, Rejection> {
+    let Some(s) = stored else {
+        return Ok(Step::New);
+    };
     if revision < s.revision {
         Err(Rejection::new(
             ErrorCode::StaleRevision,
             "revision",
-            format!("revision {revision} is lower than the stored revision {}", s.revision),
+            format!(
+                "revision {revision} is lower than the stored revision {}",
+                s.revision
+            ),
         ))
     } else if revision == s.revision && *hash == s.hash {
         Ok(Step::Duplicate)
@@ -143,7 +159,9 @@ fn revision_step(stored: Option<&Stored>, revision: u32, hash: &ContentHash) -> 
         Err(Rejection::new(
             ErrorCode::RevisionConflict,
             "revision",
-            format!("revision {revision} is already stored with different content; send a higher revision to correct it"),
+            format!(
+                "revision {revision} is already stored with different content; send a higher revision to correct it"
+            ),
         ))
     } else {
         Ok(Step::Correction)
@@ -151,7 +169,11 @@ fn revision_step(stored: Option<&Stored>, revision: u32, hash: &ContentHash) -> 
 }
 
 /// The rules an order must pass against its worker and its platform.
-fn check_order(order: &Order, platform: &PlatformProfile, worker: Option<&WorkerState>) -> Result<(), Rejection> {
+fn check_order(
+    order: &Order,
+    platform: &PlatformProfile,
+    worker: Option<&WorkerState>,
+) -> Result<(), Rejection> {
     let Some(w) = worker else {
         return Err(Rejection::new(
             ErrorCode::WorkerNotRegistered,
@@ -160,7 +182,11 @@ fn check_order(order: &Order, platform: &PlatformProfile, worker: Option<&Worker
         ));
     };
     if !w.active_at(order.accepted_at) {
-        let why = if order.accepted_at < w.registered_at { "registered after" } else { "had left before" };
+        let why = if order.accepted_at < w.registered_at {
+            "registered after"
+        } else {
+            "had left before"
+        };
         return Err(Rejection::new(
             ErrorCode::WorkerNotActive,
             "worker_id",
@@ -171,7 +197,10 @@ fn check_order(order: &Order, platform: &PlatformProfile, worker: Option<&Worker
         return Err(Rejection::new(
             ErrorCode::IndustryNotRegistered,
             "industry",
-            format!("worker {} is not registered for {}", order.worker_id, order.industry),
+            format!(
+                "worker {} is not registered for {}",
+                order.worker_id, order.industry
+            ),
         ));
     }
     validate::order_age(w.birth_date, order.accepted_at)?;
@@ -179,12 +208,18 @@ fn check_order(order: &Order, platform: &PlatformProfile, worker: Option<&Worker
         None => Err(Rejection::new(
             ErrorCode::PlatformNotInPilot,
             "division_code",
-            format!("the platform has no pilot in division {}", order.division_code),
+            format!(
+                "the platform has no pilot in division {}",
+                order.division_code
+            ),
         )),
         Some(start) if order.accepted_at < local_midnight(start) => Err(Rejection::new(
             ErrorCode::PlatformNotInPilot,
             "accepted_at",
-            format!("accepted_at is before the platform's pilot start {start} in division {}", order.division_code),
+            format!(
+                "accepted_at is before the platform's pilot start {start} in division {}",
+                order.division_code
+            ),
         )),
         Some(_) => Ok(()),
     }
@@ -204,11 +239,18 @@ pub fn decide(platform: &PlatformProfile, candidates: Vec<Candidate>, known: &mu
             Err(rejection) => Err(rejection),
             Ok(Record::Worker(w)) => {
                 let hash = w.content_hash();
-                revision_step(known.workers.get(&w.worker_id).map(|s| &s.stored), w.revision, &hash).map(|step| {
+                revision_step(
+                    known.workers.get(&w.worker_id).map(|s| &s.stored),
+                    w.revision,
+                    &hash,
+                )
+                .map(|step| {
                     if let Step::Duplicate = step {
                         return Outcome::Duplicate;
                     }
-                    known.workers.insert(w.worker_id.clone(), WorkerState::of(&w));
+                    known
+                        .workers
+                        .insert(w.worker_id.clone(), WorkerState::of(&w));
                     let id = w.worker_id.clone();
                     let write = Write {
                         record: w,

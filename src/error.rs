@@ -27,7 +27,10 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
             ApiError::Store(StoreError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "storage unavailable");
-                Status::new(Code::Unavailable, "storage temporarily unavailable; retry the call, nothing was stored")
+                Status::new(
+                    Code::Unavailable,
+                    "storage temporarily unavailable; retry the call, nothing was stored",
+                )
             }
             ApiError::Store(other) => {
                 tracing::error!(error = %other, "storage failure");

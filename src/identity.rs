@@ -51,7 +51,9 @@ impl Principal {
         let role = Role::parse(role).ok_or_else(malformed)?;
         let valid_subject = !subject.is_empty()
             && subject.len() <= 64
-            && subject.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            && subject
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !valid_subject || (role == Role::Platform && CreditCode::parse(subject).is_err()) {
             return Err(malformed());
         }
@@ -64,7 +66,8 @@ impl Principal {
 
     /// The identity of the end-entity certificate (DER), the first of the chain.
     pub fn from_certificate(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
         let san = cert
             .subject_alternative_name()
             .map_err(|_| IdentityError::BadCertificate)?

@@ -20,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod identity;
 pub mod ingest;
+pub mod loadgen;
 pub mod proto;
 pub mod reference;
 pub mod store;

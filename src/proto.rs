@@ -5,4 +5,5 @@
 tonic::include_proto!("oip.v1");
 
 /// Encoded descriptor set of every proto file, served through gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/oip_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/oip_descriptor.bin"));

@@ -66,15 +66,27 @@ impl Reference {
 
     /// The shipped tables, serving every division in them.
     pub fn builtin() -> Self {
-        Self::from_text(DEFAULT_DIVISIONS, DEFAULT_INDUSTRIES, &["320000".to_string()])
-            .unwrap_or_else(|e| unreachable!("shipped reference data is valid: {e}"))
+        Self::from_text(
+            DEFAULT_DIVISIONS,
+            DEFAULT_INDUSTRIES,
+            &["320000".to_string()],
+        )
+        .unwrap_or_else(|e| unreachable!("shipped reference data is valid: {e}"))
     }
 
-    fn from_text(divisions: &str, industries: &str, served: &[String]) -> Result<Self, ReferenceError> {
+    fn from_text(
+        divisions: &str,
+        industries: &str,
+        served: &[String],
+    ) -> Result<Self, ReferenceError> {
         let mut div = BTreeMap::new();
         for (line, cols) in csv_rows(divisions, "divisions")? {
             let [code, name, plate] = cols.as_slice() else {
-                return Err(parse_err("divisions", line, "expected code,name,plate_prefix"));
+                return Err(parse_err(
+                    "divisions",
+                    line,
+                    "expected code,name,plate_prefix",
+                ));
             };
             if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(parse_err("divisions", line, "code must be 6 digits"));
@@ -95,7 +107,11 @@ impl Reference {
                 return Err(parse_err("industries", line, "expected code,name"));
             };
             if code.is_empty() || !code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                return Err(parse_err("industries", line, "code must be UPPER_SNAKE_CASE"));
+                return Err(parse_err(
+                    "industries",
+                    line,
+                    "code must be UPPER_SNAKE_CASE",
+                ));
             }
             ind.insert(code.to_string(), name.to_string());
         }
@@ -119,7 +135,11 @@ impl Reference {
 
     /// Known and inside one of the served divisions.
     pub fn serves(&self, code: &str) -> bool {
-        self.divisions.contains_key(code) && self.served_prefixes.iter().any(|p| code.starts_with(p.as_str()))
+        self.divisions.contains_key(code)
+            && self
+                .served_prefixes
+                .iter()
+                .any(|p| code.starts_with(p.as_str()))
     }
 
     pub fn divisions(&self) -> impl Iterator<Item = &Division> {
@@ -161,7 +181,10 @@ fn parse_err(what: &'static str, line: usize, reason: &str) -> ReferenceError {
 }
 
 /// Data rows of a small CSV (no quoting): skips `#` comments, blank lines and the header.
-fn csv_rows<'a>(text: &'a str, what: &'static str) -> Result<Vec<(usize, Vec<&'a str>)>, ReferenceError> {
+fn csv_rows<'a>(
+    text: &'a str,
+    what: &'static str,
+) -> Result<Vec<(usize, Vec<&'a str>)>, ReferenceError> {
     let mut rows = text
         .lines()
         .enumerate()
@@ -186,14 +209,20 @@ mod tests {
         assert!(r.serves("320000"));
         assert!(!r.serves("110100"));
         assert!(!r.serves("329900"), "unknown code");
-        assert_eq!(r.division("320500").and_then(|d| d.plate_prefix.clone()).as_deref(), Some("苏E"));
+        assert_eq!(
+            r.division("320500")
+                .and_then(|d| d.plate_prefix.clone())
+                .as_deref(),
+            Some("苏E")
+        );
         assert!(r.is_industry("INSTANT_DELIVERY"));
         assert!(!r.is_industry("TAKEAWAY"));
     }
 
     #[test]
     fn serving_one_city_only() {
-        let r = Reference::from_text(DEFAULT_DIVISIONS, DEFAULT_INDUSTRIES, &["320500".into()]).unwrap_or_else(|e| panic!("{e}"));
+        let r = Reference::from_text(DEFAULT_DIVISIONS, DEFAULT_INDUSTRIES, &["320500".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(r.serves("320500"));
         assert!(!r.serves("320100"));
     }

@@ -33,7 +33,12 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConf
 }
 
 /// Client side: trust `ca` for the server named `domain`, present `cert`/`key`.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path, domain: &str) -> Result<ClientTlsConfig, TlsFileError> {
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    domain: &str,
+) -> Result<ClientTlsConfig, TlsFileError> {
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca", ca)?))
         .identity(Identity::from_pem(read("cert", cert)?, read("key", key)?))

@@ -8,7 +8,9 @@ use chrono::NaiveDate;
 
 use crate::domain::ids::{IdNumber, IdType, Mobile, PersonName, Plate};
 use crate::domain::time::{self, Millis, age_on, local_date};
-use crate::domain::{ErrorCode, Order, OrderStatus, PlatformProfile, Record, Rejection, Worker, WorkerStatus};
+use crate::domain::{
+    ErrorCode, Order, OrderStatus, PlatformProfile, Record, Rejection, Worker, WorkerStatus,
+};
 use crate::proto;
 use crate::reference::Reference;
 
@@ -46,10 +48,18 @@ fn record_id<'a>(v: &'a str, field: &str) -> Result<&'a str> {
         return Err(Rejection::missing(field));
     }
     if v.len() > MAX_ID_LEN {
-        return Err(reject(ErrorCode::FieldTooLong, field, format!("{field} is longer than {MAX_ID_LEN} characters")));
+        return Err(reject(
+            ErrorCode::FieldTooLong,
+            field,
+            format!("{field} is longer than {MAX_ID_LEN} characters"),
+        ));
     }
     if !v.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        return Err(reject(ErrorCode::MissingField, field, format!("{field} must be printable ASCII")));
+        return Err(reject(
+            ErrorCode::MissingField,
+            field,
+            format!("{field} must be printable ASCII"),
+        ));
     }
     Ok(v)
 }
@@ -64,16 +74,29 @@ fn required<'a>(v: &'a str, field: &str) -> Result<&'a str> {
 
 /// A required time, not further in the future than the allowed skew.
 fn time_field(v: &str, field: &str, ctx: &Context<'_>) -> Result<Millis> {
-    let t = time::parse_wire_time(required(v, field)?)
-        .ok_or_else(|| reject(ErrorCode::InvalidTime, field, format!("{field} is not RFC 3339 with an offset or epoch milliseconds")))?;
+    let t = time::parse_wire_time(required(v, field)?).ok_or_else(|| {
+        reject(
+            ErrorCode::InvalidTime,
+            field,
+            format!("{field} is not RFC 3339 with an offset or epoch milliseconds"),
+        )
+    })?;
     if t > ctx.now + ctx.max_future_ms {
-        return Err(reject(ErrorCode::InvalidTime, field, format!("{field} is in the future")));
+        return Err(reject(
+            ErrorCode::InvalidTime,
+            field,
+            format!("{field} is in the future"),
+        ));
     }
     Ok(t)
 }
 
 fn optional_time(v: &str, field: &str, ctx: &Context<'_>) -> Result<Option<Millis>> {
-    if v.trim().is_empty() { Ok(None) } else { time_field(v, field, ctx).map(Some) }
+    if v.trim().is_empty() {
+        Ok(None)
+    } else {
+        time_field(v, field, ctx).map(Some)
+    }
 }
 
 fn revision(r: u32) -> u32 {
@@ -84,10 +107,18 @@ fn revision(r: u32) -> u32 {
 fn industry(v: &str, field: &str, ctx: &Context<'_>) -> Result<String> {
     let v = required(v, field)?;
     if !ctx.reference.is_industry(v) {
-        return Err(reject(ErrorCode::InvalidIndustry, field, format!("unknown industry {v}")));
+        return Err(reject(
+            ErrorCode::InvalidIndustry,
+            field,
+            format!("unknown industry {v}"),
+        ));
     }
     if !ctx.platform.industries.contains(v) {
-        return Err(reject(ErrorCode::IndustryNotRegistered, field, format!("the platform is not registered for {v}")));
+        return Err(reject(
+            ErrorCode::IndustryNotRegistered,
+            field,
+            format!("the platform is not registered for {v}"),
+        ));
     }
     Ok(v.to_string())
 }
@@ -109,16 +140,23 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
     let id_type = if w.id_type.is_empty() {
         IdType::ResidentId
     } else {
-        IdType::parse(&w.id_type).ok_or_else(|| reject(ErrorCode::InvalidIdType, "id_type", "unknown id_type"))?
+        IdType::parse(&w.id_type)
+            .ok_or_else(|| reject(ErrorCode::InvalidIdType, "id_type", "unknown id_type"))?
     };
     let id_number = IdNumber::parse(id_type, required(&w.id_number, "id_number")?, ctx.today())
         .map_err(|e| reject(ErrorCode::InvalidIdNumber, "id_number", e.to_string()))?;
     if w.name.is_empty() {
         return Err(Rejection::missing("name"));
     }
-    let name = PersonName::parse(&w.name).map_err(|e| reject(ErrorCode::InvalidName, "name", e.to_string()))?;
-    let mobile = Mobile::parse(required(&w.mobile, "mobile")?)
-        .map_err(|_| reject(ErrorCode::InvalidMobile, "mobile", "not a mainland mobile number"))?;
+    let name = PersonName::parse(&w.name)
+        .map_err(|e| reject(ErrorCode::InvalidName, "name", e.to_string()))?;
+    let mobile = Mobile::parse(required(&w.mobile, "mobile")?).map_err(|_| {
+        reject(
+            ErrorCode::InvalidMobile,
+            "mobile",
+            "not a mainland mobile number",
+        )
+    })?;
     if w.industries.is_empty() {
         return Err(Rejection::missing("industries"));
     }
@@ -131,19 +169,41 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
     industries.sort();
     industries.dedup();
     let registered_at = time_field(&w.registered_at, "registered_at", ctx)?;
-    check_age(id_number.birth_date(), registered_at, "id_number", "registered_at")?;
-    let status = WorkerStatus::parse(required(&w.status, "status")?)
-        .ok_or_else(|| reject(ErrorCode::InvalidStatus, "status", "status must be ACTIVE or LEFT"))?;
+    check_age(
+        id_number.birth_date(),
+        registered_at,
+        "id_number",
+        "registered_at",
+    )?;
+    let status = WorkerStatus::parse(required(&w.status, "status")?).ok_or_else(|| {
+        reject(
+            ErrorCode::InvalidStatus,
+            "status",
+            "status must be ACTIVE or LEFT",
+        )
+    })?;
     let left_at = optional_time(&w.left_at, "left_at", ctx)?;
     match (status, left_at) {
         (WorkerStatus::Left, None) => {
-            return Err(reject(ErrorCode::InvalidStatus, "left_at", "left_at is required when status is LEFT"));
+            return Err(reject(
+                ErrorCode::InvalidStatus,
+                "left_at",
+                "left_at is required when status is LEFT",
+            ));
         }
         (WorkerStatus::Active, Some(_)) => {
-            return Err(reject(ErrorCode::InvalidStatus, "left_at", "left_at is only allowed when status is LEFT"));
+            return Err(reject(
+                ErrorCode::InvalidStatus,
+                "left_at",
+                "left_at is only allowed when status is LEFT",
+            ));
         }
         (WorkerStatus::Left, Some(l)) if l < registered_at => {
-            return Err(reject(ErrorCode::InvalidTime, "left_at", "left_at is before registered_at"));
+            return Err(reject(
+                ErrorCode::InvalidTime,
+                "left_at",
+                "left_at is before registered_at",
+            ));
         }
         _ => {}
     }
@@ -168,30 +228,57 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
     let division_code = required(&o.division_code, "division_code")?;
     match ctx.reference.division(division_code) {
         Some(d) if d.is_province() => {
-            return Err(reject(ErrorCode::InvalidDivisionCode, "division_code", "an order is taken in a city or county, not a province"));
+            return Err(reject(
+                ErrorCode::InvalidDivisionCode,
+                "division_code",
+                "an order is taken in a city or county, not a province",
+            ));
         }
         Some(_) if ctx.reference.serves(division_code) => {}
         Some(_) => {
-            return Err(reject(ErrorCode::InvalidDivisionCode, "division_code", format!("division {division_code} is not served by this gateway")));
+            return Err(reject(
+                ErrorCode::InvalidDivisionCode,
+                "division_code",
+                format!("division {division_code} is not served by this gateway"),
+            ));
         }
         None => {
-            return Err(reject(ErrorCode::InvalidDivisionCode, "division_code", format!("unknown division {division_code}")));
+            return Err(reject(
+                ErrorCode::InvalidDivisionCode,
+                "division_code",
+                format!("unknown division {division_code}"),
+            ));
         }
     }
     let accepted_at = time_field(&o.accepted_at, "accepted_at", ctx)?;
-    let status = OrderStatus::parse(required(&o.status, "status")?)
-        .ok_or_else(|| reject(ErrorCode::InvalidStatus, "status", "status must be COMPLETED or CANCELLED"))?;
+    let status = OrderStatus::parse(required(&o.status, "status")?).ok_or_else(|| {
+        reject(
+            ErrorCode::InvalidStatus,
+            "status",
+            "status must be COMPLETED or CANCELLED",
+        )
+    })?;
     let completed_at = match status {
         OrderStatus::Completed => Some(time_field(&o.completed_at, "completed_at", ctx)?),
         OrderStatus::Cancelled => optional_time(&o.completed_at, "completed_at", ctx)?,
     };
     if completed_at.is_some_and(|c| c < accepted_at) {
-        return Err(reject(ErrorCode::InvalidTimeRange, "completed_at", "completed_at is before accepted_at"));
+        return Err(reject(
+            ErrorCode::InvalidTimeRange,
+            "completed_at",
+            "completed_at is before accepted_at",
+        ));
     }
     let vehicle_plate = if o.vehicle_plate.is_empty() {
         None
     } else {
-        Some(Plate::parse(&o.vehicle_plate).map_err(|_| reject(ErrorCode::InvalidPlate, "vehicle_plate", "not a GA 36-2018 plate"))?)
+        Some(Plate::parse(&o.vehicle_plate).map_err(|_| {
+            reject(
+                ErrorCode::InvalidPlate,
+                "vehicle_plate",
+                "not a GA 36-2018 plate",
+            )
+        })?)
     };
     Ok(Order {
         order_id: order_id.to_string(),

@@ -248,6 +248,16 @@ fn parse_yyyymmdd(s: &str) -> Option<NaiveDate> {
     NaiveDate::from_ymd_opt(year, month, day)
 }
 
+/// Masks a stored document number as [`IdNumber::masked`] does.
+pub fn mask_id_number(s: &str) -> String {
+    mask(s, 4, 4)
+}
+
+/// Masks a stored mobile number as [`Mobile::masked`] does.
+pub fn mask_mobile(s: &str) -> String {
+    mask(s, 3, 4)
+}
+
 /// Keeps the first `head` and last `tail` characters and replaces the others with
 /// `*`, one per character; a string of at most `head + tail` characters is masked
 /// entirely.

@@ -144,7 +144,11 @@ impl Rejection {
 
     /// MISSING_FIELD for `field`.
     pub fn missing(field: &str) -> Self {
-        Self::new(ErrorCode::MissingField, field, format!("{field} is required"))
+        Self::new(
+            ErrorCode::MissingField,
+            field,
+            format!("{field} is required"),
+        )
     }
 }
 
@@ -152,7 +156,9 @@ impl Rejection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Stored (with warnings when the list is not empty).
-    Accepted { warnings: Vec<WarningCode> },
+    Accepted {
+        warnings: Vec<WarningCode>,
+    },
     /// Same id, revision and content were already stored: nothing changed.
     Duplicate,
     Rejected(Rejection),

@@ -17,7 +17,10 @@ pub fn shanghai() -> FixedOffset {
 pub fn parse_wire_time(s: &str) -> Option<Millis> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<i64>().ok().filter(|ms| *ms <= 253_402_300_799_999);
+        return s
+            .parse::<i64>()
+            .ok()
+            .filter(|ms| *ms <= 253_402_300_799_999);
     }
     DateTime::parse_from_rfc3339(s)
         .ok()
@@ -76,14 +79,21 @@ mod tests {
         assert_eq!(parse_wire_time("1751425200000"), a);
         assert_eq!(parse_wire_time("2025-07-02 11:00"), None);
         assert_eq!(parse_wire_time(""), None);
-        assert_eq!(parse_wire_time("2025-07-02T11:00:00"), None, "offset required");
+        assert_eq!(
+            parse_wire_time("2025-07-02T11:00:00"),
+            None,
+            "offset required"
+        );
     }
 
     #[test]
     fn local_day_is_shanghai() {
         // 2025-07-01T16:30Z is 2025-07-02 00:30 in Shanghai.
         let ms = parse_wire_time("2025-07-01T16:30:00Z").unwrap_or_default();
-        assert_eq!(local_date(ms), NaiveDate::from_ymd_opt(2025, 7, 2).unwrap_or_default());
+        assert_eq!(
+            local_date(ms),
+            NaiveDate::from_ymd_opt(2025, 7, 2).unwrap_or_default()
+        );
         assert_eq!(to_rfc3339(ms), "2025-07-02T00:30:00+08:00");
     }
 

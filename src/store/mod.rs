@@ -117,7 +117,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>>;
     async fn list_orders(&self, platform_id: i64, page: &PageRequest) -> Result<Page<OrderRow>>;
-    async fn list_rejections(&self, platform_id: i64, page: &PageRequest) -> Result<Page<RejectionRecord>>;
+    async fn list_rejections(
+        &self,
+        platform_id: i64,
+        page: &PageRequest,
+    ) -> Result<Page<RejectionRecord>>;
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.

@@ -17,7 +17,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::{
-    IngestTx, OrderRow, Page, PageRequest, PlatformRegistration, RejectionRecord, Result, Store, StoreError, WorkerRow,
+    IngestTx, OrderRow, Page, PageRequest, PlatformRegistration, RejectionRecord, Result, Store,
+    StoreError, WorkerRow,
 };
 use crate::access::{Grant, Role};
 use crate::crosscheck::{Known, Plan, Stored, WorkerState};
@@ -57,10 +58,18 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite:` URL or plain path and
     /// applies the migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         let path = path.split('?').next().unwrap_or(path);
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let opts = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -93,11 +102,16 @@ fn join(items: &[String]) -> String {
 }
 
 fn split(s: &str) -> Vec<String> {
-    s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn hash_of(bytes: &[u8]) -> Result<ContentHash> {
-    bytes.try_into().map_err(|_| corrupt("content_hash is not 32 bytes"))
+    bytes
+        .try_into()
+        .map_err(|_| corrupt("content_hash is not 32 bytes"))
 }
 
 fn revision_of(v: i64) -> Result<u32> {
@@ -139,7 +153,9 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         if !reg.pilot_starts.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO platform_divisions (platform_id, division_code, pilot_start) ");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO platform_divisions (platform_id, division_code, pilot_start) ",
+            );
             q.push_values(&reg.pilot_starts, |mut b, (code, start)| {
                 b.push_bind(id).push_bind(code).push_bind(start.to_string());
             });
@@ -152,22 +168,27 @@ impl Store for SqliteStore {
     }
 
     async fn platform(&self, uscc: &str) -> Result<Option<PlatformProfile>> {
-        let row: Option<(i64, String, String, String, String)> =
-            sqlx::query_as("SELECT id, uscc, name, industries, delivery_tier FROM platforms WHERE uscc = ?1")
-                .bind(uscc)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(db_err)?;
-        let Some((id, uscc, name, industries, tier)) = row else { return Ok(None) };
-        let divisions: Vec<(String, String)> =
-            sqlx::query_as("SELECT division_code, pilot_start FROM platform_divisions WHERE platform_id = ?1")
-                .bind(id)
-                .fetch_all(&self.reader)
-                .await
-                .map_err(db_err)?;
+        let row: Option<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, uscc, name, industries, delivery_tier FROM platforms WHERE uscc = ?1",
+        )
+        .bind(uscc)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let Some((id, uscc, name, industries, tier)) = row else {
+            return Ok(None);
+        };
+        let divisions: Vec<(String, String)> = sqlx::query_as(
+            "SELECT division_code, pilot_start FROM platform_divisions WHERE platform_id = ?1",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
         let mut pilot_starts = BTreeMap::new();
         for (code, start) in divisions {
-            let date = NaiveDate::from_str(&start).map_err(|_| corrupt("pilot_start is not a date"))?;
+            let date =
+                NaiveDate::from_str(&start).map_err(|_| corrupt("pilot_start is not a date"))?;
             pilot_starts.insert(code, date);
         }
         Ok(Some(PlatformProfile {
@@ -176,7 +197,8 @@ impl Store for SqliteStore {
             name,
             industries: split(&industries).into_iter().collect(),
             pilot_starts,
-            delivery_tier: DeliveryTier::parse(&tier).ok_or_else(|| corrupt("unknown delivery tier"))?,
+            delivery_tier: DeliveryTier::parse(&tier)
+                .ok_or_else(|| corrupt("unknown delivery tier"))?,
         }))
     }
 
@@ -197,12 +219,13 @@ impl Store for SqliteStore {
     }
 
     async fn grants(&self, identity: &str) -> Result<Vec<Grant>> {
-        let rows: Vec<(String, String, String, Option<i64>)> =
-            sqlx::query_as("SELECT identity, role, scope, expires_at FROM grants WHERE identity = ?1")
-                .bind(identity)
-                .fetch_all(&self.reader)
-                .await
-                .map_err(db_err)?;
+        let rows: Vec<(String, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT identity, role, scope, expires_at FROM grants WHERE identity = ?1",
+        )
+        .bind(identity)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
         rows.into_iter()
             .map(|(identity, role, scope, expires_at)| {
                 Ok(Grant {
@@ -221,7 +244,19 @@ impl Store for SqliteStore {
     }
 
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>> {
-        type Row = (String, i64, String, String, String, String, String, i64, String, Option<i64>, i64);
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<i64>,
+            i64,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT worker_id, revision, id_type, id_number, name, mobile, industries, registered_at, status, left_at, received_at
              FROM workers WHERE platform_id = ?1 AND worker_id > ?2 AND (?3 IS NULL OR worker_id = ?3)
@@ -256,7 +291,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_orders(&self, platform_id: i64, page: &PageRequest) -> Result<Page<OrderRow>> {
-        type Row = (String, i64, String, String, String, i64, Option<i64>, String, Option<String>, i64);
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            String,
+            Option<String>,
+            i64,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT order_id, revision, worker_id, industry, division_code, accepted_at, completed_at, status, vehicle_plate, received_at
              FROM orders WHERE platform_id = ?1 AND order_id > ?2 AND (?3 IS NULL OR order_id = ?3)
@@ -289,7 +335,11 @@ impl Store for SqliteStore {
         Ok(page_of(items, page.limit, |o| o.order_id.clone()))
     }
 
-    async fn list_rejections(&self, platform_id: i64, page: &PageRequest) -> Result<Page<RejectionRecord>> {
+    async fn list_rejections(
+        &self,
+        platform_id: i64,
+        page: &PageRequest,
+    ) -> Result<Page<RejectionRecord>> {
         let after: i64 = match page.after.as_deref() {
             None => 0,
             Some(s) => s.parse().map_err(|_| corrupt("bad rejection cursor"))?,
@@ -340,7 +390,16 @@ impl IngestTx for SqliteIngest {
     async fn load(&mut self, worker_ids: &[&str], order_ids: &[&str]) -> Result<Known> {
         let mut known = Known::default();
         if !worker_ids.is_empty() {
-            type Row = (String, i64, Vec<u8>, String, i64, String, Option<i64>, Option<String>);
+            type Row = (
+                String,
+                i64,
+                Vec<u8>,
+                String,
+                i64,
+                String,
+                Option<i64>,
+                Option<String>,
+            );
             let rows: Vec<Row> = sqlx::query_as(
                 "SELECT worker_id, revision, content_hash, industries, registered_at, status, left_at, birth_date
                  FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2))",
@@ -358,10 +417,13 @@ impl IngestTx for SqliteIngest {
                     },
                     industries: split(&industries),
                     registered_at,
-                    status: WorkerStatus::parse(&status).ok_or_else(|| corrupt("unknown worker status"))?,
+                    status: WorkerStatus::parse(&status)
+                        .ok_or_else(|| corrupt("unknown worker status"))?,
                     left_at,
                     birth_date: birth
-                        .map(|b| NaiveDate::from_str(&b).map_err(|_| corrupt("birth_date is not a date")))
+                        .map(|b| {
+                            NaiveDate::from_str(&b).map_err(|_| corrupt("birth_date is not a date"))
+                        })
                         .transpose()?,
                 };
                 known.workers.insert(id, state);

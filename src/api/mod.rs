@@ -1,0 +1,4 @@
+//! Thin tonic services: translate wire types to domain calls and back; every rule
+//! lives elsewhere.
+
+pub mod platform;

@@ -1,0 +1,473 @@
+//! `oip.v1.PlatformService`: batch and streaming ingestion, and read-back of the
+//! caller's own records and rejections.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::access::Access;
+use crate::config::Limits;
+use crate::crosscheck::Candidate;
+use crate::domain::ids::{mask_id_number, mask_mobile, mask_name};
+use crate::domain::time::{now_millis, to_rfc3339};
+use crate::domain::{Outcome, PlatformProfile, Record, RecordKind};
+use crate::error::ApiError;
+use crate::identity::Principal;
+use crate::ingest::Ingest;
+use crate::proto::{self, platform_service_server::PlatformService, record};
+use crate::reference::Reference;
+use crate::store::{PageRequest, Store};
+use crate::validate;
+
+#[derive(Clone)]
+pub struct PlatformApi {
+    pub access: Access,
+    pub ingest: Ingest,
+    pub store: Arc<dyn Store>,
+    pub reference: Arc<Reference>,
+    pub limits: Limits,
+}
+
+/// How a record of a call is named in outcomes: its kind, id, revision and the
+/// prefix of its field paths (`orders[3].`).
+struct Named {
+    kind: RecordKind,
+    id: String,
+    revision: u32,
+    path: String,
+}
+
+/// Wire records that can enter the pipeline.
+trait WireRecord {
+    const LIST: &'static str;
+    fn name(&self, index: usize) -> Named;
+    fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection>;
+}
+
+impl WireRecord for proto::Worker {
+    const LIST: &'static str = "workers";
+    fn name(&self, index: usize) -> Named {
+        named(
+            RecordKind::Worker,
+            &self.worker_id,
+            self.revision,
+            format!("workers[{index}]."),
+        )
+    }
+    fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
+        validate::worker(self, ctx).map(Record::Worker)
+    }
+}
+
+impl WireRecord for proto::Order {
+    const LIST: &'static str = "orders";
+    fn name(&self, index: usize) -> Named {
+        named(
+            RecordKind::Order,
+            &self.order_id,
+            self.revision,
+            format!("orders[{index}]."),
+        )
+    }
+    fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
+        validate::order(self, ctx).map(Record::Order)
+    }
+}
+
+impl WireRecord for proto::Record {
+    const LIST: &'static str = "records";
+    fn name(&self, index: usize) -> Named {
+        match &self.kind {
+            Some(record::Kind::Worker(w)) => named(
+                RecordKind::Worker,
+                &w.worker_id,
+                w.revision,
+                format!("records[{index}].worker."),
+            ),
+            Some(record::Kind::Order(o)) => named(
+                RecordKind::Order,
+                &o.order_id,
+                o.revision,
+                format!("records[{index}].order."),
+            ),
+            // No kind: name it as a worker-less blank; the rejection says MISSING_FIELD kind.
+            None => named(RecordKind::Worker, "", 0, format!("records[{index}].")),
+        }
+    }
+    fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
+        validate::record(self, ctx)
+    }
+}
+
+fn named(kind: RecordKind, id: &str, revision: u32, path: String) -> Named {
+    Named {
+        kind,
+        id: id.to_string(),
+        revision: revision.max(1),
+        path,
+    }
+}
+
+fn to_wire(
+    index: usize,
+    named: Named,
+    outcome: Outcome,
+    summary: &mut proto::OutcomeSummary,
+) -> proto::RecordOutcome {
+    let mut out = proto::RecordOutcome {
+        index: index as u32,
+        kind: named.kind.as_str().to_string(),
+        id: named.id,
+        revision: named.revision,
+        ..Default::default()
+    };
+    match outcome {
+        Outcome::Accepted { warnings } if warnings.is_empty() => {
+            summary.accepted += 1;
+            out.set_outcome(proto::Outcome::Accepted);
+        }
+        Outcome::Accepted { warnings } => {
+            summary.accepted_with_warnings += 1;
+            out.set_outcome(proto::Outcome::AcceptedWithWarnings);
+            out.warnings = warnings.iter().map(|w| w.as_str().to_string()).collect();
+        }
+        Outcome::Duplicate => {
+            summary.duplicate += 1;
+            out.set_outcome(proto::Outcome::Duplicate);
+        }
+        Outcome::Rejected(r) => {
+            summary.rejected += 1;
+            out.set_outcome(proto::Outcome::Rejected);
+            out.code = r.code.as_str().to_string();
+            out.field = format!("{}{}", named.path, r.field)
+                .trim_end_matches('.')
+                .to_string();
+            out.message = r.message;
+        }
+    }
+    out
+}
+
+impl PlatformApi {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<PlatformProfile, ApiError> {
+        let principal = Principal::of_request(req)?;
+        self.access.platform(&principal, now_millis()).await
+    }
+
+    /// Validates and applies `items` (numbered from `offset`), appending outcomes.
+    async fn apply<R: WireRecord>(
+        &self,
+        platform: &PlatformProfile,
+        items: &[R],
+        offset: usize,
+        out: &mut proto::BatchOutcome,
+    ) -> Result<(), ApiError> {
+        let ctx = validate::Context {
+            now: now_millis(),
+            max_future_ms: self.limits.max_future_secs * 1000,
+            reference: &self.reference,
+            platform,
+        };
+        let mut names = Vec::with_capacity(items.len());
+        let candidates = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let n = item.name(offset + i);
+                let c = Candidate {
+                    kind: n.kind,
+                    id: n.id.clone(),
+                    revision: n.revision,
+                    record: item.validate(&ctx),
+                };
+                names.push(n);
+                c
+            })
+            .collect();
+        let outcomes = self.ingest.apply(platform, candidates).await?;
+        let summary = out.summary.get_or_insert_with(Default::default);
+        out.outcomes.extend(
+            names
+                .into_iter()
+                .zip(outcomes)
+                .enumerate()
+                .map(|(i, (n, o))| to_wire(offset + i, n, o, summary)),
+        );
+        Ok(())
+    }
+
+    async fn batch<R: WireRecord>(
+        &self,
+        platform: &PlatformProfile,
+        items: Vec<R>,
+    ) -> Result<proto::BatchOutcome, ApiError> {
+        self.batch_at(platform, &items, 0).await
+    }
+
+    /// One batch whose records are numbered from `offset`, within the batch size limit.
+    async fn batch_at<R: WireRecord>(
+        &self,
+        platform: &PlatformProfile,
+        items: &[R],
+        offset: usize,
+    ) -> Result<proto::BatchOutcome, ApiError> {
+        if items.len() > self.limits.max_batch_records {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} {} in one call; at most {} (send several calls or a stream)",
+                items.len(),
+                R::LIST,
+                self.limits.max_batch_records
+            )));
+        }
+        let mut out = proto::BatchOutcome {
+            summary: Some(Default::default()),
+            ..Default::default()
+        };
+        self.apply(platform, items, offset, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Applies each chunk of a client stream as it arrives (each chunk is its own
+    /// transaction) and answers with every outcome at the end.
+    async fn stream<M, R: WireRecord>(
+        &self,
+        platform: &PlatformProfile,
+        mut stream: Streaming<M>,
+        items_of: impl Fn(M) -> Vec<R>,
+    ) -> Result<proto::BatchOutcome, Status> {
+        let mut out = proto::BatchOutcome {
+            summary: Some(Default::default()),
+            ..Default::default()
+        };
+        let mut seen = 0usize;
+        while let Some(msg) = stream.message().await? {
+            let items = items_of(msg);
+            if seen + items.len() > self.limits.max_stream_records {
+                return Err(ApiError::InvalidArgument(format!(
+                    "more than {} {} in one stream; records before index {seen} were applied",
+                    self.limits.max_stream_records,
+                    R::LIST
+                ))
+                .into());
+            }
+            self.apply(platform, &items, seen, &mut out).await?;
+            seen += items.len();
+        }
+        Ok(out)
+    }
+
+    fn page(req: &proto::ListRequest) -> PageRequest {
+        PageRequest {
+            limit: match req.page_size {
+                0 => 100,
+                n => n.min(1000),
+            },
+            after: (!req.page_token.is_empty()).then(|| req.page_token.clone()),
+            id: (!req.id.is_empty()).then(|| req.id.clone()),
+        }
+    }
+}
+
+fn opt_time(t: Option<i64>) -> String {
+    t.map(to_rfc3339).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl PlatformService for PlatformApi {
+    async fn register_workers(
+        &self,
+        req: Request<proto::RegisterWorkersRequest>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.batch(&platform, req.into_inner().workers).await?,
+        ))
+    }
+
+    async fn stream_workers(
+        &self,
+        req: Request<Streaming<proto::RegisterWorkersRequest>>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.stream(&platform, req.into_inner(), |m| m.workers)
+                .await?,
+        ))
+    }
+
+    async fn report_orders(
+        &self,
+        req: Request<proto::ReportOrdersRequest>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.batch(&platform, req.into_inner().orders).await?,
+        ))
+    }
+
+    async fn stream_orders(
+        &self,
+        req: Request<Streaming<proto::ReportOrdersRequest>>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.stream(&platform, req.into_inner(), |m| m.orders)
+                .await?,
+        ))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.batch(&platform, req.into_inner().records).await?,
+        ))
+    }
+
+    type SubmitStreamStream = ReceiverStream<Result<proto::BatchOutcome, Status>>;
+
+    async fn submit_stream(
+        &self,
+        req: Request<Streaming<proto::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let platform = self.caller(&req).await?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut seen = 0usize;
+            loop {
+                let records = match inbound.message().await {
+                    Ok(Some(m)) => m.records,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let answer = match api.batch_at(&platform, &records, seen).await {
+                    Ok(out) => out,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                };
+                seen += records.len();
+                if tx.send(Ok(answer)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        let platform = self.caller(&req).await?;
+        let page = self
+            .store
+            .list_workers(platform.id, &Self::page(req.get_ref()))
+            .await
+            .map_err(ApiError::from)?;
+        let workers = page
+            .items
+            .into_iter()
+            .map(|w| proto::StoredWorker {
+                worker: Some(proto::Worker {
+                    worker_id: w.worker_id,
+                    revision: w.revision,
+                    id_type: w.id_type,
+                    id_number: mask_id_number(&w.id_number),
+                    name: mask_name(&w.name),
+                    mobile: mask_mobile(&w.mobile),
+                    industries: w.industries,
+                    registered_at: to_rfc3339(w.registered_at),
+                    status: w.status,
+                    left_at: opt_time(w.left_at),
+                }),
+                received_at_ms: w.received_at,
+            })
+            .collect();
+        Ok(Response::new(proto::ListWorkersResponse {
+            workers,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        req: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListOrdersResponse>, Status> {
+        let platform = self.caller(&req).await?;
+        let page = self
+            .store
+            .list_orders(platform.id, &Self::page(req.get_ref()))
+            .await
+            .map_err(ApiError::from)?;
+        let orders = page
+            .items
+            .into_iter()
+            .map(|o| proto::StoredOrder {
+                order: Some(proto::Order {
+                    order_id: o.order_id,
+                    revision: o.revision,
+                    worker_id: o.worker_id,
+                    industry: o.industry,
+                    division_code: o.division_code,
+                    accepted_at: to_rfc3339(o.accepted_at),
+                    completed_at: opt_time(o.completed_at),
+                    status: o.status,
+                    vehicle_plate: o.vehicle_plate.unwrap_or_default(),
+                }),
+                received_at_ms: o.received_at,
+            })
+            .collect();
+        Ok(Response::new(proto::ListOrdersResponse {
+            orders,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_rejections(
+        &self,
+        req: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListRejectionsResponse>, Status> {
+        let platform = self.caller(&req).await?;
+        let page_req = Self::page(req.get_ref());
+        if page_req
+            .after
+            .as_deref()
+            .is_some_and(|t| t.parse::<i64>().is_err())
+        {
+            return Err(ApiError::InvalidArgument("unknown page_token".into()).into());
+        }
+        let page = self
+            .store
+            .list_rejections(platform.id, &page_req)
+            .await
+            .map_err(ApiError::from)?;
+        let rejections = page
+            .items
+            .into_iter()
+            .map(|r| proto::Rejection {
+                kind: r.kind,
+                id: r.record_id,
+                revision: r.revision,
+                code: r.code,
+                field: r.field,
+                message: r.message,
+                received_at_ms: r.received_at,
+            })
+            .collect();
+        Ok(Response::new(proto::ListRejectionsResponse {
+            rejections,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+}
