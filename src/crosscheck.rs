@@ -193,7 +193,7 @@ fn check_order(
             format!("worker {} {why} accepted_at", order.worker_id),
         ));
     }
-    if !w.industries.iter().any(|i| *i == order.industry) {
+    if !w.industries.contains(&order.industry) {
         return Err(Rejection::new(
             ErrorCode::IndustryNotRegistered,
             "industry",

@@ -1,1 +1,12 @@
+//! The integration suite: one binary, each test against a real gateway on an ephemeral
+//! port with real mTLS certificates (certs-example/) and its own SQLite file.
 
+mod common;
+
+mod access;
+mod durability;
+mod logs;
+mod records;
+mod revisions;
+mod store;
+mod submit_cli;

@@ -1,0 +1,378 @@
+//! Test harness: spawn the gateway (in process, or as a real process for crash and log
+//! tests), build mTLS clients per role, and make valid records to mutate.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use chrono::NaiveDate;
+use oip_gateway::app::Gateway;
+use oip_gateway::certs::{DEMO_PLATFORM_A, DEMO_PLATFORM_B};
+use oip_gateway::config::{Config, PlatformSeed, TlsFiles};
+use oip_gateway::proto::platform_service_client::PlatformServiceClient;
+use oip_gateway::proto::{self, record};
+use tempfile::TempDir;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+pub type Client = PlatformServiceClient<Channel>;
+
+pub fn certs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-example")
+}
+
+pub fn tls_files() -> TlsFiles {
+    let d = certs_dir();
+    TlsFiles {
+        ca: d.join("ca.pem"),
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+    }
+}
+
+fn date(s: &str) -> NaiveDate {
+    s.parse().expect("test date")
+}
+
+/// Platform A: all three industries, every served city, pilot from 2025-07-01.
+/// Platform B: instant delivery only, in Nanjing (from 2025-07-01) and Suzhou (from
+/// 2026-01-01).
+pub fn test_platforms() -> Vec<PlatformSeed> {
+    vec![
+        PlatformSeed {
+            uscc: DEMO_PLATFORM_A.into(),
+            name: "A".into(),
+            industries: vec![
+                "RIDE_HAILING".into(),
+                "INSTANT_DELIVERY".into(),
+                "INTRACITY_FREIGHT".into(),
+            ],
+            divisions: vec!["*".into()],
+            pilot_start: date("2025-07-01"),
+            pilot_start_overrides: Default::default(),
+            delivery_tier: "A".into(),
+        },
+        PlatformSeed {
+            uscc: DEMO_PLATFORM_B.into(),
+            name: "B".into(),
+            industries: vec!["INSTANT_DELIVERY".into()],
+            divisions: vec!["320100".into()],
+            pilot_start: date("2025-07-01"),
+            pilot_start_overrides: [("320500".to_string(), date("2026-01-01"))]
+                .into_iter()
+                .collect(),
+            delivery_tier: "B".into(),
+        },
+    ]
+}
+
+/// A gateway running inside the test process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    gateway: Option<Gateway>,
+}
+
+impl TestGateway {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("oip.db").display());
+        let mut config = Config::for_test(url, tls_files(), test_platforms());
+        adjust(&mut config);
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        Self {
+            addr: gateway.addr,
+            dir,
+            gateway: Some(gateway),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A client authenticated with `certs-example/<stem>.pem`.
+    pub async fn client(&self, stem: &str) -> Client {
+        client(self.addr, stem).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+pub fn client_tls(stem: Option<&str>, ca: &str) -> ClientTlsConfig {
+    let d = certs_dir();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(d.join(ca)).expect("ca"),
+        ))
+        .domain_name("localhost");
+    if let Some(stem) = stem {
+        let cert = std::fs::read(d.join(format!("{stem}.pem"))).expect("cert");
+        let key = std::fs::read(d.join(format!("{stem}.key"))).expect("key");
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    tls
+}
+
+pub async fn channel(
+    addr: SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+pub async fn client(addr: SocketAddr, stem: &str) -> Client {
+    PlatformServiceClient::new(
+        channel(addr, client_tls(Some(stem), "ca.pem"))
+            .await
+            .expect("connect"),
+    )
+}
+
+/// A gateway running as its own process (for crashes and captured logs).
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    pub child: Child,
+    /// Everything the process wrote to stderr so far (drained by a thread, so a
+    /// chatty log level never blocks the gateway).
+    pub logs: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GatewayProcess {
+    /// Starts `oip-gateway serve` on port 0 with a config file written into `dir`,
+    /// waiting for its "listening on" line.
+    pub fn spawn(dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let config = dir.join("gateway.toml");
+        let mut c = Config::for_test(
+            format!("sqlite:{}", dir.join("oip.db").display()),
+            tls_files(),
+            test_platforms(),
+        );
+        c.admins = vec!["oip://admin/root".into()];
+        std::fs::write(&config, toml_of(&c)).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .envs(envs.iter().copied())
+            .env_remove("OIP_LISTEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut stderr) = child.stderr.take() {
+            let sink = logs.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .expect("log buffer")
+                        .extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        Self { addr, child, logs }
+    }
+
+    /// The captured stderr, after the process has exited.
+    pub fn captured_logs(&mut self) -> String {
+        self.kill();
+        // The drain thread sees EOF once the process is gone; give it a moment.
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if Arc::strong_count(&self.logs) == 1 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&self.logs.lock().expect("log buffer")).into_owned()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn toml_of(c: &Config) -> String {
+    // Config serialises to TOML through figment's value model; hand-writing keeps
+    // the file readable in failure output.
+    let platforms: String = c
+        .platforms
+        .iter()
+        .map(|p| {
+            let overrides: Vec<String> = p.pilot_start_overrides.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"")).collect();
+            format!(
+                "[[platforms]]\nuscc = \"{}\"\nname = \"{}\"\nindustries = {:?}\ndivisions = {:?}\npilot_start = \"{}\"\npilot_start_overrides = {{ {} }}\ndelivery_tier = \"{}\"\n",
+                p.uscc,
+                p.name,
+                p.industries,
+                p.divisions,
+                p.pilot_start,
+                overrides.join(", "),
+                p.delivery_tier
+            )
+        })
+        .collect();
+    format!(
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{platforms}",
+        c.database_url,
+        c.admins,
+        c.tls.ca.display(),
+        c.tls.cert.display(),
+        c.tls.key.display()
+    )
+}
+
+/// A resident ID number with its check character computed.
+pub fn resident_id(first17: &str) -> String {
+    let c = oip_gateway::domain::ids::resident_id_check_char(first17).expect("17 digits");
+    format!("{first17}{c}")
+}
+
+/// A valid worker of platform A (instant delivery, registered 2025-07-01).
+pub fn worker(id: &str) -> proto::Worker {
+    proto::Worker {
+        worker_id: id.into(),
+        revision: 1,
+        id_type: String::new(),
+        id_number: "11010519491231002X".into(),
+        name: "张三丰".into(),
+        mobile: "13800138000".into(),
+        industries: vec!["INSTANT_DELIVERY".into()],
+        registered_at: "2025-07-01T08:00:00+08:00".into(),
+        status: "ACTIVE".into(),
+        left_at: String::new(),
+    }
+}
+
+/// A valid completed instant-delivery order in Nanjing on 2025-07-02.
+pub fn order(id: &str, worker_id: &str) -> proto::Order {
+    proto::Order {
+        order_id: id.into(),
+        revision: 1,
+        worker_id: worker_id.into(),
+        industry: "INSTANT_DELIVERY".into(),
+        division_code: "320100".into(),
+        accepted_at: "2025-07-02T11:00:00+08:00".into(),
+        completed_at: "2025-07-02T11:35:00+08:00".into(),
+        status: "COMPLETED".into(),
+        vehicle_plate: String::new(),
+    }
+}
+
+pub fn rec_worker(w: proto::Worker) -> proto::Record {
+    proto::Record {
+        kind: Some(record::Kind::Worker(w)),
+    }
+}
+
+pub fn rec_order(o: proto::Order) -> proto::Record {
+    proto::Record {
+        kind: Some(record::Kind::Order(o)),
+    }
+}
+
+pub async fn submit(client: &mut Client, records: Vec<proto::Record>) -> proto::BatchOutcome {
+    client
+        .submit(proto::SubmitRequest { records })
+        .await
+        .expect("submit call")
+        .into_inner()
+}
+
+pub async fn register(client: &mut Client, workers: Vec<proto::Worker>) -> proto::BatchOutcome {
+    client
+        .register_workers(proto::RegisterWorkersRequest { workers })
+        .await
+        .expect("register call")
+        .into_inner()
+}
+
+pub async fn report(client: &mut Client, orders: Vec<proto::Order>) -> proto::BatchOutcome {
+    client
+        .report_orders(proto::ReportOrdersRequest { orders })
+        .await
+        .expect("report call")
+        .into_inner()
+}
+
+/// `(outcome, code, field)` of every record, for compact assertions.
+pub fn brief(b: &proto::BatchOutcome) -> Vec<(String, String, String)> {
+    b.outcomes
+        .iter()
+        .map(|o| {
+            (
+                o.outcome().as_str_name().to_string(),
+                o.code.clone(),
+                o.field.clone(),
+            )
+        })
+        .collect()
+}
+
+pub fn accepted() -> (String, String, String) {
+    ("ACCEPTED".into(), String::new(), String::new())
+}
+
+/// Stored order ids of the caller, all pages.
+pub async fn stored_order_ids(client: &mut Client) -> Vec<String> {
+    let mut ids = vec![];
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_orders(proto::ListRequest {
+                page_size: 500,
+                page_token: token.clone(),
+                id: String::new(),
+            })
+            .await
+            .expect("list orders")
+            .into_inner();
+        ids.extend(
+            page.orders
+                .into_iter()
+                .filter_map(|o| o.order)
+                .map(|o| o.order_id),
+        );
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        token = page.next_page_token;
+    }
+}

@@ -1,0 +1,114 @@
+//! `oip-gateway submit` against a real gateway: the report has one line per input
+//! record with the expected outcomes; failures exit non-zero with a one-line reason.
+//! (Multi-thread runtime: the CLI runs as a blocking child process while the gateway
+//! serves from this test's runtime.)
+
+use std::process::{Command, Output};
+
+use crate::common::*;
+
+fn submit_cmd(endpoint: &str, file: &str, report: Option<&std::path::Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-gateway"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "submit",
+        file,
+        "--quiet",
+        "--batch-size",
+        "3",
+        "--endpoint",
+        endpoint,
+    ]);
+    if let Some(r) = report {
+        cmd.arg("--report").arg(r);
+    }
+    cmd.output().expect("run submit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_round_trip_on_the_example_file() {
+    let gw = TestGateway::spawn().await;
+    let report = gw.dir.path().join("report.jsonl");
+    let out = submit_cmd(&gw.endpoint(), "examples/quickstart.jsonl", Some(&report));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let input = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/quickstart.jsonl"
+    ))
+    .expect("example");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .expect("report")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("report line is JSON"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        input.lines().filter(|l| !l.trim().is_empty()).count()
+    );
+    let got: Vec<(u64, &str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["line"].as_u64().unwrap_or(0),
+                l["id"].as_str().unwrap_or(""),
+                l["outcome"].as_str().unwrap_or(""),
+                l["code"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "W001", "ACCEPTED", ""),
+            (2, "W002", "ACCEPTED", ""),
+            (3, "O-1", "ACCEPTED", ""),
+            (4, "O-2", "ACCEPTED", ""),
+            (5, "O-3", "ACCEPTED", ""),
+            (6, "O-4", "REJECTED", "WORKER_NOT_REGISTERED"),
+            (7, "O-5", "REJECTED", "PLATFORM_NOT_IN_PILOT"),
+            (8, "W003", "REJECTED", "INVALID_ID_NUMBER"),
+            (9, "", "REJECTED", "MISSING_FIELD"),
+        ]
+    );
+    assert_eq!(lines[5]["field"], "worker_id");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ACCEPTED") && stdout.contains("WORKER_NOT_REGISTERED"),
+        "{stdout}"
+    );
+
+    // Submitting again: every accepted record is a DUPLICATE now.
+    let again = submit_cmd(&gw.endpoint(), "examples/quickstart.jsonl", Some(&report));
+    assert!(again.status.success());
+    let dups = std::fs::read_to_string(&report)
+        .expect("report")
+        .matches("\"DUPLICATE\"")
+        .count();
+    assert_eq!(dups, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_fails_clearly_when_the_gateway_is_unreachable_or_the_file_missing() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let out = submit_cmd(
+        &format!("https://127.0.0.1:{port}"),
+        "examples/quickstart.jsonl",
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: gateway unreachable"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let gw = TestGateway::spawn().await;
+    let out = submit_cmd(&gw.endpoint(), "examples/no-such-file.jsonl", None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: cannot read"), "{err}");
+}
