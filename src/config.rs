@@ -284,3 +284,109 @@ impl Config {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(p: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+    }
+
+    /// The shipped file with paths made absolute, plus `extra` TOML on top.
+    fn shipped_with(extra: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(repo(DEFAULT_PATH)).unwrap_or_default();
+        let certs = repo("certs-example");
+        let text = text.replace("\"certs-example/", &format!("\"{}/", certs.display()));
+        Config::from_figment(
+            Figment::new()
+                .merge(Toml::string(&text))
+                .merge(Toml::string(extra)),
+        )
+    }
+
+    fn key_of(e: ConfigError) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn the_shipped_configuration_is_valid() {
+        let c = shipped_with("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen.port(), 50051);
+        assert_eq!(c.platforms.len(), 2);
+        let reference = c.reference().unwrap_or_else(|e| panic!("{e}"));
+        let regs = c
+            .platform_registrations(&reference)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(regs[0].pilot_starts.len(), 13, "all 13 Jiangsu cities");
+        assert_eq!(regs[0].industries.len(), 3);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("database_url = \"mysql://x\"", "database_url"),
+            (
+                "[limits]\nmax_future_secs = 99999",
+                "limits.max_future_secs",
+            ),
+            (
+                "[limits]\nmax_batch_records = \"many\"",
+                "max_batch_records",
+            ),
+            ("admins = [\"oip://platform/x\"]", "admins[0]"),
+            ("[tls]\nca = \"/nonexistent/ca.pem\"", "tls.ca"),
+            ("[reference]\nserved_divisions = [\"990000\"]", "reference"),
+            ("unknown_key = 1", "unknown_key"),
+        ];
+        for (toml, key) in cases {
+            let err = shipped_with(toml).map(|_| ()).map_err(key_of);
+            let msg = err.expect_err(toml);
+            assert!(msg.contains(key), "{toml}: {msg}");
+        }
+    }
+
+    #[test]
+    fn bad_platforms_name_their_key() {
+        let base = "[[platforms]]\nname = \"X\"\nindustries = [\"INSTANT_DELIVERY\"]\ndivisions = [\"320100\"]\npilot_start = \"2025-07-01\"\n";
+        let cases = [
+            (
+                format!("{base}uscc = \"91320100MA1DEMA011\""),
+                "platforms[0].uscc",
+            ),
+            (
+                format!(
+                    "{}uscc = \"91320100MA1DEMA010\"",
+                    base.replace("320100", "110100")
+                ),
+                "platforms[0].divisions",
+            ),
+            (
+                format!(
+                    "{}uscc = \"91320100MA1DEMA010\"",
+                    base.replace("INSTANT_DELIVERY", "TAKEAWAY")
+                ),
+                "platforms[0].industries",
+            ),
+            (
+                format!("{base}uscc = \"91320100MA1DEMA010\"\ndelivery_tier = \"C\""),
+                "platforms[0].delivery_tier",
+            ),
+        ];
+        for (toml, key) in cases {
+            // Replace the shipped platforms by the one under test.
+            let text = std::fs::read_to_string(repo(DEFAULT_PATH)).unwrap_or_default();
+            let head = text.split("[[platforms]]").next().unwrap_or_default();
+            let certs = repo("certs-example");
+            let head = head.replace("\"certs-example/", &format!("\"{}/", certs.display()));
+            let err = Config::from_figment(
+                Figment::new().merge(Toml::string(&format!("{head}\n{toml}"))),
+            )
+            .map(|_| ())
+            .map_err(key_of);
+            let msg = err.expect_err(key);
+            assert!(msg.contains(key), "{key}: {msg}");
+        }
+    }
+}

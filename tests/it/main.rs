@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod config;
 mod durability;
 mod logs;
 mod records;

@@ -1,0 +1,61 @@
+//! Configuration through the real binary: environment variables override the file, and
+//! bad configuration stops start-up with a message naming the key.
+
+use std::process::Command;
+
+use oip_gateway::proto;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = GatewayProcess::spawn(dir.path(), &[("OIP_LIMITS__MAX_BATCH_RECORDS", "2")]);
+    let mut c = client(gw.addr, "platform-a").await;
+    let err = c
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: vec![worker("W1"), worker("W2"), worker("W3")],
+        })
+        .await
+        .expect_err("over the limit set by the environment");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        register(&mut c, vec![worker("W1"), worker("W2")])
+            .await
+            .outcomes
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/oip-gateway.toml");
+    for (var, value, key) in [
+        ("OIP_LISTEN", "not-an-address", "listen"),
+        ("OIP_TLS__CA", "/nonexistent/ca.pem", "tls.ca"),
+        (
+            "OIP_LIMITS__MAX_FUTURE_SECS",
+            "-5",
+            "limits.max_future_secs",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(dir.path())
+            .args(["serve", "--config", config])
+            .env(var, value)
+            .output()
+            .expect("run serve");
+        assert!(!out.status.success(), "{var} must stop start-up");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.to_lowercase().contains(key), "{var}: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .current_dir(dir.path())
+        .args(["serve", "--config", "missing.toml"])
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
