@@ -41,9 +41,12 @@ fn bad_configuration_stops_start_up_naming_the_key() {
             "limits.max_future_secs",
         ),
     ] {
+        let db = format!("sqlite:{}", dir.path().join("oip.db").display());
         let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
-            .current_dir(dir.path())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["serve", "--config", config])
+            .env("OIP_DATABASE_URL", db)
+            .env("OIP_LISTEN", "127.0.0.1:0")
             .env(var, value)
             .output()
             .expect("run serve");
