@@ -15,7 +15,8 @@ use tonic::transport::Server;
 use crate::access::{Access, Grant, Role};
 use crate::api::platform::PlatformApi;
 use crate::config::Config;
-use crate::ingest::Ingest;
+use crate::domain::fees::{BaseRate, FloatRate, RateBook};
+use crate::ingest::{Ingest, Policy};
 use crate::proto::platform_service_server::PlatformServiceServer;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -59,14 +60,62 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+/// Appends the configured rate tables where they differ from the newest stored
+/// version (the store keeps every version), and returns the whole book.
+pub async fn load_rates(config: &Config, store: &dyn Store) -> anyhow::Result<RateBook> {
+    let now = crate::domain::time::now_millis();
+    let (bases, floats) = config.rates(now)?;
+    let current = store.rate_book().await?;
+    let newest_base = |b: &BaseRate| {
+        current
+            .bases
+            .iter()
+            .filter(|c| {
+                c.industry == b.industry && c.tier == b.tier && c.effective_from == b.effective_from
+            })
+            .max_by_key(|c| c.recorded_at)
+            .map(|c| c.fen_per_order)
+    };
+    let newest_float = |f: &FloatRate| {
+        current
+            .floats
+            .iter()
+            .filter(|c| c.uscc == f.uscc && c.division_code == f.division_code && c.year == f.year)
+            .max_by_key(|c| c.recorded_at)
+            .map(|c| c.multiplier)
+    };
+    let bases: Vec<_> = bases
+        .into_iter()
+        .filter(|b| newest_base(b) != Some(b.fen_per_order))
+        .collect();
+    let floats: Vec<_> = floats
+        .into_iter()
+        .filter(|f| newest_float(f) != Some(f.multiplier))
+        .collect();
+    if !bases.is_empty() || !floats.is_empty() {
+        tracing::info!(
+            base_rates = bases.len(),
+            floats = floats.len(),
+            "recording new rate versions"
+        );
+        store.append_rates(&bases, &floats).await?;
+    }
+    Ok(store.rate_book().await?)
+}
+
 impl Gateway {
     /// Builds everything and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let reference = Arc::new(config.reference()?);
         let store = prepare_store(&config).await?;
+        let rates = Arc::new(load_rates(&config, store.as_ref()).await?);
+        let policy = Policy {
+            declaration_deadline_day: config.fees.declaration_deadline_day,
+            accident_margin_ms: config.accidents.window_margin_minutes * 60_000,
+        };
         let platform = PlatformApi {
             access: Access::new(store.clone()),
-            ingest: Ingest::new(store.clone()),
+            ingest: Ingest::new(store.clone(), rates, policy),
             store: store.clone(),
             reference,
             limits: config.limits.clone(),

@@ -111,6 +111,17 @@ impl Fields<'_> {
         }
     }
 
+    /// A whole number (negative allowed: the gateway names the rule it breaks).
+    fn int(&self, field: &str) -> Result<i64, LineError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(0),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| self.type_error(field, "a whole number")),
+            Some(_) => Err(self.type_error(field, "a whole number")),
+        }
+    }
+
     fn str_list(&self, field: &str) -> Result<Vec<String>, LineError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(vec![]),
@@ -156,7 +167,7 @@ pub fn parse_line(line: &str) -> Result<proto::Record, LineError> {
             whole(
                 ErrorCode::MissingField,
                 "kind",
-                "kind must be worker or order",
+                "kind must be worker, order, declaration or accident",
             )
         })?,
     };
@@ -164,51 +175,63 @@ pub fn parse_line(line: &str) -> Result<proto::Record, LineError> {
         map: &map,
         kind: kind.as_str(),
     };
-    let named = |mut e: LineError, id: String| {
+    let id_field = match kind {
+        RecordKind::Worker => "worker_id",
+        RecordKind::Order => "order_id",
+        RecordKind::Declaration => "declaration_id",
+        RecordKind::Accident => "report_id",
+    };
+    let id = f.str(id_field).unwrap_or_default();
+    let built = (|| {
+        Ok(match kind {
+            RecordKind::Worker => record::Kind::Worker(proto::Worker {
+                worker_id: f.str("worker_id")?,
+                revision: f.revision()?,
+                id_type: f.str("id_type")?,
+                id_number: f.str("id_number")?,
+                name: f.str("name")?,
+                mobile: f.str("mobile")?,
+                industries: f.str_list("industries")?,
+                registered_at: f.str("registered_at")?,
+                status: f.str("status")?,
+                left_at: f.str("left_at")?,
+            }),
+            RecordKind::Order => record::Kind::Order(proto::Order {
+                order_id: f.str("order_id")?,
+                revision: f.revision()?,
+                worker_id: f.str("worker_id")?,
+                industry: f.str("industry")?,
+                division_code: f.str("division_code")?,
+                accepted_at: f.str("accepted_at")?,
+                completed_at: f.str("completed_at")?,
+                status: f.str("status")?,
+                vehicle_plate: f.str("vehicle_plate")?,
+            }),
+            RecordKind::Declaration => record::Kind::Declaration(proto::Declaration {
+                declaration_id: f.str("declaration_id")?,
+                revision: f.revision()?,
+                period: f.str("period")?,
+                division_code: f.str("division_code")?,
+                industry: f.str("industry")?,
+                order_count: f.int("order_count")?,
+                amount_fen: f.int("amount_fen")?,
+            }),
+            RecordKind::Accident => record::Kind::Accident(proto::Accident {
+                report_id: f.str("report_id")?,
+                revision: f.revision()?,
+                worker_id: f.str("worker_id")?,
+                order_id: f.str("order_id")?,
+                occurred_at: f.str("occurred_at")?,
+                division_code: f.str("division_code")?,
+                injury_kind: f.str("injury_kind")?,
+                description: f.str("description")?,
+            }),
+        })
+    })();
+    let kind = built.map_err(|mut e: LineError| {
         e.id = id;
         e
-    };
-    let kind = match kind {
-        RecordKind::Worker => {
-            let id = f.str("worker_id").unwrap_or_default();
-            record::Kind::Worker(
-                (|| {
-                    Ok(proto::Worker {
-                        worker_id: f.str("worker_id")?,
-                        revision: f.revision()?,
-                        id_type: f.str("id_type")?,
-                        id_number: f.str("id_number")?,
-                        name: f.str("name")?,
-                        mobile: f.str("mobile")?,
-                        industries: f.str_list("industries")?,
-                        registered_at: f.str("registered_at")?,
-                        status: f.str("status")?,
-                        left_at: f.str("left_at")?,
-                    })
-                })()
-                .map_err(|e| named(e, id))?,
-            )
-        }
-        RecordKind::Order => {
-            let id = f.str("order_id").unwrap_or_default();
-            record::Kind::Order(
-                (|| {
-                    Ok(proto::Order {
-                        order_id: f.str("order_id")?,
-                        revision: f.revision()?,
-                        worker_id: f.str("worker_id")?,
-                        industry: f.str("industry")?,
-                        division_code: f.str("division_code")?,
-                        accepted_at: f.str("accepted_at")?,
-                        completed_at: f.str("completed_at")?,
-                        status: f.str("status")?,
-                        vehicle_plate: f.str("vehicle_plate")?,
-                    })
-                })()
-                .map_err(|e| named(e, id))?,
-            )
-        }
-    };
+    })?;
     Ok(proto::Record { kind: Some(kind) })
 }
 

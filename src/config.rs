@@ -12,6 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::fees::{BaseRate, FloatRate};
 use crate::domain::ids::CreditCode;
 use crate::domain::platform::DeliveryTier;
 use crate::identity::Principal;
@@ -33,6 +34,10 @@ pub struct Config {
     pub reference: ReferenceConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub fees: FeesConfig,
+    #[serde(default)]
+    pub accidents: AccidentsConfig,
     /// Identity URIs (`oip://admin/<name>`) granted the admin role at start.
     #[serde(default)]
     pub admins: Vec<String>,
@@ -97,6 +102,44 @@ impl Default for Limits {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeesConfig {
+    /// CSV of base amounts replacing the shipped `reference/base-rates.csv`.
+    pub base_rates_file: Option<PathBuf>,
+    /// CSV of float multipliers replacing the shipped `reference/floats.csv`.
+    pub floats_file: Option<PathBuf>,
+    /// A declaration received after the end of this day of the following month is late
+    /// (UNCONFIRMED nationally; default the 15th).
+    pub declaration_deadline_day: u32,
+}
+
+impl Default for FeesConfig {
+    fn default() -> Self {
+        Self {
+            base_rates_file: None,
+            floats_file: None,
+            declaration_deadline_day: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccidentsConfig {
+    /// An accident more than this before accepted_at or after completed_at is accepted
+    /// with ACCIDENT_OUTSIDE_ORDER_WINDOW (default 2 hours, for return trips).
+    pub window_margin_minutes: i64,
+}
+
+impl Default for AccidentsConfig {
+    fn default() -> Self {
+        Self {
+            window_margin_minutes: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformSeed {
     pub uscc: String,
@@ -109,9 +152,12 @@ pub struct PlatformSeed {
     /// ...except these, division code → date.
     #[serde(default)]
     pub pilot_start_overrides: BTreeMap<String, NaiveDate>,
-    /// Instant-delivery fee tier, A or B.
+    /// Instant-delivery fee tier, A or B...
     #[serde(default = "tier_a")]
     pub delivery_tier: String,
+    /// ...except in these divisions (a city, or a province), division code → tier.
+    #[serde(default)]
+    pub delivery_tier_overrides: BTreeMap<String, String>,
 }
 
 fn tier_a() -> String {
@@ -168,6 +214,8 @@ impl Config {
             tls,
             reference: ReferenceConfig::default(),
             limits: Limits::default(),
+            fees: FeesConfig::default(),
+            accidents: AccidentsConfig::default(),
             admins: vec![],
             platforms,
         }
@@ -186,6 +234,16 @@ impl Config {
             &self.reference.served_divisions,
         )
         .map_err(|e| invalid("reference", e.to_string()))
+    }
+
+    /// Loads the rate tables this configuration names, stamped `recorded_at`.
+    pub fn rates(&self, recorded_at: i64) -> Result<(Vec<BaseRate>, Vec<FloatRate>), ConfigError> {
+        crate::reference::load_rates(
+            self.fees.base_rates_file.as_deref(),
+            self.fees.floats_file.as_deref(),
+            recorded_at,
+        )
+        .map_err(|e| invalid("fees", e.to_string()))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -224,6 +282,19 @@ impl Config {
                 }
             }
         }
+        if !(1..=31).contains(&self.fees.declaration_deadline_day) {
+            return Err(invalid(
+                "fees.declaration_deadline_day",
+                "must be between 1 and 31 (31: the last day)",
+            ));
+        }
+        if !(0..=7 * 24 * 60).contains(&self.accidents.window_margin_minutes) {
+            return Err(invalid(
+                "accidents.window_margin_minutes",
+                "must be between 0 and 10080",
+            ));
+        }
+        self.rates(0)?;
         let reference = self.reference()?;
         self.platform_registrations(&reference).map(|_| ())
     }
@@ -270,6 +341,22 @@ impl Config {
                 }
                 let delivery_tier = DeliveryTier::parse(&p.delivery_tier)
                     .ok_or_else(|| invalid(key("delivery_tier"), "must be A or B"))?;
+                let delivery_tiers = p
+                    .delivery_tier_overrides
+                    .iter()
+                    .map(|(d, t)| {
+                        if reference.division(d).is_none() {
+                            return Err(invalid(
+                                key("delivery_tier_overrides"),
+                                format!("unknown division {d}"),
+                            ));
+                        }
+                        let tier = DeliveryTier::parse(t).ok_or_else(|| {
+                            invalid(key("delivery_tier_overrides"), "tiers are A or B")
+                        })?;
+                        Ok((d.clone(), tier))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut pilot_starts: BTreeMap<String, NaiveDate> =
                     divisions.into_iter().map(|d| (d, p.pilot_start)).collect();
                 pilot_starts.extend(p.pilot_start_overrides.clone());
@@ -279,6 +366,7 @@ impl Config {
                     industries: p.industries.clone(),
                     pilot_starts: pilot_starts.into_iter().collect(),
                     delivery_tier,
+                    delivery_tiers,
                 })
             })
             .collect()

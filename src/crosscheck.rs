@@ -1,21 +1,28 @@
 //! Rules between records: revisions (DUPLICATE, REVISION_CONFLICT, STALE_REVISION,
-//! corrections), a worker known and active for every order, the worker's industries,
-//! age at the order, and the platform's pilot start.
+//! corrections); a known, active worker for every order; the worker's industries;
+//! the platform's pilot start; an accident's order and worker; a declaration against
+//! the gateway's figures; late orders for declared months.
 //!
-//! Pure: the store loads what it knows about the ids a batch touches into [`Known`],
-//! [`decide`] turns the batch into outcomes and a [`Plan`] of writes, and the store
-//! writes the plan in the same transaction. Records in one batch see each other in
-//! order, because each accepted record updates `Known` before the next is decided.
+//! Pure: the store loads what it knows about the ids and months a batch touches into
+//! [`Known`]; [`decide`] turns the batch into outcomes and a [`Plan`] of writes,
+//! including the changes to the incremental aggregates (volume statements, daily
+//! enrolments); the store writes the plan in the same transaction. Records in one
+//! batch see each other in order: each accepted record updates `Known` before the
+//! next is decided.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDate;
 
+use crate::domain::fees::{Figures, RateBook};
+use crate::domain::period::Period;
 use crate::domain::records::ContentHash;
-use crate::domain::time::{Millis, local_midnight};
+use crate::domain::time::{Millis, local_date, local_midnight};
 use crate::domain::{
-    ErrorCode, Order, Outcome, PlatformProfile, Record, RecordKind, Rejection, Worker, WorkerStatus,
+    Accident, Declaration, ErrorCode, Order, OrderStatus, Outcome, PlatformProfile, Record,
+    RecordKind, Rejection, WarningCode, Worker, WorkerStatus,
 };
+use crate::reconcile::{self, StatementKey, Statements};
 use crate::validate;
 
 /// A record's stored revision and content hash.
@@ -56,11 +63,162 @@ impl WorkerState {
     }
 }
 
-/// The stored state of every id a batch touches, keyed by record id.
+/// What the aggregates and the accident rules need of a stored order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFacts {
+    pub worker_id: String,
+    pub industry: String,
+    pub division_code: String,
+    pub accepted_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub status: OrderStatus,
+}
+
+impl OrderFacts {
+    pub fn of(o: &Order) -> Self {
+        Self {
+            worker_id: o.worker_id.clone(),
+            industry: o.industry.clone(),
+            division_code: o.division_code.clone(),
+            accepted_at: o.accepted_at,
+            completed_at: o.completed_at,
+            status: o.status,
+        }
+    }
+
+    /// The volume statement the order counts in.
+    pub fn statement(&self) -> StatementKey {
+        StatementKey {
+            period: Period::of(self.accepted_at),
+            division_code: self.division_code.clone(),
+            industry: self.industry.clone(),
+        }
+    }
+
+    /// The daily enrolment the order makes: worker, local day, division.
+    pub fn enrolment(&self) -> EnrolmentKey {
+        EnrolmentKey {
+            worker_id: self.worker_id.clone(),
+            day: local_date(self.accepted_at),
+            division_code: self.division_code.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOrder {
+    pub stored: Stored,
+    pub facts: OrderFacts,
+}
+
+/// A stored declaration: its revision and what it declares for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeclaration {
+    pub stored: Stored,
+    pub key: StatementKey,
+}
+
+/// 按日参保: a worker insured on a local day in a division.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnrolmentKey {
+    pub worker_id: String,
+    pub day: NaiveDate,
+    pub division_code: String,
+}
+
+/// The stored state of everything a batch touches.
 #[derive(Debug, Default, Clone)]
 pub struct Known {
     pub workers: HashMap<String, WorkerState>,
-    pub orders: HashMap<String, Stored>,
+    pub orders: HashMap<String, StoredOrder>,
+    pub declarations: HashMap<String, StoredDeclaration>,
+    pub accidents: HashMap<String, Stored>,
+    /// Billable counts of the statements of the months and industries in `scope`.
+    pub statements: Statements,
+    /// Keys (a city or a province) declared for, within `scope`.
+    pub declared: HashSet<StatementKey>,
+    /// When the platform's months closed (first declaration), within `scope`.
+    pub closed: HashMap<Period, Millis>,
+    /// The (month, industry) pairs whose statements and declarations were loaded.
+    pub scope: HashSet<(Period, String)>,
+}
+
+impl Known {
+    fn is_declared(&self, key: &StatementKey) -> bool {
+        let province = StatementKey {
+            division_code: format!("{}0000", key.division_code.get(..2).unwrap_or("")),
+            ..key.clone()
+        };
+        self.declared.contains(key) || self.declared.contains(&province)
+    }
+
+    fn add_to_statement(&mut self, key: &StatementKey, delta: i64) {
+        if self.scope.contains(&(key.period, key.industry.clone())) {
+            *self.statements.entry(key.clone()).or_default() += delta;
+        }
+    }
+}
+
+/// Ids a batch touches, to load before deciding; then the months and industries.
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    pub worker_ids: Vec<String>,
+    pub order_ids: Vec<String>,
+    pub declaration_ids: Vec<String>,
+    pub accident_ids: Vec<String>,
+}
+
+impl Touched {
+    pub fn of(candidates: &[Candidate]) -> Self {
+        let mut t = Touched::default();
+        let mut seen = HashSet::new();
+        let mut add = |list: &mut Vec<String>, kind: u8, id: &str| {
+            if seen.insert((kind, id.to_string())) {
+                list.push(id.to_string());
+            }
+        };
+        for c in candidates {
+            match &c.record {
+                Ok(Record::Worker(w)) => add(&mut t.worker_ids, 0, &w.worker_id),
+                Ok(Record::Order(o)) => {
+                    add(&mut t.order_ids, 1, &o.order_id);
+                    add(&mut t.worker_ids, 0, &o.worker_id);
+                }
+                Ok(Record::Declaration(d)) => add(&mut t.declaration_ids, 2, &d.declaration_id),
+                Ok(Record::Accident(a)) => {
+                    add(&mut t.accident_ids, 3, &a.report_id);
+                    add(&mut t.order_ids, 1, &a.order_id);
+                    add(&mut t.worker_ids, 0, &a.worker_id);
+                }
+                Err(_) => {}
+            }
+        }
+        t
+    }
+
+    /// The (month, industry) pairs whose statements and declarations the batch needs:
+    /// those of its orders (new and as stored) and of its declarations.
+    pub fn scope(candidates: &[Candidate], known: &Known) -> Vec<(Period, String)> {
+        let mut pairs = HashSet::new();
+        for c in candidates {
+            match &c.record {
+                Ok(Record::Order(o)) => {
+                    pairs.insert((Period::of(o.accepted_at), o.industry.clone()));
+                    if let Some(s) = known.orders.get(&o.order_id) {
+                        pairs.insert((Period::of(s.facts.accepted_at), s.facts.industry.clone()));
+                    }
+                }
+                Ok(Record::Declaration(d)) => {
+                    pairs.insert((d.period, d.industry.clone()));
+                    if let Some(s) = known.declarations.get(&d.declaration_id) {
+                        pairs.insert((s.key.period, s.key.industry.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        pairs.into_iter().collect()
+    }
 }
 
 /// One record of a batch as it enters the rules: validated, or already rejected by
@@ -91,44 +249,86 @@ pub struct Write<T> {
     pub correction: bool,
 }
 
+/// A declaration's figures at acceptance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub declared: Figures,
+    pub computed: Figures,
+}
+
+/// Everything the rules need besides the batch and the stored state.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub platform: &'a PlatformProfile,
+    pub rates: &'a RateBook,
+    pub now: Millis,
+    /// Declarations are due by the end of this day of the following month.
+    pub declaration_deadline_day: u32,
+    /// Margin around an order's window within which an accident is not flagged.
+    pub accident_margin_ms: i64,
+}
+
 /// The outcome of every record, in input order, and the writes that realise them.
-/// Each id appears at most once in `workers` and `orders` (the last accepted revision).
+/// Each id appears at most once per kind (the last accepted revision).
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub outcomes: Vec<Outcome>,
+    /// Figures of accepted declarations, by index in the batch.
+    pub reconciliations: BTreeMap<usize, Reconciliation>,
     pub workers: Vec<Write<Worker>>,
     pub orders: Vec<Write<Order>>,
+    pub declarations: Vec<Write<Declaration>>,
+    pub accidents: Vec<Write<Accident>>,
     pub rejections: Vec<RejectionRow>,
+    /// Changes to billable counts of volume statements (zero entries removed).
+    pub statement_deltas: BTreeMap<StatementKey, i64>,
+    /// Changes to order counts of daily enrolments (zero entries removed).
+    pub enrolment_deltas: BTreeMap<EnrolmentKey, i64>,
+    /// Months the batch closes for the platform (its first declaration for them).
+    pub closes: Vec<Period>,
 }
 
 impl Plan {
     /// True when nothing needs writing (every record a duplicate).
     pub fn is_empty(&self) -> bool {
-        self.workers.is_empty() && self.orders.is_empty() && self.rejections.is_empty()
+        self.workers.is_empty()
+            && self.orders.is_empty()
+            && self.declarations.is_empty()
+            && self.accidents.is_empty()
+            && self.rejections.is_empty()
     }
 }
 
-/// Adds `w` to `list`, replacing an earlier write of the same id.
-fn push_write<T>(
-    list: &mut Vec<Write<T>>,
-    pos: &mut HashMap<String, usize>,
-    id: &str,
-    w: Write<T>,
-) {
-    match pos.get(id) {
-        Some(&i) => {
-            // A second revision of the same id in one batch: keep the later one, and it
-            // is a correction only if the first write was.
-            let correction = list[i].correction;
-            list[i] = Write { correction, ..w };
+/// Writes of one kind, one per id (a later revision in the same batch replaces the
+/// earlier one, and is a correction only if the first write was).
+struct Writes<T> {
+    list: Vec<Write<T>>,
+    pos: HashMap<String, usize>,
+}
+
+impl<T> Writes<T> {
+    fn new() -> Self {
+        Self {
+            list: Vec::new(),
+            pos: HashMap::new(),
         }
-        None => {
-            pos.insert(id.to_string(), list.len());
-            list.push(w);
+    }
+
+    fn push(&mut self, id: &str, w: Write<T>) {
+        match self.pos.get(id) {
+            Some(&i) => {
+                let correction = self.list[i].correction;
+                self.list[i] = Write { correction, ..w };
+            }
+            None => {
+                self.pos.insert(id.to_string(), self.list.len());
+                self.list.push(w);
+            }
         }
     }
 }
 
+#[derive(Clone, Copy)]
 enum Step {
     New,
     Correction,
@@ -168,6 +368,14 @@ fn revision_step(
     }
 }
 
+fn worker_not_registered(worker_id: &str) -> Rejection {
+    Rejection::new(
+        ErrorCode::WorkerNotRegistered,
+        "worker_id",
+        format!("worker {worker_id} is not registered"),
+    )
+}
+
 /// The rules an order must pass against its worker and its platform.
 fn check_order(
     order: &Order,
@@ -175,11 +383,7 @@ fn check_order(
     worker: Option<&WorkerState>,
 ) -> Result<(), Rejection> {
     let Some(w) = worker else {
-        return Err(Rejection::new(
-            ErrorCode::WorkerNotRegistered,
-            "worker_id",
-            format!("worker {} is not registered", order.worker_id),
-        ));
+        return Err(worker_not_registered(&order.worker_id));
     };
     if !w.active_at(order.accepted_at) {
         let why = if order.accepted_at < w.registered_at {
@@ -225,16 +429,53 @@ fn check_order(
     }
 }
 
+/// The rules an accident must pass, and its warnings.
+fn check_accident(
+    a: &Accident,
+    known: &Known,
+    margin_ms: i64,
+) -> Result<Vec<WarningCode>, Rejection> {
+    if !known.workers.contains_key(&a.worker_id) {
+        return Err(worker_not_registered(&a.worker_id));
+    }
+    let Some(order) = known.orders.get(&a.order_id) else {
+        return Err(Rejection::new(
+            ErrorCode::OrderNotFound,
+            "order_id",
+            format!("order {} is not known", a.order_id),
+        ));
+    };
+    if order.facts.worker_id != a.worker_id {
+        return Err(Rejection::new(
+            ErrorCode::OrderWorkerMismatch,
+            "order_id",
+            format!("order {} belongs to another worker", a.order_id),
+        ));
+    }
+    let start = order.facts.accepted_at - margin_ms;
+    let end = order.facts.completed_at.unwrap_or(order.facts.accepted_at) + margin_ms;
+    Ok(if (start..=end).contains(&a.occurred_at) {
+        vec![]
+    } else {
+        vec![WarningCode::AccidentOutsideOrderWindow]
+    })
+}
+
+fn bump<K: Ord>(map: &mut BTreeMap<K, i64>, key: K, delta: i64) {
+    let v = map.entry(key).or_default();
+    *v += delta;
+}
+
 /// Decides every candidate in order against `known`, updating it as records are
 /// accepted, and returns the outcomes with the writes to make.
-pub fn decide(platform: &PlatformProfile, candidates: Vec<Candidate>, known: &mut Known) -> Plan {
+pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) -> Plan {
     let mut plan = Plan {
         outcomes: Vec::with_capacity(candidates.len()),
         ..Plan::default()
     };
-    let mut worker_pos = HashMap::new();
-    let mut order_pos = HashMap::new();
-    for c in candidates {
+    let (mut workers, mut orders, mut declarations, mut accidents) =
+        (Writes::new(), Writes::new(), Writes::new(), Writes::new());
+    for (index, c) in candidates.into_iter().enumerate() {
         let outcome = match c.record {
             Err(rejection) => Err(rejection),
             Ok(Record::Worker(w)) => {
@@ -252,38 +493,173 @@ pub fn decide(platform: &PlatformProfile, candidates: Vec<Candidate>, known: &mu
                         .workers
                         .insert(w.worker_id.clone(), WorkerState::of(&w));
                     let id = w.worker_id.clone();
-                    let write = Write {
-                        record: w,
-                        hash,
-                        correction: matches!(step, Step::Correction),
-                    };
-                    push_write(&mut plan.workers, &mut worker_pos, &id, write);
+                    let correction = matches!(step, Step::Correction);
+                    workers.push(
+                        &id,
+                        Write {
+                            record: w,
+                            hash,
+                            correction,
+                        },
+                    );
                     Outcome::ACCEPTED
                 })
             }
             Ok(Record::Order(o)) => {
                 let hash = o.content_hash();
-                revision_step(known.orders.get(&o.order_id), o.revision, &hash).and_then(|step| {
+                revision_step(
+                    known.orders.get(&o.order_id).map(|s| &s.stored),
+                    o.revision,
+                    &hash,
+                )
+                .and_then(|step| {
                     if let Step::Duplicate = step {
                         return Ok(Outcome::Duplicate);
                     }
-                    check_order(&o, platform, known.workers.get(&o.worker_id))?;
-                    known.orders.insert(
+                    check_order(&o, rules.platform, known.workers.get(&o.worker_id))?;
+                    let facts = OrderFacts::of(&o);
+                    let mut late = known.is_declared(&facts.statement());
+                    let old = known.orders.insert(
                         o.order_id.clone(),
-                        Stored {
-                            revision: o.revision,
-                            hash,
+                        StoredOrder {
+                            stored: Stored {
+                                revision: o.revision,
+                                hash,
+                            },
+                            facts: facts.clone(),
                         },
                     );
+                    if let Some(old) = old {
+                        late |= known.is_declared(&old.facts.statement());
+                        if old.facts.status.is_billable() {
+                            known.add_to_statement(&old.facts.statement(), -1);
+                            bump(&mut plan.statement_deltas, old.facts.statement(), -1);
+                        }
+                        bump(&mut plan.enrolment_deltas, old.facts.enrolment(), -1);
+                    }
+                    if facts.status.is_billable() {
+                        known.add_to_statement(&facts.statement(), 1);
+                        bump(&mut plan.statement_deltas, facts.statement(), 1);
+                    }
+                    bump(&mut plan.enrolment_deltas, facts.enrolment(), 1);
                     let id = o.order_id.clone();
-                    let write = Write {
-                        record: o,
-                        hash,
-                        correction: matches!(step, Step::Correction),
-                    };
-                    push_write(&mut plan.orders, &mut order_pos, &id, write);
-                    Ok(Outcome::ACCEPTED)
+                    let correction = matches!(step, Step::Correction);
+                    orders.push(
+                        &id,
+                        Write {
+                            record: o,
+                            hash,
+                            correction,
+                        },
+                    );
+                    Ok(Outcome::Accepted {
+                        warnings: if late {
+                            vec![WarningCode::LateOrder]
+                        } else {
+                            vec![]
+                        },
+                    })
                 })
+            }
+            Ok(Record::Declaration(d)) => {
+                let hash = d.content_hash();
+                revision_step(
+                    known.declarations.get(&d.declaration_id).map(|s| &s.stored),
+                    d.revision,
+                    &hash,
+                )
+                .map(|step| {
+                    if let Step::Duplicate = step {
+                        return Outcome::Duplicate;
+                    }
+                    let closed_at = match known.closed.get(&d.period) {
+                        Some(t) => *t,
+                        None => {
+                            known.closed.insert(d.period, rules.now);
+                            plan.closes.push(d.period);
+                            rules.now
+                        }
+                    };
+                    let computed = reconcile::computed(
+                        rules.platform,
+                        rules.rates,
+                        d.period,
+                        &d.division_code,
+                        &d.industry,
+                        &known.statements,
+                        Some(closed_at),
+                    );
+                    let mut warnings = vec![];
+                    if d.figures != computed {
+                        warnings.push(WarningCode::DeclarationMismatch);
+                    }
+                    if rules.now >= d.period.deadline_end(rules.declaration_deadline_day) {
+                        warnings.push(WarningCode::LateDeclaration);
+                    }
+                    plan.reconciliations.insert(
+                        index,
+                        Reconciliation {
+                            declared: d.figures,
+                            computed,
+                        },
+                    );
+                    let key = StatementKey {
+                        period: d.period,
+                        division_code: d.division_code.clone(),
+                        industry: d.industry.clone(),
+                    };
+                    known.declared.insert(key.clone());
+                    known.declarations.insert(
+                        d.declaration_id.clone(),
+                        StoredDeclaration {
+                            stored: Stored {
+                                revision: d.revision,
+                                hash,
+                            },
+                            key,
+                        },
+                    );
+                    let id = d.declaration_id.clone();
+                    let correction = matches!(step, Step::Correction);
+                    declarations.push(
+                        &id,
+                        Write {
+                            record: d,
+                            hash,
+                            correction,
+                        },
+                    );
+                    Outcome::Accepted { warnings }
+                })
+            }
+            Ok(Record::Accident(a)) => {
+                let hash = a.content_hash();
+                revision_step(known.accidents.get(&a.report_id), a.revision, &hash).and_then(
+                    |step| {
+                        if let Step::Duplicate = step {
+                            return Ok(Outcome::Duplicate);
+                        }
+                        let warnings = check_accident(&a, known, rules.accident_margin_ms)?;
+                        known.accidents.insert(
+                            a.report_id.clone(),
+                            Stored {
+                                revision: a.revision,
+                                hash,
+                            },
+                        );
+                        let id = a.report_id.clone();
+                        let correction = matches!(step, Step::Correction);
+                        accidents.push(
+                            &id,
+                            Write {
+                                record: a,
+                                hash,
+                                correction,
+                            },
+                        );
+                        Ok(Outcome::Accepted { warnings })
+                    },
+                )
             }
         };
         plan.outcomes.push(match outcome {
@@ -299,5 +675,11 @@ pub fn decide(platform: &PlatformProfile, candidates: Vec<Candidate>, known: &mu
             }
         });
     }
+    plan.workers = workers.list;
+    plan.orders = orders.list;
+    plan.declarations = declarations.list;
+    plan.accidents = accidents.list;
+    plan.statement_deltas.retain(|_, v| *v != 0);
+    plan.enrolment_deltas.retain(|_, v| *v != 0);
     plan
 }

@@ -1,64 +1,77 @@
 //! One batch, end to end after validation: open the store transaction, load what the
-//! rules need, decide (`crosscheck`), write, commit. The outcomes are returned only
-//! after the commit, so every ACCEPTED record is durable when the caller hears of it.
+//! rules need (the ids the batch touches, then the months and industries of its
+//! orders and declarations), decide (`crosscheck`), write, commit. The outcomes are
+//! returned only after the commit, so every ACCEPTED record is durable when the caller
+//! hears of it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::crosscheck::{self, Candidate};
+use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
+use crate::domain::PlatformProfile;
+use crate::domain::fees::RateBook;
 use crate::domain::time::now_millis;
-use crate::domain::{Outcome, PlatformProfile, Record};
 use crate::store::{Store, StoreError};
+
+/// Settings of the rules that come from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub declaration_deadline_day: u32,
+    pub accident_margin_ms: i64,
+}
 
 #[derive(Clone)]
 pub struct Ingest {
     store: Arc<dyn Store>,
+    rates: Arc<RateBook>,
+    policy: Policy,
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, rates: Arc<RateBook>, policy: Policy) -> Self {
+        Self {
+            store,
+            rates,
+            policy,
+        }
     }
 
-    /// Applies a batch for `platform` and returns one outcome per candidate, in order.
+    /// The rate book the rules use.
+    pub fn rates(&self) -> &Arc<RateBook> {
+        &self.rates
+    }
+
+    /// Applies a batch for `platform` and returns the plan (its outcomes are one per
+    /// candidate, in order) once it is committed.
     pub async fn apply(
         &self,
         platform: &PlatformProfile,
         candidates: Vec<Candidate>,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let mut worker_ids = HashSet::new();
-        let mut order_ids = HashSet::new();
-        for c in &candidates {
-            match &c.record {
-                Ok(Record::Worker(w)) => {
-                    worker_ids.insert(w.worker_id.as_str());
-                }
-                Ok(Record::Order(o)) => {
-                    order_ids.insert(o.order_id.as_str());
-                    worker_ids.insert(o.worker_id.as_str());
-                }
-                Err(_) => {}
-            }
-        }
-        let worker_ids: Vec<&str> = worker_ids.into_iter().collect();
-        let order_ids: Vec<&str> = order_ids.into_iter().collect();
-
+    ) -> Result<Plan, StoreError> {
+        let touched = Touched::of(&candidates);
         let mut tx = self.store.begin_ingest(platform.id).await?;
-        let mut known = tx.load(&worker_ids, &order_ids).await?;
-        let plan = crosscheck::decide(platform, candidates, &mut known);
+        let mut known = tx.load(&touched).await?;
+        let scope = Touched::scope(&candidates, &known);
+        tx.load_scope(&mut known, &scope).await?;
+        let now = now_millis();
+        let rules = Rules {
+            platform,
+            rates: &self.rates,
+            now,
+            declaration_deadline_day: self.policy.declaration_deadline_day,
+            accident_margin_ms: self.policy.accident_margin_ms,
+        };
+        let plan = crosscheck::decide(&rules, candidates, &mut known);
         if !plan.is_empty() {
-            tx.write(&plan, now_millis()).await?;
+            tx.write(&plan, now).await?;
             tx.commit().await?;
         }
-        let rejected = plan.rejections.len();
         tracing::debug!(
             platform = %platform.uscc,
             records = plan.outcomes.len(),
-            workers_written = plan.workers.len(),
-            orders_written = plan.orders.len(),
-            rejected,
+            rejected = plan.rejections.len(),
+            statements_changed = plan.statement_deltas.len(),
             "batch committed"
         );
-        Ok(plan.outcomes)
+        Ok(plan)
     }
 }

@@ -22,6 +22,7 @@ pub mod identity;
 pub mod ingest;
 pub mod loadgen;
 pub mod proto;
+pub mod reconcile;
 pub mod reference;
 pub mod store;
 pub mod submit;

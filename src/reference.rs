@@ -7,6 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::domain::fees::{BaseRate, FloatRate, Multiplier};
+use crate::domain::platform::DeliveryTier;
+use crate::domain::time::Millis;
+
 /// A GB/T 2260 administrative division.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Division {
@@ -46,6 +50,74 @@ pub enum ReferenceError {
     },
     #[error("served division {0} is not in the division list")]
     UnknownServed(String),
+}
+
+const DEFAULT_BASE_RATES: &str = include_str!("../reference/base-rates.csv");
+const DEFAULT_FLOATS: &str = include_str!("../reference/floats.csv");
+
+/// Rate tables read from CSV (the shipped ones when no file is given), all stamped as
+/// recorded at `recorded_at`.
+pub fn load_rates(
+    base_file: Option<&Path>,
+    floats_file: Option<&Path>,
+    recorded_at: Millis,
+) -> Result<(Vec<BaseRate>, Vec<FloatRate>), ReferenceError> {
+    let base_text = read_or(base_file, DEFAULT_BASE_RATES)?;
+    let floats_text = read_or(floats_file, DEFAULT_FLOATS)?;
+    let mut bases = Vec::new();
+    for (line, cols) in csv_rows(&base_text, "base rates")? {
+        let [industry, tier, from, fen] = cols.as_slice() else {
+            return Err(parse_err(
+                "base rates",
+                line,
+                "expected industry,tier,effective_from,fen_per_order",
+            ));
+        };
+        let tier = match *tier {
+            "" => None,
+            t => Some(
+                DeliveryTier::parse(t)
+                    .ok_or_else(|| parse_err("base rates", line, "tier must be A, B or empty"))?,
+            ),
+        };
+        bases.push(BaseRate {
+            industry: industry.to_string(),
+            tier,
+            effective_from: from
+                .parse()
+                .map_err(|_| parse_err("base rates", line, "effective_from must be YYYY-MM-DD"))?,
+            fen_per_order: fen.parse().ok().filter(|f: &i64| *f >= 0).ok_or_else(|| {
+                parse_err(
+                    "base rates",
+                    line,
+                    "fen_per_order must be a whole number of fen",
+                )
+            })?,
+            recorded_at,
+        });
+    }
+    let mut floats = Vec::new();
+    for (line, cols) in csv_rows(&floats_text, "floats")? {
+        let [uscc, division, year, m] = cols.as_slice() else {
+            return Err(parse_err(
+                "floats",
+                line,
+                "expected uscc,division_code,year,multiplier",
+            ));
+        };
+        floats.push(FloatRate {
+            uscc: uscc.to_string(),
+            division_code: division.to_string(),
+            year: year
+                .parse()
+                .map_err(|_| parse_err("floats", line, "year must be a number"))?,
+            multiplier: Multiplier::parse(m).ok_or_else(|| {
+                parse_err("floats", line, "multiplier must be a decimal like 1.05")
+            })?,
+            recorded_at,
+        });
+    }
+    Ok((bases, floats))
 }
 
 const DEFAULT_DIVISIONS: &str = include_str!("../reference/divisions.csv");

@@ -6,10 +6,13 @@
 
 use chrono::NaiveDate;
 
+use crate::domain::fees::Figures;
 use crate::domain::ids::{IdNumber, IdType, Mobile, PersonName, Plate};
+use crate::domain::period::Period;
 use crate::domain::time::{self, Millis, age_on, local_date};
 use crate::domain::{
-    ErrorCode, Order, OrderStatus, PlatformProfile, Record, Rejection, Worker, WorkerStatus,
+    Accident, Declaration, ErrorCode, InjuryKind, Order, OrderStatus, PlatformProfile, Record,
+    Rejection, Worker, WorkerStatus,
 };
 use crate::proto;
 use crate::reference::Reference;
@@ -293,11 +296,110 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
     })
 }
 
+/// A known division served by this gateway (any level).
+fn served_division<'a>(v: &'a str, ctx: &Context<'_>) -> Result<&'a str> {
+    let v = required(v, "division_code")?;
+    if ctx.reference.division(v).is_none() {
+        return Err(reject(
+            ErrorCode::InvalidDivisionCode,
+            "division_code",
+            format!("unknown division {v}"),
+        ));
+    }
+    if !ctx.reference.serves(v) {
+        return Err(reject(
+            ErrorCode::InvalidDivisionCode,
+            "division_code",
+            format!("division {v} is not served by this gateway"),
+        ));
+    }
+    Ok(v)
+}
+
+fn non_negative(v: i64, field: &str) -> Result<i64> {
+    if v < 0 {
+        Err(reject(
+            ErrorCode::InvalidAmount,
+            field,
+            format!("{field} must not be negative"),
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Validates a monthly declaration.
+pub fn declaration(d: &proto::Declaration, ctx: &Context<'_>) -> Result<Declaration> {
+    let declaration_id = record_id(&d.declaration_id, "declaration_id")?;
+    let period = Period::parse(required(&d.period, "period")?)
+        .ok_or_else(|| reject(ErrorCode::InvalidPeriod, "period", "period must be YYYY-MM"))?;
+    if !period.has_ended(ctx.now) {
+        return Err(reject(
+            ErrorCode::InvalidPeriod,
+            "period",
+            format!("{period} has not ended"),
+        ));
+    }
+    let division_code = served_division(&d.division_code, ctx)?;
+    let industry = industry(&d.industry, "industry", ctx)?;
+    let figures = Figures {
+        order_count: non_negative(d.order_count, "order_count")?,
+        amount_fen: non_negative(d.amount_fen, "amount_fen")?,
+    };
+    Ok(Declaration {
+        declaration_id: declaration_id.to_string(),
+        revision: revision(d.revision),
+        period,
+        division_code: division_code.to_string(),
+        industry,
+        figures,
+    })
+}
+
+/// Longest accident description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+
+/// Validates an accident report.
+pub fn accident(a: &proto::Accident, ctx: &Context<'_>) -> Result<Accident> {
+    let report_id = record_id(&a.report_id, "report_id")?;
+    let worker_id = record_id(&a.worker_id, "worker_id")?;
+    let order_id = record_id(&a.order_id, "order_id")?;
+    let occurred_at = time_field(&a.occurred_at, "occurred_at", ctx)?;
+    let division_code = served_division(&a.division_code, ctx)?;
+    let injury_kind =
+        InjuryKind::parse(required(&a.injury_kind, "injury_kind")?).ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidInjuryKind,
+                "injury_kind",
+                "injury_kind must be TRAFFIC, FALL, ASSAULT or OTHER",
+            )
+        })?;
+    if a.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(reject(
+            ErrorCode::FieldTooLong,
+            "description",
+            format!("description is longer than {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    Ok(Accident {
+        report_id: report_id.to_string(),
+        revision: revision(a.revision),
+        worker_id: worker_id.to_string(),
+        order_id: order_id.to_string(),
+        occurred_at,
+        division_code: division_code.to_string(),
+        injury_kind,
+        description: a.description.clone(),
+    })
+}
+
 /// Validates a record of any kind.
 pub fn record(r: &proto::Record, ctx: &Context<'_>) -> Result<Record> {
     match &r.kind {
         Some(proto::record::Kind::Worker(w)) => worker(w, ctx).map(Record::Worker),
         Some(proto::record::Kind::Order(o)) => order(o, ctx).map(Record::Order),
+        Some(proto::record::Kind::Declaration(d)) => declaration(d, ctx).map(Record::Declaration),
+        Some(proto::record::Kind::Accident(a)) => accident(a, ctx).map(Record::Accident),
         None => Err(Rejection::missing("kind")),
     }
 }

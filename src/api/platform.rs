@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::access::Access;
 use crate::config::Limits;
 use crate::crosscheck::Candidate;
+use crate::domain::fees::{Figures, ReconciliationStatus};
 use crate::domain::ids::{mask_id_number, mask_mobile, mask_name};
 use crate::domain::time::{now_millis, to_rfc3339};
 use crate::domain::{Outcome, PlatformProfile, Record, RecordKind};
@@ -17,6 +18,7 @@ use crate::error::ApiError;
 use crate::identity::Principal;
 use crate::ingest::Ingest;
 use crate::proto::{self, platform_service_server::PlatformService, record};
+use crate::reconcile;
 use crate::reference::Reference;
 use crate::store::{PageRequest, Store};
 use crate::validate;
@@ -76,6 +78,55 @@ impl WireRecord for proto::Order {
     }
 }
 
+impl WireRecord for proto::Declaration {
+    const LIST: &'static str = "declarations";
+    fn name(&self, index: usize) -> Named {
+        named(
+            RecordKind::Declaration,
+            &self.declaration_id,
+            self.revision,
+            format!("declarations[{index}]."),
+        )
+    }
+    fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
+        validate::declaration(self, ctx).map(Record::Declaration)
+    }
+}
+
+impl WireRecord for proto::Accident {
+    const LIST: &'static str = "accidents";
+    fn name(&self, index: usize) -> Named {
+        named(
+            RecordKind::Accident,
+            &self.report_id,
+            self.revision,
+            format!("accidents[{index}]."),
+        )
+    }
+    fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
+        validate::accident(self, ctx).map(Record::Accident)
+    }
+}
+
+fn wire_figures(f: Figures) -> proto::Figures {
+    proto::Figures {
+        order_count: f.order_count,
+        amount_fen: f.amount_fen,
+    }
+}
+
+fn wire_reconciliation(
+    declared: Figures,
+    computed: Figures,
+    status: ReconciliationStatus,
+) -> proto::Reconciliation {
+    proto::Reconciliation {
+        status: status.as_str().to_string(),
+        declared: Some(wire_figures(declared)),
+        computed: Some(wire_figures(computed)),
+    }
+}
+
 impl WireRecord for proto::Record {
     const LIST: &'static str = "records";
     fn name(&self, index: usize) -> Named {
@@ -91,6 +142,18 @@ impl WireRecord for proto::Record {
                 &o.order_id,
                 o.revision,
                 format!("records[{index}].order."),
+            ),
+            Some(record::Kind::Declaration(d)) => named(
+                RecordKind::Declaration,
+                &d.declaration_id,
+                d.revision,
+                format!("records[{index}].declaration."),
+            ),
+            Some(record::Kind::Accident(a)) => named(
+                RecordKind::Accident,
+                &a.report_id,
+                a.revision,
+                format!("records[{index}].accident."),
             ),
             // No kind: name it as a worker-less blank; the rejection says MISSING_FIELD kind.
             None => named(RecordKind::Worker, "", 0, format!("records[{index}].")),
@@ -186,14 +249,22 @@ impl PlatformApi {
                 c
             })
             .collect();
-        let outcomes = self.ingest.apply(platform, candidates).await?;
+        let mut plan = self.ingest.apply(platform, candidates).await?;
         let summary = out.summary.get_or_insert_with(Default::default);
         out.outcomes.extend(
             names
                 .into_iter()
-                .zip(outcomes)
+                .zip(plan.outcomes)
                 .enumerate()
-                .map(|(i, (n, o))| to_wire(offset + i, n, o, summary)),
+                .map(|(i, (n, o))| {
+                    let mut wire = to_wire(offset + i, n, o, summary);
+                    if let Some(r) = plan.reconciliations.remove(&i) {
+                        let status = ReconciliationStatus::of(r.declared, r.computed);
+                        wire.reconciliation =
+                            Some(wire_reconciliation(r.declared, r.computed, status));
+                    }
+                    wire
+                }),
         );
         Ok(())
     }
@@ -326,6 +397,115 @@ impl PlatformService for PlatformApi {
         Ok(Response::new(
             self.batch(&platform, req.into_inner().records).await?,
         ))
+    }
+
+    async fn submit_declarations(
+        &self,
+        req: Request<proto::SubmitDeclarationsRequest>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.batch(&platform, req.into_inner().declarations).await?,
+        ))
+    }
+
+    async fn stream_declarations(
+        &self,
+        req: Request<Streaming<proto::SubmitDeclarationsRequest>>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.stream(&platform, req.into_inner(), |m| m.declarations)
+                .await?,
+        ))
+    }
+
+    async fn report_accidents(
+        &self,
+        req: Request<proto::ReportAccidentsRequest>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.batch(&platform, req.into_inner().accidents).await?,
+        ))
+    }
+
+    async fn stream_accidents(
+        &self,
+        req: Request<Streaming<proto::ReportAccidentsRequest>>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let platform = self.caller(&req).await?;
+        Ok(Response::new(
+            self.stream(&platform, req.into_inner(), |m| m.accidents)
+                .await?,
+        ))
+    }
+
+    async fn list_declarations(
+        &self,
+        req: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListDeclarationsResponse>, Status> {
+        let platform = self.caller(&req).await?;
+        let page = self
+            .store
+            .list_declarations(platform.id, &Self::page(req.get_ref()))
+            .await
+            .map_err(ApiError::from)?;
+        // The status is computed now, from the statements as they are: never stale.
+        let scope: Vec<_> = page
+            .items
+            .iter()
+            .map(|d| (d.period, d.industry.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let statements = self
+            .store
+            .statements(platform.id, &scope)
+            .await
+            .map_err(ApiError::from)?;
+        let closed = self
+            .store
+            .closed_periods(platform.id)
+            .await
+            .map_err(ApiError::from)?;
+        let declarations = page
+            .items
+            .into_iter()
+            .map(|d| {
+                let declared = Figures {
+                    order_count: d.order_count,
+                    amount_fen: d.amount_fen,
+                };
+                let computed = reconcile::computed(
+                    &platform,
+                    self.ingest.rates(),
+                    d.period,
+                    &d.division_code,
+                    &d.industry,
+                    &statements,
+                    closed.get(&d.period).copied(),
+                );
+                let status = reconcile::status(declared, computed, d.superseded);
+                proto::StoredDeclaration {
+                    reconciliation: Some(wire_reconciliation(declared, computed, status)),
+                    declaration: Some(proto::Declaration {
+                        declaration_id: d.declaration_id,
+                        revision: d.revision,
+                        period: d.period.to_string(),
+                        division_code: d.division_code,
+                        industry: d.industry,
+                        order_count: d.order_count,
+                        amount_fen: d.amount_fen,
+                    }),
+                    received_at_ms: d.received_at,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListDeclarationsResponse {
+            declarations,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
     }
 
     type SubmitStreamStream = ReceiverStream<Result<proto::BatchOutcome, Status>>;

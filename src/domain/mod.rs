@@ -1,11 +1,15 @@
 //! The domain: records, identifiers, times and outcomes. Pure: no tonic, no sqlx.
 
+pub mod fees;
 pub mod ids;
 pub mod outcome;
+pub mod period;
 pub mod platform;
 pub mod records;
 pub mod time;
 
 pub use outcome::{ErrorCode, Outcome, Rejection, WarningCode};
 pub use platform::PlatformProfile;
-pub use records::{Order, OrderStatus, Record, RecordKind, Worker, WorkerStatus};
+pub use records::{
+    Accident, Declaration, InjuryKind, Order, OrderStatus, Record, RecordKind, Worker, WorkerStatus,
+};

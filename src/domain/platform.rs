@@ -41,10 +41,24 @@ pub struct PlatformProfile {
     pub industries: BTreeSet<String>,
     /// Division code → pilot start date (Asia/Shanghai).
     pub pilot_starts: BTreeMap<String, NaiveDate>,
+    /// The platform's instant-delivery tier...
     pub delivery_tier: DeliveryTier,
+    /// ...except in these divisions (a city, or a province for all its cities).
+    pub delivery_tiers: BTreeMap<String, DeliveryTier>,
 }
 
 impl PlatformProfile {
+    /// The instant-delivery tier in `division` (its own entry, else its province's,
+    /// else the platform's).
+    pub fn tier_for(&self, division: &str) -> DeliveryTier {
+        let province = format!("{}0000", division.get(..2).unwrap_or(""));
+        self.delivery_tiers
+            .get(division)
+            .or_else(|| self.delivery_tiers.get(&province))
+            .copied()
+            .unwrap_or(self.delivery_tier)
+    }
+
     /// The pilot start that governs `division`: the division's own entry, else its
     /// prefecture's (`xxxx00`), else its province's (`xx0000`).
     pub fn pilot_start(&self, division: &str) -> Option<NaiveDate> {

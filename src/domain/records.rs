@@ -3,7 +3,9 @@
 
 use sha2::{Digest, Sha256};
 
+use super::fees::Figures;
 use super::ids::{IdNumber, Mobile, PersonName, Plate};
+use super::period::Period;
 use super::time::Millis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +85,82 @@ pub struct Order {
     pub vehicle_plate: Option<Plate>,
 }
 
+/// 月度缴费申报: what the platform declares to the tax bureau for one month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declaration {
+    pub declaration_id: String,
+    pub revision: u32,
+    pub period: Period,
+    /// A city, or a province (covering all its cities).
+    pub division_code: String,
+    pub industry: String,
+    pub figures: Figures,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjuryKind {
+    Traffic,
+    Fall,
+    Assault,
+    Other,
+}
+
+impl InjuryKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TRAFFIC" => Some(Self::Traffic),
+            "FALL" => Some(Self::Fall),
+            "ASSAULT" => Some(Self::Assault),
+            "OTHER" => Some(Self::Other),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Traffic => "TRAFFIC",
+            Self::Fall => "FALL",
+            Self::Assault => "ASSAULT",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
+/// 事故备案: an accident reported during an order. The description may hold medical
+/// detail: it is personal information and never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Accident {
+    pub report_id: String,
+    pub revision: u32,
+    pub worker_id: String,
+    pub order_id: String,
+    pub occurred_at: Millis,
+    pub division_code: String,
+    pub injury_kind: InjuryKind,
+    pub description: String,
+}
+
+impl std::fmt::Debug for Accident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accident")
+            .field("report_id", &self.report_id)
+            .field("revision", &self.revision)
+            .field("order_id", &self.order_id)
+            .field("injury_kind", &self.injury_kind)
+            .field(
+                "description",
+                &format_args!("<{} chars>", self.description.chars().count()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// The kinds of record a platform submits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     Worker,
     Order,
+    Declaration,
+    Accident,
 }
 
 impl RecordKind {
@@ -95,12 +168,16 @@ impl RecordKind {
         match self {
             Self::Worker => "worker",
             Self::Order => "order",
+            Self::Declaration => "declaration",
+            Self::Accident => "accident",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "worker" => Some(Self::Worker),
             "order" => Some(Self::Order),
+            "declaration" => Some(Self::Declaration),
+            "accident" => Some(Self::Accident),
             _ => None,
         }
     }
@@ -111,6 +188,8 @@ impl RecordKind {
 pub enum Record {
     Worker(Worker),
     Order(Order),
+    Declaration(Declaration),
+    Accident(Accident),
 }
 
 /// SHA-256 over a record's canonical content, excluding its revision: equal hashes
@@ -185,29 +264,48 @@ impl Order {
     }
 }
 
+impl Declaration {
+    pub fn content_hash(&self) -> ContentHash {
+        let mut c = Canon::new("declaration/v1");
+        c.str(&self.declaration_id)
+            .str(&self.period.to_string())
+            .str(&self.division_code)
+            .str(&self.industry)
+            .int(self.figures.order_count)
+            .int(self.figures.amount_fen);
+        c.finish()
+    }
+}
+
+impl Accident {
+    pub fn content_hash(&self) -> ContentHash {
+        let mut c = Canon::new("accident/v1");
+        c.str(&self.report_id)
+            .str(&self.worker_id)
+            .str(&self.order_id)
+            .int(self.occurred_at)
+            .str(&self.division_code)
+            .str(self.injury_kind.as_str())
+            .str(&self.description);
+        c.finish()
+    }
+}
+
 impl Record {
     pub fn kind(&self) -> RecordKind {
         match self {
             Record::Worker(_) => RecordKind::Worker,
             Record::Order(_) => RecordKind::Order,
+            Record::Declaration(_) => RecordKind::Declaration,
+            Record::Accident(_) => RecordKind::Accident,
         }
     }
     pub fn id(&self) -> &str {
         match self {
             Record::Worker(w) => &w.worker_id,
             Record::Order(o) => &o.order_id,
-        }
-    }
-    pub fn revision(&self) -> u32 {
-        match self {
-            Record::Worker(w) => w.revision,
-            Record::Order(o) => o.revision,
-        }
-    }
-    pub fn content_hash(&self) -> ContentHash {
-        match self {
-            Record::Worker(w) => w.content_hash(),
-            Record::Order(o) => o.content_hash(),
+            Record::Declaration(d) => &d.declaration_id,
+            Record::Accident(a) => &a.report_id,
         }
     }
 }

@@ -9,9 +9,14 @@
 use async_trait::async_trait;
 
 use crate::access::Grant;
-use crate::crosscheck::{Known, Plan};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::crosscheck::{EnrolmentKey, Known, Plan, Touched};
 use crate::domain::PlatformProfile;
+use crate::domain::fees::{BaseRate, FloatRate, RateBook};
+use crate::domain::period::Period;
 use crate::domain::time::Millis;
+use crate::reconcile::Statements;
 
 pub mod sqlite;
 
@@ -99,6 +104,23 @@ pub struct PlatformRegistration {
     /// Division code → pilot start (Asia/Shanghai local date).
     pub pilot_starts: Vec<(String, chrono::NaiveDate)>,
     pub delivery_tier: crate::domain::platform::DeliveryTier,
+    /// Division → tier, where it differs from `delivery_tier`.
+    pub delivery_tiers: Vec<(String, crate::domain::platform::DeliveryTier)>,
+}
+
+/// A stored declaration as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclarationRow {
+    pub declaration_id: String,
+    pub revision: u32,
+    pub period: Period,
+    pub division_code: String,
+    pub industry: String,
+    pub order_count: i64,
+    pub amount_fen: i64,
+    pub received_at: Millis,
+    /// A later declaration exists for the same period, division and industry.
+    pub superseded: bool,
 }
 
 #[async_trait]
@@ -122,13 +144,35 @@ pub trait Store: Send + Sync + 'static {
         platform_id: i64,
         page: &PageRequest,
     ) -> Result<Page<RejectionRecord>>;
+    async fn list_declarations(
+        &self,
+        platform_id: i64,
+        page: &PageRequest,
+    ) -> Result<Page<DeclarationRow>>;
+
+    /// Statement counts of these (month, industry) pairs.
+    async fn statements(&self, platform_id: i64, scope: &[(Period, String)]) -> Result<Statements>;
+    /// Every statement of a platform (for checks and reports).
+    async fn all_statements(&self, platform_id: i64) -> Result<Statements>;
+    /// Every daily enrolment of a platform.
+    async fn all_enrolments(&self, platform_id: i64) -> Result<BTreeMap<EnrolmentKey, i64>>;
+    /// When the platform's months closed.
+    async fn closed_periods(&self, platform_id: i64) -> Result<HashMap<Period, Millis>>;
+
+    /// Every version of every rate.
+    async fn rate_book(&self) -> Result<RateBook>;
+    /// Appends rate rows (new versions; nothing is overwritten).
+    async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()>;
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.
 #[async_trait]
 pub trait IngestTx: Send {
-    /// The stored state of these workers and orders (ids not stored are absent).
-    async fn load(&mut self, worker_ids: &[&str], order_ids: &[&str]) -> Result<Known>;
+    /// The stored state of these ids (ids not stored are absent).
+    async fn load(&mut self, touched: &Touched) -> Result<Known>;
+    /// Adds the statements, declared keys and closed months of these (month, industry)
+    /// pairs to `known`.
+    async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()>;
     /// Writes the plan's records and rejections.
     async fn write(&mut self, plan: &Plan, received_at: Millis) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;

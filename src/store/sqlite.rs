@@ -6,7 +6,7 @@
 //! through a separate pool. Batch writes are multi-row statements; id look-ups pass
 //! the ids as one JSON array parameter (`json_each`), whatever the batch size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,16 +17,23 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::{
-    IngestTx, OrderRow, Page, PageRequest, PlatformRegistration, RejectionRecord, Result, Store,
-    StoreError, WorkerRow,
+    DeclarationRow, IngestTx, OrderRow, Page, PageRequest, PlatformRegistration, RejectionRecord,
+    Result, Store, StoreError, WorkerRow,
 };
 use crate::access::{Grant, Role};
-use crate::crosscheck::{Known, Plan, Stored, WorkerState};
+use crate::crosscheck::{
+    EnrolmentKey, Known, OrderFacts, Plan, Stored, StoredDeclaration, StoredOrder, Touched,
+    WorkerState,
+};
+use crate::domain::OrderStatus;
+use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
 use crate::domain::ids::CreditCode;
+use crate::domain::period::Period;
 use crate::domain::platform::DeliveryTier;
 use crate::domain::records::ContentHash;
 use crate::domain::time::Millis;
 use crate::domain::{PlatformProfile, WorkerStatus};
+use crate::reconcile::{StatementKey, Statements};
 
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -155,6 +162,20 @@ impl Store for SqliteStore {
             });
             q.build().execute(&mut *tx).await.map_err(db_err)?;
         }
+        sqlx::query("DELETE FROM platform_delivery_tiers WHERE platform_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if !reg.delivery_tiers.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO platform_delivery_tiers (platform_id, division_code, tier) ",
+            );
+            q.push_values(&reg.delivery_tiers, |mut b, (code, tier)| {
+                b.push_bind(id).push_bind(code).push_bind(tier.as_str());
+            });
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         self.platform(&reg.uscc)
             .await?
@@ -185,7 +206,24 @@ impl Store for SqliteStore {
                 NaiveDate::from_str(&start).map_err(|_| corrupt("pilot_start is not a date"))?;
             pilot_starts.insert(code, date);
         }
+        let tiers: Vec<(String, String)> = sqlx::query_as(
+            "SELECT division_code, tier FROM platform_delivery_tiers WHERE platform_id = ?1",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let delivery_tiers = tiers
+            .into_iter()
+            .map(|(code, t)| {
+                Ok((
+                    code,
+                    DeliveryTier::parse(&t).ok_or_else(|| corrupt("unknown delivery tier"))?,
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
         Ok(Some(PlatformProfile {
+            delivery_tiers,
             id,
             uscc: CreditCode::parse(&uscc).map_err(|_| corrupt("stored USCC is invalid"))?,
             name,
@@ -368,6 +406,193 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         Ok(page_of(items, page.limit, |r| r.seq.to_string()))
     }
+
+    async fn list_declarations(
+        &self,
+        platform_id: i64,
+        page: &PageRequest,
+    ) -> Result<Page<DeclarationRow>> {
+        type Row = (String, i64, String, String, String, i64, i64, i64, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT d.declaration_id, d.revision, d.period, d.division_code, d.industry, d.order_count, d.amount_fen,
+                    d.received_at,
+                    EXISTS (SELECT 1 FROM declarations n
+                            WHERE n.platform_id = d.platform_id AND n.period = d.period AND n.industry = d.industry
+                              AND n.division_code = d.division_code
+                              AND (n.received_at, n.declaration_id) > (d.received_at, d.declaration_id))
+             FROM declarations d
+             WHERE d.platform_id = ?1 AND d.declaration_id > ?2 AND (?3 IS NULL OR d.declaration_id = ?3)
+             ORDER BY d.declaration_id LIMIT ?4",
+        )
+        .bind(platform_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.id.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                Ok(DeclarationRow {
+                    declaration_id: r.0,
+                    revision: revision_of(r.1)?,
+                    period: period_of(&r.2)?,
+                    division_code: r.3,
+                    industry: r.4,
+                    order_count: r.5,
+                    amount_fen: r.6,
+                    received_at: r.7,
+                    superseded: r.8 != 0,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, page.limit, |d| d.declaration_id.clone()))
+    }
+
+    async fn statements(&self, platform_id: i64, scope: &[(Period, String)]) -> Result<Statements> {
+        if scope.is_empty() {
+            return Ok(Statements::new());
+        }
+        statements_of(
+            fetch_json(
+                &self.reader,
+                STATEMENTS_IN_SCOPE,
+                platform_id,
+                scope_json(scope)?,
+            )
+            .await?,
+        )
+    }
+
+    async fn all_statements(&self, platform_id: i64) -> Result<Statements> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT period, division_code, industry, billable_count FROM volume_statements WHERE platform_id = ?1",
+        )
+        .bind(platform_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        statements_of(rows)
+    }
+
+    async fn all_enrolments(&self, platform_id: i64) -> Result<BTreeMap<EnrolmentKey, i64>> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT worker_id, day, division_code, order_count FROM daily_enrolments WHERE platform_id = ?1",
+        )
+        .bind(platform_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(worker_id, day, division_code, count)| {
+                let day = NaiveDate::from_str(&day)
+                    .map_err(|_| corrupt("enrolment day is not a date"))?;
+                Ok((
+                    EnrolmentKey {
+                        worker_id,
+                        day,
+                        division_code,
+                    },
+                    count,
+                ))
+            })
+            .collect()
+    }
+
+    async fn closed_periods(&self, platform_id: i64) -> Result<HashMap<Period, Millis>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT period, closed_at FROM closed_periods WHERE platform_id = ?1")
+                .bind(platform_id)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(p, at)| Ok((period_of(&p)?, at)))
+            .collect()
+    }
+
+    async fn rate_book(&self) -> Result<RateBook> {
+        let bases: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT industry, tier, effective_from, fen_per_order, recorded_at FROM base_rates",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let floats: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT uscc, division_code, year, multiplier_e4, recorded_at FROM float_rates",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(RateBook {
+            bases: bases
+                .into_iter()
+                .map(|(industry, tier, from, fen, at)| {
+                    Ok(BaseRate {
+                        industry,
+                        tier: if tier.is_empty() {
+                            None
+                        } else {
+                            Some(
+                                DeliveryTier::parse(&tier)
+                                    .ok_or_else(|| corrupt("unknown tier in base_rates"))?,
+                            )
+                        },
+                        effective_from: NaiveDate::from_str(&from)
+                            .map_err(|_| corrupt("effective_from is not a date"))?,
+                        fen_per_order: fen,
+                        recorded_at: at,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            floats: floats
+                .into_iter()
+                .map(|(uscc, division_code, year, m, at)| {
+                    Ok(FloatRate {
+                        uscc,
+                        division_code,
+                        year: i32::try_from(year).map_err(|_| corrupt("year out of range"))?,
+                        multiplier: Multiplier::from_ten_thousandths(m),
+                        recorded_at: at,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        for b in bases {
+            sqlx::query(
+                "INSERT OR IGNORE INTO base_rates (industry, tier, effective_from, fen_per_order, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&b.industry)
+            .bind(b.tier.map_or("", |t| t.as_str()))
+            .bind(b.effective_from.to_string())
+            .bind(b.fen_per_order)
+            .bind(b.recorded_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for f in floats {
+            sqlx::query(
+                "INSERT OR IGNORE INTO float_rates (uscc, division_code, year, multiplier_e4, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&f.uscc)
+            .bind(&f.division_code)
+            .bind(i64::from(f.year))
+            .bind(f.multiplier.ten_thousandths())
+            .bind(f.recorded_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
 }
 
 struct SqliteIngest {
@@ -375,27 +600,69 @@ struct SqliteIngest {
     platform_id: i64,
 }
 
-fn ids_json(ids: &[&str]) -> Result<String> {
+fn stored(revision: i64, hash: &str) -> Result<Stored> {
+    Ok(Stored {
+        revision: revision_of(revision)?,
+        hash: hash_of_hex(hash)?,
+    })
+}
+
+fn ids_json(ids: &[String]) -> Result<String> {
     serde_json::to_string(ids).map_err(|e| corrupt(&e.to_string()))
 }
 
-impl SqliteIngest {
-    /// Runs a look-up that SQLite aggregates into one JSON array (`json_group_array`)
-    /// and decodes it. One row crosses from sqlx's SQLite thread instead of one per
-    /// record, which is most of the cost of a look-up of a thousand ids.
-    async fn fetch_json<T: serde::de::DeserializeOwned>(
-        &mut self,
-        sql: &'static str,
-        ids: &[&str],
-    ) -> Result<Vec<T>> {
-        let (json,): (String,) = sqlx::query_as(sql)
-            .bind(self.platform_id)
-            .bind(ids_json(ids)?)
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        serde_json::from_str(&json).map_err(|e| corrupt(&format!("look-up result: {e}")))
-    }
+/// Runs a look-up that SQLite aggregates into one JSON array (`json_group_array`)
+/// and decodes it. One row crosses from sqlx's SQLite thread instead of one per
+/// record, which is most of the cost of a look-up of a thousand ids. `?1` is the
+/// platform, `?2` a JSON array argument.
+async fn fetch_json<'e, E, T>(
+    executor: E,
+    sql: &'static str,
+    platform_id: i64,
+    arg: String,
+) -> Result<Vec<T>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+    T: serde::de::DeserializeOwned,
+{
+    let (json,): (String,) = sqlx::query_as(sql)
+        .bind(platform_id)
+        .bind(arg)
+        .fetch_one(executor)
+        .await
+        .map_err(db_err)?;
+    serde_json::from_str(&json).map_err(|e| corrupt(&format!("look-up result: {e}")))
+}
+
+fn scope_json(scope: &[(Period, String)]) -> Result<String> {
+    let pairs: Vec<(String, &str)> = scope
+        .iter()
+        .map(|(p, i)| (p.to_string(), i.as_str()))
+        .collect();
+    serde_json::to_string(&pairs).map_err(|e| corrupt(&e.to_string()))
+}
+
+fn period_of(s: &str) -> Result<Period> {
+    Period::parse(s).ok_or_else(|| corrupt("stored period is not YYYY-MM"))
+}
+
+const STATEMENTS_IN_SCOPE: &str = "SELECT json_group_array(json_array(v.period, v.division_code, v.industry, v.billable_count))
+     FROM json_each(?2) j JOIN volume_statements v
+       ON v.platform_id = ?1 AND v.period = json_extract(j.value, '$[0]') AND v.industry = json_extract(j.value, '$[1]')";
+
+fn statements_of(rows: Vec<(String, String, String, i64)>) -> Result<Statements> {
+    rows.into_iter()
+        .map(|(period, division_code, industry, count)| {
+            Ok((
+                StatementKey {
+                    period: period_of(&period)?,
+                    division_code,
+                    industry,
+                },
+                count,
+            ))
+        })
+        .collect()
 }
 
 fn hash_of_hex(hex: &str) -> Result<ContentHash> {
@@ -412,9 +679,10 @@ fn hash_of_hex(hex: &str) -> Result<ContentHash> {
 
 #[async_trait]
 impl IngestTx for SqliteIngest {
-    async fn load(&mut self, worker_ids: &[&str], order_ids: &[&str]) -> Result<Known> {
+    async fn load(&mut self, touched: &Touched) -> Result<Known> {
         let mut known = Known::default();
-        if !worker_ids.is_empty() {
+        let pid = self.platform_id;
+        if !touched.worker_ids.is_empty() {
             type Row = (
                 String,
                 i64,
@@ -425,20 +693,18 @@ impl IngestTx for SqliteIngest {
                 Option<i64>,
                 Option<String>,
             );
-            let rows: Vec<Row> = self
-                .fetch_json(
-                    "SELECT json_group_array(json_array(worker_id, revision, hex(content_hash), industries,
-                       registered_at, status, left_at, birth_date))
-                     FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2))",
-                    worker_ids,
-                )
-                .await?;
+            let rows: Vec<Row> = fetch_json(
+                &mut *self.tx,
+                "SELECT json_group_array(json_array(worker_id, revision, hex(content_hash), industries,
+                   registered_at, status, left_at, birth_date))
+                 FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2))",
+                pid,
+                ids_json(&touched.worker_ids)?,
+            )
+            .await?;
             for (id, revision, hash, industries, registered_at, status, left_at, birth) in rows {
                 let state = WorkerState {
-                    stored: Stored {
-                        revision: revision_of(revision)?,
-                        hash: hash_of_hex(&hash)?,
-                    },
+                    stored: stored(revision, &hash)?,
                     industries: split(&industries),
                     registered_at,
                     status: WorkerStatus::parse(&status)
@@ -453,25 +719,135 @@ impl IngestTx for SqliteIngest {
                 known.workers.insert(id, state);
             }
         }
-        if !order_ids.is_empty() {
-            let rows: Vec<(String, i64, String)> = self
-                .fetch_json(
-                    "SELECT json_group_array(json_array(order_id, revision, hex(content_hash)))
-                     FROM orders WHERE platform_id = ?1 AND order_id IN (SELECT value FROM json_each(?2))",
-                    order_ids,
-                )
-                .await?;
-            for (id, revision, hash) in rows {
+        if !touched.order_ids.is_empty() {
+            type Row = (
+                String,
+                i64,
+                String,
+                String,
+                String,
+                String,
+                i64,
+                Option<i64>,
+                String,
+            );
+            let rows: Vec<Row> = fetch_json(
+                &mut *self.tx,
+                "SELECT json_group_array(json_array(order_id, revision, hex(content_hash), worker_id, industry,
+                   division_code, accepted_at, completed_at, status))
+                 FROM orders WHERE platform_id = ?1 AND order_id IN (SELECT value FROM json_each(?2))",
+                pid,
+                ids_json(&touched.order_ids)?,
+            )
+            .await?;
+            for (
+                id,
+                revision,
+                hash,
+                worker_id,
+                industry,
+                division_code,
+                accepted_at,
+                completed_at,
+                status,
+            ) in rows
+            {
+                let facts = OrderFacts {
+                    worker_id,
+                    industry,
+                    division_code,
+                    accepted_at,
+                    completed_at,
+                    status: OrderStatus::parse(&status)
+                        .ok_or_else(|| corrupt("unknown order status"))?,
+                };
                 known.orders.insert(
                     id,
-                    Stored {
-                        revision: revision_of(revision)?,
-                        hash: hash_of_hex(&hash)?,
+                    StoredOrder {
+                        stored: stored(revision, &hash)?,
+                        facts,
                     },
                 );
             }
         }
+        if !touched.declaration_ids.is_empty() {
+            let rows: Vec<(String, i64, String, String, String, String)> = fetch_json(
+                &mut *self.tx,
+                "SELECT json_group_array(json_array(declaration_id, revision, hex(content_hash), period, division_code, industry))
+                 FROM declarations WHERE platform_id = ?1 AND declaration_id IN (SELECT value FROM json_each(?2))",
+                pid,
+                ids_json(&touched.declaration_ids)?,
+            )
+            .await?;
+            for (id, revision, hash, period, division_code, industry) in rows {
+                let key = StatementKey {
+                    period: period_of(&period)?,
+                    division_code,
+                    industry,
+                };
+                known.declarations.insert(
+                    id,
+                    StoredDeclaration {
+                        stored: stored(revision, &hash)?,
+                        key,
+                    },
+                );
+            }
+        }
+        if !touched.accident_ids.is_empty() {
+            let rows: Vec<(String, i64, String)> = fetch_json(
+                &mut *self.tx,
+                "SELECT json_group_array(json_array(report_id, revision, hex(content_hash)))
+                 FROM accidents WHERE platform_id = ?1 AND report_id IN (SELECT value FROM json_each(?2))",
+                pid,
+                ids_json(&touched.accident_ids)?,
+            )
+            .await?;
+            for (id, revision, hash) in rows {
+                known.accidents.insert(id, stored(revision, &hash)?);
+            }
+        }
         Ok(known)
+    }
+
+    async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()> {
+        if scope.is_empty() {
+            return Ok(());
+        }
+        let pid = self.platform_id;
+        let arg = scope_json(scope)?;
+        let rows = fetch_json(&mut *self.tx, STATEMENTS_IN_SCOPE, pid, arg.clone()).await?;
+        known.statements.extend(statements_of(rows)?);
+        let declared: Vec<(String, String, String)> = fetch_json(
+            &mut *self.tx,
+            "SELECT json_group_array(json_array(d.period, d.division_code, d.industry))
+             FROM json_each(?2) j JOIN declarations d
+               ON d.platform_id = ?1 AND d.period = json_extract(j.value, '$[0]') AND d.industry = json_extract(j.value, '$[1]')",
+            pid,
+            arg.clone(),
+        )
+        .await?;
+        for (period, division_code, industry) in declared {
+            known.declared.insert(StatementKey {
+                period: period_of(&period)?,
+                division_code,
+                industry,
+            });
+        }
+        let closed: Vec<(String, i64)> = fetch_json(
+            &mut *self.tx,
+            "SELECT json_group_array(json_array(c.period, c.closed_at))
+             FROM closed_periods c WHERE c.platform_id = ?1
+               AND c.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2))",
+            pid,
+            arg,
+        )
+        .await?;
+        for (period, at) in closed {
+            known.closed.insert(period_of(&period)?, at);
+        }
+        known.scope.extend(scope.iter().cloned());
+        Ok(())
     }
 
     async fn write(&mut self, plan: &Plan, received_at: Millis) -> Result<()> {
@@ -551,6 +927,119 @@ impl IngestTx for SqliteIngest {
                     .push_bind(received_at);
             });
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        for chunk in plan.declarations.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO declarations (platform_id, declaration_id, revision, content_hash, period, division_code,
+                 industry, order_count, amount_fen, received_at) ",
+            );
+            q.push_values(chunk, |mut b, w| {
+                let r = &w.record;
+                b.push_bind(pid)
+                    .push_bind(&r.declaration_id)
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(&w.hash[..])
+                    .push_bind(r.period.to_string())
+                    .push_bind(&r.division_code)
+                    .push_bind(&r.industry)
+                    .push_bind(r.figures.order_count)
+                    .push_bind(r.figures.amount_fen)
+                    .push_bind(received_at);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, declaration_id) DO UPDATE SET revision = excluded.revision,
+                 content_hash = excluded.content_hash, period = excluded.period, division_code = excluded.division_code,
+                 industry = excluded.industry, order_count = excluded.order_count, amount_fen = excluded.amount_fen,
+                 received_at = excluded.received_at",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        for chunk in plan.accidents.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO accidents (platform_id, report_id, revision, content_hash, worker_id, order_id, occurred_at,
+                 division_code, injury_kind, description, received_at) ",
+            );
+            q.push_values(chunk, |mut b, w| {
+                let r = &w.record;
+                b.push_bind(pid)
+                    .push_bind(&r.report_id)
+                    .push_bind(i64::from(r.revision))
+                    .push_bind(&w.hash[..])
+                    .push_bind(&r.worker_id)
+                    .push_bind(&r.order_id)
+                    .push_bind(r.occurred_at)
+                    .push_bind(&r.division_code)
+                    .push_bind(r.injury_kind.as_str())
+                    .push_bind(&r.description)
+                    .push_bind(received_at);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, report_id) DO UPDATE SET revision = excluded.revision,
+                 content_hash = excluded.content_hash, worker_id = excluded.worker_id, order_id = excluded.order_id,
+                 occurred_at = excluded.occurred_at, division_code = excluded.division_code,
+                 injury_kind = excluded.injury_kind, description = excluded.description, received_at = excluded.received_at",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        let deltas: Vec<_> = plan.statement_deltas.iter().collect();
+        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO volume_statements (platform_id, period, industry, division_code, billable_count, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (k, d)| {
+                b.push_bind(pid)
+                    .push_bind(k.period.to_string())
+                    .push_bind(&k.industry)
+                    .push_bind(&k.division_code)
+                    .push_bind(**d)
+                    .push_bind(received_at);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, period, industry, division_code) DO UPDATE SET
+                 billable_count = billable_count + excluded.billable_count, updated_at = excluded.updated_at",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        let deltas: Vec<_> = plan.enrolment_deltas.iter().collect();
+        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count) ",
+            );
+            q.push_values(chunk, |mut b, (k, d)| {
+                b.push_bind(pid)
+                    .push_bind(&k.worker_id)
+                    .push_bind(k.day.to_string())
+                    .push_bind(&k.division_code)
+                    .push_bind(**d);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET
+                 order_count = order_count + excluded.order_count",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        // A day whose last order moved away is no longer an enrolment.
+        for (k, _) in plan.enrolment_deltas.iter().filter(|(_, d)| **d < 0) {
+            sqlx::query(
+                "DELETE FROM daily_enrolments
+                 WHERE platform_id = ?1 AND worker_id = ?2 AND day = ?3 AND division_code = ?4 AND order_count <= 0",
+            )
+            .bind(pid)
+            .bind(&k.worker_id)
+            .bind(k.day.to_string())
+            .bind(&k.division_code)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for period in &plan.closes {
+            sqlx::query("INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)")
+                .bind(pid)
+                .bind(period.to_string())
+                .bind(received_at)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
         }
         Ok(())
     }

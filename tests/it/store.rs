@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use oip_gateway::access::{Grant, Role};
-use oip_gateway::crosscheck::{self, Candidate, Known};
+use oip_gateway::crosscheck::{self, Candidate, Known, Rules, Touched};
+use oip_gateway::domain::fees::RateBook;
 use oip_gateway::domain::platform::DeliveryTier;
 use oip_gateway::domain::{PlatformProfile, Record, RecordKind};
 use oip_gateway::reference::Reference;
@@ -14,6 +15,24 @@ use oip_gateway::store::{PageRequest, PlatformRegistration, Store};
 use oip_gateway::validate;
 
 use crate::common::{order, worker};
+
+fn touched(workers: &[&str], orders: &[&str]) -> Touched {
+    Touched {
+        worker_ids: workers.iter().map(|s| s.to_string()).collect(),
+        order_ids: orders.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
+    Rules {
+        platform: p,
+        rates: book,
+        now: oip_gateway::domain::time::now_millis(),
+        declaration_deadline_day: 15,
+        accident_margin_ms: 0,
+    }
+}
 
 async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -32,6 +51,7 @@ fn registration(uscc: &str) -> PlatformRegistration {
             NaiveDate::from_ymd_opt(2025, 7, 1).expect("date"),
         )],
         delivery_tier: DeliveryTier::B,
+        delivery_tiers: vec![],
     }
 }
 
@@ -130,15 +150,20 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
             .await
             .expect(name);
+        let book = RateBook::default();
         // Dropped without commit: nothing stays.
         {
             let mut tx = store.begin_ingest(p.id).await.expect(name);
-            let mut known = tx.load(&["W1"], &["O1"]).await.expect(name);
-            let plan = crosscheck::decide(&p, candidates(&p, &["W1"], &[("O1", "W1")]), &mut known);
+            let mut known = tx.load(&touched(&["W1"], &["O1"])).await.expect(name);
+            let plan = crosscheck::decide(
+                &rules(&p, &book),
+                candidates(&p, &["W1"], &[("O1", "W1")]),
+                &mut known,
+            );
             tx.write(&plan, 1).await.expect(name);
         }
         let mut tx = store.begin_ingest(p.id).await.expect(name);
-        let known = tx.load(&["W1"], &["O1"]).await.expect(name);
+        let known = tx.load(&touched(&["W1"], &["O1"])).await.expect(name);
         assert!(
             known.workers.is_empty() && known.orders.is_empty(),
             "{name}: rolled back"
@@ -146,7 +171,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
 
         let mut known = Known::default();
         let plan = crosscheck::decide(
-            &p,
+            &rules(&p, &book),
             candidates(&p, &["W1", "W2"], &[("O1", "W1"), ("O2", "W9")]),
             &mut known,
         );
@@ -156,7 +181,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
 
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let known = tx
-            .load(&["W1", "W2", "W3"], &["O1", "O2"])
+            .load(&touched(&["W1", "W2", "W3"], &["O1", "O2"]))
             .await
             .expect(name);
         assert_eq!(known.workers.len(), 2, "{name}");

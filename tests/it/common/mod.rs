@@ -55,6 +55,7 @@ pub fn test_platforms() -> Vec<PlatformSeed> {
             pilot_start: date("2025-07-01"),
             pilot_start_overrides: Default::default(),
             delivery_tier: "A".into(),
+            delivery_tier_overrides: Default::default(),
         },
         PlatformSeed {
             uscc: DEMO_PLATFORM_B.into(),
@@ -66,6 +67,7 @@ pub fn test_platforms() -> Vec<PlatformSeed> {
                 .into_iter()
                 .collect(),
             delivery_tier: "B".into(),
+            delivery_tier_overrides: Default::default(),
         },
     ]
 }

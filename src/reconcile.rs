@@ -1,0 +1,81 @@
+//! Three-party reconciliation (三方数据比对): a declaration against the gateway's own
+//! figures, computed from the volume statements (kept incrementally with the orders,
+//! so a check reads a handful of statement rows whatever the number of orders).
+
+use std::collections::HashMap;
+
+use crate::domain::PlatformProfile;
+use crate::domain::fees::{Figures, RateBook, ReconciliationStatus, amount_due};
+use crate::domain::period::Period;
+use crate::domain::time::Millis;
+
+/// One volume statement: a platform's billable orders of one month, city and industry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatementKey {
+    pub period: Period,
+    pub division_code: String,
+    pub industry: String,
+}
+
+/// Whether a declaration for `declared` (a city, or a province `xx0000`) covers the
+/// statement of `city`.
+pub fn covers(declared: &str, city: &str) -> bool {
+    declared == city
+        || (declared.len() == 6
+            && declared.ends_with("0000")
+            && city.get(..2) == declared.get(..2)
+            && city != declared)
+}
+
+/// The gateway's figures for a declaration's key: billable orders and the fee due, the
+/// fee rounded per statement (per city and month) and summed. `closed_at`: when the
+/// platform's period closed (its first declaration), so later rate changes do not
+/// re-rate it.
+pub fn computed<'a>(
+    platform: &PlatformProfile,
+    rates: &RateBook,
+    period: Period,
+    declared_division: &str,
+    industry: &str,
+    statements: impl IntoIterator<Item = (&'a StatementKey, &'a i64)>,
+    closed_at: Option<Millis>,
+) -> Figures {
+    let mut f = Figures::default();
+    for (key, count) in statements {
+        if key.period != period
+            || key.industry != industry
+            || !covers(declared_division, &key.division_code)
+        {
+            continue;
+        }
+        f.order_count += count;
+        let tier = platform.tier_for(&key.division_code);
+        match rates.rating(
+            platform.uscc.as_str(),
+            &key.division_code,
+            industry,
+            tier,
+            period,
+            closed_at,
+        ) {
+            Some(r) => f.amount_fen += amount_due(*count, r.base_fen, r.multiplier),
+            None => {
+                tracing::warn!(%period, division = %key.division_code, industry, "no base rate in force")
+            }
+        }
+    }
+    f
+}
+
+/// The status of each declaration among those of one platform: the latest per key
+/// (period, division, industry) is compared, earlier ones are SUPERSEDED.
+pub fn status(declared: Figures, computed: Figures, superseded: bool) -> ReconciliationStatus {
+    if superseded {
+        ReconciliationStatus::Superseded
+    } else {
+        ReconciliationStatus::of(declared, computed)
+    }
+}
+
+/// Statement counts by key, as loaded for a batch or a listing.
+pub type Statements = HashMap<StatementKey, i64>;
