@@ -6,6 +6,7 @@ mod common;
 mod access;
 mod config;
 mod durability;
+mod fees;
 mod logs;
 mod records;
 mod revisions;

@@ -378,3 +378,99 @@ pub async fn stored_order_ids(client: &mut Client) -> Vec<String> {
         token = page.next_page_token;
     }
 }
+
+/// The month before the current one (Asia/Shanghai) as `YYYY-MM`, and a time on its
+/// 5th day at `hour`:00 — an ended month whose orders are inside every pilot.
+pub fn previous_month(hour: u32) -> (String, String) {
+    use chrono::{Datelike, Duration};
+    let now = chrono::Utc::now().with_timezone(&oip_gateway::domain::time::shanghai());
+    let first = now.date_naive().with_day(1).expect("first day");
+    let prev = first - Duration::days(1);
+    let period = format!("{:04}-{:02}", prev.year(), prev.month());
+    (period.clone(), format!("{period}-05T{hour:02}:00:00+08:00"))
+}
+
+/// An order accepted at `at` (RFC 3339), completed 30 minutes later.
+pub fn order_at(id: &str, worker_id: &str, industry: &str, division: &str, at: &str) -> proto::Order {
+    let accepted = oip_gateway::domain::time::parse_wire_time(at).expect("time");
+    proto::Order {
+        industry: industry.into(),
+        division_code: division.into(),
+        accepted_at: at.into(),
+        completed_at: (accepted + 30 * 60_000).to_string(),
+        ..order(id, worker_id)
+    }
+}
+
+pub fn declaration(id: &str, period: &str, division: &str, industry: &str, count: i64, amount: i64) -> proto::Declaration {
+    proto::Declaration {
+        declaration_id: id.into(),
+        revision: 1,
+        period: period.into(),
+        division_code: division.into(),
+        industry: industry.into(),
+        order_count: count,
+        amount_fen: amount,
+    }
+}
+
+/// An accident during `order("...")`'s window (2025-07-02 11:10).
+pub fn accident(id: &str, worker_id: &str, order_id: &str) -> proto::Accident {
+    proto::Accident {
+        report_id: id.into(),
+        revision: 1,
+        worker_id: worker_id.into(),
+        order_id: order_id.into(),
+        occurred_at: "2025-07-02T11:10:00+08:00".into(),
+        division_code: "320100".into(),
+        injury_kind: "TRAFFIC".into(),
+        description: "电动车与行人碰撞，左腿擦伤".into(),
+    }
+}
+
+pub async fn declare(client: &mut Client, declarations: Vec<proto::Declaration>) -> proto::BatchOutcome {
+    client
+        .submit_declarations(proto::SubmitDeclarationsRequest { declarations })
+        .await
+        .expect("declare call")
+        .into_inner()
+}
+
+pub async fn report_accidents(client: &mut Client, accidents: Vec<proto::Accident>) -> proto::BatchOutcome {
+    client
+        .report_accidents(proto::ReportAccidentsRequest { accidents })
+        .await
+        .expect("accidents call")
+        .into_inner()
+}
+
+/// The caller's declarations by id: (status, declared, computed) with figures as
+/// (count, amount).
+pub async fn declaration_status(client: &mut Client) -> std::collections::BTreeMap<String, (String, (i64, i64), (i64, i64))> {
+    let list = client
+        .list_declarations(proto::ListRequest { page_size: 1000, ..Default::default() })
+        .await
+        .expect("list declarations")
+        .into_inner();
+    list.declarations
+        .into_iter()
+        .map(|d| {
+            let decl = d.declaration.expect("declaration");
+            let r = d.reconciliation.expect("reconciliation");
+            let f = |x: Option<proto::Figures>| x.map(|x| (x.order_count, x.amount_fen)).expect("figures");
+            (decl.declaration_id, (r.status, f(r.declared), f(r.computed)))
+        })
+        .collect()
+}
+
+pub fn rec_declaration(d: proto::Declaration) -> proto::Record {
+    proto::Record {
+        kind: Some(record::Kind::Declaration(d)),
+    }
+}
+
+pub fn rec_accident(a: proto::Accident) -> proto::Record {
+    proto::Record {
+        kind: Some(record::Kind::Accident(a)),
+    }
+}
