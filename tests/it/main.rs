@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod aggregates;
 mod config;
 mod durability;
 mod fees;
