@@ -191,8 +191,36 @@ impl Config {
         Self::from_figment(
             Figment::new()
                 .merge(Toml::file(path))
-                .merge(Env::prefixed("OIP_").split("__").ignore(&["config"])),
+                .merge(Self::environment()),
         )
+    }
+
+    /// The `OIP_*` variables that name configuration keys. Other `OIP_` variables
+    /// (`OIP_CONFIG`, the client's `OIP_ENDPOINT`) are not configuration and are left alone.
+    fn environment() -> Env {
+        const TOP_LEVEL: [&str; 9] = [
+            "listen",
+            "database_url",
+            "tls",
+            "reference",
+            "limits",
+            "fees",
+            "accidents",
+            "admins",
+            "platforms",
+        ];
+        Env::prefixed("OIP_").split("__").filter(|key| {
+            // The key may arrive as `limits__x` or, once split, as `limits.x`.
+            let first = key
+                .as_str()
+                .split("__")
+                .next()
+                .unwrap_or("")
+                .split('.')
+                .next()
+                .unwrap_or("");
+            TOP_LEVEL.iter().any(|k| first.eq_ignore_ascii_case(k))
+        })
     }
 
     /// Extracts and validates from any figment (tests build one without touching the

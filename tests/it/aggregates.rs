@@ -38,19 +38,30 @@ struct Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (0..8usize, 0..2usize, 0..2usize, 0..3usize, 7..10u32, 1..29u32, 0..24u32, any::<bool>(), prop::bool::weighted(0.8)).prop_map(
-        |(id, worker, industry, division, month, day, hour, cancelled, bump)| Op {
-            id,
-            worker,
-            industry,
-            division,
-            month,
-            day,
-            hour,
-            cancelled,
-            bump,
-        },
+    (
+        0..8usize,
+        0..2usize,
+        0..2usize,
+        0..3usize,
+        7..10u32,
+        1..29u32,
+        0..24u32,
+        any::<bool>(),
+        prop::bool::weighted(0.8),
     )
+        .prop_map(
+            |(id, worker, industry, division, month, day, hour, cancelled, bump)| Op {
+                id,
+                worker,
+                industry,
+                division,
+                month,
+                day,
+                hour,
+                cancelled,
+                bump,
+            },
+        )
 }
 
 const INDUSTRIES: [&str; 2] = ["INSTANT_DELIVERY", "RIDE_HAILING"];
@@ -72,8 +83,15 @@ impl Harness {
             .expect("open");
         let store: Arc<dyn Store> = Arc::new(store);
         let reference = Reference::builtin();
-        let config = oip_gateway::config::Config::for_test(String::new(), crate::common::tls_files(), test_platforms());
-        let reg = config.platform_registrations(&reference).expect("registration").remove(0);
+        let config = oip_gateway::config::Config::for_test(
+            String::new(),
+            crate::common::tls_files(),
+            test_platforms(),
+        );
+        let reg = config
+            .platform_registrations(&reference)
+            .expect("registration")
+            .remove(0);
         let platform = store.upsert_platform(&reg).await.expect("platform");
         let ingest = Ingest::new(
             store.clone(),
@@ -108,8 +126,14 @@ impl Harness {
                 record: validate::record(r, &ctx),
             })
             .collect::<Vec<_>>();
-        assert!(candidates.iter().all(|c| c.record.is_ok()), "generated records are valid");
-        self.ingest.apply(&self.platform, candidates).await.expect("apply");
+        assert!(
+            candidates.iter().all(|c| c.record.is_ok()),
+            "generated records are valid"
+        );
+        self.ingest
+            .apply(&self.platform, candidates)
+            .await
+            .expect("apply");
     }
 
     async fn stored_orders(&self) -> Vec<proto::Order> {
@@ -118,7 +142,14 @@ impl Harness {
         loop {
             let page = self
                 .store
-                .list_orders(self.platform.id, &PageRequest { limit: 1000, after, id: None })
+                .list_orders(
+                    self.platform.id,
+                    &PageRequest {
+                        limit: 1000,
+                        after,
+                        id: None,
+                    },
+                )
                 .await
                 .expect("list");
             all.extend(page.items.into_iter().map(|o| proto::Order {
@@ -138,7 +169,10 @@ impl Harness {
 }
 
 fn record_of(op: &Op, revision: u32) -> proto::Record {
-    let at = format!("2025-{:02}-{:02}T{:02}:30:00+08:00", op.month, op.day, op.hour);
+    let at = format!(
+        "2025-{:02}-{:02}T{:02}:30:00+08:00",
+        op.month, op.day, op.hour
+    );
     let accepted = parse_wire_time(&at).expect("time");
     let mut o = order(&format!("O{}", op.id), &format!("W{}", op.worker));
     o.revision = revision;
@@ -217,7 +251,11 @@ async fn run(ops: Vec<Op>, batch_sizes: Vec<usize>) {
         .filter(|(_, v)| *v != 0)
         .collect();
     assert_eq!(kept, statements, "volume statements");
-    let kept = h.store.all_enrolments(h.platform.id).await.expect("enrolments");
+    let kept = h
+        .store
+        .all_enrolments(h.platform.id)
+        .await
+        .expect("enrolments");
     assert_eq!(kept, enrolments, "daily enrolments (no zero rows)");
 }
 

@@ -10,7 +10,14 @@ use crate::common::*;
 #[tokio::test]
 async fn environment_overrides_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let gw = GatewayProcess::spawn(dir.path(), &[("OIP_LIMITS__MAX_BATCH_RECORDS", "2")]);
+    // OIP_ENDPOINT belongs to the client: the server must not trip over it.
+    let gw = GatewayProcess::spawn(
+        dir.path(),
+        &[
+            ("OIP_LIMITS__MAX_BATCH_RECORDS", "2"),
+            ("OIP_ENDPOINT", "https://127.0.0.1:1"),
+        ],
+    );
     let mut c = client(gw.addr, "platform-a").await;
     let err = c
         .register_workers(proto::RegisterWorkersRequest {

@@ -9,13 +9,19 @@ use crate::common::*;
 
 fn worker_in_all_industries(id: &str) -> proto::Worker {
     proto::Worker {
-        industries: vec!["RIDE_HAILING".into(), "INSTANT_DELIVERY".into(), "INTRACITY_FREIGHT".into()],
+        industries: vec![
+            "RIDE_HAILING".into(),
+            "INSTANT_DELIVERY".into(),
+            "INTRACITY_FREIGHT".into(),
+        ],
         ..worker(id)
     }
 }
 
 fn orders(prefix: &str, n: usize, industry: &str, division: &str, at: &str) -> Vec<proto::Order> {
-    (0..n).map(|i| order_at(&format!("{prefix}{i}"), "W1", industry, division, at)).collect()
+    (0..n)
+        .map(|i| order_at(&format!("{prefix}{i}"), "W1", industry, division, at))
+        .collect()
 }
 
 fn warnings(b: &proto::BatchOutcome) -> Vec<Vec<String>> {
@@ -32,13 +38,18 @@ async fn fen_exact_amounts_for_every_industry_and_tier() {
     let floats = floats_dir.path().join("floats.csv");
     std::fs::write(
         &floats,
-        format!("uscc,division_code,year,multiplier\n{},320100,{year},1.05\n", oip_gateway::certs::DEMO_PLATFORM_A),
+        format!(
+            "uscc,division_code,year,multiplier\n{},320100,{year},1.05\n",
+            oip_gateway::certs::DEMO_PLATFORM_A
+        ),
     )
     .expect("floats");
     let gw = TestGateway::spawn_with(|c| {
         c.fees.floats_file = Some(floats.clone());
         c.fees.declaration_deadline_day = 31; // the previous month is never late
-        c.platforms[0].delivery_tier_overrides = [("320500".to_string(), "B".to_string())].into_iter().collect();
+        c.platforms[0].delivery_tier_overrides = [("320500".to_string(), "B".to_string())]
+            .into_iter()
+            .collect();
     })
     .await;
     let mut a = gw.client("platform-a").await;
@@ -74,11 +85,33 @@ async fn fen_exact_amounts_for_every_industry_and_tier() {
     assert_eq!(w[5], vec!["DECLARATION_MISMATCH".to_string()]);
     let r = out.outcomes[5].reconciliation.clone().expect("figures");
     assert_eq!(r.status, "MISMATCH");
-    assert_eq!(r.declared.map(|f| (f.order_count, f.amount_fen)), Some((1, 1)));
-    assert_eq!(r.computed.map(|f| (f.order_count, f.amount_fen)), Some((0, 0)));
+    assert_eq!(
+        r.declared.map(|f| (f.order_count, f.amount_fen)),
+        Some((1, 1))
+    );
+    assert_eq!(
+        r.computed.map(|f| (f.order_count, f.amount_fen)),
+        Some((0, 0))
+    );
     // Platform B pays tier B: 4 × 25 = 100.
-    let out = declare(&mut b, vec![declaration("B-D", &period, "320100", "INSTANT_DELIVERY", 4, 100)]).await;
-    assert_eq!(out.outcomes[0].outcome(), proto::Outcome::Accepted, "{:?}", out.outcomes[0]);
+    let out = declare(
+        &mut b,
+        vec![declaration(
+            "B-D",
+            &period,
+            "320100",
+            "INSTANT_DELIVERY",
+            4,
+            100,
+        )],
+    )
+    .await;
+    assert_eq!(
+        out.outcomes[0].outcome(),
+        proto::Outcome::Accepted,
+        "{:?}",
+        out.outcomes[0]
+    );
 
     let status = declaration_status(&mut a).await;
     assert_eq!(status["A-D"], ("MATCHED".to_string(), (10, 74), (10, 74)));
@@ -95,9 +128,26 @@ async fn a_mismatch_followed_by_late_orders_ends_matched() {
     report(&mut a, orders("O", 10, "INSTANT_DELIVERY", "320100", &at)).await;
 
     // Declared 12 orders, 84 fen; the gateway has 10 (70 fen).
-    let out = declare(&mut a, vec![declaration("D1", &period, "320100", "INSTANT_DELIVERY", 12, 84)]).await;
-    assert_eq!(warnings(&out), vec![vec!["DECLARATION_MISMATCH".to_string()]]);
-    assert_eq!(declaration_status(&mut a).await["D1"], ("MISMATCH".to_string(), (12, 84), (10, 70)));
+    let out = declare(
+        &mut a,
+        vec![declaration(
+            "D1",
+            &period,
+            "320100",
+            "INSTANT_DELIVERY",
+            12,
+            84,
+        )],
+    )
+    .await;
+    assert_eq!(
+        warnings(&out),
+        vec![vec!["DECLARATION_MISMATCH".to_string()]]
+    );
+    assert_eq!(
+        declaration_status(&mut a).await["D1"],
+        ("MISMATCH".to_string(), (12, 84), (10, 70))
+    );
 
     // Two late orders for the declared month: LATE_ORDER, and the status follows.
     let late = vec![
@@ -106,20 +156,43 @@ async fn a_mismatch_followed_by_late_orders_ends_matched() {
     ];
     let out = report(&mut a, late).await;
     assert_eq!(warnings(&out), vec![vec!["LATE_ORDER".to_string()]; 2]);
-    assert_eq!(declaration_status(&mut a).await["D1"], ("MATCHED".to_string(), (12, 84), (12, 84)));
+    assert_eq!(
+        declaration_status(&mut a).await["D1"],
+        ("MATCHED".to_string(), (12, 84), (12, 84))
+    );
 
     // An order of another month or industry is not late.
-    let other = order_at("N1", "W1", "INSTANT_DELIVERY", "320100", "2025-07-02T11:00:00+08:00");
+    let other = order_at(
+        "N1",
+        "W1",
+        "INSTANT_DELIVERY",
+        "320100",
+        "2025-07-02T11:00:00+08:00",
+    );
     assert!(warnings(&report(&mut a, vec![other]).await)[0].is_empty());
 
     // A correction cancelling one order changes the month again...
     let mut cancel = order_at("L2", "W1", "INSTANT_DELIVERY", "320100", &at);
     cancel.revision = 2;
     cancel.status = "CANCELLED".into();
-    assert_eq!(warnings(&report(&mut a, vec![cancel]).await), vec![vec!["LATE_ORDER".to_string()]]);
+    assert_eq!(
+        warnings(&report(&mut a, vec![cancel]).await),
+        vec![vec!["LATE_ORDER".to_string()]]
+    );
     assert_eq!(declaration_status(&mut a).await["D1"].0, "MISMATCH");
     // ...and a correcting declaration settles it; the first one is superseded.
-    let out = declare(&mut a, vec![declaration("D2", &period, "320100", "INSTANT_DELIVERY", 11, 77)]).await;
+    let out = declare(
+        &mut a,
+        vec![declaration(
+            "D2",
+            &period,
+            "320100",
+            "INSTANT_DELIVERY",
+            11,
+            77,
+        )],
+    )
+    .await;
     assert!(warnings(&out)[0].is_empty());
     let status = declaration_status(&mut a).await;
     assert_eq!(status["D2"], ("MATCHED".to_string(), (11, 77), (11, 77)));
@@ -148,35 +221,127 @@ async fn every_declaration_and_accident_code_and_warning() {
         rec_accident(x)
     };
     let cases: Vec<(&str, proto::Record, &str, &str)> = vec![
-        ("no id", d(&|x| x.declaration_id.clear()), "MISSING_FIELD", "declaration_id"),
-        ("period shape", d(&|x| x.period = "2025/07".into()), "INVALID_PERIOD", "period"),
-        ("period not ended", d(&|x| x.period = this_month.clone()), "INVALID_PERIOD", "period"),
-        ("division", d(&|x| x.division_code = "110000".into()), "INVALID_DIVISION_CODE", "division_code"),
-        ("industry", d(&|x| x.industry = "TAKEAWAY".into()), "INVALID_INDUSTRY", "industry"),
-        ("count", d(&|x| x.order_count = -1), "INVALID_AMOUNT", "order_count"),
-        ("amount", d(&|x| x.amount_fen = -7), "INVALID_AMOUNT", "amount_fen"),
-        ("unknown worker", acc(&|x| x.worker_id = "W9".into()), "WORKER_NOT_REGISTERED", "worker_id"),
-        ("unknown order", acc(&|x| x.order_id = "O9".into()), "ORDER_NOT_FOUND", "order_id"),
-        ("other worker's order", acc(&|x| x.worker_id = "W2".into()), "ORDER_WORKER_MISMATCH", "order_id"),
-        ("injury kind", acc(&|x| x.injury_kind = "BURN".into()), "INVALID_INJURY_KIND", "injury_kind"),
-        ("description", acc(&|x| x.description = "伤".repeat(2001)), "FIELD_TOO_LONG", "description"),
-        ("future", acc(&|x| x.occurred_at = "2099-01-01T00:00:00+08:00".into()), "INVALID_TIME", "occurred_at"),
-        ("division", acc(&|x| x.division_code = "999999".into()), "INVALID_DIVISION_CODE", "division_code"),
-        ("no order id", acc(&|x| x.order_id.clear()), "MISSING_FIELD", "order_id"),
+        (
+            "no id",
+            d(&|x| x.declaration_id.clear()),
+            "MISSING_FIELD",
+            "declaration_id",
+        ),
+        (
+            "period shape",
+            d(&|x| x.period = "2025/07".into()),
+            "INVALID_PERIOD",
+            "period",
+        ),
+        (
+            "period not ended",
+            d(&|x| x.period = this_month.clone()),
+            "INVALID_PERIOD",
+            "period",
+        ),
+        (
+            "division",
+            d(&|x| x.division_code = "110000".into()),
+            "INVALID_DIVISION_CODE",
+            "division_code",
+        ),
+        (
+            "industry",
+            d(&|x| x.industry = "TAKEAWAY".into()),
+            "INVALID_INDUSTRY",
+            "industry",
+        ),
+        (
+            "count",
+            d(&|x| x.order_count = -1),
+            "INVALID_AMOUNT",
+            "order_count",
+        ),
+        (
+            "amount",
+            d(&|x| x.amount_fen = -7),
+            "INVALID_AMOUNT",
+            "amount_fen",
+        ),
+        (
+            "unknown worker",
+            acc(&|x| x.worker_id = "W9".into()),
+            "WORKER_NOT_REGISTERED",
+            "worker_id",
+        ),
+        (
+            "unknown order",
+            acc(&|x| x.order_id = "O9".into()),
+            "ORDER_NOT_FOUND",
+            "order_id",
+        ),
+        (
+            "other worker's order",
+            acc(&|x| x.worker_id = "W2".into()),
+            "ORDER_WORKER_MISMATCH",
+            "order_id",
+        ),
+        (
+            "injury kind",
+            acc(&|x| x.injury_kind = "BURN".into()),
+            "INVALID_INJURY_KIND",
+            "injury_kind",
+        ),
+        (
+            "description",
+            acc(&|x| x.description = "伤".repeat(2001)),
+            "FIELD_TOO_LONG",
+            "description",
+        ),
+        (
+            "future",
+            acc(&|x| x.occurred_at = "2099-01-01T00:00:00+08:00".into()),
+            "INVALID_TIME",
+            "occurred_at",
+        ),
+        (
+            "division",
+            acc(&|x| x.division_code = "999999".into()),
+            "INVALID_DIVISION_CODE",
+            "division_code",
+        ),
+        (
+            "no order id",
+            acc(&|x| x.order_id.clear()),
+            "MISSING_FIELD",
+            "order_id",
+        ),
     ];
     let out = submit(&mut a, cases.iter().map(|c| c.1.clone()).collect()).await;
     let mut codes = BTreeSet::new();
     for (i, ((name, _, code, field), got)) in cases.iter().zip(&out.outcomes).enumerate() {
         assert_eq!(got.outcome(), proto::Outcome::Rejected, "{name}: {got:?}");
-        assert_eq!((got.code.as_str(), got.field.split('.').nth(2)), (*code, Some(*field)), "{name}");
+        assert_eq!(
+            (got.code.as_str(), got.field.split('.').nth(2)),
+            (*code, Some(*field)),
+            "{name}"
+        );
         assert!(got.field.starts_with(&format!("records[{i}].")));
-        assert!(!got.message.contains("擦伤") && !got.message.contains('伤'), "{name}: no medical detail");
+        assert!(
+            !got.message.contains("擦伤") && !got.message.contains('伤'),
+            "{name}: no medical detail"
+        );
         codes.insert(got.code.clone());
     }
     // A platform not registered for the industry.
-    let out = declare(&mut b, vec![declaration("DB", "2025-07", "320100", "RIDE_HAILING", 0, 0)]).await;
+    let out = declare(
+        &mut b,
+        vec![declaration("DB", "2025-07", "320100", "RIDE_HAILING", 0, 0)],
+    )
+    .await;
     assert_eq!(out.outcomes[0].code, "INDUSTRY_NOT_REGISTERED");
-    for c in ["INVALID_PERIOD", "INVALID_AMOUNT", "INVALID_INJURY_KIND", "ORDER_NOT_FOUND", "ORDER_WORKER_MISMATCH"] {
+    for c in [
+        "INVALID_PERIOD",
+        "INVALID_AMOUNT",
+        "INVALID_INJURY_KIND",
+        "ORDER_NOT_FOUND",
+        "ORDER_WORKER_MISMATCH",
+    ] {
         assert!(codes.contains(c), "{c}");
     }
 
@@ -189,17 +354,55 @@ async fn every_declaration_and_accident_code_and_warning() {
     let out = report_accidents(&mut a, vec![accident("A0", "W1", "O1"), near, far]).await;
     assert_eq!(
         warnings(&out),
-        vec![vec![], vec![], vec!["ACCIDENT_OUTSIDE_ORDER_WINDOW".to_string()]]
+        vec![
+            vec![],
+            vec![],
+            vec!["ACCIDENT_OUTSIDE_ORDER_WINDOW".to_string()]
+        ]
     );
-    assert_eq!(out.outcomes[2].outcome(), proto::Outcome::AcceptedWithWarnings);
-    let out = declare(&mut a, vec![declaration("D1", "2025-07", "320100", "INSTANT_DELIVERY", 2, 14)]).await;
-    assert_eq!(warnings(&out), vec![vec!["DECLARATION_MISMATCH".to_string(), "LATE_DECLARATION".to_string()]]);
+    assert_eq!(
+        out.outcomes[2].outcome(),
+        proto::Outcome::AcceptedWithWarnings
+    );
+    let out = declare(
+        &mut a,
+        vec![declaration(
+            "D1",
+            "2025-07",
+            "320100",
+            "INSTANT_DELIVERY",
+            2,
+            14,
+        )],
+    )
+    .await;
+    assert_eq!(
+        warnings(&out),
+        vec![vec![
+            "DECLARATION_MISMATCH".to_string(),
+            "LATE_DECLARATION".to_string()
+        ]]
+    );
     // Resent unchanged: a duplicate; changed at the same revision: a conflict.
-    let again = declare(&mut a, vec![declaration("D1", "2025-07", "320100", "INSTANT_DELIVERY", 2, 14)]).await;
+    let again = declare(
+        &mut a,
+        vec![declaration(
+            "D1",
+            "2025-07",
+            "320100",
+            "INSTANT_DELIVERY",
+            2,
+            14,
+        )],
+    )
+    .await;
     assert_eq!(again.outcomes[0].outcome(), proto::Outcome::Duplicate);
     let mut changed = accident("A0", "W1", "O1");
     changed.injury_kind = "FALL".into();
-    assert_eq!(report_accidents(&mut a, vec![changed]).await.outcomes[0].code, "REVISION_CONFLICT");
+    assert_eq!(
+        report_accidents(&mut a, vec![changed]).await.outcomes[0].code,
+        "REVISION_CONFLICT"
+    );
 }
 
 #[tokio::test]

@@ -72,8 +72,19 @@ async fn submit_round_trip_on_the_example_file() {
             (7, "O-5", "REJECTED", "PLATFORM_NOT_IN_PILOT"),
             (8, "W003", "REJECTED", "INVALID_ID_NUMBER"),
             (9, "", "REJECTED", "MISSING_FIELD"),
+            (10, "D-2025-07-NJ-DELIVERY", "ACCEPTED_WITH_WARNINGS", ""),
+            (11, "A-1", "ACCEPTED", ""),
+            (12, "A-2", "REJECTED", "ORDER_NOT_FOUND"),
+            (13, "O-6", "ACCEPTED_WITH_WARNINGS", ""),
         ]
     );
+    // The declaration matches O-1 (1 order, 7 fen) but is past its deadline; O-6 is
+    // an order for the month just declared.
+    assert_eq!(
+        lines[9]["warnings"],
+        serde_json::json!(["LATE_DECLARATION"])
+    );
+    assert_eq!(lines[12]["warnings"], serde_json::json!(["LATE_ORDER"]));
     assert_eq!(lines[5]["field"], "worker_id");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -88,7 +99,7 @@ async fn submit_round_trip_on_the_example_file() {
         .expect("report")
         .matches("\"DUPLICATE\"")
         .count();
-    assert_eq!(dups, 5);
+    assert_eq!(dups, 8, "every accepted record, warnings or not");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,7 +391,13 @@ pub fn previous_month(hour: u32) -> (String, String) {
 }
 
 /// An order accepted at `at` (RFC 3339), completed 30 minutes later.
-pub fn order_at(id: &str, worker_id: &str, industry: &str, division: &str, at: &str) -> proto::Order {
+pub fn order_at(
+    id: &str,
+    worker_id: &str,
+    industry: &str,
+    division: &str,
+    at: &str,
+) -> proto::Order {
     let accepted = oip_gateway::domain::time::parse_wire_time(at).expect("time");
     proto::Order {
         industry: industry.into(),
@@ -402,7 +408,14 @@ pub fn order_at(id: &str, worker_id: &str, industry: &str, division: &str, at: &
     }
 }
 
-pub fn declaration(id: &str, period: &str, division: &str, industry: &str, count: i64, amount: i64) -> proto::Declaration {
+pub fn declaration(
+    id: &str,
+    period: &str,
+    division: &str,
+    industry: &str,
+    count: i64,
+    amount: i64,
+) -> proto::Declaration {
     proto::Declaration {
         declaration_id: id.into(),
         revision: 1,
@@ -428,7 +441,10 @@ pub fn accident(id: &str, worker_id: &str, order_id: &str) -> proto::Accident {
     }
 }
 
-pub async fn declare(client: &mut Client, declarations: Vec<proto::Declaration>) -> proto::BatchOutcome {
+pub async fn declare(
+    client: &mut Client,
+    declarations: Vec<proto::Declaration>,
+) -> proto::BatchOutcome {
     client
         .submit_declarations(proto::SubmitDeclarationsRequest { declarations })
         .await
@@ -436,7 +452,10 @@ pub async fn declare(client: &mut Client, declarations: Vec<proto::Declaration>)
         .into_inner()
 }
 
-pub async fn report_accidents(client: &mut Client, accidents: Vec<proto::Accident>) -> proto::BatchOutcome {
+pub async fn report_accidents(
+    client: &mut Client,
+    accidents: Vec<proto::Accident>,
+) -> proto::BatchOutcome {
     client
         .report_accidents(proto::ReportAccidentsRequest { accidents })
         .await
@@ -446,9 +465,14 @@ pub async fn report_accidents(client: &mut Client, accidents: Vec<proto::Acciden
 
 /// The caller's declarations by id: (status, declared, computed) with figures as
 /// (count, amount).
-pub async fn declaration_status(client: &mut Client) -> std::collections::BTreeMap<String, (String, (i64, i64), (i64, i64))> {
+pub async fn declaration_status(
+    client: &mut Client,
+) -> std::collections::BTreeMap<String, (String, (i64, i64), (i64, i64))> {
     let list = client
-        .list_declarations(proto::ListRequest { page_size: 1000, ..Default::default() })
+        .list_declarations(proto::ListRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
         .await
         .expect("list declarations")
         .into_inner();
@@ -457,8 +481,13 @@ pub async fn declaration_status(client: &mut Client) -> std::collections::BTreeM
         .map(|d| {
             let decl = d.declaration.expect("declaration");
             let r = d.reconciliation.expect("reconciliation");
-            let f = |x: Option<proto::Figures>| x.map(|x| (x.order_count, x.amount_fen)).expect("figures");
-            (decl.declaration_id, (r.status, f(r.declared), f(r.computed)))
+            let f = |x: Option<proto::Figures>| {
+                x.map(|x| (x.order_count, x.amount_fen)).expect("figures")
+            };
+            (
+                decl.declaration_id,
+                (r.status, f(r.declared), f(r.computed)),
+            )
         })
         .collect()
 }
