@@ -9,6 +9,7 @@
 //!   month and industry, compute the figures and status (read only);
 //! - `declare`: submitting one declaration end to end in the store (load, reconcile,
 //!   write, commit with fsync).
+//!
 //! It prints medians and the ratio of each size to the smallest, measured in one run.
 
 use std::sync::Arc;
