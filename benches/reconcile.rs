@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oip_gateway::crosscheck::Candidate;
+use oip_gateway::domain::PlatformProfile;
 use oip_gateway::domain::period::Period;
-use oip_gateway::domain::{PlatformProfile, RecordKind};
 use oip_gateway::ingest::{Ingest, Policy};
 use oip_gateway::proto;
 use oip_gateway::reconcile;
@@ -50,12 +50,7 @@ fn candidates(b: &Bench, records: &[proto::Record]) -> Vec<Candidate> {
     };
     records
         .iter()
-        .map(|r| Candidate {
-            kind: RecordKind::Order,
-            id: String::new(),
-            revision: 1,
-            record: validate::record(r, &ctx),
-        })
+        .map(|r| validate::candidate(r, &ctx))
         .collect()
 }
 
@@ -111,24 +106,8 @@ async fn setup() -> anyhow::Result<Bench> {
             }
         })
         .collect();
-    let ctx_candidates: Vec<Candidate> = {
-        let ctx = validate::Context {
-            now: oip_gateway::domain::time::now_millis(),
-            max_future_ms: 0,
-            reference: &b.reference,
-            platform: &b.platform,
-        };
-        workers
-            .iter()
-            .map(|r| Candidate {
-                kind: RecordKind::Worker,
-                id: String::new(),
-                revision: 1,
-                record: validate::record(r, &ctx),
-            })
-            .collect()
-    };
-    b.ingest.apply(&b.platform, ctx_candidates).await?;
+    let workers = candidates(&b, &workers);
+    b.ingest.apply(&b.platform, workers).await?;
     Ok(b)
 }
 
@@ -213,18 +192,7 @@ async fn measure(b: &Bench, size: usize, round: usize) -> anyhow::Result<(Durati
                 amount_fen: 7,
             })),
         };
-        let ctx = validate::Context {
-            now: oip_gateway::domain::time::now_millis(),
-            max_future_ms: 0,
-            reference: &b.reference,
-            platform: &b.platform,
-        };
-        let c = vec![Candidate {
-            kind: RecordKind::Declaration,
-            id: String::new(),
-            revision: 1,
-            record: validate::record(&d, &ctx),
-        }];
+        let c = candidates(b, &[d]);
         let t = Instant::now();
         let plan = b.ingest.apply(&b.platform, c).await?;
         declares.push(t.elapsed());

@@ -95,7 +95,7 @@ impl OrderFacts {
         }
     }
 
-    /// The daily enrolment the order makes: worker, local day, division.
+    /// The daily enrolment a billable order makes: worker, local day, division.
     pub fn enrolment(&self) -> EnrolmentKey {
         EnrolmentKey {
             worker_id: self.worker_id.clone(),
@@ -534,14 +534,14 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                         if old.facts.status.is_billable() {
                             known.add_to_statement(&old.facts.statement(), -1);
                             bump(&mut plan.statement_deltas, old.facts.statement(), -1);
+                            bump(&mut plan.enrolment_deltas, old.facts.enrolment(), -1);
                         }
-                        bump(&mut plan.enrolment_deltas, old.facts.enrolment(), -1);
                     }
                     if facts.status.is_billable() {
                         known.add_to_statement(&facts.statement(), 1);
                         bump(&mut plan.statement_deltas, facts.statement(), 1);
+                        bump(&mut plan.enrolment_deltas, facts.enrolment(), 1);
                     }
-                    bump(&mut plan.enrolment_deltas, facts.enrolment(), 1);
                     let id = o.order_id.clone();
                     let correction = matches!(step, Step::Correction);
                     orders.push(

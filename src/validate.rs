@@ -6,6 +6,8 @@
 
 use chrono::NaiveDate;
 
+use crate::crosscheck::Candidate;
+use crate::domain::RecordKind;
 use crate::domain::fees::Figures;
 use crate::domain::ids::{IdNumber, IdType, Mobile, PersonName, Plate};
 use crate::domain::period::Period;
@@ -391,6 +393,35 @@ pub fn accident(a: &proto::Accident, ctx: &Context<'_>) -> Result<Accident> {
         injury_kind,
         description: a.description.clone(),
     })
+}
+
+/// The kind, id and revision a wire record names (revision 0 means 1), whatever its
+/// validity; None when it has no kind.
+pub fn identity(r: &proto::Record) -> Option<(RecordKind, &str, u32)> {
+    let (kind, id, rev) = match r.kind.as_ref()? {
+        proto::record::Kind::Worker(w) => (RecordKind::Worker, w.worker_id.as_str(), w.revision),
+        proto::record::Kind::Order(o) => (RecordKind::Order, o.order_id.as_str(), o.revision),
+        proto::record::Kind::Declaration(d) => (
+            RecordKind::Declaration,
+            d.declaration_id.as_str(),
+            d.revision,
+        ),
+        proto::record::Kind::Accident(a) => {
+            (RecordKind::Accident, a.report_id.as_str(), a.revision)
+        }
+    };
+    Some((kind, id, revision(rev)))
+}
+
+/// A wire record as it enters the cross-checks: validated, or rejected, and named.
+pub fn candidate(r: &proto::Record, ctx: &Context<'_>) -> Candidate {
+    let (kind, id, revision) = identity(r).unwrap_or((RecordKind::Worker, "", 1));
+    Candidate {
+        kind,
+        id: id.to_string(),
+        revision,
+        record: record(r, ctx),
+    }
 }
 
 /// Validates a record of any kind.

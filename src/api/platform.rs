@@ -10,14 +10,15 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::access::Access;
 use crate::config::Limits;
 use crate::crosscheck::Candidate;
-use crate::domain::fees::{Figures, ReconciliationStatus};
+use crate::domain::fees::{Figures, Multiplier, ReconciliationStatus, amount_due};
 use crate::domain::ids::{mask_id_number, mask_mobile, mask_name};
+use crate::domain::period::Period;
 use crate::domain::time::{now_millis, to_rfc3339};
 use crate::domain::{Outcome, PlatformProfile, Record, RecordKind};
 use crate::error::ApiError;
 use crate::identity::Principal;
 use crate::ingest::Ingest;
-use crate::proto::{self, platform_service_server::PlatformService, record};
+use crate::proto::{self, platform_service_server::PlatformService};
 use crate::reconcile;
 use crate::reference::Reference;
 use crate::store::{PageRequest, Store};
@@ -130,32 +131,14 @@ fn wire_reconciliation(
 impl WireRecord for proto::Record {
     const LIST: &'static str = "records";
     fn name(&self, index: usize) -> Named {
-        match &self.kind {
-            Some(record::Kind::Worker(w)) => named(
-                RecordKind::Worker,
-                &w.worker_id,
-                w.revision,
-                format!("records[{index}].worker."),
+        match validate::identity(self) {
+            Some((kind, id, revision)) => named(
+                kind,
+                id,
+                revision,
+                format!("records[{index}].{}.", kind.as_str()),
             ),
-            Some(record::Kind::Order(o)) => named(
-                RecordKind::Order,
-                &o.order_id,
-                o.revision,
-                format!("records[{index}].order."),
-            ),
-            Some(record::Kind::Declaration(d)) => named(
-                RecordKind::Declaration,
-                &d.declaration_id,
-                d.revision,
-                format!("records[{index}].declaration."),
-            ),
-            Some(record::Kind::Accident(a)) => named(
-                RecordKind::Accident,
-                &a.report_id,
-                a.revision,
-                format!("records[{index}].accident."),
-            ),
-            // No kind: name it as a worker-less blank; the rejection says MISSING_FIELD kind.
+            // No kind: named as a blank; the rejection says MISSING_FIELD kind.
             None => named(RecordKind::Worker, "", 0, format!("records[{index}].")),
         }
     }
@@ -505,6 +488,63 @@ impl PlatformService for PlatformApi {
         Ok(Response::new(proto::ListDeclarationsResponse {
             declarations,
             next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_volume_statements(
+        &self,
+        req: Request<proto::ListVolumeStatementsRequest>,
+    ) -> Result<Response<proto::ListVolumeStatementsResponse>, Status> {
+        let platform = self.caller(&req).await?;
+        let period = Period::parse(&req.get_ref().period)
+            .ok_or_else(|| ApiError::InvalidArgument("period must be YYYY-MM".into()))?;
+        let scope: Vec<_> = platform
+            .industries
+            .iter()
+            .map(|i| (period, i.clone()))
+            .collect();
+        let statements = self
+            .store
+            .statements(platform.id, &scope)
+            .await
+            .map_err(ApiError::from)?;
+        let closed_at = self
+            .store
+            .closed_periods(platform.id)
+            .await
+            .map_err(ApiError::from)?
+            .get(&period)
+            .copied();
+        let mut statements: Vec<_> = statements.into_iter().collect();
+        statements.sort();
+        let statements = statements
+            .into_iter()
+            .map(|(key, count)| {
+                let tier = platform.tier_for(&key.division_code);
+                let rating = self.ingest.rates().rating(
+                    platform.uscc.as_str(),
+                    &key.division_code,
+                    &key.industry,
+                    tier,
+                    period,
+                    closed_at,
+                );
+                let (base, multiplier) =
+                    rating.map_or((0, Multiplier::ONE), |r| (r.base_fen, r.multiplier));
+                proto::VolumeStatement {
+                    period: period.to_string(),
+                    division_code: key.division_code,
+                    industry: key.industry,
+                    billable_count: count,
+                    base_fen_per_order: base,
+                    multiplier: multiplier.to_string(),
+                    amount_fen: amount_due(count, base, multiplier),
+                    closed: closed_at.is_some(),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListVolumeStatementsResponse {
+            statements,
         }))
     }
 

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use oip_gateway::crosscheck::{Candidate, EnrolmentKey};
+use oip_gateway::domain::PlatformProfile;
 use oip_gateway::domain::fees::RateBook;
 use oip_gateway::domain::period::Period;
 use oip_gateway::domain::time::{local_date, parse_wire_time};
-use oip_gateway::domain::{PlatformProfile, RecordKind};
 use oip_gateway::ingest::{Ingest, Policy};
 use oip_gateway::proto;
 use oip_gateway::reconcile::StatementKey;
@@ -117,15 +117,10 @@ impl Harness {
             reference: &self.reference,
             platform: &self.platform,
         };
-        let candidates = records
+        let candidates: Vec<Candidate> = records
             .iter()
-            .map(|r| Candidate {
-                kind: RecordKind::Order,
-                id: String::new(),
-                revision: 1,
-                record: validate::record(r, &ctx),
-            })
-            .collect::<Vec<_>>();
+            .map(|r| validate::candidate(r, &ctx))
+            .collect();
         assert!(
             candidates.iter().all(|c| c.record.is_ok()),
             "generated records are valid"
@@ -234,13 +229,13 @@ async fn run(ops: Vec<Op>, batch_sizes: Vec<usize>) {
                 industry: o.industry.clone(),
             };
             *statements.entry(key).or_default() += 1;
+            let key = EnrolmentKey {
+                worker_id: o.worker_id.clone(),
+                day: local_date(accepted),
+                division_code: o.division_code.clone(),
+            };
+            *enrolments.entry(key).or_default() += 1;
         }
-        let key = EnrolmentKey {
-            worker_id: o.worker_id.clone(),
-            day: local_date(accepted),
-            division_code: o.division_code.clone(),
-        };
-        *enrolments.entry(key).or_default() += 1;
     }
     let kept: BTreeMap<_, _> = h
         .store

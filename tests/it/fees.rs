@@ -115,6 +115,49 @@ async fn fen_exact_amounts_for_every_industry_and_tier() {
 
     let status = declaration_status(&mut a).await;
     assert_eq!(status["A-D"], ("MATCHED".to_string(), (10, 74), (10, 74)));
+
+    // The statements themselves: count, base, float and amount per city and industry.
+    let list = a
+        .list_volume_statements(proto::ListVolumeStatementsRequest {
+            period: period.clone(),
+        })
+        .await
+        .expect("statements")
+        .into_inner();
+    let got: Vec<(String, String, i64, i64, String, i64, bool)> = list
+        .statements
+        .into_iter()
+        .map(|s| {
+            (
+                s.division_code,
+                s.industry,
+                s.billable_count,
+                s.base_fen_per_order,
+                s.multiplier,
+                s.amount_fen,
+                s.closed,
+            )
+        })
+        .collect();
+    let row = |d: &str, i: &str, n, b, m: &str, amt| {
+        (d.to_string(), i.to_string(), n, b, m.to_string(), amt, true)
+    };
+    assert_eq!(
+        got,
+        vec![
+            row("320100", "INSTANT_DELIVERY", 10, 7, "1.0500", 74),
+            row("320100", "INTRACITY_FREIGHT", 2, 18, "1.0500", 38),
+            row("320100", "RIDE_HAILING", 3, 1, "1.0500", 3),
+            row("320500", "INSTANT_DELIVERY", 5, 25, "1.0000", 125),
+        ]
+    );
+    let bad = a
+        .list_volume_statements(proto::ListVolumeStatementsRequest {
+            period: "July".into(),
+        })
+        .await
+        .expect_err("bad period");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert_eq!(status["A-P"], ("MATCHED".to_string(), (15, 199), (15, 199)));
     assert_eq!(status["A-X"].0, "MISMATCH");
 }
