@@ -6,7 +6,11 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/oip/v1/records.proto", "proto/oip/v1/platform.proto"];
+    let protos = [
+        "proto/oip/v1/records.proto",
+        "proto/oip/v1/platform.proto",
+        "proto/oip/v1/backend.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
