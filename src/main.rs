@@ -34,6 +34,11 @@ enum Command {
     },
     /// Submit a JSON Lines bulk file and write the outcome report.
     Submit(SubmitArgs),
+    /// The simulated social-security and tax backends (serve, read their counts, inject faults).
+    BackendSim {
+        #[command(subcommand)]
+        action: SimAction,
+    },
     /// Write a synthetic bulk file of valid workers and orders (for benchmarks).
     Loadgen {
         #[arg(long, default_value_t = 10_000)]
@@ -48,6 +53,78 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum SimAction {
+    /// Serve both backends over mTLS until stopped.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "sqlite:data/backend-sim.db")]
+        database_url: String,
+        #[command(flatten)]
+        tls: SimTls,
+    },
+    /// Print what the simulator holds: applied items per kind, repeats, faults.
+    Stats {
+        #[command(flatten)]
+        client: SimClient,
+    },
+    /// Replace the fault settings.
+    Faults {
+        #[command(flatten)]
+        client: SimClient,
+        /// Fraction of calls answered UNAVAILABLE (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        fail_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u32,
+        /// Idempotency keys to answer INVALID (repeatable).
+        #[arg(long = "reject")]
+        reject_keys: Vec<String>,
+        /// Answer every call UNAVAILABLE until faults are set again without --pause.
+        #[arg(long)]
+        pause: bool,
+    },
+}
+
+#[derive(Args)]
+struct SimTls {
+    #[arg(long, default_value = "certs-example/ca.pem")]
+    ca: PathBuf,
+    #[arg(long, default_value = "certs-example/server.pem")]
+    cert: PathBuf,
+    #[arg(long, default_value = "certs-example/server.key")]
+    key: PathBuf,
+}
+
+#[derive(Args)]
+struct SimClient {
+    #[arg(long, default_value = "https://127.0.0.1:50061")]
+    endpoint: String,
+    #[arg(long, default_value = "certs-example/ca.pem")]
+    ca: PathBuf,
+    #[arg(long, default_value = "certs-example/admin.pem")]
+    cert: PathBuf,
+    #[arg(long, default_value = "certs-example/admin.key")]
+    key: PathBuf,
+}
+
+async fn sim_control(
+    c: &SimClient,
+) -> anyhow::Result<
+    oip_gateway::proto::backend_sim_control_client::BackendSimControlClient<
+        tonic::transport::Channel,
+    >,
+> {
+    let tls = oip_gateway::tls::client_config(&c.ca, &c.cert, &c.key, "localhost")?;
+    let channel = tonic::transport::Channel::from_shared(c.endpoint.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("backend simulator unreachable at {}: {e}", c.endpoint))?;
+    Ok(oip_gateway::proto::backend_sim_control_client::BackendSimControlClient::new(channel))
 }
 
 #[derive(Args)]
@@ -111,6 +188,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             submit::print_summary(&summary);
             Ok(())
         }
+        Command::BackendSim { action } => match action {
+            SimAction::Serve {
+                listen,
+                database_url,
+                tls,
+            } => {
+                telemetry::init();
+                let sim = oip_gateway::backend_sim::BackendSim::start(
+                    oip_gateway::backend_sim::SimConfig {
+                        listen,
+                        database_url,
+                        ca: tls.ca,
+                        cert: tls.cert,
+                        key: tls.key,
+                    },
+                )
+                .await?;
+                println!("listening on {}", sim.addr);
+                tokio::signal::ctrl_c().await?;
+                sim.shutdown().await
+            }
+            SimAction::Stats { client } => {
+                let s = sim_control(&client)
+                    .await?
+                    .stats(oip_gateway::proto::StatsRequest {})
+                    .await?
+                    .into_inner();
+                for k in &s.applied {
+                    println!("{:<28} {}", k.kind, k.count);
+                }
+                println!("{:<28} {}", "repeated items dropped", s.repeated_items);
+                println!("{:<28} {}", "failed calls (injected)", s.failed_calls);
+                println!("{:<28} {}", "invalid items", s.invalid_items);
+                Ok(())
+            }
+            SimAction::Faults {
+                client,
+                fail_fraction,
+                latency_ms,
+                reject_keys,
+                pause,
+            } => {
+                let f = oip_gateway::proto::Faults {
+                    fail_fraction,
+                    latency_ms,
+                    reject_keys,
+                    paused: pause,
+                };
+                let set = sim_control(&client)
+                    .await?
+                    .set_faults(f)
+                    .await?
+                    .into_inner();
+                println!("faults now: {set:?}");
+                Ok(())
+            }
+        },
         Command::Loadgen {
             workers,
             orders,

@@ -18,6 +18,7 @@ use crate::domain::period::Period;
 use crate::domain::time::Millis;
 use crate::reconcile::Statements;
 
+pub mod sim;
 pub mod sqlite;
 
 /// Storage failures. Every variant is the gateway's problem, not the caller's.

@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod aggregates;
+mod backend_sim;
 mod config;
 mod durability;
 mod fees;

@@ -1,0 +1,159 @@
+//! Storage of the backend simulator (`oip-gateway backend-sim`): its own SQLite file,
+//! each idempotency key applied once, repeats counted.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+
+use super::{Result, StoreError};
+
+/// One item as the simulator keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimItem {
+    pub idempotency_key: String,
+    pub backend: &'static str,
+    pub kind: &'static str,
+    pub platform: String,
+    pub correction: bool,
+    pub payload: Vec<u8>,
+}
+
+pub struct SimStore {
+    pool: SqlitePool,
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SimStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let path = url.strip_prefix("sqlite:").unwrap_or(url);
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))
+            .map_err(err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(err)?;
+        sqlx::migrate!("migrations/backend-sim")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the items whose key is new (within the call too) and returns, per item,
+    /// whether it was applied (false: a repeat, dropped and counted).
+    pub async fn apply(&self, items: &[SimItem], now: i64) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let keys: Vec<&str> = items.iter().map(|i| i.idempotency_key.as_str()).collect();
+        let (json,): (String,) = sqlx::query_as(
+            "SELECT json_group_array(idempotency_key) FROM applied
+             WHERE idempotency_key IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&keys).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        let existing: Vec<String> =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut seen: HashSet<String> = existing.into_iter().collect();
+        let fresh: Vec<bool> = items
+            .iter()
+            .map(|i| seen.insert(i.idempotency_key.clone()))
+            .collect();
+        let new_items: Vec<&SimItem> = items
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, f)| **f)
+            .map(|(i, _)| i)
+            .collect();
+        for chunk in new_items.chunks(1000) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO applied (idempotency_key, backend, kind, platform, correction, payload, applied_at) ",
+            );
+            q.push_values(chunk, |mut b, i| {
+                b.push_bind(&i.idempotency_key)
+                    .push_bind(i.backend)
+                    .push_bind(i.kind)
+                    .push_bind(&i.platform)
+                    .push_bind(i.correction)
+                    .push_bind(&i.payload)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        let repeats = fresh.iter().filter(|f| !**f).count() as i64;
+        if repeats > 0 {
+            Self::bump(&mut tx, "repeated_items", repeats).await?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(fresh)
+    }
+
+    async fn bump(tx: &mut sqlx::Transaction<'_, Sqlite>, name: &str, by: i64) -> Result<()> {
+        sqlx::query("INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2")
+            .bind(name)
+            .bind(by)
+            .execute(&mut **tx)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Adds to a named counter (failed calls, invalid items).
+    pub async fn count(&self, name: &str, by: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        Self::bump(&mut tx, name, by).await?;
+        tx.commit().await.map_err(err)
+    }
+
+    /// Applied items per `backend/kind`, and the counters.
+    pub async fn stats(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT backend, kind, count(*) FROM applied GROUP BY backend, kind")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+        let applied = rows
+            .into_iter()
+            .map(|(b, k, n)| (format!("{b}/{k}"), u64::try_from(n).unwrap_or(0)))
+            .collect();
+        let counters: Vec<(String, i64)> = sqlx::query_as("SELECT name, value FROM counters")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok((
+            applied,
+            counters
+                .into_iter()
+                .map(|(n, v)| (n, u64::try_from(v).unwrap_or(0)))
+                .collect(),
+        ))
+    }
+
+    /// The stored payloads of one backend and kind, in key order.
+    pub async fn payloads(&self, backend: &str, kind: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        sqlx::query_as("SELECT idempotency_key, payload FROM applied WHERE backend = ?1 AND kind = ?2 ORDER BY idempotency_key")
+            .bind(backend)
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)
+    }
+}
