@@ -14,20 +14,109 @@ use tonic::transport::Server;
 
 use crate::access::{Access, Grant, Role};
 use crate::api::platform::PlatformApi;
+use crate::backend_sim::{BackendSim, SimConfig};
 use crate::config::Config;
 use crate::domain::fees::{BaseRate, FloatRate, RateBook};
+use crate::forward::dispatcher::{self, Backend, DispatchSettings};
 use crate::ingest::{Ingest, Policy};
 use crate::proto::platform_service_server::PlatformServiceServer;
+use crate::proto::social_security_backend_client::SocialSecurityBackendClient;
+use crate::proto::tax_backend_client::TaxBackendClient;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::{proto, tls};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::Channel;
 
 /// A running gateway.
 pub struct Gateway {
     /// The bound listener address (useful with port 0).
     pub addr: SocketAddr,
+    /// The embedded backend simulator, when no real backends are configured.
+    pub backend_sim: Option<BackendSim>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_background: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// `sqlite:dir/oip.db` → `sqlite:dir/backend-sim.db`.
+fn sibling_database(url: &str) -> String {
+    let path = std::path::Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
+    format!("sqlite:{}", path.with_file_name("backend-sim.db").display())
+}
+
+/// Starts the forwarding dispatchers (and the simulator they deliver to when no real
+/// endpoints are configured).
+async fn start_forwarding(
+    config: &Config,
+    store: Arc<dyn Store>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(Option<BackendSim>, Vec<JoinHandle<()>>)> {
+    let f = &config.forward;
+    let mut sim = None;
+    let (ss_endpoint, tax_endpoint) = match (&f.social_security_endpoint, &f.tax_endpoint) {
+        (Some(ss), Some(tax)) => (ss.clone(), tax.clone()),
+        _ => {
+            let s = BackendSim::start(SimConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                database_url: f
+                    .simulator_database_url
+                    .clone()
+                    .unwrap_or_else(|| sibling_database(&config.database_url)),
+                ca: config.tls.ca.clone(),
+                cert: config.tls.cert.clone(),
+                key: config.tls.key.clone(),
+            })
+            .await?;
+            let endpoint = format!("https://{}", s.addr);
+            tracing::info!(%endpoint, "no backends configured: delivering to the embedded simulator");
+            sim = Some(s);
+            (endpoint.clone(), endpoint)
+        }
+    };
+    let tls = tls::client_config(
+        &f.backend_ca,
+        &f.client_cert,
+        &f.client_key,
+        &f.backend_domain,
+    )?;
+    let channel = |endpoint: &str| -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(endpoint.to_string())
+            .with_context(|| format!("forward endpoint {endpoint}"))?
+            .tls_config(tls.clone())?
+            .connect_lazy())
+    };
+    let settings = DispatchSettings {
+        batch_size: f.batch_size,
+        max_attempts: f.max_attempts,
+        request_timeout: Duration::from_millis(f.request_timeout_ms),
+        min_backoff: Duration::from_millis(f.min_backoff_ms),
+        max_backoff: Duration::from_millis(f.max_backoff_ms),
+        invalid_retry: Duration::from_millis(f.invalid_retry_ms),
+        idle_poll: Duration::from_secs(1),
+    };
+    let backends = [
+        Backend::SocialSecurity(
+            SocialSecurityBackendClient::new(channel(&ss_endpoint)?)
+                .max_encoding_message_size(64 << 20),
+        ),
+        Backend::Tax(
+            TaxBackendClient::new(channel(&tax_endpoint)?).max_encoding_message_size(64 << 20),
+        ),
+    ];
+    let mut tasks: Vec<JoinHandle<()>> = backends
+        .into_iter()
+        .map(|b| dispatcher::spawn(store.clone(), b, settings, wake.clone(), stop.clone()))
+        .collect();
+    tasks.push(dispatcher::spawn_queue_reporter(
+        store,
+        Duration::from_secs(f.queue_report_secs.max(1)),
+        stop,
+    ));
+    Ok((sim, tasks))
 }
 
 /// Opens the store and registers the configured platforms and administrators.
@@ -113,9 +202,16 @@ impl Gateway {
             declaration_deadline_day: config.fees.declaration_deadline_day,
             accident_margin_ms: config.accidents.window_margin_minutes * 60_000,
         };
+        let ingest = Ingest::new(store.clone(), rates, policy);
+        let (stop_background, stop_rx) = watch::channel(false);
+        let (backend_sim, background) = if config.forward.enabled {
+            start_forwarding(&config, store.clone(), ingest.wake(), stop_rx).await?
+        } else {
+            (None, Vec::new())
+        };
         let platform = PlatformApi {
             access: Access::new(store.clone()),
-            ingest: Ingest::new(store.clone(), rates, policy),
+            ingest,
             store: store.clone(),
             reference,
             limits: config.limits.clone(),
@@ -155,8 +251,11 @@ impl Gateway {
         tracing::info!(%addr, "gateway listening");
         Ok(Self {
             addr,
+            backend_sim,
             shutdown: Some(tx),
             task,
+            stop_background,
+            background,
         })
     }
 
@@ -166,6 +265,13 @@ impl Gateway {
             let _ = tx.send(());
         }
         (&mut self.task).await??;
+        let _ = self.stop_background.send(true);
+        for t in self.background.drain(..) {
+            let _ = t.await;
+        }
+        if let Some(sim) = self.backend_sim.take() {
+            sim.shutdown().await?;
+        }
         Ok(())
     }
 

@@ -100,6 +100,15 @@ pub fn generate(dir: &Path) -> anyhow::Result<()> {
     for (stem, id) in CLIENTS {
         leaf(dir, stem, &ca, vec![uri(id)?], false, VALID)?;
     }
+    // The gateway's own client certificate towards the backends.
+    leaf(
+        dir,
+        "gateway",
+        &ca,
+        vec![uri("oip://gateway/oip-gateway")?],
+        false,
+        VALID,
+    )?;
     // Platform A's identity, but expired.
     leaf(
         dir,

@@ -38,6 +38,8 @@ pub struct Config {
     pub fees: FeesConfig,
     #[serde(default)]
     pub accidents: AccidentsConfig,
+    #[serde(default)]
+    pub forward: ForwardConfig,
     /// Identity URIs (`oip://admin/<name>`) granted the admin role at start.
     #[serde(default)]
     pub admins: Vec<String>,
@@ -140,6 +142,56 @@ impl Default for AccidentsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Deliver to the backends at all.
+    pub enabled: bool,
+    /// `https://host:port` of the social-security backend; unset: the gateway starts the
+    /// backend simulator itself and delivers to it.
+    pub social_security_endpoint: Option<String>,
+    pub tax_endpoint: Option<String>,
+    /// Server name the backends' certificates are checked against.
+    pub backend_domain: String,
+    /// CA of the backends' certificates.
+    pub backend_ca: PathBuf,
+    /// The gateway's own client certificate and key towards the backends.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// The embedded simulator's database; unset: `backend-sim.db` beside the gateway's.
+    pub simulator_database_url: Option<String>,
+    pub batch_size: u32,
+    /// Refusals (INVALID) before an item is dead-lettered.
+    pub max_attempts: u32,
+    pub request_timeout_ms: u64,
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub invalid_retry_ms: u64,
+    pub queue_report_secs: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            social_security_endpoint: None,
+            tax_endpoint: None,
+            backend_domain: "localhost".into(),
+            backend_ca: "certs-example/ca.pem".into(),
+            client_cert: "certs-example/gateway.pem".into(),
+            client_key: "certs-example/gateway.key".into(),
+            simulator_database_url: None,
+            batch_size: 500,
+            max_attempts: 5,
+            request_timeout_ms: 10_000,
+            min_backoff_ms: 100,
+            max_backoff_ms: 30_000,
+            invalid_retry_ms: 60_000,
+            queue_report_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformSeed {
     pub uscc: String,
@@ -198,7 +250,7 @@ impl Config {
     /// The `OIP_*` variables that name configuration keys. Other `OIP_` variables
     /// (`OIP_CONFIG`, the client's `OIP_ENDPOINT`) are not configuration and are left alone.
     fn environment() -> Env {
-        const TOP_LEVEL: [&str; 9] = [
+        const TOP_LEVEL: [&str; 10] = [
             "listen",
             "database_url",
             "tls",
@@ -206,6 +258,7 @@ impl Config {
             "limits",
             "fees",
             "accidents",
+            "forward",
             "admins",
             "platforms",
         ];
@@ -244,6 +297,7 @@ impl Config {
             limits: Limits::default(),
             fees: FeesConfig::default(),
             accidents: AccidentsConfig::default(),
+            forward: ForwardConfig::default(),
             admins: vec![],
             platforms,
         }
@@ -323,6 +377,23 @@ impl Config {
             ));
         }
         self.rates(0)?;
+        if self.forward.enabled {
+            for (key, path) in [
+                ("forward.backend_ca", &self.forward.backend_ca),
+                ("forward.client_cert", &self.forward.client_cert),
+                ("forward.client_key", &self.forward.client_key),
+            ] {
+                if !path.is_file() {
+                    return Err(invalid(key, format!("file {} not found", path.display())));
+                }
+            }
+            if self.forward.batch_size == 0 || self.forward.max_attempts == 0 {
+                return Err(invalid(
+                    "forward",
+                    "batch_size and max_attempts must be at least 1",
+                ));
+            }
+        }
         let reference = self.reference()?;
         self.platform_registrations(&reference).map(|_| ())
     }

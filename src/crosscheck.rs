@@ -273,8 +273,10 @@ pub struct Rules<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub outcomes: Vec<Outcome>,
-    /// Figures of accepted declarations, by index in the batch.
+    /// Figures of accepted declarations, by index in the batch...
     pub reconciliations: BTreeMap<usize, Reconciliation>,
+    /// ...and by declaration id (the last accepted revision).
+    pub declaration_figures: HashMap<String, Reconciliation>,
     pub workers: Vec<Write<Worker>>,
     pub orders: Vec<Write<Order>>,
     pub declarations: Vec<Write<Declaration>>,
@@ -596,13 +598,13 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                     if rules.now >= d.period.deadline_end(rules.declaration_deadline_day) {
                         warnings.push(WarningCode::LateDeclaration);
                     }
-                    plan.reconciliations.insert(
-                        index,
-                        Reconciliation {
-                            declared: d.figures,
-                            computed,
-                        },
-                    );
+                    let figures = Reconciliation {
+                        declared: d.figures,
+                        computed,
+                    };
+                    plan.reconciliations.insert(index, figures);
+                    plan.declaration_figures
+                        .insert(d.declaration_id.clone(), figures);
                     let key = StatementKey {
                         period: d.period,
                         division_code: d.division_code.clone(),

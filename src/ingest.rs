@@ -24,6 +24,8 @@ pub struct Ingest {
     store: Arc<dyn Store>,
     rates: Arc<RateBook>,
     policy: Policy,
+    /// Woken after every commit that queued items for delivery.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Ingest {
@@ -32,7 +34,13 @@ impl Ingest {
             store,
             rates,
             policy,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// What the forwarding dispatchers wait on.
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// The rate book the rules use.
@@ -62,8 +70,12 @@ impl Ingest {
         };
         let plan = crosscheck::decide(&rules, candidates, &mut known);
         if !plan.is_empty() {
-            tx.write(&plan, now).await?;
+            let outbox = crate::forward::outbox::items(&plan, platform);
+            tx.write(&plan, &outbox, now).await?;
             tx.commit().await?;
+            if !outbox.is_empty() {
+                self.wake.notify_waiters();
+            }
         }
         tracing::debug!(
             platform = %platform.uscc,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod crosscheck;
 pub mod domain;
 pub mod error;
+pub mod forward;
 pub mod identity;
 pub mod ingest;
 pub mod loadgen;

@@ -109,6 +109,62 @@ pub struct PlatformRegistration {
     pub delivery_tiers: Vec<(String, crate::domain::platform::DeliveryTier)>,
 }
 
+/// Where an outbox item goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    SocialSecurity,
+    Tax,
+}
+
+impl Destination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SocialSecurity => "social-security",
+            Self::Tax => "tax",
+        }
+    }
+}
+
+/// An item to deliver, written with the records it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub destination: Destination,
+    /// `platform/kind/id`: items of one record are delivered in order.
+    pub record_key: String,
+    /// `platform/kind/id/revision`: the backend drops repeats by it.
+    pub idempotency_key: String,
+    /// The encoded delivery item.
+    pub payload: Vec<u8>,
+}
+
+/// An outbox item claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueItem {
+    pub seq: i64,
+    pub idempotency_key: String,
+    pub payload: Vec<u8>,
+    pub attempts: u32,
+}
+
+/// What became of a delivered item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Refused as invalid: retried after `retry_at`, or dead-lettered at `max_attempts`.
+    Invalid {
+        reason: String,
+        retry_at: Millis,
+    },
+}
+
+/// Queue depth of one destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending_at: Option<Millis>,
+}
+
 /// A stored declaration as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclarationRow {
@@ -164,6 +220,23 @@ pub trait Store: Send + Sync + 'static {
     async fn rate_book(&self) -> Result<RateBook>;
     /// Appends rate rows (new versions; nothing is overwritten).
     async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()>;
+
+    /// Up to `limit` pending items of a destination that are due, in seq order, skipping
+    /// any item whose record has an earlier pending item.
+    async fn due_items(
+        &self,
+        destination: Destination,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueItem>>;
+    /// Records what the backend answered, in one transaction.
+    async fn settle(
+        &self,
+        outcomes: &[(i64, DeliveryOutcome)],
+        max_attempts: u32,
+        now: Millis,
+    ) -> Result<()>;
+    async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth>;
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.
@@ -174,7 +247,13 @@ pub trait IngestTx: Send {
     /// Adds the statements, declared keys and closed months of these (month, industry)
     /// pairs to `known`.
     async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()>;
-    /// Writes the plan's records and rejections.
-    async fn write(&mut self, plan: &Plan, received_at: Millis) -> Result<()>;
+    /// Writes the plan's records, rejections and aggregates, and the outbox items that
+    /// deliver them.
+    async fn write(
+        &mut self,
+        plan: &Plan,
+        outbox: &[OutboxItem],
+        received_at: Millis,
+    ) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }

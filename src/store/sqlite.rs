@@ -17,8 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::{
-    DeclarationRow, IngestTx, OrderRow, Page, PageRequest, PlatformRegistration, RejectionRecord,
-    Result, Store, StoreError, WorkerRow,
+    DeclarationRow, DeliveryOutcome, Destination, DueItem, IngestTx, OrderRow, OutboxItem, Page,
+    PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result, Store, StoreError,
+    WorkerRow,
 };
 use crate::access::{Grant, Role};
 use crate::crosscheck::{
@@ -593,6 +594,98 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db_err)
     }
+
+    async fn due_items(
+        &self,
+        destination: Destination,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueItem>> {
+        let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
+             WHERE o.destination = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+               AND NOT EXISTS (SELECT 1 FROM outbox e
+                               WHERE e.destination = o.destination AND e.record_key = o.record_key
+                                 AND e.state = 'pending' AND e.seq < o.seq)
+             ORDER BY o.seq LIMIT ?3",
+        )
+        .bind(destination.as_str())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(seq, idempotency_key, payload, attempts)| {
+                Ok(DueItem {
+                    seq,
+                    idempotency_key,
+                    payload,
+                    attempts: u32::try_from(attempts)
+                        .map_err(|_| corrupt("attempts out of range"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle(
+        &self,
+        outcomes: &[(i64, DeliveryOutcome)],
+        max_attempts: u32,
+        now: Millis,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let delivered: Vec<i64> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == DeliveryOutcome::Delivered)
+            .map(|(seq, _)| *seq)
+            .collect();
+        if !delivered.is_empty() {
+            sqlx::query(
+                "UPDATE outbox SET state = 'delivered', delivered_at = ?1, attempts = attempts + 1
+                 WHERE seq IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(now)
+            .bind(serde_json::to_string(&delivered).map_err(|e| corrupt(&e.to_string()))?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for (seq, outcome) in outcomes {
+            if let DeliveryOutcome::Invalid { reason, retry_at } = outcome {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3,
+                       state = CASE WHEN attempts + 1 >= ?4 THEN 'dead' ELSE 'pending' END
+                     WHERE seq = ?1",
+                )
+                .bind(seq)
+                .bind(reason)
+                .bind(retry_at)
+                .bind(i64::from(max_attempts))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth> {
+        let (pending, dead, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),
+                    min(created_at) FILTER (WHERE state = 'pending')
+             FROM outbox WHERE destination = ?1 AND state != 'delivered'",
+        )
+        .bind(destination.as_str())
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(QueueDepth {
+            pending: u64::try_from(pending).unwrap_or(0),
+            dead: u64::try_from(dead).unwrap_or(0),
+            oldest_pending_at: oldest,
+        })
+    }
 }
 
 struct SqliteIngest {
@@ -850,7 +943,12 @@ impl IngestTx for SqliteIngest {
         Ok(())
     }
 
-    async fn write(&mut self, plan: &Plan, received_at: Millis) -> Result<()> {
+    async fn write(
+        &mut self,
+        plan: &Plan,
+        outbox: &[OutboxItem],
+        received_at: Millis,
+    ) -> Result<()> {
         let pid = self.platform_id;
         for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -1040,6 +1138,21 @@ impl IngestTx for SqliteIngest {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
+        }
+        for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at) ",
+            );
+            q.push_values(chunk, |mut b, item| {
+                b.push_bind(item.destination.as_str())
+                    .push_bind(&item.record_key)
+                    .push_bind(&item.idempotency_key)
+                    .push_bind(&item.payload)
+                    .push_bind("pending")
+                    .push_bind(received_at)
+                    .push_bind(received_at);
+            });
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
         Ok(())
     }

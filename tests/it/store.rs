@@ -160,7 +160,9 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
                 candidates(&p, &["W1"], &[("O1", "W1")]),
                 &mut known,
             );
-            tx.write(&plan, 1).await.expect(name);
+            tx.write(&plan, &oip_gateway::forward::outbox::items(&plan, &p), 1)
+                .await
+                .expect(name);
         }
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let known = tx.load(&touched(&["W1"], &["O1"])).await.expect(name);
@@ -176,7 +178,9 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             &mut known,
         );
         assert_eq!(plan.rejections.len(), 1);
-        tx.write(&plan, 1).await.expect(name);
+        tx.write(&plan, &oip_gateway::forward::outbox::items(&plan, &p), 1)
+            .await
+            .expect(name);
         tx.commit().await.expect(name);
 
         let mut tx = store.begin_ingest(p.id).await.expect(name);
@@ -248,5 +252,94 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             .await
             .expect(name);
         assert!(page.items.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_delivers_in_order_and_dead_letters() {
+    use oip_gateway::store::{DeliveryOutcome, Destination, OutboxItem};
+    for (name, store, _dir) in backends().await {
+        let p = store
+            .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
+            .await
+            .expect(name);
+        let item = |record: &str, rev: u32| OutboxItem {
+            destination: Destination::SocialSecurity,
+            record_key: record.to_string(),
+            idempotency_key: format!("{record}/{rev}"),
+            payload: vec![rev as u8],
+        };
+        let mut tx = store.begin_ingest(p.id).await.expect(name);
+        let plan = crosscheck::Plan::default();
+        let items = [item("r1", 1), item("r2", 1), item("r1", 2), item("r3", 1)];
+        tx.write(&plan, &items, 10).await.expect(name);
+        tx.commit().await.expect(name);
+
+        // r1/2 waits behind r1/1: a correction never overtakes its original.
+        let due = store
+            .due_items(Destination::SocialSecurity, 10, 10)
+            .await
+            .expect(name);
+        let keys: Vec<_> = due.iter().map(|d| d.idempotency_key.as_str()).collect();
+        assert_eq!(keys, vec!["r1/1", "r2/1", "r3/1"], "{name}");
+        assert!(
+            store
+                .due_items(Destination::Tax, 10, 10)
+                .await
+                .expect(name)
+                .is_empty()
+        );
+
+        // r1/1 refused (retry later, 2 attempts max), the others delivered.
+        let invalid = DeliveryOutcome::Invalid {
+            reason: "bad".into(),
+            retry_at: 20,
+        };
+        let outcomes = vec![
+            (due[0].seq, invalid.clone()),
+            (due[1].seq, DeliveryOutcome::Delivered),
+            (due[2].seq, DeliveryOutcome::Delivered),
+        ];
+        store.settle(&outcomes, 2, 11).await.expect(name);
+        assert!(
+            store
+                .due_items(Destination::SocialSecurity, 11, 10)
+                .await
+                .expect(name)
+                .is_empty(),
+            "{name}: r1/1 not due yet, r1/2 behind it"
+        );
+        let again = store
+            .due_items(Destination::SocialSecurity, 20, 10)
+            .await
+            .expect(name);
+        assert_eq!(
+            again
+                .iter()
+                .map(|d| d.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["r1/1"]
+        );
+        assert_eq!(again[0].attempts, 1);
+        store
+            .settle(&[(again[0].seq, invalid)], 2, 21)
+            .await
+            .expect(name);
+        // Dead after its second refusal: the correction behind it may go now.
+        let depth = store
+            .queue_depth(Destination::SocialSecurity)
+            .await
+            .expect(name);
+        assert_eq!((depth.pending, depth.dead), (1, 1), "{name}");
+        let last = store
+            .due_items(Destination::SocialSecurity, 21, 10)
+            .await
+            .expect(name);
+        assert_eq!(
+            last.iter()
+                .map(|d| d.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["r1/2"]
+        );
     }
 }

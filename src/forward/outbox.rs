@@ -1,0 +1,175 @@
+//! Delivery items of a plan: workers, orders and accidents to social security (with
+//! their personal data, which that backend needs), declarations with their
+//! reconciliation to tax (aggregates only: a `TaxItem` cannot carry personal data).
+
+use prost::Message;
+
+use crate::crosscheck::{Plan, Write};
+use crate::domain::fees::{Figures, ReconciliationStatus};
+use crate::domain::time::to_rfc3339;
+use crate::domain::{Accident, Declaration, Order, PlatformProfile, Worker};
+use crate::proto::{self, social_security_item, tax_item};
+use crate::store::{Destination, OutboxItem};
+
+fn header(
+    platform: &PlatformProfile,
+    kind: &str,
+    id: &str,
+    revision: u32,
+    correction: bool,
+) -> (String, proto::ItemHeader) {
+    let record_key = format!("{}/{kind}/{id}", platform.uscc);
+    let header = proto::ItemHeader {
+        idempotency_key: format!("{record_key}/{revision}"),
+        platform: platform.uscc.to_string(),
+        correction,
+    };
+    (record_key, header)
+}
+
+fn worker(w: &Worker) -> proto::Worker {
+    proto::Worker {
+        worker_id: w.worker_id.clone(),
+        revision: w.revision,
+        id_type: w.id_number.id_type().as_str().to_string(),
+        id_number: w.id_number.as_str().to_string(),
+        name: w.name.as_str().to_string(),
+        mobile: w.mobile.as_str().to_string(),
+        industries: w.industries.clone(),
+        registered_at: to_rfc3339(w.registered_at),
+        status: w.status.as_str().to_string(),
+        left_at: w.left_at.map(to_rfc3339).unwrap_or_default(),
+    }
+}
+
+fn order(o: &Order) -> proto::Order {
+    proto::Order {
+        order_id: o.order_id.clone(),
+        revision: o.revision,
+        worker_id: o.worker_id.clone(),
+        industry: o.industry.clone(),
+        division_code: o.division_code.clone(),
+        accepted_at: to_rfc3339(o.accepted_at),
+        completed_at: o.completed_at.map(to_rfc3339).unwrap_or_default(),
+        status: o.status.as_str().to_string(),
+        vehicle_plate: o
+            .vehicle_plate
+            .as_ref()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn accident(a: &Accident) -> proto::Accident {
+    proto::Accident {
+        report_id: a.report_id.clone(),
+        revision: a.revision,
+        worker_id: a.worker_id.clone(),
+        order_id: a.order_id.clone(),
+        occurred_at: to_rfc3339(a.occurred_at),
+        division_code: a.division_code.clone(),
+        injury_kind: a.injury_kind.as_str().to_string(),
+        description: a.description.clone(),
+    }
+}
+
+fn figures(f: Figures) -> proto::Figures {
+    proto::Figures {
+        order_count: f.order_count,
+        amount_fen: f.amount_fen,
+    }
+}
+
+fn social_security<T>(
+    platform: &PlatformProfile,
+    kind: &str,
+    writes: &[Write<T>],
+    id: impl Fn(&T) -> (&str, u32),
+    payload: impl Fn(&T) -> social_security_item::Payload,
+) -> impl Iterator<Item = OutboxItem> {
+    writes.iter().map(move |w| {
+        let (record_id, revision) = id(&w.record);
+        let (record_key, header) = header(platform, kind, record_id, revision, w.correction);
+        let idempotency_key = header.idempotency_key.clone();
+        OutboxItem {
+            destination: Destination::SocialSecurity,
+            record_key,
+            idempotency_key,
+            payload: proto::SocialSecurityItem {
+                header: Some(header),
+                payload: Some(payload(&w.record)),
+            }
+            .encode_to_vec(),
+        }
+    })
+}
+
+/// The items that deliver what `plan` stores, in the order the backends should see them.
+pub fn items(plan: &Plan, platform: &PlatformProfile) -> Vec<OutboxItem> {
+    let mut out = Vec::with_capacity(
+        plan.workers.len() + plan.orders.len() + plan.accidents.len() + plan.declarations.len(),
+    );
+    out.extend(social_security(
+        platform,
+        "worker",
+        &plan.workers,
+        |w: &Worker| (&w.worker_id, w.revision),
+        |w| social_security_item::Payload::Worker(worker(w)),
+    ));
+    out.extend(social_security(
+        platform,
+        "order",
+        &plan.orders,
+        |o: &Order| (&o.order_id, o.revision),
+        |o| social_security_item::Payload::Order(order(o)),
+    ));
+    out.extend(social_security(
+        platform,
+        "accident",
+        &plan.accidents,
+        |a: &Accident| (&a.report_id, a.revision),
+        |a| social_security_item::Payload::Accident(accident(a)),
+    ));
+    for w in &plan.declarations {
+        let d: &Declaration = &w.record;
+        let (record_key, header) = header(
+            platform,
+            "declaration",
+            &d.declaration_id,
+            d.revision,
+            w.correction,
+        );
+        let reconciliation =
+            plan.declaration_figures
+                .get(&d.declaration_id)
+                .map(|r| proto::Reconciliation {
+                    status: ReconciliationStatus::of(r.declared, r.computed)
+                        .as_str()
+                        .to_string(),
+                    declared: Some(figures(r.declared)),
+                    computed: Some(figures(r.computed)),
+                });
+        let item = proto::TaxItem {
+            header: Some(header.clone()),
+            payload: Some(tax_item::Payload::Declaration(proto::DeclarationItem {
+                declaration: Some(proto::Declaration {
+                    declaration_id: d.declaration_id.clone(),
+                    revision: d.revision,
+                    period: d.period.to_string(),
+                    division_code: d.division_code.clone(),
+                    industry: d.industry.clone(),
+                    order_count: d.figures.order_count,
+                    amount_fen: d.figures.amount_fen,
+                }),
+                reconciliation,
+            })),
+        };
+        out.push(OutboxItem {
+            destination: Destination::Tax,
+            record_key,
+            idempotency_key: header.idempotency_key,
+            payload: item.encode_to_vec(),
+        });
+    }
+    out
+}
