@@ -9,6 +9,7 @@ mod backend_sim;
 mod config;
 mod durability;
 mod fees;
+mod forwarding;
 mod logs;
 mod records;
 mod revisions;

@@ -75,6 +75,8 @@ pub fn test_platforms() -> Vec<PlatformSeed> {
 /// A gateway running inside the test process.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The embedded backend simulator's address.
+    pub sim_addr: Option<SocketAddr>,
     pub dir: TempDir,
     gateway: Option<Gateway>,
 }
@@ -88,10 +90,14 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite:{}", dir.path().join("oip.db").display());
         let mut config = Config::for_test(url, tls_files(), test_platforms());
+        // Fast retries in tests.
+        config.forward.min_backoff_ms = 20;
+        config.forward.max_backoff_ms = 200;
         adjust(&mut config);
         let gateway = Gateway::start(config).await.expect("gateway starts");
         Self {
             addr: gateway.addr,
+            sim_addr: gateway.backend_sim.as_ref().map(|s| s.addr),
             dir,
             gateway: Some(gateway),
         }
