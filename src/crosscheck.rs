@@ -86,11 +86,16 @@ impl OrderFacts {
         }
     }
 
-    /// The volume statement the order counts in.
+    /// The volume statement the order counts in: its month, industry and city (an
+    /// order taken in a county counts in the county's prefecture-level city).
     pub fn statement(&self) -> StatementKey {
+        let city = match self.division_code.get(..4) {
+            Some(prefix) => format!("{prefix}00"),
+            None => self.division_code.clone(),
+        };
         StatementKey {
             period: Period::of(self.accepted_at),
-            division_code: self.division_code.clone(),
+            division_code: city,
             industry: self.industry.clone(),
         }
     }
@@ -135,8 +140,9 @@ pub struct Known {
     pub accidents: HashMap<String, Stored>,
     /// Billable counts of the statements of the months and industries in `scope`.
     pub statements: Statements,
-    /// Keys (a city or a province) declared for, within `scope`.
-    pub declared: HashSet<StatementKey>,
+    /// Keys (a city or a province) declared for, within `scope`, with the number of
+    /// declarations holding each.
+    pub declared: HashMap<StatementKey, usize>,
     /// When the platform's months closed (first declaration), within `scope`.
     pub closed: HashMap<Period, Millis>,
     /// The (month, industry) pairs whose statements and declarations were loaded.
@@ -149,7 +155,9 @@ impl Known {
             division_code: format!("{}0000", key.division_code.get(..2).unwrap_or("")),
             ..key.clone()
         };
-        self.declared.contains(key) || self.declared.contains(&province)
+        [key, &province]
+            .into_iter()
+            .any(|k| self.declared.get(k).is_some_and(|n| *n > 0))
     }
 
     fn add_to_statement(&mut self, key: &StatementKey, delta: i64) {
@@ -475,6 +483,7 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
         outcomes: Vec::with_capacity(candidates.len()),
         ..Plan::default()
     };
+    let mut deferred: Vec<(usize, String, StatementKey, Figures, Millis, bool)> = Vec::new();
     let (mut workers, mut orders, mut declarations, mut accidents) =
         (Writes::new(), Writes::new(), Writes::new(), Writes::new());
     for (index, c) in candidates.into_iter().enumerate() {
@@ -582,35 +591,32 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                             rules.now
                         }
                     };
-                    let computed = reconcile::computed(
-                        rules.platform,
-                        rules.rates,
-                        d.period,
-                        &d.division_code,
-                        &d.industry,
-                        &known.statements,
-                        Some(closed_at),
-                    );
-                    let mut warnings = vec![];
-                    if d.figures != computed {
-                        warnings.push(WarningCode::DeclarationMismatch);
-                    }
-                    if rules.now >= d.period.deadline_end(rules.declaration_deadline_day) {
-                        warnings.push(WarningCode::LateDeclaration);
-                    }
-                    let figures = Reconciliation {
-                        declared: d.figures,
-                        computed,
-                    };
-                    plan.reconciliations.insert(index, figures);
-                    plan.declaration_figures
-                        .insert(d.declaration_id.clone(), figures);
+                    let late = rules.now >= d.period.deadline_end(rules.declaration_deadline_day);
                     let key = StatementKey {
                         period: d.period,
                         division_code: d.division_code.clone(),
                         industry: d.industry.clone(),
                     };
-                    known.declared.insert(key.clone());
+                    // Figures are computed once the whole batch is decided, so orders
+                    // later in the batch count.
+                    deferred.push((
+                        index,
+                        d.declaration_id.clone(),
+                        key.clone(),
+                        d.figures,
+                        closed_at,
+                        late,
+                    ));
+                    let previous = known
+                        .declarations
+                        .get(&d.declaration_id)
+                        .map(|s| s.key.clone());
+                    if previous.as_ref() != Some(&key) {
+                        if let Some(old) = previous.and_then(|k| known.declared.get_mut(&k)) {
+                            *old = old.saturating_sub(1);
+                        }
+                        *known.declared.entry(key.clone()).or_default() += 1;
+                    }
                     known.declarations.insert(
                         d.declaration_id.clone(),
                         StoredDeclaration {
@@ -631,7 +637,7 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                             correction,
                         },
                     );
-                    Outcome::Accepted { warnings }
+                    Outcome::ACCEPTED
                 })
             }
             Ok(Record::Accident(a)) => {
@@ -676,6 +682,28 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                 Outcome::Rejected(rejection)
             }
         });
+    }
+    for (index, id, key, declared, closed_at, late) in deferred {
+        let computed = reconcile::computed(
+            rules.platform,
+            rules.rates,
+            key.period,
+            &key.division_code,
+            &key.industry,
+            &known.statements,
+            Some(closed_at),
+        );
+        let mut warnings = vec![];
+        if declared != computed {
+            warnings.push(WarningCode::DeclarationMismatch);
+        }
+        if late {
+            warnings.push(WarningCode::LateDeclaration);
+        }
+        let figures = Reconciliation { declared, computed };
+        plan.outcomes[index] = Outcome::Accepted { warnings };
+        plan.reconciliations.insert(index, figures);
+        plan.declaration_figures.insert(id, figures);
     }
     plan.workers = workers.list;
     plan.orders = orders.list;

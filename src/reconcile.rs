@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::domain::PlatformProfile;
-use crate::domain::fees::{Figures, RateBook, ReconciliationStatus, amount_due};
+use crate::domain::fees::{Figures, RateBook, ReconciliationStatus, exact_amount, round_half_up};
 use crate::domain::period::Period;
 use crate::domain::time::Millis;
 
@@ -27,8 +27,9 @@ pub fn covers(declared: &str, city: &str) -> bool {
             && city != declared)
 }
 
-/// The gateway's figures for a declaration's key: billable orders and the fee due, the
-/// fee rounded per statement (per city and month) and summed. `closed_at`: when the
+/// The gateway's figures for a declaration's key: billable orders and the fee due,
+/// summed exactly over the statements it covers (each city with its own tier and float)
+/// and rounded once, as domain.md says of the monthly total. `closed_at`: when the
 /// platform's period closed (its first declaration), so later rate changes do not
 /// re-rate it.
 pub fn computed<'a>(
@@ -41,6 +42,7 @@ pub fn computed<'a>(
     closed_at: Option<Millis>,
 ) -> Figures {
     let mut f = Figures::default();
+    let mut exact: i128 = 0;
     for (key, count) in statements {
         if key.period != period
             || key.industry != industry
@@ -58,12 +60,13 @@ pub fn computed<'a>(
             period,
             closed_at,
         ) {
-            Some(r) => f.amount_fen += amount_due(*count, r.base_fen, r.multiplier),
+            Some(r) => exact += exact_amount(*count, r.base_fen, r.multiplier),
             None => {
                 tracing::warn!(%period, division = %key.division_code, industry, "no base rate in force")
             }
         }
     }
+    f.amount_fen = round_half_up(exact);
     f
 }
 

@@ -61,6 +61,7 @@ CREATE TABLE declarations (
     order_count    INTEGER NOT NULL,
     amount_fen     INTEGER NOT NULL,
     received_at    INTEGER NOT NULL,
+    arrival        INTEGER NOT NULL,          -- received_at × 100000 + position in its batch
     PRIMARY KEY (platform_id, declaration_id)
 ) WITHOUT ROWID;
 

@@ -57,9 +57,13 @@ impl fmt::Display for Multiplier {
     }
 }
 
-/// `count × base_fen × multiplier`, rounded half-up to whole fen (exact in i128).
-pub fn amount_due(count: i64, base_fen: i64, m: Multiplier) -> i64 {
-    let exact = i128::from(count) * i128::from(base_fen) * i128::from(m.0);
+/// `count × base_fen × multiplier` exactly, in ten-thousandths of a fen.
+pub fn exact_amount(count: i64, base_fen: i64, m: Multiplier) -> i128 {
+    i128::from(count) * i128::from(base_fen) * i128::from(m.0)
+}
+
+/// An exact amount (ten-thousandths of a fen) rounded half-up to whole fen.
+pub fn round_half_up(exact: i128) -> i64 {
     let scale = i128::from(Multiplier::SCALE);
     let rounded = if exact >= 0 {
         (exact + scale / 2) / scale
@@ -67,6 +71,11 @@ pub fn amount_due(count: i64, base_fen: i64, m: Multiplier) -> i64 {
         -((-exact + scale / 2) / scale)
     };
     i64::try_from(rounded).unwrap_or(i64::MAX)
+}
+
+/// `count × base_fen × multiplier`, rounded half-up to whole fen.
+pub fn amount_due(count: i64, base_fen: i64, m: Multiplier) -> i64 {
+    round_half_up(exact_amount(count, base_fen, m))
 }
 
 /// Base amount per order for an industry (and, for instant delivery, a tier).

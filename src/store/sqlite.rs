@@ -420,7 +420,7 @@ impl Store for SqliteStore {
                     EXISTS (SELECT 1 FROM declarations n
                             WHERE n.platform_id = d.platform_id AND n.period = d.period AND n.industry = d.industry
                               AND n.division_code = d.division_code
-                              AND (n.received_at, n.declaration_id) > (d.received_at, d.declaration_id))
+                              AND n.arrival > d.arrival)
              FROM declarations d
              WHERE d.platform_id = ?1 AND d.declaration_id > ?2 AND (?3 IS NULL OR d.declaration_id = ?3)
              ORDER BY d.declaration_id LIMIT ?4",
@@ -921,11 +921,12 @@ impl IngestTx for SqliteIngest {
         )
         .await?;
         for (period, division_code, industry) in declared {
-            known.declared.insert(StatementKey {
+            let key = StatementKey {
                 period: period_of(&period)?,
                 division_code,
                 industry,
-            });
+            };
+            *known.declared.entry(key).or_default() += 1;
         }
         let closed: Vec<(String, i64)> = fetch_json(
             &mut *self.tx,
@@ -1026,10 +1027,11 @@ impl IngestTx for SqliteIngest {
             });
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        let mut positions = 0_i64..;
         for chunk in plan.declarations.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO declarations (platform_id, declaration_id, revision, content_hash, period, division_code,
-                 industry, order_count, amount_fen, received_at) ",
+                 industry, order_count, amount_fen, received_at, arrival) ",
             );
             q.push_values(chunk, |mut b, w| {
                 let r = &w.record;
@@ -1042,13 +1044,15 @@ impl IngestTx for SqliteIngest {
                     .push_bind(&r.industry)
                     .push_bind(r.figures.order_count)
                     .push_bind(r.figures.amount_fen)
-                    .push_bind(received_at);
+                    .push_bind(received_at)
+                    // Later in the batch is later: it supersedes.
+                    .push_bind(received_at * 100_000 + positions.next().unwrap_or(0));
             });
             q.push(
                 " ON CONFLICT (platform_id, declaration_id) DO UPDATE SET revision = excluded.revision,
                  content_hash = excluded.content_hash, period = excluded.period, division_code = excluded.division_code,
                  industry = excluded.industry, order_count = excluded.order_count, amount_fen = excluded.amount_fen,
-                 received_at = excluded.received_at",
+                 received_at = excluded.received_at, arrival = excluded.arrival",
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }

@@ -463,3 +463,128 @@ async fn an_accident_may_follow_its_order_in_the_same_batch() {
     .await;
     assert_eq!(brief(&out), vec![accepted(); 3]);
 }
+
+/// Findings of a review, each pinned: figures settle at the end of a batch; the later
+/// of two declarations in one batch is current; a moved declaration releases its old
+/// month; a province total is rounded once; a county's orders count in its city.
+#[tokio::test]
+async fn declarations_settle_with_their_batch_and_totals_round_once() {
+    let (period, at) = previous_month(11);
+    let year = &period[..4];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let floats = dir.path().join("floats.csv");
+    std::fs::write(
+        &floats,
+        format!(
+            "uscc,division_code,year,multiplier\n{},320000,{year},1.05\n",
+            oip_gateway::certs::DEMO_PLATFORM_A
+        ),
+    )
+    .expect("floats");
+    let divisions = dir.path().join("divisions.csv");
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/reference/divisions.csv"
+    ))
+    .expect("shipped");
+    std::fs::write(&divisions, format!("{shipped}320102,玄武区,\n")).expect("divisions");
+    let gw = TestGateway::spawn_with(|c| {
+        c.fees.floats_file = Some(floats.clone());
+        c.fees.declaration_deadline_day = 31;
+        c.reference.divisions_file = Some(divisions.clone());
+    })
+    .await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+
+    // A declaration first, its order after it in the same batch: MATCHED at once.
+    let out = submit(
+        &mut a,
+        vec![
+            rec_declaration(declaration(
+                "D-NJ",
+                &period,
+                "320100",
+                "INSTANT_DELIVERY",
+                1,
+                7,
+            )),
+            rec_order(order_at("O1", "W1", "INSTANT_DELIVERY", "320102", &at)), // a county of Nanjing
+        ],
+    )
+    .await;
+    let r = out.outcomes[0].reconciliation.clone().expect("figures");
+    assert_eq!(r.status, "MATCHED", "{:?}", out.outcomes[0]);
+    assert!(out.outcomes[0].warnings.is_empty());
+    assert_eq!(
+        out.outcomes[1].warnings,
+        vec!["LATE_ORDER".to_string()],
+        "the county's city was declared"
+    );
+
+    // One order in each of two more cities: 3 × 7 × 1.05 = 22.05 → 22 for the province
+    // (rounding each city first would give 21).
+    report(
+        &mut a,
+        vec![
+            order_at("O2", "W1", "INSTANT_DELIVERY", "320200", &at),
+            order_at("O3", "W1", "INSTANT_DELIVERY", "320300", &at),
+        ],
+    )
+    .await;
+    // Two declarations for the province in one batch: the later one is current.
+    let out = declare(
+        &mut a,
+        vec![
+            declaration("D-B", &period, "320000", "INSTANT_DELIVERY", 3, 21),
+            declaration("D-A", &period, "320000", "INSTANT_DELIVERY", 3, 22),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.outcomes[1].warnings,
+        Vec::<String>::new(),
+        "{:?}",
+        out.outcomes[1]
+    );
+    let status = declaration_status(&mut a).await;
+    assert_eq!(status["D-A"], ("MATCHED".to_string(), (3, 22), (3, 22)));
+    assert_eq!(status["D-B"].0, "SUPERSEDED");
+
+    // A declaration moved to another industry releases its old key: a later order in
+    // the old industry is no longer late.
+    register(
+        &mut a,
+        vec![{
+            let mut w = worker("W2");
+            w.industries = vec!["INSTANT_DELIVERY".into(), "RIDE_HAILING".into()];
+            w
+        }],
+    )
+    .await;
+    let out = declare(
+        &mut a,
+        vec![declaration("D-R", &period, "320500", "RIDE_HAILING", 0, 0)],
+    )
+    .await;
+    assert_eq!(
+        out.outcomes[0]
+            .reconciliation
+            .clone()
+            .expect("figures")
+            .status,
+        "MATCHED"
+    );
+    let moved = proto::Declaration {
+        revision: 2,
+        ..declaration("D-R", &period, "320500", "INTRACITY_FREIGHT", 0, 0)
+    };
+    let ride = order_at("O4", "W2", "RIDE_HAILING", "320500", &at);
+    let out = submit(&mut a, vec![rec_declaration(moved), rec_order(ride)]).await;
+    assert_eq!(
+        out.outcomes[1].outcome(),
+        proto::Outcome::Accepted,
+        "{:?}",
+        out.outcomes[1]
+    );
+}
