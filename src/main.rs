@@ -162,8 +162,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init();
             let config = config::Config::load(&config)?;
             let gateway = app::Gateway::start(config).await?;
-            // A machine-readable line for scripts and tests that start on port 0.
-            println!("listening on {}", gateway.addr);
+            // Machine-readable lines for scripts and tests that start on port 0, in one
+            // write.
+            let mut ready = format!("listening on {}", gateway.addr);
+            if let Some(sim) = &gateway.backend_sim {
+                ready.push_str(&format!("\nbackend simulator on {}", sim.addr));
+            }
+            println!("{ready}");
             gateway.run_until_signal().await
         }
         Command::Certs { out } => {

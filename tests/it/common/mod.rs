@@ -156,6 +156,8 @@ pub async fn client(addr: SocketAddr, stem: &str) -> Client {
 /// A gateway running as its own process (for crashes and captured logs).
 pub struct GatewayProcess {
     pub addr: SocketAddr,
+    /// The embedded backend simulator's address.
+    pub sim_addr: Option<SocketAddr>,
     pub child: Child,
     /// Everything the process wrote to stderr so far (drained by a thread, so a
     /// chatty log level never blocks the gateway).
@@ -183,17 +185,32 @@ impl GatewayProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gateway");
+        // Drain stdout for the life of the process (a closed pipe would make the
+        // gateway's next print fail); the ready lines come first, in one write.
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the gateway reports its address");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("address");
+        let sim_addr = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .ok()
+            .and_then(|l| {
+                l.trim()
+                    .strip_prefix("backend simulator on ")
+                    .and_then(|a| a.parse().ok())
+            });
         let logs = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut stderr) = child.stderr.take() {
             let sink = logs.clone();
@@ -209,7 +226,12 @@ impl GatewayProcess {
                 }
             });
         }
-        Self { addr, child, logs }
+        Self {
+            addr,
+            sim_addr,
+            child,
+            logs,
+        }
     }
 
     /// The captured stderr, after the process has exited.
