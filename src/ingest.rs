@@ -70,7 +70,9 @@ impl Ingest {
         };
         let plan = crosscheck::decide(&rules, candidates, &mut known);
         if !plan.is_empty() {
-            let outbox = crate::forward::outbox::items(&plan, platform);
+            let keys: Vec<_> = plan.enrolment_deltas.keys().collect();
+            let before = tx.enrolment_counts(&keys).await?;
+            let outbox = crate::forward::outbox::items(&plan, platform, &before, now);
             tx.write(&plan, &outbox, now).await?;
             tx.commit().await?;
             if !outbox.is_empty() {

@@ -4,8 +4,11 @@
 
 use prost::Message;
 
-use crate::crosscheck::{Plan, Write};
+use std::collections::HashMap;
+
+use crate::crosscheck::{EnrolmentKey, Plan, Write};
 use crate::domain::fees::{Figures, ReconciliationStatus};
+use crate::domain::time::Millis;
 use crate::domain::time::to_rfc3339;
 use crate::domain::{Accident, Declaration, Order, PlatformProfile, Worker};
 use crate::proto::{self, social_security_item, tax_item};
@@ -104,8 +107,52 @@ fn social_security<T>(
     })
 }
 
+/// Daily enrolments whose count the plan changes, with their new count (0 withdraws the
+/// enrolment). A new version per batch: `<record>/<received_at>`.
+fn enrolments<'a>(
+    plan: &'a Plan,
+    platform: &'a PlatformProfile,
+    before: &'a HashMap<EnrolmentKey, i64>,
+    received_at: Millis,
+) -> impl Iterator<Item = OutboxItem> + 'a {
+    plan.enrolment_deltas.iter().map(move |(key, delta)| {
+        let old = before.get(key).copied().unwrap_or(0);
+        let id = format!("{}/{}/{}", key.worker_id, key.day, key.division_code);
+        let record_key = format!("{}/enrolment/{id}", platform.uscc);
+        let idempotency_key = format!("{record_key}/{received_at}");
+        let header = proto::ItemHeader {
+            idempotency_key: idempotency_key.clone(),
+            platform: platform.uscc.to_string(),
+            correction: old > 0,
+        };
+        let payload = proto::SocialSecurityItem {
+            header: Some(header),
+            payload: Some(social_security_item::Payload::Enrolment(
+                proto::DailyEnrolment {
+                    worker_id: key.worker_id.clone(),
+                    day: key.day.to_string(),
+                    division_code: key.division_code.clone(),
+                    order_count: (old + delta).max(0),
+                },
+            )),
+        };
+        OutboxItem {
+            destination: Destination::SocialSecurity,
+            record_key,
+            idempotency_key,
+            payload: payload.encode_to_vec(),
+        }
+    })
+}
+
 /// The items that deliver what `plan` stores, in the order the backends should see them.
-pub fn items(plan: &Plan, platform: &PlatformProfile) -> Vec<OutboxItem> {
+/// `enrolments_before`: the stored counts of the enrolments the plan changes.
+pub fn items(
+    plan: &Plan,
+    platform: &PlatformProfile,
+    enrolments_before: &HashMap<EnrolmentKey, i64>,
+    received_at: Millis,
+) -> Vec<OutboxItem> {
     let mut out = Vec::with_capacity(
         plan.workers.len() + plan.orders.len() + plan.accidents.len() + plan.declarations.len(),
     );
@@ -123,6 +170,7 @@ pub fn items(plan: &Plan, platform: &PlatformProfile) -> Vec<OutboxItem> {
         |o: &Order| (&o.order_id, o.revision),
         |o| social_security_item::Payload::Order(order(o)),
     ));
+    out.extend(enrolments(plan, platform, enrolments_before, received_at));
     out.extend(social_security(
         platform,
         "accident",

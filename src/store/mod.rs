@@ -247,6 +247,11 @@ pub trait IngestTx: Send {
     /// Adds the statements, declared keys and closed months of these (month, industry)
     /// pairs to `known`.
     async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()>;
+    /// The stored order counts of these daily enrolments (absent keys: none stored).
+    async fn enrolment_counts(
+        &mut self,
+        keys: &[&EnrolmentKey],
+    ) -> Result<HashMap<EnrolmentKey, i64>>;
     /// Writes the plan's records, rejections and aggregates, and the outbox items that
     /// deliver them.
     async fn write(

@@ -903,6 +903,49 @@ impl IngestTx for SqliteIngest {
         Ok(known)
     }
 
+    async fn enrolment_counts(
+        &mut self,
+        keys: &[&EnrolmentKey],
+    ) -> Result<HashMap<EnrolmentKey, i64>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let arg: Vec<(&str, String, &str)> = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.worker_id.as_str(),
+                    k.day.to_string(),
+                    k.division_code.as_str(),
+                )
+            })
+            .collect();
+        let rows: Vec<(String, String, String, i64)> = fetch_json(
+            &mut *self.tx,
+            "SELECT json_group_array(json_array(e.worker_id, e.day, e.division_code, e.order_count))
+             FROM json_each(?2) j JOIN daily_enrolments e
+               ON e.platform_id = ?1 AND e.worker_id = json_extract(j.value, '$[0]')
+              AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]')",
+            self.platform_id,
+            serde_json::to_string(&arg).map_err(|e| corrupt(&e.to_string()))?,
+        )
+        .await?;
+        rows.into_iter()
+            .map(|(worker_id, day, division_code, count)| {
+                let day = NaiveDate::from_str(&day)
+                    .map_err(|_| corrupt("enrolment day is not a date"))?;
+                Ok((
+                    EnrolmentKey {
+                        worker_id,
+                        day,
+                        division_code,
+                    },
+                    count,
+                ))
+            })
+            .collect()
+    }
+
     async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()> {
         if scope.is_empty() {
             return Ok(());

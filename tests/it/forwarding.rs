@@ -108,8 +108,11 @@ async fn a_backend_outage_delays_but_loses_nothing() {
     })
     .await
     .expect("flaky");
+    // Each batch changes 50 workers' enrolment on 2025-07-02: 5 versions of each.
     let stats = eventually(&mut sim, "all delivered", |c| {
-        c.get("social-security/worker") == Some(&50) && c.get("social-security/order") == Some(&500)
+        c.get("social-security/worker") == Some(&50)
+            && c.get("social-security/order") == Some(&500)
+            && c.get("social-security/enrolment") == Some(&250)
     })
     .await;
     assert_eq!(stats.invalid_items, 0);
@@ -119,8 +122,10 @@ async fn a_backend_outage_delays_but_loses_nothing() {
     fix.revision = 2;
     fix.status = "CANCELLED".into();
     report(&mut a, vec![fix]).await;
+    // ...and W0's enrolment that day drops from 10 orders to 9: a new version.
     eventually(&mut sim, "correction delivered", |c| {
         c.get("social-security/order") == Some(&501)
+            && c.get("social-security/enrolment") == Some(&251)
     })
     .await;
 }

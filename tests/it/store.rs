@@ -160,9 +160,13 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
                 candidates(&p, &["W1"], &[("O1", "W1")]),
                 &mut known,
             );
-            tx.write(&plan, &oip_gateway::forward::outbox::items(&plan, &p), 1)
-                .await
-                .expect(name);
+            tx.write(
+                &plan,
+                &oip_gateway::forward::outbox::items(&plan, &p, &Default::default(), 1),
+                1,
+            )
+            .await
+            .expect(name);
         }
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let known = tx.load(&touched(&["W1"], &["O1"])).await.expect(name);
@@ -178,9 +182,13 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             &mut known,
         );
         assert_eq!(plan.rejections.len(), 1);
-        tx.write(&plan, &oip_gateway::forward::outbox::items(&plan, &p), 1)
-            .await
-            .expect(name);
+        tx.write(
+            &plan,
+            &oip_gateway::forward::outbox::items(&plan, &p, &Default::default(), 1),
+            1,
+        )
+        .await
+        .expect(name);
         tx.commit().await.expect(name);
 
         let mut tx = store.begin_ingest(p.id).await.expect(name);
