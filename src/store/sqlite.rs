@@ -704,6 +704,11 @@ fn ids_json(ids: &[String]) -> Result<String> {
     serde_json::to_string(ids).map_err(|e| corrupt(&e.to_string()))
 }
 
+// Look-ups by composite key join `json_each(?2) j CROSS JOIN table`: CROSS JOIN keeps
+// the argument as the outer loop (SQLite's join-order hint), so each id is one index
+// seek; with a plain JOIN the planner may scan the table for every batch instead, and
+// ingest slows as the table grows.
+
 /// Runs a look-up that SQLite aggregates into one JSON array (`json_group_array`)
 /// and decodes it. One row crosses from sqlx's SQLite thread instead of one per
 /// record, which is most of the cost of a look-up of a thousand ids. `?1` is the
@@ -740,7 +745,7 @@ fn period_of(s: &str) -> Result<Period> {
 }
 
 const STATEMENTS_IN_SCOPE: &str = "SELECT json_group_array(json_array(v.period, v.division_code, v.industry, v.billable_count))
-     FROM json_each(?2) j JOIN volume_statements v
+     FROM json_each(?2) j CROSS JOIN volume_statements v
        ON v.platform_id = ?1 AND v.period = json_extract(j.value, '$[0]') AND v.industry = json_extract(j.value, '$[1]')";
 
 fn statements_of(rows: Vec<(String, String, String, i64)>) -> Result<Statements> {
@@ -923,7 +928,7 @@ impl IngestTx for SqliteIngest {
         let rows: Vec<(String, String, String, i64)> = fetch_json(
             &mut *self.tx,
             "SELECT json_group_array(json_array(e.worker_id, e.day, e.division_code, e.order_count))
-             FROM json_each(?2) j JOIN daily_enrolments e
+             FROM json_each(?2) j CROSS JOIN daily_enrolments e
                ON e.platform_id = ?1 AND e.worker_id = json_extract(j.value, '$[0]')
               AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]')",
             self.platform_id,
@@ -957,7 +962,7 @@ impl IngestTx for SqliteIngest {
         let declared: Vec<(String, String, String)> = fetch_json(
             &mut *self.tx,
             "SELECT json_group_array(json_array(d.period, d.division_code, d.industry))
-             FROM json_each(?2) j JOIN declarations d
+             FROM json_each(?2) j CROSS JOIN declarations d
                ON d.platform_id = ?1 AND d.period = json_extract(j.value, '$[0]') AND d.industry = json_extract(j.value, '$[1]')",
             pid,
             arg.clone(),
