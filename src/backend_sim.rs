@@ -125,10 +125,26 @@ impl Sim {
     }
 }
 
-fn header_of(h: Option<&proto::ItemHeader>) -> (String, String, bool) {
-    h.map_or((String::new(), String::new(), false), |h| {
+/// An item as the simulator keeps it, or None when it lacks a key or a payload; with
+/// its key for the answer.
+fn sim_item(
+    backend: &'static str,
+    header: Option<&proto::ItemHeader>,
+    kind: Option<&'static str>,
+    payload: Vec<u8>,
+) -> (Option<SimItem>, String) {
+    let (key, platform, correction) = header.map_or((String::new(), String::new(), false), |h| {
         (h.idempotency_key.clone(), h.platform.clone(), h.correction)
-    })
+    });
+    let item = kind.filter(|_| !key.is_empty()).map(|kind| SimItem {
+        idempotency_key: key.clone(),
+        backend,
+        kind,
+        platform,
+        correction,
+        payload,
+    });
+    (item, key)
 }
 
 #[tonic::async_trait]
@@ -143,23 +159,18 @@ impl SocialSecurityBackend for Sim {
             .items
             .into_iter()
             .map(|item| {
-                let (key, platform, correction) = header_of(item.header.as_ref());
-                let kind = match &item.payload {
-                    Some(social_security_item::Payload::Worker(_)) => Some("worker"),
-                    Some(social_security_item::Payload::Enrolment(_)) => Some("enrolment"),
-                    Some(social_security_item::Payload::Order(_)) => Some("order"),
-                    Some(social_security_item::Payload::Accident(_)) => Some("accident"),
-                    None => None,
-                };
-                let sim = kind.filter(|_| !key.is_empty()).map(|kind| SimItem {
-                    idempotency_key: key.clone(),
-                    backend: "social-security",
-                    kind,
-                    platform,
-                    correction,
-                    payload: item.encode_to_vec(),
+                let kind = item.payload.as_ref().map(|p| match p {
+                    social_security_item::Payload::Worker(_) => "worker",
+                    social_security_item::Payload::Enrolment(_) => "enrolment",
+                    social_security_item::Payload::Order(_) => "order",
+                    social_security_item::Payload::Accident(_) => "accident",
                 });
-                (sim, key)
+                sim_item(
+                    "social-security",
+                    item.header.as_ref(),
+                    kind,
+                    item.encode_to_vec(),
+                )
             })
             .collect();
         Ok(Response::new(Sim::deliver(self, items, &faults).await?))
@@ -178,21 +189,11 @@ impl TaxBackend for Sim {
             .items
             .into_iter()
             .map(|item| {
-                let (key, platform, correction) = header_of(item.header.as_ref());
-                let kind = match &item.payload {
-                    Some(tax_item::Payload::Statement(_)) => Some("statement"),
-                    Some(tax_item::Payload::Declaration(_)) => Some("declaration"),
-                    None => None,
-                };
-                let sim = kind.filter(|_| !key.is_empty()).map(|kind| SimItem {
-                    idempotency_key: key.clone(),
-                    backend: "tax",
-                    kind,
-                    platform,
-                    correction,
-                    payload: item.encode_to_vec(),
+                let kind = item.payload.as_ref().map(|p| match p {
+                    tax_item::Payload::Statement(_) => "statement",
+                    tax_item::Payload::Declaration(_) => "declaration",
                 });
-                (sim, key)
+                sim_item("tax", item.header.as_ref(), kind, item.encode_to_vec())
             })
             .collect();
         Ok(Response::new(Sim::deliver(self, items, &faults).await?))

@@ -485,20 +485,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        rows.into_iter()
-            .map(|(worker_id, day, division_code, count)| {
-                let day = NaiveDate::from_str(&day)
-                    .map_err(|_| corrupt("enrolment day is not a date"))?;
-                Ok((
-                    EnrolmentKey {
-                        worker_id,
-                        day,
-                        division_code,
-                    },
-                    count,
-                ))
-            })
-            .collect()
+        rows.into_iter().map(enrolment_of).collect()
     }
 
     async fn closed_periods(&self, platform_id: i64) -> Result<HashMap<Period, Millis>> {
@@ -748,6 +735,21 @@ const STATEMENTS_IN_SCOPE: &str = "SELECT json_group_array(json_array(v.period, 
      FROM json_each(?2) j CROSS JOIN volume_statements v
        ON v.platform_id = ?1 AND v.period = json_extract(j.value, '$[0]') AND v.industry = json_extract(j.value, '$[1]')";
 
+/// A `(worker_id, day, division_code, order_count)` row as an enrolment and its count.
+fn enrolment_of(
+    (worker_id, day, division_code, count): (String, String, String, i64),
+) -> Result<(EnrolmentKey, i64)> {
+    let day = NaiveDate::from_str(&day).map_err(|_| corrupt("enrolment day is not a date"))?;
+    Ok((
+        EnrolmentKey {
+            worker_id,
+            day,
+            division_code,
+        },
+        count,
+    ))
+}
+
 fn statements_of(rows: Vec<(String, String, String, i64)>) -> Result<Statements> {
     rows.into_iter()
         .map(|(period, division_code, industry, count)| {
@@ -935,20 +937,7 @@ impl IngestTx for SqliteIngest {
             serde_json::to_string(&arg).map_err(|e| corrupt(&e.to_string()))?,
         )
         .await?;
-        rows.into_iter()
-            .map(|(worker_id, day, division_code, count)| {
-                let day = NaiveDate::from_str(&day)
-                    .map_err(|_| corrupt("enrolment day is not a date"))?;
-                Ok((
-                    EnrolmentKey {
-                        worker_id,
-                        day,
-                        division_code,
-                    },
-                    count,
-                ))
-            })
-            .collect()
+        rows.into_iter().map(enrolment_of).collect()
     }
 
     async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()> {
