@@ -548,6 +548,44 @@ impl PlatformService for PlatformApi {
         }))
     }
 
+    async fn list_deliveries(
+        &self,
+        req: Request<proto::ListDeliveriesRequest>,
+    ) -> Result<Response<proto::ListDeliveriesResponse>, Status> {
+        let platform = self.caller(&req).await?;
+        let r = req.get_ref();
+        if !["worker", "order", "accident", "declaration"].contains(&r.kind.as_str())
+            || r.id.is_empty()
+        {
+            return Err(ApiError::InvalidArgument(
+                "kind must be worker, order, accident or declaration, with an id".into(),
+            )
+            .into());
+        }
+        // The record key starts with the caller's own credit code: no other platform's
+        // records can be named.
+        let key = format!("{}/{}/{}", platform.uscc, r.kind, r.id);
+        let rows = self.store.deliveries(&key).await.map_err(ApiError::from)?;
+        let deliveries = rows
+            .into_iter()
+            .map(|d| proto::Delivery {
+                idempotency_key: d.idempotency_key,
+                destination: d.destination,
+                state: match d.state.as_str() {
+                    "delivered" => "DELIVERED",
+                    "dead" => "DEAD_LETTERED",
+                    _ => "PENDING",
+                }
+                .to_string(),
+                attempts: d.attempts,
+                last_error: d.last_error.unwrap_or_default(),
+                queued_at_ms: d.created_at,
+                delivered_at_ms: d.delivered_at.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListDeliveriesResponse { deliveries }))
+    }
+
     type SubmitStreamStream = ReceiverStream<Result<proto::BatchOutcome, Status>>;
 
     async fn submit_stream(

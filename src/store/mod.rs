@@ -157,6 +157,18 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// One outbox item of a record, as its platform reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub idempotency_key: String,
+    pub destination: String,
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub delivered_at: Option<Millis>,
+}
+
 /// Queue depth of one destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -237,6 +249,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<()>;
     async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth>;
+    /// Every outbox item of a record (`platform/kind/id`), oldest first.
+    async fn deliveries(&self, record_key: &str) -> Result<Vec<DeliveryRow>>;
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.

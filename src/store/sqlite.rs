@@ -17,9 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::{
-    DeclarationRow, DeliveryOutcome, Destination, DueItem, IngestTx, OrderRow, OutboxItem, Page,
-    PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result, Store, StoreError,
-    WorkerRow,
+    DeclarationRow, DeliveryOutcome, DeliveryRow, Destination, DueItem, IngestTx, OrderRow,
+    OutboxItem, Page, PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result,
+    Store, StoreError, WorkerRow,
 };
 use crate::access::{Grant, Role};
 use crate::crosscheck::{
@@ -655,6 +655,50 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await.map_err(db_err)
+    }
+
+    async fn deliveries(&self, record_key: &str) -> Result<Vec<DeliveryRow>> {
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            Option<String>,
+            i64,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT idempotency_key, destination, state, attempts, last_error, created_at, delivered_at FROM outbox
+             WHERE destination IN ('social-security', 'tax') AND record_key = ?1 ORDER BY seq",
+        )
+        .bind(record_key)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(
+                |(
+                    idempotency_key,
+                    destination,
+                    state,
+                    attempts,
+                    last_error,
+                    created_at,
+                    delivered_at,
+                )| {
+                    Ok(DeliveryRow {
+                        idempotency_key,
+                        destination,
+                        state,
+                        attempts: u32::try_from(attempts)
+                            .map_err(|_| corrupt("attempts out of range"))?,
+                        last_error,
+                        created_at,
+                        delivered_at,
+                    })
+                },
+            )
+            .collect()
     }
 
     async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth> {

@@ -39,6 +39,37 @@ async fn applied(
     )
 }
 
+/// Waits until the record's delivery states are `want` (the gateway records the
+/// backend's answer just after the backend applies the item).
+async fn await_delivery_states(c: &mut Client, kind: &str, id: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = delivery_states(c, kind, id).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind} {id}: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String> {
+    c.list_deliveries(proto::ListDeliveriesRequest {
+        kind: kind.into(),
+        id: id.into(),
+    })
+    .await
+    .expect("deliveries")
+    .into_inner()
+    .deliveries
+    .into_iter()
+    .map(|d| d.state)
+    .collect()
+}
+
 /// Polls until `want` holds or the deadline passes (no fixed sleeps).
 async fn eventually(
     c: &mut Control,
@@ -100,6 +131,10 @@ async fn a_backend_outage_delays_but_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(applied(&mut sim).await.0.is_empty());
+    assert_eq!(
+        delivery_states(&mut a, "order", "O0-0").await,
+        vec!["PENDING".to_string()]
+    );
 
     // Back: everything arrives, each key applied once, and flaky calls are retried.
     sim.set_faults(proto::Faults {
@@ -116,6 +151,19 @@ async fn a_backend_outage_delays_but_loses_nothing() {
     })
     .await;
     assert_eq!(stats.invalid_items, 0);
+    await_delivery_states(&mut a, "order", "O0-0", &["DELIVERED"]).await;
+    await_delivery_states(&mut a, "worker", "W1", &["DELIVERED"]).await;
+    // Another platform cannot see A's deliveries; a kind must be named.
+    let mut b = gw.client("platform-b").await;
+    assert!(delivery_states(&mut b, "order", "O0-0").await.is_empty());
+    let bad = a
+        .list_deliveries(proto::ListDeliveriesRequest {
+            kind: "invoice".into(),
+            id: "x".into(),
+        })
+        .await
+        .expect_err("unknown kind");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
     // A correction is delivered as a new key after its original.
     let mut fix = order("O0-0", "W0");
