@@ -105,6 +105,29 @@ impl SqliteStore {
     }
 }
 
+/// Replaces a platform's per-division rows (`platform_id, division_code, value`).
+async fn replace_division_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    delete: &'static str,
+    insert: &'static str,
+    platform_id: i64,
+    rows: &[(&str, String)],
+) -> Result<()> {
+    sqlx::query(delete)
+        .bind(platform_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    if !rows.is_empty() {
+        let mut q = QueryBuilder::<Sqlite>::new(insert);
+        q.push_values(rows, |mut b, (code, value)| {
+            b.push_bind(platform_id).push_bind(*code).push_bind(value);
+        });
+        q.build().execute(&mut **tx).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn join(items: &[String]) -> String {
     items.join(",")
 }
@@ -149,34 +172,32 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
-        sqlx::query("DELETE FROM platform_divisions WHERE platform_id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        if !reg.pilot_starts.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO platform_divisions (platform_id, division_code, pilot_start) ",
-            );
-            q.push_values(&reg.pilot_starts, |mut b, (code, start)| {
-                b.push_bind(id).push_bind(code).push_bind(start.to_string());
-            });
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
-        }
-        sqlx::query("DELETE FROM platform_delivery_tiers WHERE platform_id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        if !reg.delivery_tiers.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO platform_delivery_tiers (platform_id, division_code, tier) ",
-            );
-            q.push_values(&reg.delivery_tiers, |mut b, (code, tier)| {
-                b.push_bind(id).push_bind(code).push_bind(tier.as_str());
-            });
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
-        }
+        let pilots: Vec<(&str, String)> = reg
+            .pilot_starts
+            .iter()
+            .map(|(c, d)| (c.as_str(), d.to_string()))
+            .collect();
+        replace_division_rows(
+            &mut tx,
+            "DELETE FROM platform_divisions WHERE platform_id = ?1",
+            "INSERT INTO platform_divisions (platform_id, division_code, pilot_start) ",
+            id,
+            &pilots,
+        )
+        .await?;
+        let tiers: Vec<(&str, String)> = reg
+            .delivery_tiers
+            .iter()
+            .map(|(c, t)| (c.as_str(), t.as_str().to_string()))
+            .collect();
+        replace_division_rows(
+            &mut tx,
+            "DELETE FROM platform_delivery_tiers WHERE platform_id = ?1",
+            "INSERT INTO platform_delivery_tiers (platform_id, division_code, tier) ",
+            id,
+            &tiers,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         self.platform(&reg.uscc)
             .await?

@@ -7,6 +7,19 @@ use oip_gateway::proto;
 
 use crate::common::*;
 
+/// A floats file giving platform A `multiplier` in `division` for `year`.
+fn write_float(path: &std::path::Path, division: &str, year: &str, multiplier: &str) {
+    let line = format!(
+        "{},{division},{year},{multiplier}",
+        oip_gateway::certs::DEMO_PLATFORM_A
+    );
+    std::fs::write(
+        path,
+        format!("uscc,division_code,year,multiplier\n{line}\n"),
+    )
+    .expect("floats");
+}
+
 fn worker_in_all_industries(id: &str) -> proto::Worker {
     proto::Worker {
         industries: vec![
@@ -36,14 +49,7 @@ async fn fen_exact_amounts_for_every_industry_and_tier() {
     let year = &period[..4];
     let floats_dir = tempfile::tempdir().expect("tempdir");
     let floats = floats_dir.path().join("floats.csv");
-    std::fs::write(
-        &floats,
-        format!(
-            "uscc,division_code,year,multiplier\n{},320100,{year},1.05\n",
-            oip_gateway::certs::DEMO_PLATFORM_A
-        ),
-    )
-    .expect("floats");
+    write_float(&floats, "320100", year, "1.05");
     let gw = TestGateway::spawn_with(|c| {
         c.fees.floats_file = Some(floats.clone());
         c.fees.declaration_deadline_day = 31; // the previous month is never late
@@ -473,14 +479,7 @@ async fn declarations_settle_with_their_batch_and_totals_round_once() {
     let year = &period[..4];
     let dir = tempfile::tempdir().expect("tempdir");
     let floats = dir.path().join("floats.csv");
-    std::fs::write(
-        &floats,
-        format!(
-            "uscc,division_code,year,multiplier\n{},320000,{year},1.05\n",
-            oip_gateway::certs::DEMO_PLATFORM_A
-        ),
-    )
-    .expect("floats");
+    write_float(&floats, "320000", year, "1.05");
     let divisions = dir.path().join("divisions.csv");
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
