@@ -15,9 +15,10 @@ use tonic::transport::Server;
 use crate::access::{Access, Grant, Role};
 use crate::api::platform::PlatformApi;
 use crate::backend_sim::{BackendSim, SimConfig};
-use crate::config::Config;
+use crate::config::{Config, StatementRelease};
 use crate::domain::fees::{BaseRate, FloatRate, RateBook};
 use crate::forward::dispatcher::{self, Backend, DispatchSettings};
+use crate::forward::release::{self, ReleasePolicy};
 use crate::ingest::{Ingest, Policy};
 use crate::proto::platform_service_server::PlatformServiceServer;
 use crate::proto::social_security_backend_client::SocialSecurityBackendClient;
@@ -204,11 +205,28 @@ impl Gateway {
         };
         let ingest = Ingest::new(store.clone(), rates, policy);
         let (stop_background, stop_rx) = watch::channel(false);
-        let (backend_sim, background) = if config.forward.enabled {
-            start_forwarding(&config, store.clone(), ingest.wake(), stop_rx).await?
+        let (backend_sim, mut background) = if config.forward.enabled {
+            start_forwarding(&config, store.clone(), ingest.wake(), stop_rx.clone()).await?
         } else {
             (None, Vec::new())
         };
+        let f = &config.forward;
+        let release = match f.statement_release {
+            StatementRelease::OnDeclaration => ReleasePolicy::OnDeclaration {
+                deadline_day: config.fees.declaration_deadline_day,
+            },
+            StatementRelease::AfterMonthEnd => ReleasePolicy::AfterMonthEnd {
+                days: f.statement_release_days,
+            },
+        };
+        background.push(release::spawn(
+            ingest.clone(),
+            store.clone(),
+            release,
+            Duration::from_secs(f.release_poll_secs.max(1)),
+            ingest.wake(),
+            stop_rx,
+        ));
         let platform = PlatformApi {
             access: Access::new(store.clone()),
             ingest,

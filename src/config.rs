@@ -167,6 +167,20 @@ pub struct ForwardConfig {
     pub max_backoff_ms: u64,
     pub invalid_retry_ms: u64,
     pub queue_report_secs: u64,
+    /// When a month's volume statements go to tax: `on_declaration` (the platform's
+    /// first declaration for it, or the declaration deadline without one) or
+    /// `after_month_end` (`statement_release_days` after the month ends).
+    pub statement_release: StatementRelease,
+    pub statement_release_days: u32,
+    /// How often months due for release are looked for (also after every batch).
+    pub release_poll_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatementRelease {
+    OnDeclaration,
+    AfterMonthEnd,
 }
 
 impl Default for ForwardConfig {
@@ -187,6 +201,9 @@ impl Default for ForwardConfig {
             max_backoff_ms: 30_000,
             invalid_retry_ms: 60_000,
             queue_report_secs: 30,
+            statement_release: StatementRelease::OnDeclaration,
+            statement_release_days: 5,
+            release_poll_secs: 60,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::domain::{
     Accident, Declaration, ErrorCode, Order, OrderStatus, Outcome, PlatformProfile, Record,
     RecordKind, Rejection, WarningCode, Worker, WorkerStatus,
 };
-use crate::reconcile::{self, StatementKey, Statements};
+use crate::reconcile::{self, RatedStatement, StatementKey, Statements};
 use crate::validate;
 
 /// A record's stored revision and content hash.
@@ -145,6 +145,11 @@ pub struct Known {
     pub declared: HashMap<StatementKey, usize>,
     /// When the platform's months closed (first declaration), within `scope`.
     pub closed: HashMap<Period, Millis>,
+    /// Months whose statements were released to tax, within `scope`: a change to one
+    /// of their statements is sent again as a correction.
+    pub released: HashSet<Period>,
+    /// The current (latest) declaration of each declared key, within `scope`.
+    pub current_declarations: HashMap<StatementKey, Declaration>,
     /// The (month, industry) pairs whose statements and declarations were loaded.
     pub scope: HashSet<(Period, String)>,
 }
@@ -264,6 +269,14 @@ pub struct Reconciliation {
     pub computed: Figures,
 }
 
+/// A statement of a released month that the batch changes, to send to tax again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementSend {
+    pub statement: RatedStatement,
+    /// Tax already holds a version of it.
+    pub correction: bool,
+}
+
 /// Everything the rules need besides the batch and the stored state.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
@@ -296,6 +309,11 @@ pub struct Plan {
     pub enrolment_deltas: BTreeMap<EnrolmentKey, i64>,
     /// Months the batch closes for the platform (its first declaration for them).
     pub closes: Vec<Period>,
+    /// Statements of released months that the batch changes, with their new figures.
+    pub statement_sends: Vec<StatementSend>,
+    /// Current declarations (not in the batch) whose computed figures the batch
+    /// changes: their reconciliation is sent to tax again.
+    pub reconciliation_updates: Vec<(Declaration, Reconciliation)>,
 }
 
 impl Plan {
@@ -484,6 +502,13 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
         ..Plan::default()
     };
     let mut deferred: Vec<(usize, String, StatementKey, Figures, Millis, bool)> = Vec::new();
+    // Statements of released months that tax already holds.
+    let sent: HashSet<StatementKey> = known
+        .statements
+        .keys()
+        .filter(|k| known.released.contains(&k.period))
+        .cloned()
+        .collect();
     let (mut workers, mut orders, mut declarations, mut accidents) =
         (Writes::new(), Writes::new(), Writes::new(), Writes::new());
     for (index, c) in candidates.into_iter().enumerate() {
@@ -612,11 +637,21 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                         .get(&d.declaration_id)
                         .map(|s| s.key.clone());
                     if previous.as_ref() != Some(&key) {
-                        if let Some(old) = previous.and_then(|k| known.declared.get_mut(&k)) {
-                            *old = old.saturating_sub(1);
+                        if let Some(previous) = previous {
+                            if let Some(old) = known.declared.get_mut(&previous) {
+                                *old = old.saturating_sub(1);
+                            }
+                            if known
+                                .current_declarations
+                                .get(&previous)
+                                .is_some_and(|c| c.declaration_id == d.declaration_id)
+                            {
+                                known.current_declarations.remove(&previous);
+                            }
                         }
                         *known.declared.entry(key.clone()).or_default() += 1;
                     }
+                    known.current_declarations.insert(key.clone(), d.clone());
                     known.declarations.insert(
                         d.declaration_id.clone(),
                         StoredDeclaration {
@@ -705,11 +740,89 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
         plan.reconciliations.insert(index, figures);
         plan.declaration_figures.insert(id, figures);
     }
+    plan.statement_deltas.retain(|_, v| *v != 0);
+    plan.statement_sends = statement_sends(rules, known, &plan.statement_deltas, &sent);
+    plan.reconciliation_updates = reconciliation_updates(rules, known, &plan);
     plan.workers = workers.list;
     plan.orders = orders.list;
     plan.declarations = declarations.list;
     plan.accidents = accidents.list;
-    plan.statement_deltas.retain(|_, v| *v != 0);
     plan.enrolment_deltas.retain(|_, v| *v != 0);
     plan
+}
+
+/// The changed statements of released months, rated as of their month's close.
+fn statement_sends(
+    rules: &Rules<'_>,
+    known: &Known,
+    deltas: &BTreeMap<StatementKey, i64>,
+    sent: &HashSet<StatementKey>,
+) -> Vec<StatementSend> {
+    deltas
+        .keys()
+        .filter(|k| known.released.contains(&k.period))
+        .map(|key| StatementSend {
+            statement: reconcile::rate_statement(
+                rules.platform,
+                rules.rates,
+                key,
+                known.statements.get(key).copied().unwrap_or(0),
+                known.closed.get(&key.period).copied(),
+            ),
+            correction: sent.contains(key),
+        })
+        .collect()
+}
+
+/// Current declarations outside the batch whose computed figures the batch's
+/// statement changes move (late or corrected orders): figures before and after.
+fn reconciliation_updates(
+    rules: &Rules<'_>,
+    known: &Known,
+    plan: &Plan,
+) -> Vec<(Declaration, Reconciliation)> {
+    let deltas = &plan.statement_deltas;
+    let mut updates: Vec<_> = known
+        .current_declarations
+        .iter()
+        .filter(|(key, d)| {
+            !plan.declaration_figures.contains_key(&d.declaration_id)
+                && deltas.keys().any(|k| {
+                    k.period == key.period
+                        && k.industry == key.industry
+                        && reconcile::covers(&key.division_code, &k.division_code)
+                })
+        })
+        .filter_map(|(key, d)| {
+            let closed_at = known.closed.get(&key.period).copied();
+            let figures = |statements: &Statements| {
+                reconcile::computed(
+                    rules.platform,
+                    rules.rates,
+                    key.period,
+                    &key.division_code,
+                    &key.industry,
+                    statements,
+                    closed_at,
+                )
+            };
+            let before: Statements = known
+                .statements
+                .iter()
+                .map(|(k, n)| (k.clone(), n - deltas.get(k).copied().unwrap_or(0)))
+                .collect();
+            let after = figures(&known.statements);
+            (after != figures(&before)).then(|| {
+                (
+                    d.clone(),
+                    Reconciliation {
+                        declared: d.figures,
+                        computed: after,
+                    },
+                )
+            })
+        })
+        .collect();
+    updates.sort_by(|a, b| a.0.declaration_id.cmp(&b.0.declaration_id));
+    updates
 }

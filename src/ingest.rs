@@ -9,7 +9,10 @@ use std::sync::Arc;
 use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
 use crate::domain::PlatformProfile;
 use crate::domain::fees::RateBook;
+use crate::domain::period::Period;
 use crate::domain::time::now_millis;
+use crate::forward::outbox;
+use crate::reconcile;
 use crate::store::{Store, StoreError};
 
 /// Settings of the rules that come from configuration.
@@ -72,7 +75,8 @@ impl Ingest {
         if !plan.is_empty() {
             let keys: Vec<_> = plan.enrolment_deltas.keys().collect();
             let before = tx.enrolment_counts(&keys).await?;
-            let outbox = crate::forward::outbox::items(&plan, platform, &before, now);
+            let batch = tx.next_batch().await?;
+            let outbox = outbox::items(&plan, platform, &before, batch);
             tx.write(&plan, &outbox, now).await?;
             tx.commit().await?;
             if !outbox.is_empty() {
@@ -87,5 +91,40 @@ impl Ingest {
             "batch committed"
         );
         Ok(plan)
+    }
+
+    /// Releases a platform's month to tax: closes it (rated as of now, unless its first
+    /// declaration closed it earlier) and queues every statement of the month, in the
+    /// platform's serialised transaction, so a concurrent batch either counts in what
+    /// is released or is sent as a correction after it. Returns the number of
+    /// statements queued; 0 when the month was already released.
+    pub async fn release_month(
+        &self,
+        platform: &PlatformProfile,
+        period: Period,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.store.begin_ingest(platform.id).await?;
+        let month = tx.month(period).await?;
+        if month.released {
+            return Ok(0);
+        }
+        let now = now_millis();
+        let closed_at = month.closed_at.unwrap_or(now);
+        let mut statements: Vec<_> = month
+            .statements
+            .iter()
+            .map(|(key, count)| {
+                reconcile::rate_statement(platform, &self.rates, key, *count, Some(closed_at))
+            })
+            .collect();
+        statements.sort_by(|a, b| a.key.cmp(&b.key));
+        let batch = tx.next_batch().await?;
+        let items: Vec<_> =
+            outbox::statements(platform, statements.iter().map(|s| (s, false)), batch).collect();
+        tx.release(period, now, &items).await?;
+        tx.commit().await?;
+        self.wake.notify_waiters();
+        tracing::info!(platform = %platform.uscc, %period, statements = items.len(), "month released to tax");
+        Ok(items.len())
     }
 }

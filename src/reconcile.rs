@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use crate::domain::PlatformProfile;
-use crate::domain::fees::{Figures, RateBook, ReconciliationStatus, exact_amount, round_half_up};
+use crate::domain::fees::{
+    Figures, Multiplier, RateBook, ReconciliationStatus, amount_due, exact_amount, round_half_up,
+};
 use crate::domain::period::Period;
 use crate::domain::time::Millis;
 
@@ -68,6 +70,45 @@ pub fn computed<'a>(
     }
     f.amount_fen = round_half_up(exact);
     f
+}
+
+/// One volume statement rated: what the tax bureau receives for a month, city and
+/// industry. The amount is rounded half-up per statement; a province-level
+/// declaration is compared with the exact sum of its cities, rounded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatedStatement {
+    pub key: StatementKey,
+    pub billable_count: i64,
+    /// 0 when no base rate is in force for the period.
+    pub base_fen_per_order: i64,
+    pub multiplier: Multiplier,
+    pub amount_fen: i64,
+}
+
+/// Rates one statement as of `closed_at` (see [`computed`]).
+pub fn rate_statement(
+    platform: &PlatformProfile,
+    rates: &RateBook,
+    key: &StatementKey,
+    billable_count: i64,
+    closed_at: Option<Millis>,
+) -> RatedStatement {
+    let rating = rates.rating(
+        platform.uscc.as_str(),
+        &key.division_code,
+        &key.industry,
+        platform.tier_for(&key.division_code),
+        key.period,
+        closed_at,
+    );
+    let (base, multiplier) = rating.map_or((0, Multiplier::ONE), |r| (r.base_fen, r.multiplier));
+    RatedStatement {
+        key: key.clone(),
+        billable_count,
+        base_fen_per_order: base,
+        multiplier,
+        amount_fen: amount_due(billable_count, base, multiplier),
+    }
 }
 
 /// The status of each declaration among those of one platform: the latest per key

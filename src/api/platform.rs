@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::access::Access;
 use crate::config::Limits;
 use crate::crosscheck::Candidate;
-use crate::domain::fees::{Figures, Multiplier, ReconciliationStatus, amount_due};
+use crate::domain::fees::{Figures, ReconciliationStatus};
 use crate::domain::ids::{mask_id_number, mask_mobile, mask_name};
 use crate::domain::period::Period;
 use crate::domain::time::{now_millis, to_rfc3339};
@@ -520,25 +520,21 @@ impl PlatformService for PlatformApi {
         let statements = statements
             .into_iter()
             .map(|(key, count)| {
-                let tier = platform.tier_for(&key.division_code);
-                let rating = self.ingest.rates().rating(
-                    platform.uscc.as_str(),
-                    &key.division_code,
-                    &key.industry,
-                    tier,
-                    period,
+                let s = reconcile::rate_statement(
+                    &platform,
+                    self.ingest.rates(),
+                    &key,
+                    count,
                     closed_at,
                 );
-                let (base, multiplier) =
-                    rating.map_or((0, Multiplier::ONE), |r| (r.base_fen, r.multiplier));
                 proto::VolumeStatement {
                     period: period.to_string(),
-                    division_code: key.division_code,
-                    industry: key.industry,
-                    billable_count: count,
-                    base_fen_per_order: base,
-                    multiplier: multiplier.to_string(),
-                    amount_fen: amount_due(count, base, multiplier),
+                    division_code: s.key.division_code,
+                    industry: s.key.industry,
+                    billable_count: s.billable_count,
+                    base_fen_per_order: s.base_fen_per_order,
+                    multiplier: s.multiplier.to_string(),
+                    amount_fen: s.amount_fen,
                     closed: closed_at.is_some(),
                 }
             })

@@ -1,14 +1,15 @@
 //! Delivery items of a plan: workers, orders and accidents to social security (with
 //! their personal data, which that backend needs), declarations with their
-//! reconciliation to tax (aggregates only: a `TaxItem` cannot carry personal data).
+//! reconciliation, and volume statements, to tax (aggregates only: a `TaxItem` cannot
+//! carry personal data).
 
 use prost::Message;
 
 use std::collections::HashMap;
 
-use crate::crosscheck::{EnrolmentKey, Plan, Write};
+use crate::crosscheck::{EnrolmentKey, Plan, Reconciliation, Write};
+use crate::reconcile::RatedStatement;
 use crate::domain::fees::{Figures, ReconciliationStatus};
-use crate::domain::time::Millis;
 use crate::domain::time::to_rfc3339;
 use crate::domain::{Accident, Declaration, Order, PlatformProfile, Worker};
 use crate::proto::{self, social_security_item, tax_item};
@@ -108,18 +109,18 @@ fn social_security<T>(
 }
 
 /// Daily enrolments whose count the plan changes, with their new count (0 withdraws the
-/// enrolment). A new version per batch: `<record>/<received_at>`.
+/// enrolment), versioned by the platform's batch number.
 fn enrolments<'a>(
     plan: &'a Plan,
     platform: &'a PlatformProfile,
     before: &'a HashMap<EnrolmentKey, i64>,
-    received_at: Millis,
+    batch: u64,
 ) -> impl Iterator<Item = OutboxItem> + 'a {
     plan.enrolment_deltas.iter().map(move |(key, delta)| {
         let old = before.get(key).copied().unwrap_or(0);
         let id = format!("{}/{}/{}", key.worker_id, key.day, key.division_code);
         let record_key = format!("{}/enrolment/{id}", platform.uscc);
-        let idempotency_key = format!("{record_key}/{received_at}");
+        let idempotency_key = format!("{record_key}/{batch}");
         let header = proto::ItemHeader {
             idempotency_key: idempotency_key.clone(),
             platform: platform.uscc.to_string(),
@@ -145,13 +146,87 @@ fn enrolments<'a>(
     })
 }
 
+fn tax(record_key: String, header: proto::ItemHeader, payload: tax_item::Payload) -> OutboxItem {
+    OutboxItem {
+        destination: Destination::Tax,
+        record_key,
+        idempotency_key: header.idempotency_key.clone(),
+        payload: proto::TaxItem {
+            header: Some(header),
+            payload: Some(payload),
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// A declaration with its reconciliation, as tax receives it.
+fn declaration(
+    d: &Declaration,
+    reconciliation: Option<&Reconciliation>,
+) -> tax_item::Payload {
+    tax_item::Payload::Declaration(proto::DeclarationItem {
+        declaration: Some(proto::Declaration {
+            declaration_id: d.declaration_id.clone(),
+            revision: d.revision,
+            period: d.period.to_string(),
+            division_code: d.division_code.clone(),
+            industry: d.industry.clone(),
+            order_count: d.figures.order_count,
+            amount_fen: d.figures.amount_fen,
+        }),
+        reconciliation: reconciliation.map(|r| proto::Reconciliation {
+            status: ReconciliationStatus::of(r.declared, r.computed)
+                .as_str()
+                .to_string(),
+            declared: Some(figures(r.declared)),
+            computed: Some(figures(r.computed)),
+        }),
+    })
+}
+
+/// Volume statements to tax (aggregates only), versioned by the platform's batch
+/// number: `<platform>/statement/<period>/<city>/<industry>/<batch>`.
+pub fn statements<'a>(
+    platform: &'a PlatformProfile,
+    sends: impl IntoIterator<Item = (&'a RatedStatement, bool)> + 'a,
+    batch: u64,
+) -> impl Iterator<Item = OutboxItem> + 'a {
+    sends.into_iter().map(move |(s, correction)| {
+        let k = &s.key;
+        let record_key = format!(
+            "{}/statement/{}/{}/{}",
+            platform.uscc, k.period, k.division_code, k.industry
+        );
+        let header = proto::ItemHeader {
+            idempotency_key: format!("{record_key}/{batch}"),
+            platform: platform.uscc.to_string(),
+            correction,
+        };
+        tax(
+            record_key,
+            header,
+            tax_item::Payload::Statement(proto::StatementItem {
+                period: k.period.to_string(),
+                division_code: k.division_code.clone(),
+                industry: k.industry.clone(),
+                billable_count: s.billable_count,
+                base_fen_per_order: s.base_fen_per_order,
+                multiplier: s.multiplier.to_string(),
+                amount_fen: s.amount_fen,
+            }),
+        )
+    })
+}
+
 /// The items that deliver what `plan` stores, in the order the backends should see them.
-/// `enrolments_before`: the stored counts of the enrolments the plan changes.
+/// `enrolments_before`: the stored counts of the enrolments the plan changes; `batch`:
+/// the platform's batch number, which versions derived items (daily enrolments,
+/// statements, reconciliation updates).
 pub fn items(
     plan: &Plan,
     platform: &PlatformProfile,
     enrolments_before: &HashMap<EnrolmentKey, i64>,
-    received_at: Millis,
+    batch: u64,
 ) -> Vec<OutboxItem> {
     let mut out = Vec::with_capacity(
         plan.workers.len() + plan.orders.len() + plan.accidents.len() + plan.declarations.len(),
@@ -170,7 +245,7 @@ pub fn items(
         |o: &Order| (&o.order_id, o.revision),
         |o| social_security_item::Payload::Order(order(o)),
     ));
-    out.extend(enrolments(plan, platform, enrolments_before, received_at));
+    out.extend(enrolments(plan, platform, enrolments_before, batch));
     out.extend(social_security(
         platform,
         "accident",
@@ -178,8 +253,15 @@ pub fn items(
         |a: &Accident| (&a.report_id, a.revision),
         |a| social_security_item::Payload::Accident(accident(a)),
     ));
+    out.extend(statements(
+        platform,
+        plan.statement_sends
+            .iter()
+            .map(|s| (&s.statement, s.correction)),
+        batch,
+    ));
     for w in &plan.declarations {
-        let d: &Declaration = &w.record;
+        let d = &w.record;
         let (record_key, header) = header(
             platform,
             "declaration",
@@ -187,37 +269,15 @@ pub fn items(
             d.revision,
             w.correction,
         );
-        let reconciliation =
-            plan.declaration_figures
-                .get(&d.declaration_id)
-                .map(|r| proto::Reconciliation {
-                    status: ReconciliationStatus::of(r.declared, r.computed)
-                        .as_str()
-                        .to_string(),
-                    declared: Some(figures(r.declared)),
-                    computed: Some(figures(r.computed)),
-                });
-        let item = proto::TaxItem {
-            header: Some(header.clone()),
-            payload: Some(tax_item::Payload::Declaration(proto::DeclarationItem {
-                declaration: Some(proto::Declaration {
-                    declaration_id: d.declaration_id.clone(),
-                    revision: d.revision,
-                    period: d.period.to_string(),
-                    division_code: d.division_code.clone(),
-                    industry: d.industry.clone(),
-                    order_count: d.figures.order_count,
-                    amount_fen: d.figures.amount_fen,
-                }),
-                reconciliation,
-            })),
-        };
-        out.push(OutboxItem {
-            destination: Destination::Tax,
-            record_key,
-            idempotency_key: header.idempotency_key,
-            payload: item.encode_to_vec(),
-        });
+        let reconciliation = plan.declaration_figures.get(&d.declaration_id);
+        out.push(tax(record_key, header, declaration(d, reconciliation)));
+    }
+    // The same revision with new computed figures: a correction of what tax holds.
+    for (d, reconciliation) in &plan.reconciliation_updates {
+        let (record_key, mut header) =
+            header(platform, "declaration", &d.declaration_id, d.revision, true);
+        header.idempotency_key = format!("{}/reconciliation/{batch}", header.idempotency_key);
+        out.push(tax(record_key, header, declaration(d, Some(reconciliation))));
     }
     out
 }

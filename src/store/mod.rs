@@ -177,6 +177,55 @@ pub struct QueueDepth {
     pub oldest_pending_at: Option<Millis>,
 }
 
+/// A dead-lettered outbox item, as an administrator reads it (keys and the
+/// backend's reason; never the payload, which may hold personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub destination: String,
+    pub record_key: String,
+    pub idempotency_key: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+}
+
+/// Which dead letters an administrator acts on: the listed ones, or (with an empty
+/// list) every dead letter of `destination` (of both when None).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterSelection {
+    pub destination: Option<Destination>,
+    pub seqs: Vec<i64>,
+}
+
+/// What an administrator does to dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterAction {
+    /// Back to pending with no attempts: delivered again in order.
+    Replay,
+    /// Kept for the record, never delivered.
+    Discard,
+}
+
+/// A platform's month not yet released to tax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreleasedMonth {
+    pub platform_id: i64,
+    pub uscc: String,
+    pub period: Period,
+    /// When the month closed (its first declaration), if it has.
+    pub closed_at: Option<Millis>,
+}
+
+/// A platform's month as its release needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthState {
+    /// Every statement of the month, all industries.
+    pub statements: Statements,
+    pub closed_at: Option<Millis>,
+    pub released: bool,
+}
+
 /// A stored declaration as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclarationRow {
@@ -251,6 +300,25 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth>;
     /// Every outbox item of a record (`platform/kind/id`), oldest first.
     async fn deliveries(&self, record_key: &str) -> Result<Vec<DeliveryRow>>;
+    /// Dead letters in seq order after `after`, at most `limit`.
+    async fn dead_letters(
+        &self,
+        destination: Option<Destination>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>>;
+    /// Replays or discards the selected dead letters (items not dead are left alone);
+    /// returns how many changed.
+    async fn handle_dead_letters(
+        &self,
+        selection: &DeadLetterSelection,
+        action: DeadLetterAction,
+        by: &str,
+        now: Millis,
+    ) -> Result<u64>;
+
+    /// Months with statements that have not been released to tax.
+    async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>>;
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.
@@ -274,5 +342,12 @@ pub trait IngestTx: Send {
         outbox: &[OutboxItem],
         received_at: Millis,
     ) -> Result<()>;
+    /// The platform's next batch number (each call takes a new one).
+    async fn next_batch(&mut self) -> Result<u64>;
+    /// Every statement of a month, its close and whether it was released.
+    async fn month(&mut self, period: Period) -> Result<MonthState>;
+    /// Releases a month to tax: closes it at `at` unless already closed, marks it
+    /// released and queues `outbox` (its statements).
+    async fn release(&mut self, period: Period, at: Millis, outbox: &[OutboxItem]) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }

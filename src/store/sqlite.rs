@@ -17,17 +17,18 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::{
-    DeclarationRow, DeliveryOutcome, DeliveryRow, Destination, DueItem, IngestTx, OrderRow,
-    OutboxItem, Page, PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result,
-    Store, StoreError, WorkerRow,
+    DeadLetter, DeadLetterAction, DeadLetterSelection, DeclarationRow, DeliveryOutcome,
+    DeliveryRow, Destination, DueItem, IngestTx, MonthState, OrderRow, OutboxItem, Page,
+    PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result, Store, StoreError,
+    UnreleasedMonth, WorkerRow,
 };
 use crate::access::{Grant, Role};
 use crate::crosscheck::{
     EnrolmentKey, Known, OrderFacts, Plan, Stored, StoredDeclaration, StoredOrder, Touched,
     WorkerState,
 };
-use crate::domain::OrderStatus;
-use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
+use crate::domain::fees::{BaseRate, Figures, FloatRate, Multiplier, RateBook};
+use crate::domain::{Declaration, OrderStatus};
 use crate::domain::ids::CreditCode;
 use crate::domain::period::Period;
 use crate::domain::platform::DeliveryTier;
@@ -722,6 +723,93 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn dead_letters(
+        &self,
+        destination: Option<Destination>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
+        type Row = (i64, String, String, String, i64, Option<String>, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, destination, record_key, idempotency_key, attempts, last_error, created_at FROM outbox
+             WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(destination.map(Destination::as_str))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(
+                |(seq, destination, record_key, idempotency_key, attempts, last_error, created_at)| {
+                    Ok(DeadLetter {
+                        seq,
+                        destination,
+                        record_key,
+                        idempotency_key,
+                        attempts: u32::try_from(attempts)
+                            .map_err(|_| corrupt("attempts out of range"))?,
+                        last_error,
+                        created_at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn handle_dead_letters(
+        &self,
+        selection: &DeadLetterSelection,
+        action: DeadLetterAction,
+        by: &str,
+        now: Millis,
+    ) -> Result<u64> {
+        let set = match action {
+            DeadLetterAction::Replay => "state = 'pending', attempts = 0, next_attempt_at = ?3",
+            DeadLetterAction::Discard => "state = 'discarded'",
+        };
+        let sql = format!(
+            "UPDATE outbox SET {set}, handled_by = ?4, handled_at = ?3
+             WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1)
+               AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))"
+        );
+        let done = sqlx::query(&sql)
+            .bind(selection.destination.map(Destination::as_str))
+            .bind(serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?)
+            .bind(now)
+            .bind(by)
+            .execute(&self.writer)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>> {
+        let rows: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT m.platform_id, p.uscc, m.period, c.closed_at
+             FROM (SELECT DISTINCT platform_id, period FROM volume_statements) m
+             JOIN platforms p ON p.id = m.platform_id
+             LEFT JOIN closed_periods c ON c.platform_id = m.platform_id AND c.period = m.period
+             WHERE NOT EXISTS (SELECT 1 FROM released_periods r
+                               WHERE r.platform_id = m.platform_id AND r.period = m.period)
+             ORDER BY m.platform_id, m.period",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(platform_id, uscc, period, closed_at)| {
+                Ok(UnreleasedMonth {
+                    platform_id,
+                    uscc,
+                    period: period_of(&period)?,
+                    closed_at,
+                })
+            })
+            .collect()
+    }
+
     async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth> {
         let (pending, dead, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),
@@ -738,6 +826,30 @@ impl Store for SqliteStore {
             oldest_pending_at: oldest,
         })
     }
+}
+
+/// Queues outbox items (pending, due now) in the caller's transaction.
+async fn queue(
+    tx: &mut Transaction<'static, Sqlite>,
+    outbox: &[OutboxItem],
+    at: Millis,
+) -> Result<()> {
+    for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at) ",
+        );
+        q.push_values(chunk, |mut b, item| {
+            b.push_bind(item.destination.as_str())
+                .push_bind(&item.record_key)
+                .push_bind(&item.idempotency_key)
+                .push_bind(&item.payload)
+                .push_bind("pending")
+                .push_bind(at)
+                .push_bind(at);
+        });
+        q.build().execute(&mut **tx).await.map_err(db_err)?;
+    }
+    Ok(())
 }
 
 struct SqliteIngest {
@@ -1013,22 +1125,54 @@ impl IngestTx for SqliteIngest {
         let arg = scope_json(scope)?;
         let rows = fetch_json(&mut *self.tx, STATEMENTS_IN_SCOPE, pid, arg.clone()).await?;
         known.statements.extend(statements_of(rows)?);
-        let declared: Vec<(String, String, String)> = fetch_json(
+        type Row = (String, i64, String, String, String, i64, i64, i64);
+        let declared: Vec<Row> = fetch_json(
             &mut *self.tx,
-            "SELECT json_group_array(json_array(d.period, d.division_code, d.industry))
+            "SELECT json_group_array(json_array(d.declaration_id, d.revision, d.period, d.division_code, d.industry,
+               d.order_count, d.amount_fen, d.arrival))
              FROM json_each(?2) j CROSS JOIN declarations d
                ON d.platform_id = ?1 AND d.period = json_extract(j.value, '$[0]') AND d.industry = json_extract(j.value, '$[1]')",
             pid,
             arg.clone(),
         )
         .await?;
-        for (period, division_code, industry) in declared {
+        let mut latest: HashMap<StatementKey, i64> = HashMap::new();
+        for (declaration_id, revision, period, division_code, industry, order_count, amount_fen, arrival) in
+            declared
+        {
             let key = StatementKey {
                 period: period_of(&period)?,
                 division_code,
                 industry,
             };
-            *known.declared.entry(key).or_default() += 1;
+            *known.declared.entry(key.clone()).or_default() += 1;
+            if latest.get(&key).is_some_and(|a| *a > arrival) {
+                continue;
+            }
+            latest.insert(key.clone(), arrival);
+            let declaration = Declaration {
+                declaration_id,
+                revision: revision_of(revision)?,
+                period: key.period,
+                division_code: key.division_code.clone(),
+                industry: key.industry.clone(),
+                figures: Figures {
+                    order_count,
+                    amount_fen,
+                },
+            };
+            known.current_declarations.insert(key, declaration);
+        }
+        let released: Vec<String> = fetch_json(
+            &mut *self.tx,
+            "SELECT json_group_array(r.period) FROM released_periods r WHERE r.platform_id = ?1
+               AND r.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2))",
+            pid,
+            arg.clone(),
+        )
+        .await?;
+        for period in released {
+            known.released.insert(period_of(&period)?);
         }
         let closed: Vec<(String, i64)> = fetch_json(
             &mut *self.tx,
@@ -1245,22 +1389,66 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at) ",
-            );
-            q.push_values(chunk, |mut b, item| {
-                b.push_bind(item.destination.as_str())
-                    .push_bind(&item.record_key)
-                    .push_bind(&item.idempotency_key)
-                    .push_bind(&item.payload)
-                    .push_bind("pending")
-                    .push_bind(received_at)
-                    .push_bind(received_at);
-            });
-            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        queue(&mut self.tx, outbox, received_at).await
+    }
+
+    async fn next_batch(&mut self) -> Result<u64> {
+        let (n,): (i64,) =
+            sqlx::query_as("UPDATE platforms SET batches = batches + 1 WHERE id = ?1 RETURNING batches")
+                .bind(self.platform_id)
+                .fetch_one(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
+        u64::try_from(n).map_err(|_| corrupt("batch number out of range"))
+    }
+
+    async fn month(&mut self, period: Period) -> Result<MonthState> {
+        let pid = self.platform_id;
+        let p = period.to_string();
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT period, division_code, industry, billable_count FROM volume_statements
+             WHERE platform_id = ?1 AND period = ?2",
+        )
+        .bind(pid)
+        .bind(&p)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(db_err)?;
+        let closed_at: Option<(i64,)> =
+            sqlx::query_as("SELECT closed_at FROM closed_periods WHERE platform_id = ?1 AND period = ?2")
+                .bind(pid)
+                .bind(&p)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
+        let released: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM released_periods WHERE platform_id = ?1 AND period = ?2")
+                .bind(pid)
+                .bind(&p)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
+        Ok(MonthState {
+            statements: statements_of(rows)?,
+            closed_at: closed_at.map(|(t,)| t),
+            released: released.is_some(),
+        })
+    }
+
+    async fn release(&mut self, period: Period, at: Millis, outbox: &[OutboxItem]) -> Result<()> {
+        for table in [
+            "INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO released_periods (platform_id, period, released_at) VALUES (?1, ?2, ?3)",
+        ] {
+            sqlx::query(table)
+                .bind(self.platform_id)
+                .bind(period.to_string())
+                .bind(at)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
         }
-        Ok(())
+        queue(&mut self.tx, outbox, at).await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
