@@ -202,8 +202,11 @@ async fn the_tax_backend_receives_no_personal_data() {
         )],
     )
     .await;
+    // The declaration closes July 2025: its volume statement is released too.
     eventually(&mut sim, "delivered", |c| {
-        c.get("tax/declaration") == Some(&1) && c.get("social-security/worker") == Some(&1)
+        c.get("tax/declaration") == Some(&1)
+            && c.get("tax/statement") == Some(&1)
+            && c.get("social-security/worker") == Some(&1)
     })
     .await;
 
@@ -213,17 +216,16 @@ async fn the_tax_backend_receives_no_personal_data() {
     ))
     .await
     .expect("simulator store");
-    let tax = store
-        .payloads("tax", "declaration")
-        .await
-        .expect("payloads");
-    assert_eq!(tax.len(), 1);
-    for (_, payload) in &tax {
-        let text = String::from_utf8_lossy(payload);
-        for secret in [id.as_str(), "欧阳娜娜", "13987654321", "W1"] {
-            assert!(!text.contains(secret), "tax payload holds {secret}");
+    for (kind, marker) in [("declaration", "D1"), ("statement", "2025-07")] {
+        let tax = store.payloads("tax", kind).await.expect("payloads");
+        assert_eq!(tax.len(), 1);
+        for (_, payload) in &tax {
+            let text = String::from_utf8_lossy(payload);
+            for secret in [id.as_str(), "欧阳娜娜", "13987654321", "W1"] {
+                assert!(!text.contains(secret), "tax {kind} payload holds {secret}");
+            }
+            assert!(text.contains(marker));
         }
-        assert!(text.contains("D1"));
     }
     // The social-security backend did get the worker it needs.
     let ss = store

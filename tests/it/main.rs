@@ -13,5 +13,6 @@ mod forwarding;
 mod logs;
 mod records;
 mod revisions;
+mod statements;
 mod store;
 mod submit_cli;
