@@ -69,6 +69,25 @@ impl Access {
         Self { store }
     }
 
+    /// An administrator: a live admin grant with scope `*`.
+    pub async fn admin(&self, principal: &Principal, now: Millis) -> Result<(), ApiError> {
+        let granted = principal.role == Role::Admin
+            && self
+                .store
+                .grants(&principal.uri)
+                .await?
+                .iter()
+                .any(|g| g.role == Role::Admin && g.scope == "*" && g.is_live(now));
+        if granted {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied(format!(
+                "{} has no admin grant",
+                principal.uri
+            )))
+        }
+    }
+
     /// The platform a caller may act as: it needs a live platform grant whose scope is
     /// the USCC in its own certificate, and the platform must be registered.
     pub async fn platform(

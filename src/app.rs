@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::access::{Access, Grant, Role};
+use crate::api::admin::AdminApi;
 use crate::api::platform::PlatformApi;
 use crate::backend_sim::{BackendSim, SimConfig};
 use crate::config::{Config, StatementRelease};
@@ -20,6 +21,7 @@ use crate::domain::fees::{BaseRate, FloatRate, RateBook};
 use crate::forward::dispatcher::{self, Backend, DispatchSettings};
 use crate::forward::release::{self, ReleasePolicy};
 use crate::ingest::{Ingest, Policy};
+use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::platform_service_server::PlatformServiceServer;
 use crate::proto::social_security_backend_client::SocialSecurityBackendClient;
 use crate::proto::tax_backend_client::TaxBackendClient;
@@ -227,6 +229,10 @@ impl Gateway {
             ingest.wake(),
             stop_rx,
         ));
+        let admin = AdminServiceServer::new(AdminApi {
+            access: Access::new(store.clone()),
+            store: store.clone(),
+        });
         let platform = PlatformApi {
             access: Access::new(store.clone()),
             ingest,
@@ -243,6 +249,9 @@ impl Gateway {
         health_reporter
             .set_serving::<PlatformServiceServer<PlatformApi>>()
             .await;
+        health_reporter
+            .set_serving::<AdminServiceServer<AdminApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -258,7 +267,8 @@ impl Gateway {
             .tls_config(tls)?
             .add_service(health)
             .add_service(reflection)
-            .add_service(platform);
+            .add_service(platform)
+            .add_service(admin);
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {

@@ -315,7 +315,7 @@ impl Config {
             fees: FeesConfig::default(),
             accidents: AccidentsConfig::default(),
             forward: ForwardConfig::default(),
-            admins: vec![],
+            admins: vec!["oip://admin/root".into()],
             platforms,
         }
     }

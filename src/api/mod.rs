@@ -1,4 +1,5 @@
 //! Thin tonic services: translate wire types to domain calls and back; every rule
 //! lives elsewhere.
 
+pub mod admin;
 pub mod platform;

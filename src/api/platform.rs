@@ -570,6 +570,7 @@ impl PlatformService for PlatformApi {
                 state: match d.state.as_str() {
                     "delivered" => "DELIVERED",
                     "dead" => "DEAD_LETTERED",
+                    "discarded" => "DISCARDED",
                     _ => "PENDING",
                 }
                 .to_string(),

@@ -8,11 +8,11 @@ use prost::Message;
 use std::collections::HashMap;
 
 use crate::crosscheck::{EnrolmentKey, Plan, Reconciliation, Write};
-use crate::reconcile::RatedStatement;
 use crate::domain::fees::{Figures, ReconciliationStatus};
 use crate::domain::time::to_rfc3339;
 use crate::domain::{Accident, Declaration, Order, PlatformProfile, Worker};
 use crate::proto::{self, social_security_item, tax_item};
+use crate::reconcile::RatedStatement;
 use crate::store::{Destination, OutboxItem};
 
 fn header(
@@ -160,10 +160,7 @@ fn tax(record_key: String, header: proto::ItemHeader, payload: tax_item::Payload
 }
 
 /// A declaration with its reconciliation, as tax receives it.
-fn declaration(
-    d: &Declaration,
-    reconciliation: Option<&Reconciliation>,
-) -> tax_item::Payload {
+fn declaration(d: &Declaration, reconciliation: Option<&Reconciliation>) -> tax_item::Payload {
     tax_item::Payload::Declaration(proto::DeclarationItem {
         declaration: Some(proto::Declaration {
             declaration_id: d.declaration_id.clone(),
@@ -277,7 +274,11 @@ pub fn items(
         let (record_key, mut header) =
             header(platform, "declaration", &d.declaration_id, d.revision, true);
         header.idempotency_key = format!("{}/reconciliation/{batch}", header.idempotency_key);
-        out.push(tax(record_key, header, declaration(d, Some(reconciliation))));
+        out.push(tax(
+            record_key,
+            header,
+            declaration(d, Some(reconciliation)),
+        ));
     }
     out
 }

@@ -28,12 +28,12 @@ use crate::crosscheck::{
     WorkerState,
 };
 use crate::domain::fees::{BaseRate, Figures, FloatRate, Multiplier, RateBook};
-use crate::domain::{Declaration, OrderStatus};
 use crate::domain::ids::CreditCode;
 use crate::domain::period::Period;
 use crate::domain::platform::DeliveryTier;
 use crate::domain::records::ContentHash;
 use crate::domain::time::Millis;
+use crate::domain::{Declaration, OrderStatus};
 use crate::domain::{PlatformProfile, WorkerStatus};
 use crate::reconcile::{StatementKey, Statements};
 
@@ -742,7 +742,15 @@ impl Store for SqliteStore {
         .map_err(db_err)?;
         rows.into_iter()
             .map(
-                |(seq, destination, record_key, idempotency_key, attempts, last_error, created_at)| {
+                |(
+                    seq,
+                    destination,
+                    record_key,
+                    idempotency_key,
+                    attempts,
+                    last_error,
+                    created_at,
+                )| {
                     Ok(DeadLetter {
                         seq,
                         destination,
@@ -1137,8 +1145,16 @@ impl IngestTx for SqliteIngest {
         )
         .await?;
         let mut latest: HashMap<StatementKey, i64> = HashMap::new();
-        for (declaration_id, revision, period, division_code, industry, order_count, amount_fen, arrival) in
-            declared
+        for (
+            declaration_id,
+            revision,
+            period,
+            division_code,
+            industry,
+            order_count,
+            amount_fen,
+            arrival,
+        ) in declared
         {
             let key = StatementKey {
                 period: period_of(&period)?,
@@ -1393,12 +1409,13 @@ impl IngestTx for SqliteIngest {
     }
 
     async fn next_batch(&mut self) -> Result<u64> {
-        let (n,): (i64,) =
-            sqlx::query_as("UPDATE platforms SET batches = batches + 1 WHERE id = ?1 RETURNING batches")
-                .bind(self.platform_id)
-                .fetch_one(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+        let (n,): (i64,) = sqlx::query_as(
+            "UPDATE platforms SET batches = batches + 1 WHERE id = ?1 RETURNING batches",
+        )
+        .bind(self.platform_id)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(db_err)?;
         u64::try_from(n).map_err(|_| corrupt("batch number out of range"))
     }
 
@@ -1414,13 +1431,14 @@ impl IngestTx for SqliteIngest {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(db_err)?;
-        let closed_at: Option<(i64,)> =
-            sqlx::query_as("SELECT closed_at FROM closed_periods WHERE platform_id = ?1 AND period = ?2")
-                .bind(pid)
-                .bind(&p)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+        let closed_at: Option<(i64,)> = sqlx::query_as(
+            "SELECT closed_at FROM closed_periods WHERE platform_id = ?1 AND period = ?2",
+        )
+        .bind(pid)
+        .bind(&p)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(db_err)?;
         let released: Option<(i64,)> =
             sqlx::query_as("SELECT 1 FROM released_periods WHERE platform_id = ?1 AND period = ?2")
                 .bind(pid)

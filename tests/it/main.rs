@@ -7,6 +7,7 @@ mod access;
 mod aggregates;
 mod backend_sim;
 mod config;
+mod dead_letters;
 mod durability;
 mod fees;
 mod forwarding;
