@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::access::{Access, Grant, Role};
@@ -271,7 +270,7 @@ impl Gateway {
             .add_service(admin);
         let task = tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(tls::incoming(listener), async {
                     let _ = rx.await;
                 })
                 .await

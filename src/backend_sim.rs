@@ -14,7 +14,6 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -283,7 +282,7 @@ impl BackendSim {
             .add_service(BackendSimControlServer::new(sim));
         let task = tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(tls::incoming(listener), async {
                     let _ = rx.await;
                 })
                 .await
