@@ -207,3 +207,55 @@ async fn after_month_end_a_month_is_released_without_a_declaration() {
     assert_eq!(tax_items(&gw, "declaration").await.len(), 0);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn reconciliation_updates_go_to_the_current_declarations_that_cover_the_change() {
+    let (period, at) = previous_month(9);
+    let gw = TestGateway::spawn_with(|c| c.fees.declaration_deadline_day = 31).await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await; // batch 1
+    let orders = vec![at_in("O1", "320100", &at), at_in("O2", "320500", &at)];
+    report(&mut a, orders).await; // batch 2
+    // Nanjing declared twice (D2 supersedes D1), and the province as a whole.
+    let d = |id: &str, division: &str, n: i64| {
+        declaration(id, &period, division, "INSTANT_DELIVERY", n, n * 7)
+    };
+    declare(
+        &mut a,
+        vec![
+            d("D1", "320100", 5),
+            d("D2", "320100", 1),
+            d("DP", "320000", 2),
+        ],
+    )
+    .await; // batch 3 (release: 4)
+    await_tax(&gw, "declaration", 3).await;
+
+    // A late order in Suzhou moves only the province's figures...
+    report(&mut a, vec![at_in("O3", "320500", &at)]).await; // batch 5
+    // ...one in Nanjing moves the province's and D2's, not superseded D1's.
+    report(&mut a, vec![at_in("O4", "320100", &at)]).await; // batch 6
+    await_tax(&gw, "declaration", 6).await;
+    let key = |id: &str, batch: u32| {
+        format!("{DEMO_PLATFORM_A}/declaration/{id}/1/reconciliation/{batch}")
+    };
+    let declarations = tax_items(&gw, "declaration").await;
+    let updates: Vec<_> = declarations
+        .keys()
+        .filter(|k| k.contains("/reconciliation/"))
+        .cloned()
+        .collect();
+    assert_eq!(updates, vec![key("D2", 6), key("DP", 5), key("DP", 6)]);
+    let status = |k: &str| match &declarations[k].payload {
+        Some(tax_item::Payload::Declaration(d)) => {
+            let r = d.reconciliation.as_ref().expect("reconciliation");
+            let c = r.computed.expect("computed");
+            (r.status.clone(), c.order_count, c.amount_fen)
+        }
+        other => panic!("not a declaration: {other:?}"),
+    };
+    assert_eq!(status(&key("DP", 5)), ("MISMATCH".into(), 3, 21));
+    assert_eq!(status(&key("DP", 6)), ("MISMATCH".into(), 4, 28));
+    assert_eq!(status(&key("D2", 6)), ("MISMATCH".into(), 2, 14));
+    gw.stop().await;
+}
