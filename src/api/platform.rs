@@ -550,12 +550,19 @@ impl PlatformService for PlatformApi {
     ) -> Result<Response<proto::ListDeliveriesResponse>, Status> {
         let platform = self.caller(&req).await?;
         let r = req.get_ref();
-        if !["worker", "order", "accident", "declaration"].contains(&r.kind.as_str())
-            || r.id.is_empty()
-        {
-            return Err(ApiError::InvalidArgument(
-                "kind must be worker, order, accident or declaration, with an id".into(),
-            )
+        const KINDS: [&str; 6] = [
+            "worker",
+            "order",
+            "accident",
+            "declaration",
+            "statement",
+            "enrolment",
+        ];
+        if !KINDS.contains(&r.kind.as_str()) || r.id.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "kind must be one of {} with an id",
+                KINDS.join(", ")
+            ))
             .into());
         }
         // The record key starts with the caller's own credit code: no other platform's
@@ -571,6 +578,7 @@ impl PlatformService for PlatformApi {
                     "delivered" => "DELIVERED",
                     "dead" => "DEAD_LETTERED",
                     "discarded" => "DISCARDED",
+                    "superseded" => "SUPERSEDED",
                     _ => "PENDING",
                 }
                 .to_string(),

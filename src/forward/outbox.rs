@@ -99,6 +99,7 @@ fn social_security<T>(
             destination: Destination::SocialSecurity,
             record_key,
             idempotency_key,
+            supersedes: None,
             payload: proto::SocialSecurityItem {
                 header: Some(header),
                 payload: Some(payload(&w.record)),
@@ -139,6 +140,7 @@ fn enrolments<'a>(
         };
         OutboxItem {
             destination: Destination::SocialSecurity,
+            supersedes: Some(format!("{record_key}/")),
             record_key,
             idempotency_key,
             payload: payload.encode_to_vec(),
@@ -146,9 +148,15 @@ fn enrolments<'a>(
     })
 }
 
-fn tax(record_key: String, header: proto::ItemHeader, payload: tax_item::Payload) -> OutboxItem {
+fn tax(
+    record_key: String,
+    header: proto::ItemHeader,
+    payload: tax_item::Payload,
+    supersedes: Option<String>,
+) -> OutboxItem {
     OutboxItem {
         destination: Destination::Tax,
+        supersedes,
         record_key,
         idempotency_key: header.idempotency_key.clone(),
         payload: proto::TaxItem {
@@ -199,6 +207,7 @@ pub fn statements<'a>(
             platform: platform.uscc.to_string(),
             correction,
         };
+        let supersedes = Some(format!("{record_key}/"));
         tax(
             record_key,
             header,
@@ -211,6 +220,7 @@ pub fn statements<'a>(
                 multiplier: s.multiplier.to_string(),
                 amount_fen: s.amount_fen,
             }),
+            supersedes,
         )
     })
 }
@@ -267,17 +277,25 @@ pub fn items(
             w.correction,
         );
         let reconciliation = plan.declaration_figures.get(&d.declaration_id);
-        out.push(tax(record_key, header, declaration(d, reconciliation)));
+        out.push(tax(
+            record_key,
+            header,
+            declaration(d, reconciliation),
+            None,
+        ));
     }
     // The same revision with new computed figures: a correction of what tax holds.
     for (d, reconciliation) in &plan.reconciliation_updates {
         let (record_key, mut header) =
             header(platform, "declaration", &d.declaration_id, d.revision, true);
-        header.idempotency_key = format!("{}/reconciliation/{batch}", header.idempotency_key);
+        // Earlier pending updates of this revision are obsolete.
+        let updates = format!("{}/reconciliation/", header.idempotency_key);
+        header.idempotency_key = format!("{updates}{batch}");
         out.push(tax(
             record_key,
             header,
             declaration(d, Some(reconciliation)),
+            Some(updates),
         ));
     }
     out

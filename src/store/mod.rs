@@ -135,6 +135,13 @@ pub struct OutboxItem {
     pub idempotency_key: String,
     /// The encoded delivery item.
     pub payload: Vec<u8>,
+    /// Pending (or dead-lettered) items of the same record whose idempotency key starts
+    /// with this prefix are made obsolete by this one (state `superseded`, never sent,
+    /// never replayed): a derived item
+    /// (statement, daily enrolment, reconciliation update) carries the whole new
+    /// state, so the backend needs only the latest. None for records, whose every
+    /// revision is delivered.
+    pub supersedes: Option<String>,
 }
 
 /// An outbox item claimed for delivery.

@@ -98,6 +98,15 @@ impl SimStore {
             });
             q.build().execute(&mut *tx).await.map_err(err)?;
         }
+        let mut per_kind: BTreeMap<String, i64> = BTreeMap::new();
+        for i in &new_items {
+            *per_kind
+                .entry(format!("applied:{}/{}", i.backend, i.kind))
+                .or_default() += 1;
+        }
+        for (name, n) in &per_kind {
+            Self::bump(&mut tx, name, *n).await?;
+        }
         let repeats = fresh.iter().filter(|f| !**f).count() as i64;
         if repeats > 0 {
             Self::bump(&mut tx, "repeated_items", repeats).await?;
@@ -123,28 +132,22 @@ impl SimStore {
         tx.commit().await.map_err(err)
     }
 
-    /// Applied items per `backend/kind`, and the counters.
+    /// Applied items per `backend/kind` (counted as applied: no scan of the payloads),
+    /// and the other counters.
     pub async fn stats(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT backend, kind, count(*) FROM applied GROUP BY backend, kind")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err)?;
-        let applied = rows
-            .into_iter()
-            .map(|(b, k, n)| (format!("{b}/{k}"), u64::try_from(n).unwrap_or(0)))
-            .collect();
-        let counters: Vec<(String, i64)> = sqlx::query_as("SELECT name, value FROM counters")
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, value FROM counters")
             .fetch_all(&self.pool)
             .await
             .map_err(err)?;
-        Ok((
-            applied,
-            counters
-                .into_iter()
-                .map(|(n, v)| (n, u64::try_from(v).unwrap_or(0)))
-                .collect(),
-        ))
+        let (mut applied, mut counters) = (BTreeMap::new(), BTreeMap::new());
+        for (name, value) in rows {
+            let value = u64::try_from(value).unwrap_or(0);
+            match name.strip_prefix("applied:") {
+                Some(kind) => applied.insert(kind.to_string(), value),
+                None => counters.insert(name, value),
+            };
+        }
+        Ok((applied, counters))
     }
 
     /// The stored payloads of one backend and kind, in key order.

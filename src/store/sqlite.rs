@@ -842,6 +842,29 @@ async fn queue(
     outbox: &[OutboxItem],
     at: Millis,
 ) -> Result<()> {
+    // Obsolete pending versions first (the new items are inserted after).
+    let superseding: Vec<(&str, &str, &str)> = outbox
+        .iter()
+        .filter_map(|i| {
+            i.supersedes
+                .as_deref()
+                .map(|p| (i.destination.as_str(), i.record_key.as_str(), p))
+        })
+        .collect();
+    for chunk in superseding.chunks(ROWS_PER_STATEMENT) {
+        sqlx::query(
+            "UPDATE outbox SET state = 'superseded', handled_at = ?2 WHERE seq IN (
+               SELECT o.seq FROM json_each(?1) j CROSS JOIN outbox o
+                 ON o.destination = json_extract(j.value, '$[0]') AND o.record_key = json_extract(j.value, '$[1]')
+                AND o.state IN ('pending', 'dead')
+                AND substr(o.idempotency_key, 1, length(json_extract(j.value, '$[2]'))) = json_extract(j.value, '$[2]'))",
+        )
+        .bind(serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    }
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at) ",

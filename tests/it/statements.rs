@@ -145,6 +145,27 @@ async fn a_declared_month_goes_to_tax_and_late_orders_correct_it() {
         statement(&statements[&statement_key(&period, "320100", 5)]),
         (3, 7, "1.0000".to_string(), 21, true)
     );
+    // The platform sees both versions of its Nanjing statement delivered.
+    let deliveries = a
+        .list_deliveries(proto::ListDeliveriesRequest {
+            kind: "statement".into(),
+            id: format!("{period}/320100/INSTANT_DELIVERY"),
+        })
+        .await
+        .expect("deliveries")
+        .into_inner()
+        .deliveries;
+    let seen: Vec<_> = deliveries
+        .iter()
+        .map(|d| (d.idempotency_key.clone(), d.destination.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (statement_key(&period, "320100", 4), "tax".to_string()),
+            (statement_key(&period, "320100", 5), "tax".to_string())
+        ]
+    );
     let declarations = tax_items(&gw, "declaration").await;
     let update = &declarations[&format!("{DEMO_PLATFORM_A}/declaration/D1/1/reconciliation/5")];
     assert!(update.header.as_ref().expect("header").correction);

@@ -276,6 +276,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             record_key: record.to_string(),
             idempotency_key: format!("{record}/{rev}"),
             payload: vec![rev as u8],
+            supersedes: None,
         };
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let plan = crosscheck::Plan::default();
@@ -349,5 +350,160 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
                 .collect::<Vec<_>>(),
             vec!["r1/2"]
         );
+    }
+}
+
+/// A derived item's newer version makes its pending (and dead) older versions obsolete;
+/// other records and kinds are untouched. Dead letters are replayed or discarded.
+#[tokio::test]
+async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
+    use oip_gateway::store::{
+        DeadLetterAction, DeadLetterSelection, DeliveryOutcome, Destination, OutboxItem,
+    };
+    for (name, store, _dir) in backends().await {
+        let p = store
+            .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
+            .await
+            .expect(name);
+        let item = |record: &str, version: &str, supersedes: Option<&str>| OutboxItem {
+            destination: Destination::Tax,
+            record_key: record.to_string(),
+            idempotency_key: format!("{record}/{version}"),
+            payload: vec![],
+            supersedes: supersedes.map(str::to_string),
+        };
+        let queue = |items: Vec<OutboxItem>, at: i64| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin_ingest(p.id).await.expect("begin");
+                tx.write(&crosscheck::Plan::default(), &items, at)
+                    .await
+                    .expect("write");
+                tx.commit().await.expect("commit");
+            }
+        };
+        let due = |at: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .due_items(Destination::Tax, at, 100)
+                    .await
+                    .expect("due")
+                    .into_iter()
+                    .map(|d| (d.seq, d.idempotency_key))
+                    .collect::<Vec<_>>()
+            }
+        };
+        // A declaration revision, then two reconciliation updates of it; a statement
+        // in two versions, and another statement.
+        queue(
+            vec![
+                item("d", "1", None),
+                item("d", "1/reconciliation/2", Some("d/1/reconciliation/")),
+                item("s", "2", Some("s/")),
+                item("t", "2", Some("t/")),
+            ],
+            10,
+        )
+        .await;
+        queue(
+            vec![
+                item("d", "1/reconciliation/3", Some("d/1/reconciliation/")),
+                item("s", "3", Some("s/")),
+            ],
+            11,
+        )
+        .await;
+        let keys: Vec<_> = due(11).await.into_iter().map(|(_, k)| k).collect();
+        // The revision itself stays; its older update and s/2 are gone; d's newest
+        // update waits behind the revision.
+        assert_eq!(keys, vec!["d/1", "t/2", "s/3"], "{name}");
+
+        // t/2 dead after one refusal; replayed, then dead again and discarded.
+        let seq_t = due(11).await[1].0;
+        let refuse = |seq| {
+            (
+                seq,
+                DeliveryOutcome::Invalid {
+                    reason: "no".into(),
+                    retry_at: 12,
+                },
+            )
+        };
+        store.settle(&[refuse(seq_t)], 1, 12).await.expect(name);
+        let dead = store.dead_letters(None, 0, 10).await.expect(name);
+        assert_eq!(dead.len(), 1, "{name}");
+        assert_eq!(dead[0].idempotency_key, "t/2");
+        assert_eq!(dead[0].last_error.as_deref(), Some("no"));
+        let all = DeadLetterSelection::default();
+        let n = store
+            .handle_dead_letters(&all, DeadLetterAction::Replay, "oip://admin/root", 13)
+            .await
+            .expect(name);
+        assert_eq!(n, 1, "{name}");
+        let again = due(13).await;
+        assert!(
+            again.iter().any(|(s, k)| *s == seq_t && k == "t/2"),
+            "{name}"
+        );
+        assert!(
+            store
+                .due_items(Destination::Tax, 13, 100)
+                .await
+                .expect(name)
+                .iter()
+                .all(|d| d.attempts == 0),
+            "{name}: replay starts attempts afresh"
+        );
+        store.settle(&[refuse(seq_t)], 1, 14).await.expect(name);
+        let only_tax = DeadLetterSelection {
+            destination: Some(Destination::SocialSecurity),
+            seqs: vec![],
+        };
+        let n = store
+            .handle_dead_letters(&only_tax, DeadLetterAction::Discard, "oip://admin/root", 15)
+            .await
+            .expect(name);
+        assert_eq!(
+            n, 0,
+            "{name}: another destination's dead letters are untouched"
+        );
+        let picked = DeadLetterSelection {
+            destination: None,
+            seqs: vec![seq_t],
+        };
+        let n = store
+            .handle_dead_letters(&picked, DeadLetterAction::Discard, "oip://admin/root", 15)
+            .await
+            .expect(name);
+        assert_eq!(n, 1, "{name}");
+        assert!(
+            store
+                .dead_letters(None, 0, 10)
+                .await
+                .expect(name)
+                .is_empty()
+        );
+        assert!(due(15).await.iter().all(|(s, _)| *s != seq_t), "{name}");
+
+        // A newer version supersedes a dead older one too (never replayed stale).
+        queue(vec![item("u", "4", Some("u/"))], 16).await;
+        let seq_u = due(16)
+            .await
+            .iter()
+            .find(|(_, k)| k == "u/4")
+            .expect("u/4")
+            .0;
+        store.settle(&[refuse(seq_u)], 1, 17).await.expect(name);
+        queue(vec![item("u", "5", Some("u/"))], 18).await;
+        assert!(
+            store
+                .dead_letters(None, 0, 10)
+                .await
+                .expect(name)
+                .is_empty(),
+            "{name}"
+        );
+        assert!(due(18).await.iter().any(|(_, k)| k == "u/5"), "{name}");
     }
 }
