@@ -63,8 +63,13 @@ pub async fn release_due(
         let Some(platform) = store.platform(&month.uscc).await? else {
             continue;
         };
-        ingest.release_month(&platform, month.period).await?;
-        released += 1;
+        // One month failing does not hold back the others; it is tried again later.
+        match ingest.release_month(&platform, month.period).await {
+            Ok(_) => released += 1,
+            Err(e) => {
+                tracing::warn!(platform = %month.uscc, period = %month.period, error = %e, "cannot release month")
+            }
+        }
     }
     Ok(released)
 }
@@ -81,12 +86,16 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            // Registered before looking, so a batch committing meanwhile is not missed.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             if let Err(e) = release_due(&ingest, store.as_ref(), policy, now_millis()).await {
                 tracing::warn!(error = %e, "cannot release statements; retrying");
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = wake.notified() => {}
+                _ = woken => {}
                 _ = stop.changed() => return,
             }
         }

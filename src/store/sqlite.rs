@@ -665,7 +665,7 @@ impl Store for SqliteStore {
                 sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3,
                        state = CASE WHEN attempts + 1 >= ?4 THEN 'dead' ELSE 'pending' END
-                     WHERE seq = ?1",
+                     WHERE seq = ?1 AND state = 'pending'",
                 )
                 .bind(seq)
                 .bind(reason)
@@ -773,23 +773,49 @@ impl Store for SqliteStore {
         by: &str,
         now: Millis,
     ) -> Result<u64> {
+        let selected = "state = 'dead' AND (?1 IS NULL OR destination = ?1)
+               AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))";
+        let seqs = serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?;
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        if action == DeadLetterAction::Replay {
+            // A dead item behind which a later item of its record was delivered is
+            // obsolete: replaying it would leave the backend with the older state.
+            let sql = format!(
+                "UPDATE outbox SET state = 'superseded', handled_by = ?4, handled_at = ?3
+                 WHERE {selected} AND EXISTS (SELECT 1 FROM outbox l
+                   WHERE l.destination = outbox.destination AND l.record_key = outbox.record_key
+                     AND l.seq > outbox.seq AND l.state = 'delivered')"
+            );
+            let obsolete = sqlx::query(&sql)
+                .bind(selection.destination.map(Destination::as_str))
+                .bind(&seqs)
+                .bind(now)
+                .bind(by)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if obsolete.rows_affected() > 0 {
+                tracing::info!(
+                    superseded = obsolete.rows_affected(),
+                    "dead letters older than a delivered version are not replayed"
+                );
+            }
+        }
         let set = match action {
             DeadLetterAction::Replay => "state = 'pending', attempts = 0, next_attempt_at = ?3",
             DeadLetterAction::Discard => "state = 'discarded'",
         };
-        let sql = format!(
-            "UPDATE outbox SET {set}, handled_by = ?4, handled_at = ?3
-             WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1)
-               AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))"
-        );
+        let sql =
+            format!("UPDATE outbox SET {set}, handled_by = ?4, handled_at = ?3 WHERE {selected}");
         let done = sqlx::query(&sql)
             .bind(selection.destination.map(Destination::as_str))
-            .bind(serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?)
+            .bind(&seqs)
             .bind(now)
             .bind(by)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected())
     }
 

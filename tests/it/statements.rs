@@ -251,9 +251,11 @@ async fn reconciliation_updates_go_to_the_current_declarations_that_cover_the_ch
     )
     .await; // batch 3 (release: 4)
     await_tax(&gw, "declaration", 3).await;
+    await_tax(&gw, "statement", 2).await;
 
     // A late order in Suzhou moves only the province's figures...
     report(&mut a, vec![at_in("O3", "320500", &at)]).await; // batch 5
+    await_tax(&gw, "declaration", 4).await;
     // ...one in Nanjing moves the province's and D2's, not superseded D1's.
     report(&mut a, vec![at_in("O4", "320100", &at)]).await; // batch 6
     await_tax(&gw, "declaration", 6).await;

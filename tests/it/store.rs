@@ -505,5 +505,58 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             "{name}"
         );
         assert!(due(18).await.iter().any(|(_, k)| k == "u/5"), "{name}");
+
+        // A refusal of an item superseded while in flight does not bring it back.
+        let seq_u5 = due(18)
+            .await
+            .iter()
+            .find(|(_, k)| k == "u/5")
+            .expect("u/5")
+            .0;
+        queue(vec![item("u", "6", Some("u/"))], 19).await;
+        store.settle(&[refuse(seq_u5)], 1, 20).await.expect(name);
+        assert!(
+            store
+                .dead_letters(None, 0, 10)
+                .await
+                .expect(name)
+                .is_empty(),
+            "{name}"
+        );
+        assert!(due(20).await.iter().all(|(s, _)| *s != seq_u5), "{name}");
+
+        // A record revision dead while a later one was delivered is not replayed.
+        queue(vec![item("o", "1", None), item("o", "2", None)], 21).await;
+        let seq_o1 = due(21)
+            .await
+            .iter()
+            .find(|(_, k)| k == "o/1")
+            .expect("o/1")
+            .0;
+        store.settle(&[refuse(seq_o1)], 1, 22).await.expect(name);
+        let seq_o2 = due(22)
+            .await
+            .iter()
+            .find(|(_, k)| k == "o/2")
+            .expect("o/2")
+            .0;
+        store
+            .settle(&[(seq_o2, DeliveryOutcome::Delivered)], 1, 23)
+            .await
+            .expect(name);
+        let n = store
+            .handle_dead_letters(&all, DeadLetterAction::Replay, "oip://admin/root", 24)
+            .await
+            .expect(name);
+        assert_eq!(n, 0, "{name}: o/1 is older than the delivered o/2");
+        assert!(
+            store
+                .dead_letters(None, 0, 10)
+                .await
+                .expect(name)
+                .is_empty(),
+            "{name}"
+        );
+        assert!(due(24).await.iter().all(|(s, _)| *s != seq_o1), "{name}");
     }
 }
