@@ -323,3 +323,56 @@ async fn sigkill_during_forwarding_loses_nothing() {
     })
     .await;
 }
+
+/// A correction queued while its original is still pending (here: refused by the
+/// backend and waiting to be retried) is not sent until the original is delivered.
+#[tokio::test]
+async fn a_correction_never_overtakes_its_pending_original() {
+    let gw = TestGateway::spawn_with(|c| c.forward.invalid_retry_ms = 30).await;
+    let mut sim = control(&gw).await;
+    let original = format!("{}/order/O1/1", oip_gateway::certs::DEMO_PLATFORM_A);
+    sim.set_faults(proto::Faults {
+        reject_keys: vec![original],
+        ..Default::default()
+    })
+    .await
+    .expect("faults");
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    report(&mut a, vec![order("O1", "W1")]).await;
+    let mut fix = order("O1", "W1");
+    fix.revision = 2;
+    fix.status = "CANCELLED".into();
+    report(&mut a, vec![fix]).await;
+
+    // The original is refused again and again; the correction stays behind it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied(&mut sim).await.1.invalid_items < 3 {
+        assert!(Instant::now() < deadline, "the original is retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (counts, _) = applied(&mut sim).await;
+    assert_eq!(counts.get("social-security/order"), None, "{counts:?}");
+    assert_eq!(
+        delivery_states(&mut a, "order", "O1").await,
+        vec!["PENDING".to_string(), "PENDING".to_string()]
+    );
+
+    // Accepted once the backend takes it: the original first, then the correction.
+    sim.set_faults(proto::Faults::default())
+        .await
+        .expect("faults");
+    await_delivery_states(&mut a, "order", "O1", &["DELIVERED", "DELIVERED"]).await;
+    let d = a
+        .list_deliveries(proto::ListDeliveriesRequest {
+            kind: "order".into(),
+            id: "O1".into(),
+        })
+        .await
+        .expect("deliveries")
+        .into_inner()
+        .deliveries;
+    assert!(d[0].idempotency_key.ends_with("/1") && d[1].idempotency_key.ends_with("/2"));
+    assert!(d[0].delivered_at_ms <= d[1].delivered_at_ms, "{d:?}");
+    gw.stop().await;
+}
