@@ -1,5 +1,6 @@
 //! The domain: records, identifiers, times and outcomes. Pure: no tonic, no sqlx.
 
+pub mod audit;
 pub mod fees;
 pub mod ids;
 pub mod outcome;
