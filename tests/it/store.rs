@@ -394,6 +394,19 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
                     .collect::<Vec<_>>()
             }
         };
+        let handle = |selection: DeadLetterSelection, action, at| {
+            let store = store.clone();
+            async move {
+                store
+                    .handle_dead_letters(&selection, action, "oip://admin/root", at)
+                    .await
+                    .expect("handle dead letters")
+            }
+        };
+        let dead = || {
+            let store = store.clone();
+            async move { store.dead_letters(None, 0, 10).await.expect("dead letters") }
+        };
         // A declaration revision, then two reconciliation updates of it; a statement
         // in two versions, and another statement.
         queue(
@@ -431,15 +444,12 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             )
         };
         store.settle(&[refuse(seq_t)], 1, 12).await.expect(name);
-        let dead = store.dead_letters(None, 0, 10).await.expect(name);
-        assert_eq!(dead.len(), 1, "{name}");
-        assert_eq!(dead[0].idempotency_key, "t/2");
-        assert_eq!(dead[0].last_error.as_deref(), Some("no"));
+        let letters = dead().await;
+        assert_eq!(letters.len(), 1, "{name}");
+        assert_eq!(letters[0].idempotency_key, "t/2");
+        assert_eq!(letters[0].last_error.as_deref(), Some("no"));
         let all = DeadLetterSelection::default();
-        let n = store
-            .handle_dead_letters(&all, DeadLetterAction::Replay, "oip://admin/root", 13)
-            .await
-            .expect(name);
+        let n = handle(all.clone(), DeadLetterAction::Replay, 13).await;
         assert_eq!(n, 1, "{name}");
         let again = due(13).await;
         assert!(
@@ -460,10 +470,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             destination: Some(Destination::SocialSecurity),
             seqs: vec![],
         };
-        let n = store
-            .handle_dead_letters(&only_tax, DeadLetterAction::Discard, "oip://admin/root", 15)
-            .await
-            .expect(name);
+        let n = handle(only_tax.clone(), DeadLetterAction::Discard, 15).await;
         assert_eq!(
             n, 0,
             "{name}: another destination's dead letters are untouched"
@@ -472,18 +479,9 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             destination: None,
             seqs: vec![seq_t],
         };
-        let n = store
-            .handle_dead_letters(&picked, DeadLetterAction::Discard, "oip://admin/root", 15)
-            .await
-            .expect(name);
+        let n = handle(picked.clone(), DeadLetterAction::Discard, 15).await;
         assert_eq!(n, 1, "{name}");
-        assert!(
-            store
-                .dead_letters(None, 0, 10)
-                .await
-                .expect(name)
-                .is_empty()
-        );
+        assert!(dead().await.is_empty());
         assert!(due(15).await.iter().all(|(s, _)| *s != seq_t), "{name}");
 
         // A newer version supersedes a dead older one too (never replayed stale).
@@ -496,14 +494,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             .0;
         store.settle(&[refuse(seq_u)], 1, 17).await.expect(name);
         queue(vec![item("u", "5", Some("u/"))], 18).await;
-        assert!(
-            store
-                .dead_letters(None, 0, 10)
-                .await
-                .expect(name)
-                .is_empty(),
-            "{name}"
-        );
+        assert!(dead().await.is_empty(), "{name}");
         assert!(due(18).await.iter().any(|(_, k)| k == "u/5"), "{name}");
 
         // A refusal of an item superseded while in flight does not bring it back.
@@ -515,14 +506,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             .0;
         queue(vec![item("u", "6", Some("u/"))], 19).await;
         store.settle(&[refuse(seq_u5)], 1, 20).await.expect(name);
-        assert!(
-            store
-                .dead_letters(None, 0, 10)
-                .await
-                .expect(name)
-                .is_empty(),
-            "{name}"
-        );
+        assert!(dead().await.is_empty(), "{name}");
         assert!(due(20).await.iter().all(|(s, _)| *s != seq_u5), "{name}");
 
         // A record revision dead while a later one was delivered is not replayed.
@@ -544,19 +528,9 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             .settle(&[(seq_o2, DeliveryOutcome::Delivered)], 1, 23)
             .await
             .expect(name);
-        let n = store
-            .handle_dead_letters(&all, DeadLetterAction::Replay, "oip://admin/root", 24)
-            .await
-            .expect(name);
+        let n = handle(all.clone(), DeadLetterAction::Replay, 24).await;
         assert_eq!(n, 0, "{name}: o/1 is older than the delivered o/2");
-        assert!(
-            store
-                .dead_letters(None, 0, 10)
-                .await
-                .expect(name)
-                .is_empty(),
-            "{name}"
-        );
+        assert!(dead().await.is_empty(), "{name}");
         assert!(due(24).await.iter().all(|(s, _)| *s != seq_o1), "{name}");
     }
 }
