@@ -782,6 +782,12 @@ fn reconciliation_updates(
     plan: &Plan,
 ) -> Vec<(Declaration, Reconciliation)> {
     let deltas = &plan.statement_deltas;
+    // The statements as they were before the batch, once for every declaration.
+    let before: Statements = known
+        .statements
+        .iter()
+        .map(|(k, n)| (k.clone(), n - deltas.get(k).copied().unwrap_or(0)))
+        .collect();
     let mut updates: Vec<_> = known
         .current_declarations
         .iter()
@@ -806,11 +812,6 @@ fn reconciliation_updates(
                     closed_at,
                 )
             };
-            let before: Statements = known
-                .statements
-                .iter()
-                .map(|(k, n)| (k.clone(), n - deltas.get(k).copied().unwrap_or(0)))
-                .collect();
             let after = figures(&known.statements);
             (after != figures(&before)).then(|| {
                 (

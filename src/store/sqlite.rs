@@ -777,6 +777,8 @@ impl Store for SqliteStore {
                AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))";
         let seqs = serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?;
         let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let destination = selection.destination.map(Destination::as_str);
+        let args = (destination, seqs.as_str(), now, by);
         if action == DeadLetterAction::Replay {
             // A dead item behind which a later item of its record was delivered is
             // obsolete: replaying it would leave the backend with the older state.
@@ -786,17 +788,10 @@ impl Store for SqliteStore {
                    WHERE l.destination = outbox.destination AND l.record_key = outbox.record_key
                      AND l.seq > outbox.seq AND l.state = 'delivered')"
             );
-            let obsolete = sqlx::query(&sql)
-                .bind(selection.destination.map(Destination::as_str))
-                .bind(&seqs)
-                .bind(now)
-                .bind(by)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if obsolete.rows_affected() > 0 {
+            let obsolete = update_dead_letters(&mut tx, &sql, args).await?;
+            if obsolete > 0 {
                 tracing::info!(
-                    superseded = obsolete.rows_affected(),
+                    superseded = obsolete,
                     "dead letters older than a delivered version are not replayed"
                 );
             }
@@ -807,16 +802,9 @@ impl Store for SqliteStore {
         };
         let sql =
             format!("UPDATE outbox SET {set}, handled_by = ?4, handled_at = ?3 WHERE {selected}");
-        let done = sqlx::query(&sql)
-            .bind(selection.destination.map(Destination::as_str))
-            .bind(&seqs)
-            .bind(now)
-            .bind(by)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let done = update_dead_letters(&mut tx, &sql, args).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>> {
@@ -860,6 +848,24 @@ impl Store for SqliteStore {
             oldest_pending_at: oldest,
         })
     }
+}
+
+/// Runs an UPDATE of selected dead letters; its parameters are ?1 destination (NULL:
+/// both), ?2 seqs (JSON array, empty: all), ?3 now, ?4 the administrator.
+async fn update_dead_letters(
+    tx: &mut Transaction<'static, Sqlite>,
+    sql: &str,
+    (destination, seqs, now, by): (Option<&str>, &str, Millis, &str),
+) -> Result<u64> {
+    sqlx::query(sql)
+        .bind(destination)
+        .bind(seqs)
+        .bind(now)
+        .bind(by)
+        .execute(&mut **tx)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(db_err)
 }
 
 /// Queues outbox items (pending, due now) in the caller's transaction.
