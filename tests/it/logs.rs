@@ -56,3 +56,66 @@ async fn personal_data_never_reaches_the_logs() {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
 }
+
+/// Each destination's queue depth and oldest pending age are logged periodically.
+#[tokio::test]
+async fn queue_depth_and_oldest_pending_age_are_logged() {
+    use oip_gateway::proto::backend_sim_control_client::BackendSimControlClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(dir.path(), &[("OIP_FORWARD__QUEUE_REPORT_SECS", "1")]);
+    let sim = gw.sim_addr.expect("embedded simulator");
+    BackendSimControlClient::new(
+        channel(sim, client_tls(Some("admin"), "ca.pem"))
+            .await
+            .expect("connect"),
+    )
+    .set_faults(proto::Faults {
+        paused: true,
+        ..Default::default()
+    })
+    .await
+    .expect("pause");
+    let mut c = client(gw.addr, "platform-a").await;
+    register(&mut c, vec![worker("W1")]).await;
+
+    // The log as it grows, without colour codes.
+    let read = |gw: &GatewayProcess| {
+        let raw = String::from_utf8_lossy(&gw.logs.lock().expect("log buffer")).into_owned();
+        let mut plain = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let logs = read(&gw);
+        let reported = |destination: &str, pending: &str| {
+            logs.lines().any(|l| {
+                l.contains("outbox queue")
+                    && l.contains(&format!("destination=\"{destination}\""))
+                    && l.contains(&format!("pending={pending} "))
+                    && l.contains("oldest_pending_age_s=")
+            })
+        };
+        if reported("social-security", "1") {
+            assert!(reported("tax", "0"), "the tax queue is reported too");
+            gw.kill();
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no queue report with the pending worker in the logs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
