@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/oip/v1/platform.proto",
         "proto/oip/v1/backend.proto",
         "proto/oip/v1/admin.proto",
+        "proto/oip/v1/pull.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

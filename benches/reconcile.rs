@@ -169,7 +169,7 @@ async fn measure(b: &Bench, size: usize, round: usize) -> anyhow::Result<(Durati
         let closed = b.store.closed_periods(b.platform.id).await?;
         let f = reconcile::computed(
             &b.platform,
-            b.ingest.rates(),
+            &b.ingest.rates(),
             period,
             "320000",
             "INSTANT_DELIVERY",

@@ -8,6 +8,7 @@ use crate::domain::PlatformProfile;
 use crate::domain::time::Millis;
 use crate::error::ApiError;
 use crate::identity::Principal;
+use crate::reference::Reference;
 use crate::store::Store;
 
 /// The roles of spec/README.md.
@@ -55,6 +56,89 @@ impl Grant {
     pub fn is_live(&self, now: Millis) -> bool {
         self.expires_at.is_none_or(|e| now < e)
     }
+
+    /// Checks a grant an administrator is about to make: the identity is a gateway
+    /// identity of the same role, and the scope fits the role (the platform's own
+    /// USCC; a known division; `*` for an administrator). Returns why not.
+    pub fn check(&self, reference: &Reference) -> Result<(), String> {
+        let principal = Principal::from_uri(&self.identity).map_err(|e| e.to_string())?;
+        if principal.role != self.role {
+            return Err(format!(
+                "{} is a {} identity and cannot hold the {} role",
+                self.identity, principal.role, self.role
+            ));
+        }
+        let fits = match self.role {
+            Role::Platform => self.scope == principal.subject,
+            Role::Tax | Role::SocialSecurity => reference.division(&self.scope).is_some(),
+            Role::Admin => self.scope == "*",
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "scope {:?} does not fit the {} role (expected {})",
+                self.scope,
+                self.role,
+                match self.role {
+                    Role::Platform => "the platform's own USCC",
+                    Role::Tax | Role::SocialSecurity => "a known division code",
+                    Role::Admin => "\"*\"",
+                }
+            ))
+        }
+    }
+}
+
+/// The significant prefix of a division code: `320000` → `32`, `320100` → `3201`.
+fn division_prefix(code: &str) -> &str {
+    let mut p = code;
+    while p.len() > 2 && p.ends_with("00") {
+        p = &p[..p.len() - 2];
+    }
+    p
+}
+
+/// Divisions a caller may read: each covers itself and everything under it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DivisionScope(Vec<String>);
+
+impl DivisionScope {
+    pub fn new(divisions: impl IntoIterator<Item = String>) -> Self {
+        let mut v: Vec<String> = divisions.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    pub fn divisions(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `division` is one of the scope's divisions or lies under one.
+    pub fn covers(&self, division: &str) -> bool {
+        self.0
+            .iter()
+            .any(|d| division.len() == d.len() && division.starts_with(division_prefix(d)))
+    }
+
+    /// The requested divisions when each lies within the scope (all of the scope when
+    /// none are requested); else the first that does not.
+    pub fn narrow(&self, requested: &[String]) -> Result<DivisionScope, String> {
+        if requested.is_empty() {
+            return Ok(self.clone());
+        }
+        match requested.iter().find(|r| !self.covers(r)) {
+            Some(outside) => Err(outside.clone()),
+            None => Ok(DivisionScope::new(requested.iter().cloned())),
+        }
+    }
+}
+
+impl fmt::Display for DivisionScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
 }
 
 /// Decides calls against the grant table, reading it on every call so that a change
@@ -88,6 +172,35 @@ impl Access {
         }
     }
 
+    /// The divisions a tax or social-security caller may read: the scopes of its live
+    /// grants of `role` (its certificate must claim that role).
+    pub async fn divisions(
+        &self,
+        principal: &Principal,
+        role: Role,
+        now: Millis,
+    ) -> Result<DivisionScope, ApiError> {
+        let scope = if principal.role == role {
+            DivisionScope::new(
+                self.store
+                    .grants(&principal.uri)
+                    .await?
+                    .into_iter()
+                    .filter(|g| g.role == role && g.is_live(now))
+                    .map(|g| g.scope),
+            )
+        } else {
+            DivisionScope::default()
+        };
+        if scope.divisions().is_empty() {
+            return Err(ApiError::PermissionDenied(format!(
+                "{} has no {role} grant",
+                principal.uri
+            )));
+        }
+        Ok(scope)
+    }
+
     /// The platform a caller may act as: it needs a live platform grant whose scope is
     /// the USCC in its own certificate, and the platform must be registered.
     pub async fn platform(
@@ -116,5 +229,75 @@ impl Access {
                     principal.subject
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(d: &[&str]) -> DivisionScope {
+        DivisionScope::new(d.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn a_division_covers_what_lies_under_it() {
+        let province = scope(&["320000"]);
+        assert!(province.covers("320000"));
+        assert!(province.covers("320100"));
+        assert!(province.covers("320506"));
+        assert!(!province.covers("330100"));
+        let city = scope(&["320500"]);
+        assert!(city.covers("320500"));
+        assert!(city.covers("320506"));
+        assert!(
+            !city.covers("320000"),
+            "a city grant does not see province-wide data"
+        );
+        assert!(!city.covers("320100"));
+        assert!(!city.covers("3205"), "codes are whole");
+    }
+
+    #[test]
+    fn narrowing_refuses_what_lies_outside() {
+        let city = scope(&["320100", "320500"]);
+        assert_eq!(city.narrow(&[]), Ok(city.clone()));
+        assert_eq!(city.narrow(&["320500".into()]), Ok(scope(&["320500"])));
+        assert_eq!(
+            city.narrow(&["320500".into(), "320200".into()]),
+            Err("320200".to_string())
+        );
+    }
+
+    #[test]
+    fn grants_fit_their_role() {
+        let r = Reference::builtin();
+        let g = |identity: &str, role, scope: &str| Grant {
+            identity: identity.into(),
+            role,
+            scope: scope.into(),
+            expires_at: None,
+        };
+        assert!(g("oip://tax/js-tax", Role::Tax, "320100").check(&r).is_ok());
+        assert!(
+            g("oip://tax/js-tax", Role::Tax, "999999")
+                .check(&r)
+                .is_err()
+        );
+        assert!(g("oip://tax/js-tax", Role::Admin, "*").check(&r).is_err());
+        assert!(g("oip://admin/ops", Role::Admin, "*").check(&r).is_ok());
+        assert!(
+            g("oip://admin/ops", Role::Admin, "320000")
+                .check(&r)
+                .is_err()
+        );
+        let a = "oip://platform/91320100MA1DEMA010";
+        assert!(g(a, Role::Platform, "91320100MA1DEMA010").check(&r).is_ok());
+        assert!(
+            g(a, Role::Platform, "91320500MA1DEMB02D")
+                .check(&r)
+                .is_err()
+        );
+        assert!(g("tax/x", Role::Tax, "320100").check(&r).is_err());
     }
 }

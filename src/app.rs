@@ -14,6 +14,8 @@ use tonic::transport::Server;
 use crate::access::{Access, Grant, Role};
 use crate::api::admin::AdminApi;
 use crate::api::platform::PlatformApi;
+use crate::api::pull::{Puller, SocialSecurityApi, TaxApi};
+use crate::audit::{self, AuditLayer, Auditor};
 use crate::backend_sim::{BackendSim, SimConfig};
 use crate::config::{Config, StatementRelease};
 use crate::domain::fees::{BaseRate, FloatRate, RateBook};
@@ -23,9 +25,11 @@ use crate::ingest::{Ingest, Policy};
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::platform_service_server::PlatformServiceServer;
 use crate::proto::social_security_backend_client::SocialSecurityBackendClient;
+use crate::proto::social_security_service_server::SocialSecurityServiceServer;
 use crate::proto::tax_backend_client::TaxBackendClient;
-use crate::store::Store;
+use crate::proto::tax_service_server::TaxServiceServer;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{AccessStore, Store};
 use crate::{proto, tls};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -127,27 +131,24 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = SqliteStore::open(&config.database_url)
         .await
         .with_context(|| format!("database_url {}", config.database_url))?;
+    let now = crate::domain::time::now_millis();
+    let mut seeds = Vec::new();
     for reg in config.platform_registrations(&reference)? {
         let profile = store.upsert_platform(&reg).await?;
-        store
-            .put_grant(&Grant {
-                identity: format!("{}platform/{}", crate::identity::SCHEME, profile.uscc),
-                role: Role::Platform,
-                scope: profile.uscc.to_string(),
-                expires_at: None,
-            })
-            .await?;
+        seeds.push(Grant {
+            identity: format!("{}platform/{}", crate::identity::SCHEME, profile.uscc),
+            role: Role::Platform,
+            scope: profile.uscc.to_string(),
+            expires_at: None,
+        });
     }
-    for admin in &config.admins {
-        store
-            .put_grant(&Grant {
-                identity: admin.clone(),
-                role: Role::Admin,
-                scope: "*".into(),
-                expires_at: None,
-            })
-            .await?;
-    }
+    seeds.extend(config.admins.iter().map(|admin| Grant {
+        identity: admin.clone(),
+        role: Role::Admin,
+        scope: "*".into(),
+        expires_at: None,
+    }));
+    store.put_grants(&seeds, "configuration", now).await?;
     Ok(Arc::new(store))
 }
 
@@ -226,12 +227,30 @@ impl Gateway {
             release,
             Duration::from_secs(f.release_poll_secs.max(1)),
             ingest.wake(),
-            stop_rx,
+            stop_rx.clone(),
+        ));
+        let stop_rx_audit = stop_rx;
+        let (auditor, audit_writer) = Auditor::spawn(store.clone());
+        background.push(audit_writer);
+        background.push(audit::spawn_retention(
+            store.clone(),
+            Duration::from_secs(u64::from(config.audit.retention_days) * 24 * 3600),
+            stop_rx_audit,
         ));
         let admin = AdminServiceServer::new(AdminApi {
             access: Access::new(store.clone()),
             store: store.clone(),
+            reference: reference.clone(),
+            ingest: ingest.clone(),
         });
+        let puller = Puller {
+            access: Access::new(store.clone()),
+            store: store.clone(),
+            auditor: auditor.clone(),
+            reference: reference.clone(),
+        };
+        let tax = TaxServiceServer::new(TaxApi(puller.clone()));
+        let social_security = SocialSecurityServiceServer::new(SocialSecurityApi(puller));
         let platform = PlatformApi {
             access: Access::new(store.clone()),
             ingest,
@@ -251,6 +270,12 @@ impl Gateway {
         health_reporter
             .set_serving::<AdminServiceServer<AdminApi>>()
             .await;
+        health_reporter
+            .set_serving::<TaxServiceServer<TaxApi>>()
+            .await;
+        health_reporter
+            .set_serving::<SocialSecurityServiceServer<SocialSecurityApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -264,10 +289,13 @@ impl Gateway {
         let (tx, rx) = oneshot::channel::<()>();
         let router = Server::builder()
             .tls_config(tls)?
+            .layer(AuditLayer::new(auditor))
             .add_service(health)
             .add_service(reflection)
             .add_service(platform)
-            .add_service(admin);
+            .add_service(admin)
+            .add_service(tax)
+            .add_service(social_security);
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(tls::incoming(listener), async {

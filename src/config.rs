@@ -40,7 +40,10 @@ pub struct Config {
     pub accidents: AccidentsConfig,
     #[serde(default)]
     pub forward: ForwardConfig,
-    /// Identity URIs (`oip://admin/<name>`) granted the admin role at start.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Identity URIs (`oip://admin/<name>`) granted the admin role at every start:
+    /// the first administrators, who grant everyone else.
     #[serde(default)]
     pub admins: Vec<String>,
     /// Platforms registered (and granted) at start.
@@ -209,6 +212,22 @@ impl Default for ForwardConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Audit entries older than this are removed (the chain then starts at the
+    /// newest removed entry, kept as its anchor).
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 180,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformSeed {
     pub uscc: String,
@@ -267,7 +286,8 @@ impl Config {
     /// The `OIP_*` variables that name configuration keys. Other `OIP_` variables
     /// (`OIP_CONFIG`, the client's `OIP_ENDPOINT`) are not configuration and are left alone.
     fn environment() -> Env {
-        const TOP_LEVEL: [&str; 10] = [
+        const TOP_LEVEL: [&str; 11] = [
+            "audit",
             "listen",
             "database_url",
             "tls",
@@ -315,6 +335,7 @@ impl Config {
             fees: FeesConfig::default(),
             accidents: AccidentsConfig::default(),
             forward: ForwardConfig::default(),
+            audit: AuditConfig::default(),
             admins: vec!["oip://admin/root".into()],
             platforms,
         }

@@ -4,7 +4,7 @@
 //! returned only after the commit, so every ACCEPTED record is durable when the caller
 //! hears of it.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
 use crate::domain::PlatformProfile;
@@ -25,7 +25,9 @@ pub struct Policy {
 #[derive(Clone)]
 pub struct Ingest {
     store: Arc<dyn Store>,
-    rates: Arc<RateBook>,
+    /// Replaced as a whole when an administrator appends rates; each batch uses the
+    /// book current when it starts.
+    rates: Arc<RwLock<Arc<RateBook>>>,
     policy: Policy,
     /// Woken after every commit that queued items for delivery.
     wake: Arc<tokio::sync::Notify>,
@@ -35,7 +37,7 @@ impl Ingest {
     pub fn new(store: Arc<dyn Store>, rates: Arc<RateBook>, policy: Policy) -> Self {
         Self {
             store,
-            rates,
+            rates: Arc::new(RwLock::new(rates)),
             policy,
             wake: Arc::new(tokio::sync::Notify::new()),
         }
@@ -46,9 +48,21 @@ impl Ingest {
         self.wake.clone()
     }
 
-    /// The rate book the rules use.
-    pub fn rates(&self) -> &Arc<RateBook> {
-        &self.rates
+    /// The rate book the rules use now.
+    pub fn rates(&self) -> Arc<RateBook> {
+        match self.rates.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the rate book (after rates were appended to the store).
+    pub fn set_rates(&self, book: RateBook) {
+        let book = Arc::new(book);
+        match self.rates.write() {
+            Ok(mut r) => *r = book,
+            Err(poisoned) => *poisoned.into_inner() = book,
+        }
     }
 
     /// Applies a batch for `platform` and returns the plan (its outcomes are one per
@@ -64,9 +78,10 @@ impl Ingest {
         let scope = Touched::scope(&candidates, &known);
         tx.load_scope(&mut known, &scope).await?;
         let now = now_millis();
+        let rates = self.rates();
         let rules = Rules {
             platform,
-            rates: &self.rates,
+            rates: &rates,
             now,
             declaration_deadline_day: self.policy.declaration_deadline_day,
             accident_margin_ms: self.policy.accident_margin_ms,
@@ -110,11 +125,12 @@ impl Ingest {
         }
         let now = now_millis();
         let closed_at = month.closed_at.unwrap_or(now);
+        let rates = self.rates();
         let mut statements: Vec<_> = month
             .statements
             .iter()
             .map(|(key, count)| {
-                reconcile::rate_statement(platform, &self.rates, key, *count, Some(closed_at))
+                reconcile::rate_statement(platform, &rates, key, *count, Some(closed_at))
             })
             .collect();
         statements.sort_by(|a, b| a.key.cmp(&b.key));

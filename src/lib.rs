@@ -12,6 +12,7 @@
 pub mod access;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod backend_sim;
 pub mod bulk;
 pub mod certs;

@@ -1,20 +1,189 @@
-//! `oip.v1.AdminService`: dead letters (list, replay, discard) for administrators.
+//! `oip.v1.AdminService` for administrators: platforms, grants, rate tables, dead
+//! letters and the audit log. Every call needs a live admin grant; the audit layer
+//! records each one (a grant change names who, what role and which scopes).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use chrono::NaiveDate;
 use tonic::{Request, Response, Status};
 
-use crate::access::Access;
-use crate::domain::time::{now_millis, to_rfc3339};
+use crate::access::{Access, Grant, Role};
+use crate::audit;
+use crate::domain::PlatformProfile;
+use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
+use crate::domain::ids::CreditCode;
+use crate::domain::platform::DeliveryTier;
+use crate::domain::time::{now_millis, parse_wire_time, to_rfc3339};
 use crate::error::ApiError;
 use crate::identity::Principal;
+use crate::ingest::Ingest;
 use crate::proto::{self, admin_service_server::AdminService};
-use crate::store::{DeadLetterAction, DeadLetterSelection, Destination, Store};
+use crate::reference::Reference;
+use crate::store::access::AuditQuery;
+use crate::store::{
+    DeadLetterAction, DeadLetterSelection, Destination, PlatformRegistration, Store,
+};
 
 #[derive(Clone)]
 pub struct AdminApi {
     pub access: Access,
     pub store: Arc<dyn Store>,
+    pub reference: Arc<Reference>,
+    pub ingest: Ingest,
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(m.into())
+}
+
+fn role(s: &str) -> Result<Role, ApiError> {
+    Role::parse(s).ok_or_else(|| {
+        bad(format!(
+            "role must be platform, tax, social-security or admin, not {s:?}"
+        ))
+    })
+}
+
+fn opt_time(key: &str, s: &str) -> Result<Option<i64>, ApiError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    parse_wire_time(s)
+        .map(Some)
+        .ok_or_else(|| bad(format!("{key}: {s:?} is not an RFC 3339 time")))
+}
+
+fn date(key: &str, s: &str) -> Result<NaiveDate, ApiError> {
+    s.parse()
+        .map_err(|_| bad(format!("{key}: {s:?} is not a YYYY-MM-DD date")))
+}
+
+fn tier(key: &str, s: &str) -> Result<DeliveryTier, ApiError> {
+    match s {
+        "" => Ok(DeliveryTier::A),
+        t => DeliveryTier::parse(t).ok_or_else(|| bad(format!("{key}: tiers are A or B"))),
+    }
+}
+
+/// A wire registration, checked against the reference data.
+fn registration(
+    r: proto::PlatformRegistration,
+    reference: &Reference,
+) -> Result<PlatformRegistration, ApiError> {
+    CreditCode::parse(&r.uscc).map_err(|e| bad(format!("uscc: {e}")))?;
+    if r.name.trim().is_empty() {
+        return Err(bad("name: required"));
+    }
+    if r.industries.is_empty() {
+        return Err(bad("industries: at least one"));
+    }
+    if let Some(x) = r.industries.iter().find(|x| !reference.is_industry(x)) {
+        return Err(bad(format!("industries: unknown industry {x}")));
+    }
+    if r.divisions.is_empty() {
+        return Err(bad("divisions: at least one, each with its pilot start"));
+    }
+    let pilot_starts = r
+        .divisions
+        .iter()
+        .map(|d| {
+            if !reference.serves(&d.division_code) {
+                return Err(bad(format!(
+                    "divisions: {} is unknown or not served",
+                    d.division_code
+                )));
+            }
+            Ok((
+                d.division_code.clone(),
+                date("pilot_start", &d.pilot_start)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let delivery_tiers = r
+        .delivery_tier_overrides
+        .iter()
+        .map(|(d, t)| {
+            if reference.division(d).is_none() {
+                return Err(bad(format!(
+                    "delivery_tier_overrides: unknown division {d}"
+                )));
+            }
+            Ok((d.clone(), tier("delivery_tier_overrides", t)?))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PlatformRegistration {
+        uscc: r.uscc,
+        name: r.name,
+        industries: r.industries,
+        pilot_starts,
+        delivery_tier: tier("delivery_tier", &r.delivery_tier)?,
+        delivery_tiers,
+    })
+}
+
+fn wire_platform(p: PlatformProfile) -> proto::PlatformRegistration {
+    proto::PlatformRegistration {
+        uscc: p.uscc.to_string(),
+        name: p.name,
+        industries: p.industries.into_iter().collect(),
+        divisions: p
+            .pilot_starts
+            .into_iter()
+            .map(|(division_code, start)| proto::DivisionPilot {
+                division_code,
+                pilot_start: start.to_string(),
+            })
+            .collect(),
+        delivery_tier: p.delivery_tier.as_str().to_string(),
+        delivery_tier_overrides: p
+            .delivery_tiers
+            .into_iter()
+            .map(|(d, t)| (d, t.as_str().to_string()))
+            .collect(),
+    }
+}
+
+fn wire_rates(book: &RateBook) -> proto::RateTables {
+    proto::RateTables {
+        base_rates: book
+            .bases
+            .iter()
+            .map(|b| proto::BaseRateRow {
+                industry: b.industry.clone(),
+                tier: b.tier.map(|t| t.as_str().to_string()).unwrap_or_default(),
+                effective_from: b.effective_from.to_string(),
+                fen_per_order: b.fen_per_order,
+                recorded_at: to_rfc3339(b.recorded_at),
+            })
+            .collect(),
+        floats: book
+            .floats
+            .iter()
+            .map(|f| proto::FloatRow {
+                uscc: f.uscc.clone(),
+                division_code: f.division_code.clone(),
+                year: f.year,
+                multiplier: f.multiplier.to_string(),
+                recorded_at: to_rfc3339(f.recorded_at),
+            })
+            .collect(),
+    }
+}
+
+fn wire_grants(rows: Vec<crate::store::access::GrantRow>) -> proto::GrantsResponse {
+    proto::GrantsResponse {
+        grants: rows
+            .into_iter()
+            .map(|r| proto::Grant {
+                identity: r.grant.identity,
+                role: r.grant.role.as_str().to_string(),
+                scope: r.grant.scope,
+                expires_at: r.grant.expires_at.map(to_rfc3339).unwrap_or_default(),
+                granted_at: to_rfc3339(r.granted_at),
+            })
+            .collect(),
+    }
 }
 
 fn destination(s: &str) -> Result<Option<Destination>, ApiError> {
@@ -66,6 +235,272 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn put_platform(
+        &self,
+        req: Request<proto::PlatformRegistration>,
+    ) -> Result<Response<proto::PlatformRegistration>, Status> {
+        self.admin(&req).await?;
+        audit::note(&req, req.get_ref().uscc.clone(), 1);
+        let reg = registration(req.into_inner(), &self.reference)?;
+        let profile = self
+            .store
+            .upsert_platform(&reg)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(platform = %profile.uscc, "platform registered");
+        Ok(Response::new(wire_platform(profile)))
+    }
+
+    async fn list_platforms(
+        &self,
+        req: Request<proto::ListPlatformsRequest>,
+    ) -> Result<Response<proto::ListPlatformsResponse>, Status> {
+        self.admin(&req).await?;
+        let platforms = self.store.platforms().await.map_err(ApiError::from)?;
+        audit::note(&req, "", platforms.len() as i64);
+        Ok(Response::new(proto::ListPlatformsResponse {
+            platforms: platforms.into_iter().map(wire_platform).collect(),
+        }))
+    }
+
+    async fn put_grant(
+        &self,
+        req: Request<proto::GrantRequest>,
+    ) -> Result<Response<proto::GrantsResponse>, Status> {
+        let by = self.admin(&req).await?;
+        let r = req.get_ref();
+        audit::note(
+            &req,
+            format!("{} {} {}", r.identity, r.role, r.scopes.join(",")),
+            r.scopes.len() as i64,
+        );
+        let role = role(&r.role)?;
+        let expires_at = opt_time("expires_at", &r.expires_at)?;
+        if r.scopes.is_empty() {
+            return Err(bad("scopes: at least one").into());
+        }
+        let grants = r
+            .scopes
+            .iter()
+            .map(|scope| {
+                let g = Grant {
+                    identity: r.identity.clone(),
+                    role,
+                    scope: scope.clone(),
+                    expires_at,
+                };
+                g.check(&self.reference).map_err(bad)?;
+                Ok(g)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        self.store
+            .put_grants(&grants, &by, now_millis())
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(admin = %by, identity = %r.identity, %role, scopes = r.scopes.len(), "grant made");
+        let rows = self
+            .store
+            .list_grants(Some(&r.identity))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(wire_grants(rows)))
+    }
+
+    async fn revoke_grant(
+        &self,
+        req: Request<proto::RevokeRequest>,
+    ) -> Result<Response<proto::RevokeResponse>, Status> {
+        let by = self.admin(&req).await?;
+        let r = req.get_ref();
+        let role = role(&r.role)?;
+        let revoked = self
+            .store
+            .revoke_grants(&r.identity, role, &r.scopes)
+            .await
+            .map_err(ApiError::from)?;
+        audit::note(
+            &req,
+            format!("{} {} {}", r.identity, r.role, r.scopes.join(",")),
+            revoked as i64,
+        );
+        tracing::info!(admin = %by, identity = %r.identity, %role, revoked, "grant revoked");
+        Ok(Response::new(proto::RevokeResponse { revoked }))
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<proto::ListGrantsRequest>,
+    ) -> Result<Response<proto::GrantsResponse>, Status> {
+        self.admin(&req).await?;
+        let identity = req.get_ref().identity.clone();
+        let rows = self
+            .store
+            .list_grants((!identity.is_empty()).then_some(identity.as_str()))
+            .await
+            .map_err(ApiError::from)?;
+        audit::note(&req, identity, rows.len() as i64);
+        Ok(Response::new(wire_grants(rows)))
+    }
+
+    async fn list_rates(
+        &self,
+        req: Request<proto::ListRatesRequest>,
+    ) -> Result<Response<proto::RateTables>, Status> {
+        self.admin(&req).await?;
+        let book = self.store.rate_book().await.map_err(ApiError::from)?;
+        Ok(Response::new(wire_rates(&book)))
+    }
+
+    async fn append_rates(
+        &self,
+        req: Request<proto::RateTables>,
+    ) -> Result<Response<proto::RateTables>, Status> {
+        let by = self.admin(&req).await?;
+        let now = now_millis();
+        let r = req.get_ref();
+        let bases = r
+            .base_rates
+            .iter()
+            .map(|b| {
+                if !self.reference.is_industry(&b.industry) {
+                    return Err(bad(format!("base_rates: unknown industry {}", b.industry)));
+                }
+                if b.fen_per_order < 0 {
+                    return Err(bad("base_rates: fen_per_order must not be negative"));
+                }
+                Ok(BaseRate {
+                    industry: b.industry.clone(),
+                    tier: match b.tier.as_str() {
+                        "" => None,
+                        t => Some(tier("base_rates.tier", t)?),
+                    },
+                    effective_from: date("base_rates.effective_from", &b.effective_from)?,
+                    fen_per_order: b.fen_per_order,
+                    recorded_at: now,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let floats = r
+            .floats
+            .iter()
+            .map(|f| {
+                CreditCode::parse(&f.uscc).map_err(|e| bad(format!("floats.uscc: {e}")))?;
+                if self.reference.division(&f.division_code).is_none() {
+                    return Err(bad(format!("floats: unknown division {}", f.division_code)));
+                }
+                if !(2000..=2100).contains(&f.year) {
+                    return Err(bad(format!("floats: year {} out of range", f.year)));
+                }
+                Ok(FloatRate {
+                    uscc: f.uscc.clone(),
+                    division_code: f.division_code.clone(),
+                    year: f.year,
+                    multiplier: Multiplier::parse(&f.multiplier).ok_or_else(|| {
+                        bad(format!(
+                            "floats: multiplier {:?} is not a decimal",
+                            f.multiplier
+                        ))
+                    })?,
+                    recorded_at: now,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let scope: BTreeSet<String> = bases
+            .iter()
+            .map(|b| b.industry.clone())
+            .chain(floats.iter().map(|f| f.uscc.clone()))
+            .collect();
+        audit::note(
+            &req,
+            scope.into_iter().collect::<Vec<_>>().join(","),
+            (bases.len() + floats.len()) as i64,
+        );
+        self.store
+            .append_rates(&bases, &floats)
+            .await
+            .map_err(ApiError::from)?;
+        let book = self.store.rate_book().await.map_err(ApiError::from)?;
+        self.ingest.set_rates(book.clone());
+        tracing::info!(admin = %by, base_rates = bases.len(), floats = floats.len(), "rates appended");
+        Ok(Response::new(wire_rates(&book)))
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<proto::QueryAuditRequest>,
+    ) -> Result<Response<proto::QueryAuditResponse>, Status> {
+        self.admin(&req).await?;
+        let r = req.get_ref();
+        let limit = match r.page_size {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let after = match r.page_token.as_str() {
+            "" => 0,
+            t => t.parse().map_err(|_| bad("unknown page_token"))?,
+        };
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let query = AuditQuery {
+            identity: some(&r.identity),
+            from: opt_time("from", &r.from)?,
+            to: opt_time("to", &r.to)?,
+            action: some(&r.action),
+            after,
+            limit,
+        };
+        let rows = self
+            .store
+            .query_audit(&query)
+            .await
+            .map_err(ApiError::from)?;
+        audit::note(&req, r.identity.clone(), rows.len() as i64);
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() == limit as usize => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::QueryAuditResponse {
+            entries: rows
+                .into_iter()
+                .map(|e| proto::AuditEntry {
+                    seq: e.seq,
+                    at: to_rfc3339(e.at),
+                    identity: e.identity,
+                    role: e.role,
+                    action: e.action,
+                    scope: e.scope,
+                    records: e.records,
+                    outcome: e.outcome,
+                    trace_id: e.trace_id,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        self.admin(&req).await?;
+        let v = audit::verify(self.store.as_ref())
+            .await
+            .map_err(ApiError::from)?;
+        audit::note(&req, "", v.checked as i64);
+        let (first_bad_seq, problem) = match &v.problem {
+            None => (0, String::new()),
+            Some(p @ crate::domain::audit::ChainBreak::Missing { expected, .. }) => {
+                (*expected, p.to_string())
+            }
+            Some(p @ crate::domain::audit::ChainBreak::Altered { seq }) => (*seq, p.to_string()),
+        };
+        Ok(Response::new(proto::VerifyAuditResponse {
+            ok: v.problem.is_none(),
+            checked: v.checked,
+            first_bad_seq,
+            problem,
+        }))
+    }
+
     async fn list_dead_letters(
         &self,
         req: Request<proto::ListDeadLettersRequest>,

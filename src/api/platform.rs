@@ -462,7 +462,7 @@ impl PlatformService for PlatformApi {
                 };
                 let computed = reconcile::computed(
                     &platform,
-                    self.ingest.rates(),
+                    &self.ingest.rates(),
                     d.period,
                     &d.division_code,
                     &d.industry,
@@ -522,7 +522,7 @@ impl PlatformService for PlatformApi {
             .map(|(key, count)| {
                 let s = reconcile::rate_statement(
                     &platform,
-                    self.ingest.rates(),
+                    &self.ingest.rates(),
                     &key,
                     count,
                     closed_at,

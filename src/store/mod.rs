@@ -18,8 +18,11 @@ use crate::domain::period::Period;
 use crate::domain::time::Millis;
 use crate::reconcile::Statements;
 
+pub mod access;
 pub mod sim;
 pub mod sqlite;
+
+pub use access::AccessStore;
 
 /// Storage failures. Every variant is the gateway's problem, not the caller's.
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +252,7 @@ pub struct DeclarationRow {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccessStore + Send + Sync + 'static {
     /// Creates or replaces a platform (its divisions are replaced as a whole).
     async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile>;
     async fn platform(&self, uscc: &str) -> Result<Option<PlatformProfile>>;

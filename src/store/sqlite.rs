@@ -37,6 +37,8 @@ use crate::domain::{Declaration, OrderStatus};
 use crate::domain::{PlatformProfile, WorkerStatus};
 use crate::reconcile::{StatementKey, Statements};
 
+mod access;
+
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 1000;
 

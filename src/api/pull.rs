@@ -1,0 +1,396 @@
+//! `oip.v1.TaxService` and `oip.v1.SocialSecurityService`: pulls of the journal (what
+//! the gateway sends to the backends, in commit order), limited to the divisions of
+//! the caller's grant and to the request's filters.
+//!
+//! A pull streams every matching item after its `since` cursor up to the end of the
+//! journal as it stood when the pull began, then a checkpoint. Each page read is
+//! audited before it is sent (for social security, as a read of personal data);
+//! if the entry cannot be written the stream ends with UNAVAILABLE instead.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::access::{Access, DivisionScope, Role};
+use crate::audit::{self, Auditor, Event};
+use crate::domain::ids::CreditCode;
+use crate::domain::period::Period;
+use crate::domain::time::{now_millis, parse_wire_time};
+use crate::error::ApiError;
+use crate::identity::Principal;
+use crate::proto::social_security_item::Payload as SsPayload;
+use crate::proto::tax_item::Payload as TaxPayload;
+use crate::proto::{
+    self, social_security_service_server::SocialSecurityService, tax_service_server::TaxService,
+};
+use crate::reference::Reference;
+use crate::store::access::JournalEntry;
+use crate::store::{Destination, Store};
+
+/// Journal rows examined per page.
+const SCAN: u32 = 2000;
+
+/// What a pull asked for, checked against the caller's grant.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub divisions: DivisionScope,
+    pub periods: BTreeSet<Period>,
+    pub platforms: BTreeSet<String>,
+}
+
+impl Filter {
+    fn admits(&self, platform: &str, division: &str, period: Option<Period>) -> bool {
+        self.divisions.covers(division)
+            && (self.platforms.is_empty() || self.platforms.contains(platform))
+            && (self.periods.is_empty() || period.is_some_and(|p| self.periods.contains(&p)))
+    }
+}
+
+/// The division and period of a tax item, when it passes `filter`.
+fn select_tax(entry: &JournalEntry, filter: &Filter) -> Option<(String, proto::TaxItem)> {
+    let item = proto::TaxItem::decode(entry.payload.as_slice()).ok()?;
+    let platform = item.header.as_ref()?.platform.clone();
+    let (division, period) = match item.payload.as_ref()? {
+        TaxPayload::Statement(s) => (s.division_code.clone(), Period::parse(&s.period)),
+        TaxPayload::Declaration(d) => {
+            let d = d.declaration.as_ref()?;
+            (d.division_code.clone(), Period::parse(&d.period))
+        }
+    };
+    filter
+        .admits(&platform, &division, period)
+        .then_some((division, item))
+}
+
+/// Enrolments, orders and accidents (worker records are not pulled: the enrolment
+/// carries the person).
+fn select_ss(entry: &JournalEntry, filter: &Filter) -> Option<(String, proto::SocialSecurityItem)> {
+    let item = proto::SocialSecurityItem::decode(entry.payload.as_slice()).ok()?;
+    let platform = item.header.as_ref()?.platform.clone();
+    let (division, period) = match item.payload.as_ref()? {
+        SsPayload::Worker(_) => return None,
+        SsPayload::Enrolment(e) => (
+            e.division_code.clone(),
+            e.day.get(..7).and_then(Period::parse),
+        ),
+        SsPayload::Order(o) => (
+            o.division_code.clone(),
+            parse_wire_time(&o.accepted_at).map(Period::of),
+        ),
+        SsPayload::Accident(a) => (
+            a.division_code.clone(),
+            parse_wire_time(&a.occurred_at).map(Period::of),
+        ),
+    };
+    filter
+        .admits(&platform, &division, period)
+        .then_some((division, item))
+}
+
+/// The shared part of both services.
+#[derive(Clone)]
+pub struct Puller {
+    pub access: Access,
+    pub store: Arc<dyn Store>,
+    pub auditor: Auditor,
+    pub reference: Arc<Reference>,
+}
+
+/// One authorised pull.
+struct Pull {
+    caller: Caller,
+    destination: Destination,
+    filter: Filter,
+    since: i64,
+    end: i64,
+    max_records: u32,
+}
+
+/// Who pulls, for the page entries.
+struct Caller {
+    identity: String,
+    role: Role,
+    trace_id: String,
+}
+
+impl Puller {
+    /// Authorises the pull and resolves its filter and starting cursor.
+    async fn start(
+        &self,
+        req: &Request<proto::PullRequest>,
+        role: Role,
+    ) -> Result<(Caller, Filter, i64, i64), ApiError> {
+        let principal = Principal::of_request(req)?;
+        let grant = self
+            .access
+            .divisions(&principal, role, now_millis())
+            .await?;
+        let r = req.get_ref();
+        for d in &r.divisions {
+            if self.reference.division(d).is_none() {
+                return Err(ApiError::InvalidArgument(format!("unknown division {d:?}")));
+            }
+        }
+        let divisions = grant.narrow(&r.divisions).map_err(|outside| {
+            ApiError::PermissionDenied(format!(
+                "{} has no {role} grant for division {outside}",
+                principal.uri
+            ))
+        })?;
+        let periods = r
+            .periods
+            .iter()
+            .map(|p| {
+                Period::parse(p).ok_or_else(|| {
+                    ApiError::InvalidArgument(format!("period {p:?} is not YYYY-MM"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let platforms = r
+            .platforms
+            .iter()
+            .map(|p| {
+                CreditCode::parse(p)
+                    .map(|_| p.clone())
+                    .map_err(|e| ApiError::InvalidArgument(format!("platform {p:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let end = self.store.journal_end().await?;
+        let since = match r.since.as_str() {
+            "" => 0,
+            c => c
+                .parse::<i64>()
+                .ok()
+                .filter(|s| (0..=end).contains(s))
+                .ok_or_else(|| ApiError::InvalidArgument(format!("unknown cursor {c:?}")))?,
+        };
+        audit::note(req, divisions.to_string(), 0);
+        Ok((
+            Caller {
+                identity: principal.uri,
+                role,
+                trace_id: audit::trace_id(req),
+            },
+            Filter {
+                divisions,
+                periods,
+                platforms,
+            },
+            since,
+            end,
+        ))
+    }
+
+    /// Streams pages of matching items; `page` turns selected journal entries into
+    /// messages (it may read more, e.g. persons), returning the messages and the
+    /// audit action of the page.
+    fn run<M, S, P, Fut>(
+        &self,
+        pull: Pull,
+        select: S,
+        page: P,
+        checkpoint: impl Fn(String) -> M + Send + 'static,
+    ) -> ReceiverStream<Result<M, Status>>
+    where
+        M: Send + 'static,
+        S: Fn(&JournalEntry, &Filter) -> Option<(String, M)> + Send + 'static,
+        P: Fn(Arc<dyn Store>, Vec<(i64, M)>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(Vec<(i64, M)>, &'static str), ApiError>> + Send,
+    {
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let auditor = self.auditor.clone();
+        let Pull {
+            caller,
+            destination,
+            filter,
+            since,
+            end,
+            max_records,
+        } = pull;
+        tokio::spawn(async move {
+            let mut cursor = since;
+            let mut sent = 0u64;
+            let limit = (max_records > 0).then_some(u64::from(max_records));
+            while cursor < end && limit.is_none_or(|l| sent < l) {
+                let scan = u32::try_from(end - cursor).unwrap_or(SCAN).min(SCAN);
+                let journal = match store.journal(destination, cursor, scan).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                };
+                let mut divisions = BTreeSet::new();
+                let mut selected = Vec::new();
+                let mut scanned_to = journal.scanned_to.min(end);
+                for entry in journal.entries.iter().filter(|e| e.seq <= end) {
+                    if limit.is_some_and(|l| sent + selected.len() as u64 >= l) {
+                        scanned_to = selected.last().map(|(s, _)| *s).unwrap_or(cursor);
+                        break;
+                    }
+                    if let Some((division, m)) = select(entry, &filter) {
+                        divisions.insert(division);
+                        selected.push((entry.seq, m));
+                    }
+                }
+                if !selected.is_empty() {
+                    let (messages, action) = match page(store.clone(), selected).await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    let event = Event {
+                        identity: caller.identity.clone(),
+                        role: caller.role.as_str().to_string(),
+                        action: action.to_string(),
+                        scope: divisions.into_iter().collect::<Vec<_>>().join(","),
+                        records: messages.len() as i64,
+                        outcome: "OK".into(),
+                        trace_id: caller.trace_id.clone(),
+                    };
+                    if let Err(e) = auditor.record(event).await {
+                        tracing::error!(error = %e, "audit write failed: pull stopped");
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the audit log cannot be written; resume from the last cursor later",
+                            )))
+                            .await;
+                        return;
+                    }
+                    for (_, m) in messages {
+                        sent += 1;
+                        if tx.send(Ok(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if scanned_to <= cursor {
+                    break; // nothing more can be read (cannot happen: seqs only grow)
+                }
+                cursor = scanned_to;
+            }
+            let _ = tx.send(Ok(checkpoint(cursor.to_string()))).await;
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+/// `oip.v1.TaxService`.
+#[derive(Clone)]
+pub struct TaxApi(pub Puller);
+
+#[tonic::async_trait]
+impl TaxService for TaxApi {
+    type PullContributionsStream = ReceiverStream<Result<proto::ContributionChange, Status>>;
+
+    async fn pull_contributions(
+        &self,
+        req: Request<proto::PullRequest>,
+    ) -> Result<Response<Self::PullContributionsStream>, Status> {
+        let (caller, filter, since, end) = self.0.start(&req, Role::Tax).await?;
+        let pull = Pull {
+            caller,
+            destination: Destination::Tax,
+            filter,
+            since,
+            end,
+            max_records: req.get_ref().max_records,
+        };
+        Ok(Response::new(self.0.run(
+            pull,
+            |entry, filter| {
+                select_tax(entry, filter).map(|(d, item)| {
+                    (
+                        d,
+                        proto::ContributionChange {
+                            cursor: entry.seq.to_string(),
+                            item: Some(item),
+                        },
+                    )
+                })
+            },
+            |_store, selected| async move { Ok((selected, "pull-page")) },
+            |cursor| proto::ContributionChange { cursor, item: None },
+        )))
+    }
+}
+
+/// `oip.v1.SocialSecurityService`.
+#[derive(Clone)]
+pub struct SocialSecurityApi(pub Puller);
+
+/// Adds the insured person to each enrolment of a page.
+async fn with_persons(
+    store: Arc<dyn Store>,
+    mut selected: Vec<(i64, proto::SocialSecurityChange)>,
+) -> Result<(Vec<(i64, proto::SocialSecurityChange)>, &'static str), ApiError> {
+    let key = |c: &proto::SocialSecurityChange| -> Option<(String, String)> {
+        let item = c.item.as_ref()?;
+        match item.payload.as_ref()? {
+            SsPayload::Enrolment(e) => {
+                Some((item.header.as_ref()?.platform.clone(), e.worker_id.clone()))
+            }
+            _ => None,
+        }
+    };
+    let keys: Vec<_> = selected.iter().filter_map(|(_, c)| key(c)).collect();
+    let persons = store.persons(&keys).await?;
+    for (_, c) in &mut selected {
+        if let Some(p) = key(c).and_then(|k| persons.get(&k)) {
+            c.person = Some(proto::InsuredPerson {
+                id_type: p.id_type.clone(),
+                id_number: p.id_number.clone(),
+                name: p.name.clone(),
+            });
+        }
+    }
+    Ok((selected, "personal-data-read"))
+}
+
+#[tonic::async_trait]
+impl SocialSecurityService for SocialSecurityApi {
+    type PullSocialSecurityStream = ReceiverStream<Result<proto::SocialSecurityChange, Status>>;
+
+    async fn pull_social_security(
+        &self,
+        req: Request<proto::PullRequest>,
+    ) -> Result<Response<Self::PullSocialSecurityStream>, Status> {
+        let (caller, filter, since, end) = self.0.start(&req, Role::SocialSecurity).await?;
+        let pull = Pull {
+            caller,
+            destination: Destination::SocialSecurity,
+            filter,
+            since,
+            end,
+            max_records: req.get_ref().max_records,
+        };
+        Ok(Response::new(self.0.run(
+            pull,
+            |entry, filter| {
+                select_ss(entry, filter).map(|(d, item)| {
+                    (
+                        d,
+                        proto::SocialSecurityChange {
+                            cursor: entry.seq.to_string(),
+                            item: Some(item),
+                            person: None,
+                        },
+                    )
+                })
+            },
+            with_persons,
+            |cursor| proto::SocialSecurityChange {
+                cursor,
+                item: None,
+                person: None,
+            },
+        )))
+    }
+}

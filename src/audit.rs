@@ -1,0 +1,408 @@
+//! The audit log at work: every gRPC call of the `oip.v1` services leaves one entry
+//! (identity, role, method, scope touched, record count, outcome, trace id), written
+//! by [`AuditLayer`] before the response leaves the gateway; reads of personal data
+//! add their own entries ([`Auditor::record`]). If the entry cannot be written, the
+//! caller gets UNAVAILABLE instead of the answer: nothing proceeds unaudited.
+//!
+//! Entries are chained by hash (`domain::audit`). One writer task owns the head of
+//! the chain; entries of calls that arrive together are written in one transaction
+//! (group commit), so auditing costs one commit per burst, not one per call.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::domain::audit::{self, AuditEntry, ChainBreak};
+use crate::domain::time::{Millis, now_millis};
+use crate::identity::Principal;
+use crate::store::{Store, StoreError};
+
+/// Audit entries queued at most; beyond it callers wait (backpressure).
+const QUEUE: usize = 4096;
+/// Entries written in one transaction at most.
+const GROUP: usize = 512;
+
+/// An entry before it has a seq (the writer assigns seq and hash in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub identity: String,
+    pub role: String,
+    pub action: String,
+    pub scope: String,
+    pub records: i64,
+    pub outcome: String,
+    pub trace_id: String,
+}
+
+type Ack = oneshot::Sender<Result<(), StoreError>>;
+
+/// Appends audit entries through the single writer task.
+#[derive(Clone)]
+pub struct Auditor {
+    tx: mpsc::Sender<(Event, Millis, Ack)>,
+}
+
+impl Auditor {
+    /// Starts the writer. It stops once every `Auditor` clone is dropped.
+    pub fn spawn(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_loop(store, rx));
+        (Self { tx }, task)
+    }
+
+    /// Appends `event` and waits until it is committed.
+    pub async fn record(&self, event: Event) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((event, now_millis(), ack))
+            .await
+            .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?
+    }
+}
+
+async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Event, Millis, Ack)>) {
+    let mut head: Option<(i64, [u8; 32])> = None;
+    let mut batch = Vec::with_capacity(GROUP);
+    while rx.recv_many(&mut batch, GROUP).await > 0 {
+        let result = write_group(store.as_ref(), &mut head, &batch).await;
+        if result.is_err() {
+            // Re-read the head next time: the failed group may or may not be stored.
+            head = None;
+        }
+        for (_, _, ack) in batch.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+async fn write_group(
+    store: &dyn Store,
+    head: &mut Option<(i64, [u8; 32])>,
+    batch: &[(Event, Millis, Ack)],
+) -> Result<(), StoreError> {
+    let (mut seq, mut hash) = match *head {
+        Some(h) => h,
+        None => store.audit_head().await?,
+    };
+    let rows: Vec<(AuditEntry, [u8; 32])> = batch
+        .iter()
+        .map(|(e, at, _)| {
+            seq += 1;
+            let entry = AuditEntry {
+                seq,
+                at: *at,
+                identity: e.identity.clone(),
+                role: e.role.clone(),
+                action: e.action.clone(),
+                scope: e.scope.clone(),
+                records: e.records,
+                outcome: e.outcome.clone(),
+                trace_id: e.trace_id.clone(),
+            };
+            hash = entry.chain_hash(&hash);
+            (entry, hash)
+        })
+        .collect();
+    store.append_audit(&rows).await?;
+    *head = Some((seq, hash));
+    Ok(())
+}
+
+impl Clone for StoreError {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::Corrupt(m) => Self::Corrupt(m.clone()),
+            Self::Migrate(m) => Self::Migrate(m.clone()),
+        }
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub checked: u64,
+    pub problem: Option<ChainBreak>,
+}
+
+/// Checks the whole stored chain from its anchor, page by page.
+pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
+    let (mut after, mut previous) = store.audit_anchor().await?;
+    let mut checked = 0u64;
+    loop {
+        let page = store.audit_chain(after, 5000).await?;
+        if page.is_empty() {
+            return Ok(Verification {
+                checked,
+                problem: None,
+            });
+        }
+        match audit::verify(page.iter().map(|(e, h)| (e, h)), previous, after) {
+            Ok((h, s)) => {
+                checked += page.len() as u64;
+                previous = h;
+                after = s;
+            }
+            Err(problem) => {
+                return Ok(Verification {
+                    checked,
+                    problem: Some(problem),
+                });
+            }
+        }
+    }
+}
+
+/// Removes entries older than `retention` once at start and then daily.
+pub fn spawn_retention(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let before = now_millis() - retention.as_millis() as i64;
+            match store.prune_audit(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "audit entries past retention removed"),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed; retrying later"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+/// What a handler adds to its call's audit entry: the scope it touched and how many
+/// records. Handlers find it in the request extensions.
+#[derive(Debug, Clone, Default)]
+pub struct CallNote(Arc<Mutex<(String, i64)>>);
+
+impl CallNote {
+    pub fn set(&self, scope: impl Into<String>, records: i64) {
+        if let Ok(mut n) = self.0.lock() {
+            *n = (scope.into(), records);
+        }
+    }
+    fn take(&self) -> (String, i64) {
+        self.0.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+/// The trace id of a call, in the request extensions and the `x-trace-id` response
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceId(pub String);
+
+/// Notes the scope and record count of the call `req` belongs to.
+pub fn note<T>(req: &tonic::Request<T>, scope: impl Into<String>, records: i64) {
+    if let Some(n) = req.extensions().get::<CallNote>() {
+        n.set(scope, records);
+    }
+}
+
+/// The trace id of the call `req` belongs to.
+pub fn trace_id<T>(req: &tonic::Request<T>) -> String {
+    req.extensions()
+        .get::<TraceId>()
+        .map(|t| t.0.clone())
+        .unwrap_or_default()
+}
+
+/// A caller-supplied `x-trace-id` is kept when it is short and plain; otherwise the
+/// gateway makes one.
+fn trace_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(new_trace_id)
+}
+
+fn new_trace_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&(t, n, std::process::id()), &mut h);
+    format!("{:016x}{:08x}", std::hash::Hasher::finish(&h), n as u32)
+}
+
+/// Audits every call to an `oip.v1` service (health and reflection are not audited).
+#[derive(Clone)]
+pub struct AuditLayer {
+    auditor: Auditor,
+}
+
+impl AuditLayer {
+    pub fn new(auditor: Auditor) -> Self {
+        Self { auditor }
+    }
+}
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = AuditService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditService {
+            inner,
+            auditor: self.auditor.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuditService<S> {
+    inner: S,
+    auditor: Auditor,
+}
+
+/// The gRPC status code name of a response whose handler failed (trailers-only), or
+/// OK.
+fn outcome_of<B>(res: &http::Response<B>) -> String {
+    match res
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("0") => "OK".to_string(),
+        Some(code) => {
+            let code = code.parse::<i32>().unwrap_or(2);
+            format!("{:?}", tonic::Code::from_i32(code)).to_uppercase_snake()
+        }
+    }
+}
+
+trait UpperSnake {
+    fn to_uppercase_snake(&self) -> String;
+}
+
+impl UpperSnake for String {
+    /// `PermissionDenied` → `PERMISSION_DENIED`.
+    fn to_uppercase_snake(&self) -> String {
+        let mut out = String::with_capacity(self.len() + 4);
+        for (i, c) in self.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuditService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        // The clone is ready (tower's "take the ready one" pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = req.uri().path().to_string();
+        if !path.starts_with("/oip.v1.") {
+            return Box::pin(inner.call(req));
+        }
+        let action = path.trim_start_matches('/').to_string();
+        let trace = trace_of(req.headers());
+        let (identity, role) = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| Principal::from_certificate(c.as_ref()).ok())
+            })
+            .map(|p| (p.uri, p.role.as_str().to_string()))
+            .unwrap_or_else(|| ("unknown".into(), String::new()));
+        let note = CallNote::default();
+        req.extensions_mut().insert(note.clone());
+        req.extensions_mut().insert(TraceId(trace.clone()));
+        let auditor = self.auditor.clone();
+        Box::pin(async move {
+            let mut res = inner.call(req).await?;
+            let (scope, records) = note.take();
+            let event = Event {
+                identity,
+                role,
+                action,
+                scope,
+                records,
+                outcome: outcome_of(&res),
+                trace_id: trace.clone(),
+            };
+            if let Err(e) = auditor.record(event).await {
+                tracing::error!(error = %e, trace_id = %trace, "audit write failed: call refused");
+                res = tonic::Status::unavailable(
+                    "the audit log cannot be written; nothing was answered, retry later",
+                )
+                .into_http();
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&trace) {
+                res.headers_mut().insert("x-trace-id", v);
+            }
+            Ok(res)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_names_follow_grpc() {
+        assert_eq!(
+            "PermissionDenied".to_string().to_uppercase_snake(),
+            "PERMISSION_DENIED"
+        );
+        let res = tonic::Status::permission_denied("x").into_http::<tonic::body::Body>();
+        assert_eq!(outcome_of(&res), "PERMISSION_DENIED");
+        let ok = http::Response::new(tonic::body::Body::default());
+        assert_eq!(outcome_of(&ok), "OK");
+    }
+
+    #[test]
+    fn caller_trace_ids_are_kept_only_when_plain() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-trace-id", http::HeaderValue::from_static("abc-123"));
+        assert_eq!(trace_of(&h), "abc-123");
+        h.insert("x-trace-id", http::HeaderValue::from_static("a b"));
+        assert_ne!(trace_of(&h), "a b");
+        assert_ne!(new_trace_id(), new_trace_id());
+    }
+}

@@ -1,0 +1,328 @@
+//! [`AccessStore`] on SQLite: grants, the platform list, the audit log and the
+//! journal (the outbox read in seq order, which is commit order: SQLite has one
+//! writer, so a seq is never committed after a higher one).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::{SqliteStore, corrupt, db_err};
+use crate::access::{Grant, Role};
+use crate::domain::PlatformProfile;
+use crate::domain::audit::{AuditEntry, GENESIS};
+use crate::domain::time::Millis;
+use crate::store::access::{
+    AccessStore, AuditQuery, ChainRows, GrantRow, JournalEntry, JournalPage, Person,
+};
+use crate::store::{Destination, Result, Store};
+
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    Vec<u8>,
+);
+
+const AUDIT_COLUMNS: &str =
+    "seq, at, identity, role, action, scope, records, outcome, trace_id, hash";
+
+fn hash32(bytes: &[u8]) -> Result<[u8; 32]> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt("audit hash is not 32 bytes"))
+}
+
+fn entry_of(row: AuditRow) -> Result<(AuditEntry, [u8; 32])> {
+    let (seq, at, identity, role, action, scope, records, outcome, trace_id, hash) = row;
+    Ok((
+        AuditEntry {
+            seq,
+            at,
+            identity,
+            role,
+            action,
+            scope,
+            records,
+            outcome,
+            trace_id,
+        },
+        hash32(&hash)?,
+    ))
+}
+
+#[async_trait]
+impl AccessStore for SqliteStore {
+    async fn put_grants(&self, grants: &[Grant], by: &str, now: Millis) -> Result<()> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO grants (identity, role, scope, expires_at, granted_at, granted_by) ",
+        );
+        q.push_values(grants, |mut b, g| {
+            b.push_bind(&g.identity)
+                .push_bind(g.role.as_str())
+                .push_bind(&g.scope)
+                .push_bind(g.expires_at)
+                .push_bind(now)
+                .push_bind(by);
+        });
+        q.push(
+            " ON CONFLICT (identity, role, scope) DO UPDATE SET expires_at = excluded.expires_at,
+              granted_at = excluded.granted_at, granted_by = excluded.granted_by",
+        );
+        q.build().execute(&self.writer).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn revoke_grants(&self, identity: &str, role: Role, scopes: &[String]) -> Result<u64> {
+        let scopes = serde_json::to_string(scopes).map_err(|e| corrupt(&e.to_string()))?;
+        let done = sqlx::query(
+            "DELETE FROM grants WHERE identity = ?1 AND role = ?2
+               AND (json_array_length(?3) = 0 OR scope IN (SELECT value FROM json_each(?3)))",
+        )
+        .bind(identity)
+        .bind(role.as_str())
+        .bind(scopes)
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_grants(&self, identity: Option<&str>) -> Result<Vec<GrantRow>> {
+        let rows: Vec<(String, String, String, Option<i64>, i64, String)> = sqlx::query_as(
+            "SELECT identity, role, scope, expires_at, granted_at, granted_by FROM grants
+             WHERE ?1 IS NULL OR identity = ?1 ORDER BY identity, role, scope",
+        )
+        .bind(identity)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(
+                |(identity, role, scope, expires_at, granted_at, granted_by)| {
+                    Ok(GrantRow {
+                        grant: Grant {
+                            identity,
+                            role: Role::parse(&role)
+                                .ok_or_else(|| corrupt("unknown role in grants"))?,
+                            scope,
+                            expires_at,
+                        },
+                        granted_at,
+                        granted_by,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn platforms(&self) -> Result<Vec<PlatformProfile>> {
+        let usccs: Vec<(String,)> = sqlx::query_as("SELECT uscc FROM platforms ORDER BY uscc")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(usccs.len());
+        for (uscc,) in usccs {
+            if let Some(p) = self.platform(&uscc).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn audit_head(&self) -> Result<(i64, [u8; 32])> {
+        let row: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(db_err)?;
+        match row {
+            Some((seq, hash)) => Ok((seq, hash32(&hash)?)),
+            None => self.audit_anchor().await,
+        }
+    }
+
+    async fn append_audit(&self, entries: &ChainRows) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        for chunk in entries.chunks(super::ROWS_PER_STATEMENT / 10) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, (e, hash)| {
+                b.push_bind(e.seq)
+                    .push_bind(e.at)
+                    .push_bind(&e.identity)
+                    .push_bind(&e.role)
+                    .push_bind(&e.action)
+                    .push_bind(&e.scope)
+                    .push_bind(e.records)
+                    .push_bind(&e.outcome)
+                    .push_bind(&e.trace_id)
+                    .push_bind(hash.as_slice());
+            });
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn audit_anchor(&self) -> Result<(i64, [u8; 32])> {
+        let row: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_err)?;
+        match row {
+            Some((seq, hash)) => Ok((seq, hash32(&hash)?)),
+            None => Ok((0, GENESIS)),
+        }
+    }
+
+    async fn audit_chain(&self, after: i64, limit: u32) -> Result<ChainRows> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter().map(entry_of).collect()
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log
+             WHERE seq > ?1 AND (?2 IS NULL OR identity = ?2) AND (?3 IS NULL OR at >= ?3)
+               AND (?4 IS NULL OR at < ?4) AND (?5 IS NULL OR action = ?5)
+             ORDER BY seq LIMIT ?6"
+        ))
+        .bind(query.after)
+        .bind(query.identity.as_deref())
+        .bind(query.from)
+        .bind(query.to)
+        .bind(query.action.as_deref())
+        .bind(query.limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|r| entry_of(r).map(|(e, _)| e))
+            .collect()
+    }
+
+    async fn prune_audit(&self, before: Millis) -> Result<u64> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        // The newest entry always stays, so the next append still has its head.
+        let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit_log
+             WHERE at < ?1 AND seq < (SELECT max(seq) FROM audit_log)
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some((seq, hash)) = last else {
+            return Ok(0);
+        };
+        let done = sqlx::query("DELETE FROM audit_log WHERE seq <= ?1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn journal_end(&self) -> Result<i64> {
+        let (end,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db_err)?;
+        Ok(end)
+    }
+
+    async fn journal(
+        &self,
+        destination: Destination,
+        after: i64,
+        scan: u32,
+    ) -> Result<JournalPage> {
+        let upto = after.saturating_add(i64::from(scan.max(1)));
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, record_key, payload FROM outbox
+             WHERE seq > ?1 AND seq <= ?2 AND destination = ?3 ORDER BY seq",
+        )
+        .bind(after)
+        .bind(upto)
+        .bind(destination.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let end = self.journal_end().await?;
+        Ok(JournalPage {
+            entries: rows
+                .into_iter()
+                .map(|(seq, record_key, payload)| JournalEntry {
+                    seq,
+                    record_key,
+                    payload,
+                })
+                .collect(),
+            scanned_to: upto.min(end).max(after),
+        })
+    }
+
+    async fn persons(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Person>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let json = serde_json::to_string(keys).map_err(|e| corrupt(&e.to_string()))?;
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT p.uscc, w.worker_id, w.id_type, w.id_number, w.name
+             FROM json_each(?1) AS k
+             JOIN platforms AS p ON p.uscc = json_extract(k.value, '$[0]')
+             JOIN workers AS w ON w.platform_id = p.id AND w.worker_id = json_extract(k.value, '$[1]')",
+        )
+        .bind(json)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(uscc, worker_id, id_type, id_number, name)| {
+                (
+                    (uscc, worker_id),
+                    Person {
+                        id_type,
+                        id_number,
+                        name,
+                    },
+                )
+            })
+            .collect())
+    }
+}
