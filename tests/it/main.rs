@@ -11,6 +11,7 @@ mod dead_letters;
 mod durability;
 mod fees;
 mod forwarding;
+mod grants;
 mod logs;
 mod records;
 mod revisions;

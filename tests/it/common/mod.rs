@@ -531,3 +531,91 @@ pub fn rec_accident(a: proto::Accident) -> proto::Record {
         kind: Some(record::Kind::Accident(a)),
     }
 }
+
+pub type Admin = oip_gateway::proto::admin_service_client::AdminServiceClient<Channel>;
+pub type Tax = oip_gateway::proto::tax_service_client::TaxServiceClient<Channel>;
+pub type SocialSecurity =
+    oip_gateway::proto::social_security_service_client::SocialSecurityServiceClient<Channel>;
+
+/// A connected channel presenting `certs-example/<stem>.pem`.
+pub async fn role_channel(addr: SocketAddr, stem: &str) -> Channel {
+    channel(addr, client_tls(Some(stem), "ca.pem"))
+        .await
+        .expect("connect")
+}
+
+impl TestGateway {
+    /// The gateway's database URL.
+    pub fn database_url(&self) -> String {
+        format!("sqlite:{}", self.dir.path().join("oip.db").display())
+    }
+
+    /// A second connection to the gateway's database (as an operator with the file
+    /// would have), for setting up states and for tampering.
+    pub async fn sql(&self) -> sqlx::SqlitePool {
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.dir.path().join("oip.db"))
+                    .busy_timeout(std::time::Duration::from_secs(10)),
+            )
+            .await
+            .expect("open the database")
+    }
+
+    pub async fn admin(&self) -> Admin {
+        Admin::new(role_channel(self.addr, "admin").await)
+    }
+
+    pub async fn tax(&self) -> Tax {
+        Tax::new(role_channel(self.addr, "tax").await)
+    }
+
+    pub async fn social_security(&self) -> SocialSecurity {
+        SocialSecurity::new(role_channel(self.addr, "social-security").await)
+    }
+}
+
+/// Identity URIs of the example certificates.
+pub const TAX_ID: &str = "oip://tax/js-tax-320000";
+pub const SS_ID: &str = "oip://social-security/js-hrss-320000";
+pub const ADMIN_ID: &str = "oip://admin/root";
+pub const PLATFORM_A_ID: &str = "oip://platform/91320100MA1DEMA010";
+
+/// Grants `role` over `scopes` to `identity` through the admin API.
+pub async fn grant(admin: &mut Admin, identity: &str, role: &str, scopes: &[&str]) {
+    admin
+        .put_grant(proto::GrantRequest {
+            identity: identity.into(),
+            role: role.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at: String::new(),
+        })
+        .await
+        .expect("grant");
+}
+
+/// Drains a pull, returning (cursor, item present) per message.
+pub async fn drain<M>(mut stream: tonic::Streaming<M>) -> Result<Vec<M>, tonic::Status> {
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Audit entries of `identity` (read from the database), oldest first:
+/// (action, outcome, trace id, scope, records).
+pub async fn audit_entries(
+    pool: &sqlx::SqlitePool,
+    identity: &str,
+) -> Vec<(String, String, String, String, i64)> {
+    sqlx::query_as(
+        "SELECT action, outcome, trace_id, scope, records FROM audit_log WHERE identity = ?1 ORDER BY seq",
+    )
+    .bind(identity)
+    .fetch_all(pool)
+    .await
+    .expect("audit rows")
+}
