@@ -13,6 +13,7 @@ mod fees;
 mod forwarding;
 mod grants;
 mod logs;
+mod pulls;
 mod records;
 mod revisions;
 mod statements;
