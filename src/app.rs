@@ -242,6 +242,7 @@ impl Gateway {
             store: store.clone(),
             reference: reference.clone(),
             ingest: ingest.clone(),
+            auditor: auditor.clone(),
         });
         let puller = Puller {
             access: Access::new(store.clone()),

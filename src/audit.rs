@@ -198,6 +198,11 @@ impl CallNote {
     }
 }
 
+/// The full method name of a call (`oip.v1.AdminService/PutGrant`), in the request
+/// extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action(pub String);
+
 /// The trace id of a call, in the request extensions and the `x-trace-id` response
 /// header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +357,7 @@ where
         let note = CallNote::default();
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(TraceId(trace.clone()));
+        req.extensions_mut().insert(Action(action.clone()));
         let auditor = self.auditor.clone();
         Box::pin(async move {
             let mut res = inner.call(req).await?;

@@ -31,6 +31,7 @@ pub struct AdminApi {
     pub store: Arc<dyn Store>,
     pub reference: Arc<Reference>,
     pub ingest: Ingest,
+    pub auditor: audit::Auditor,
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
@@ -205,12 +206,46 @@ impl AdminApi {
         Ok(principal.uri)
     }
 
+    /// An administrator about to change something: the intent is audited (outcome
+    /// STARTED) before the change, so a change is never made unaudited even if the
+    /// call's own entry later cannot be written.
+    async fn changer<T>(&self, req: &Request<T>, scope: String) -> Result<String, ApiError> {
+        let by = self.admin(req).await?;
+        let action = req
+            .extensions()
+            .get::<audit::Action>()
+            .map(|a| a.0.clone())
+            .unwrap_or_default();
+        self.auditor
+            .record(audit::Event {
+                identity: by.clone(),
+                role: Role::Admin.as_str().to_string(),
+                action,
+                scope,
+                records: 0,
+                outcome: "STARTED".into(),
+                trace_id: audit::trace_id(req),
+            })
+            .await?;
+        Ok(by)
+    }
+
     async fn act(
         &self,
         req: Request<proto::DeadLetterSelection>,
         action: DeadLetterAction,
     ) -> Result<Response<proto::DeadLetterActionResponse>, Status> {
-        let by = self.admin(&req).await?;
+        let r = req.get_ref();
+        let scope = format!(
+            "{} {}",
+            r.destination,
+            if r.all {
+                "all".to_string()
+            } else {
+                format!("{:?}", r.seqs)
+            }
+        );
+        let by = self.changer(&req, scope).await?;
         let r = req.into_inner();
         let by_seqs = !r.seqs.is_empty();
         if r.all == by_seqs {
@@ -239,7 +274,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::PlatformRegistration>,
     ) -> Result<Response<proto::PlatformRegistration>, Status> {
-        self.admin(&req).await?;
+        self.changer(&req, req.get_ref().uscc.clone()).await?;
         audit::note(&req, req.get_ref().uscc.clone(), 1);
         let reg = registration(req.into_inner(), &self.reference)?;
         let profile = self
@@ -267,13 +302,10 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::GrantRequest>,
     ) -> Result<Response<proto::GrantsResponse>, Status> {
-        let by = self.admin(&req).await?;
         let r = req.get_ref();
-        audit::note(
-            &req,
-            format!("{} {} {}", r.identity, r.role, r.scopes.join(",")),
-            r.scopes.len() as i64,
-        );
+        let scope = format!("{} {} {}", r.identity, r.role, r.scopes.join(","));
+        let by = self.changer(&req, scope.clone()).await?;
+        audit::note(&req, scope, r.scopes.len() as i64);
         let role = role(&r.role)?;
         let expires_at = opt_time("expires_at", &r.expires_at)?;
         if r.scopes.is_empty() {
@@ -310,8 +342,13 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::RevokeRequest>,
     ) -> Result<Response<proto::RevokeResponse>, Status> {
-        let by = self.admin(&req).await?;
         let r = req.get_ref();
+        let by = self
+            .changer(
+                &req,
+                format!("{} {} {}", r.identity, r.role, r.scopes.join(",")),
+            )
+            .await?;
         let role = role(&r.role)?;
         let revoked = self
             .store
@@ -355,7 +392,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::RateTables>,
     ) -> Result<Response<proto::RateTables>, Status> {
-        let by = self.admin(&req).await?;
+        let by = self.changer(&req, "rates".into()).await?;
         let now = now_millis();
         let r = req.get_ref();
         let bases = r

@@ -556,12 +556,20 @@ async fn a_grant_change_takes_effect_on_the_next_call_and_is_audited() {
 
     // Every change is in the audit log, with who made it and what it touched.
     let pool = gw.sql().await;
-    let changes: Vec<_> = audit_entries(&pool, ADMIN_ID)
+    let entries: Vec<_> = audit_entries(&pool, ADMIN_ID)
         .await
         .into_iter()
         .filter(|(action, ..)| action.ends_with("Grant"))
         .map(|(action, outcome, _, scope, _)| (action, outcome, scope))
         .collect();
+    // Each change is audited twice: its intent before it is made, its outcome after.
+    let (started, changes): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(_, outcome, _)| outcome == "STARTED");
+    assert_eq!(
+        started.iter().map(|(a, _, s)| (a, s)).collect::<Vec<_>>(),
+        changes.iter().map(|(a, _, s)| (a, s)).collect::<Vec<_>>()
+    );
     let expected: Vec<(String, String, String)> = vec![
         ("PutGrant", "OK", format!("{TAX_ID} tax 320100")),
         ("PutGrant", "OK", format!("{TAX_ID} tax 320000")),

@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod aggregates;
+mod audit;
 mod backend_sim;
 mod config;
 mod dead_letters;

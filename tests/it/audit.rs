@@ -1,0 +1,174 @@
+//! The audit log: one entry per call, chained by hash; `VerifyAudit` names the first
+//! altered or missing entry; a call whose entry cannot be written fails; retention
+//! removes old entries without breaking verification.
+
+use oip_gateway::domain::audit::{AuditEntry, GENESIS};
+use oip_gateway::proto;
+use oip_gateway::store::AccessStore;
+use oip_gateway::store::sqlite::SqliteStore;
+use tonic::Code;
+
+use crate::common::*;
+
+async fn verify(admin: &mut Admin) -> proto::VerifyAuditResponse {
+    admin
+        .verify_audit(proto::VerifyAuditRequest {})
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    for i in 0..5 {
+        register(&mut a, vec![worker(&format!("W{i}"))]).await;
+    }
+    let mut admin = gw.admin().await;
+    let v = verify(&mut admin).await;
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.checked, 5, "five calls before the verification");
+
+    let pool = gw.sql().await;
+    let original: (i64,) = sqlx::query_as("SELECT records FROM audit_log WHERE seq = 3")
+        .fetch_one(&pool)
+        .await
+        .expect("row 3");
+    sqlx::query("UPDATE audit_log SET records = records + 1 WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .expect("alter");
+    let v = verify(&mut admin).await;
+    assert!(!v.ok);
+    assert_eq!(v.first_bad_seq, 3, "{v:?}");
+    assert!(v.problem.contains("altered"), "{v:?}");
+
+    sqlx::query("UPDATE audit_log SET records = ?1 WHERE seq = 3")
+        .bind(original.0)
+        .execute(&pool)
+        .await
+        .expect("restore");
+    let v = verify(&mut admin).await;
+    assert!(v.ok, "restored: {v:?}");
+
+    // Altering the identity of a row is caught the same way.
+    sqlx::query("UPDATE audit_log SET identity = 'oip://admin/someone-else' WHERE seq = 2")
+        .execute(&pool)
+        .await
+        .expect("alter");
+    assert_eq!(verify(&mut admin).await.first_bad_seq, 2);
+    sqlx::query("UPDATE audit_log SET identity = ?1 WHERE seq = 2")
+        .bind(PLATFORM_A_ID)
+        .execute(&pool)
+        .await
+        .expect("restore");
+
+    sqlx::query("DELETE FROM audit_log WHERE seq = 4")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let v = verify(&mut admin).await;
+    assert!(!v.ok);
+    assert_eq!(v.first_bad_seq, 4, "{v:?}");
+    assert!(v.problem.contains("missing"), "{v:?}");
+}
+
+#[tokio::test]
+async fn a_call_whose_audit_entry_cannot_be_written_fails_instead() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let pool = gw.sql().await;
+    sqlx::query(
+        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit store broken'); END",
+    )
+    .execute(&pool)
+    .await
+    .expect("break the audit log");
+
+    let err = a
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect_err("no answer without an audit entry");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let mut admin = gw.admin().await;
+    grant_expecting(&mut admin, Code::Unavailable).await;
+
+    sqlx::query("DROP TRIGGER audit_broken")
+        .execute(&pool)
+        .await
+        .expect("repair");
+    let workers = a
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect("answered again")
+        .into_inner();
+    assert_eq!(workers.workers.len(), 1);
+    // The refused grant was not made: its intent could not be audited.
+    let grants = admin
+        .list_grants(proto::ListGrantsRequest {
+            identity: TAX_ID.into(),
+        })
+        .await
+        .expect("list grants")
+        .into_inner();
+    assert!(grants.grants.is_empty(), "{grants:?}");
+    let v = admin
+        .verify_audit(proto::VerifyAuditRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.ok, "the chain continues after the failure: {v:?}");
+}
+
+async fn grant_expecting(admin: &mut Admin, code: Code) {
+    let err = admin
+        .put_grant(proto::GrantRequest {
+            identity: TAX_ID.into(),
+            role: "tax".into(),
+            scopes: vec!["320100".into()],
+            expires_at: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), code);
+}
+
+#[tokio::test]
+async fn retention_removes_old_entries_and_verification_starts_at_the_anchor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&format!("sqlite:{}", dir.path().join("a.db").display()))
+        .await
+        .expect("open");
+    let day = 24 * 3600 * 1000;
+    let now = oip_gateway::domain::time::now_millis();
+    let mut previous = GENESIS;
+    let rows: Vec<_> = (1..=10)
+        .map(|seq| {
+            let e = AuditEntry {
+                seq,
+                at: now - (200 - seq) * day,
+                identity: TAX_ID.into(),
+                role: "tax".into(),
+                action: "oip.v1.TaxService/PullContributions".into(),
+                scope: "320100".into(),
+                records: seq,
+                outcome: "OK".into(),
+                trace_id: format!("t{seq}"),
+            };
+            previous = e.chain_hash(&previous);
+            (e, previous)
+        })
+        .collect();
+    store.append_audit(&rows).await.expect("append");
+    // Entries 1..=9 are 191..199 days old, entry 10 is 190 days old: 180 days keep
+    // none of them but the newest, which stays as the chain's head.
+    let removed = store.prune_audit(now - 180 * day).await.expect("prune");
+    assert_eq!(removed, 9);
+    assert_eq!(store.audit_anchor().await.expect("anchor"), (9, rows[8].1));
+    assert_eq!(store.audit_head().await.expect("head"), (10, rows[9].1));
+    let v = oip_gateway::audit::verify(&store).await.expect("verify");
+    assert_eq!((v.checked, v.problem), (1, None));
+}
