@@ -16,6 +16,7 @@ pub mod audit;
 pub mod backend_sim;
 pub mod bulk;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod crosscheck;
 pub mod domain;

@@ -1,12 +1,13 @@
 //! The `oip-gateway` command: run the gateway, regenerate the example certificates,
-//! submit a bulk file, handle dead letters, run the backend simulator, generate load.
+//! submit a bulk file, administer (platforms, grants, rates, dead letters, audit), pull
+//! as tax or social security, run the backend simulator, generate load.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use oip_gateway::{app, certs, config, loadgen, submit, telemetry};
+use oip_gateway::{app, certs, cli, config, loadgen, submit, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -43,9 +44,32 @@ enum Command {
     /// an administrator.
     DeadLetters {
         #[command(subcommand)]
-        action: DeadLetterCommand,
+        action: cli::admin::DeadLetterCommand,
         #[command(flatten)]
-        client: AdminClient,
+        connection: cli::Connection,
+    },
+    /// Administration: platforms, grants, rates, dead letters, the audit log
+    /// (administrator certificate, default certs-example/admin.pem).
+    Admin {
+        #[command(subcommand)]
+        action: cli::admin::AdminCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// The audit log's integrity.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// Pull records changed since a cursor into a file (tax or social-security
+    /// certificate), printing the cursor to resume from.
+    Pull {
+        #[command(subcommand)]
+        action: cli::pull::PullCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
     },
     /// Write a synthetic bulk file of valid workers and orders (for benchmarks).
     Loadgen {
@@ -61,6 +85,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain; exits non-zero naming the first altered or missing entry.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -95,105 +125,6 @@ enum SimAction {
         #[arg(long)]
         pause: bool,
     },
-}
-
-#[derive(Subcommand)]
-enum DeadLetterCommand {
-    /// Print every dead letter: seq, destination, idempotency key, attempts, reason.
-    List {
-        /// social-security or tax (default: both).
-        #[arg(long)]
-        destination: Option<String>,
-    },
-    /// Put dead letters back in their queue; they are delivered again in order.
-    Replay(DeadLetterPick),
-    /// Give up on dead letters (kept for the record, never delivered).
-    Discard(DeadLetterPick),
-}
-
-#[derive(Args)]
-struct DeadLetterPick {
-    /// Outbox seqs as listed (repeatable).
-    #[arg(long = "seq", required_unless_present = "all", conflicts_with = "all")]
-    seqs: Vec<i64>,
-    /// Every dead letter (of --destination, if given).
-    #[arg(long)]
-    all: bool,
-    #[arg(long)]
-    destination: Option<String>,
-}
-
-#[derive(Args)]
-struct AdminClient {
-    #[arg(
-        long,
-        global = true,
-        env = "OIP_ENDPOINT",
-        default_value = "https://127.0.0.1:50051"
-    )]
-    endpoint: String,
-    #[arg(long, global = true, default_value = "certs-example/ca.pem")]
-    ca: PathBuf,
-    #[arg(long, global = true, default_value = "certs-example/admin.pem")]
-    cert: PathBuf,
-    #[arg(long, global = true, default_value = "certs-example/admin.key")]
-    key: PathBuf,
-    /// Server name to verify against the gateway's certificate.
-    #[arg(long, global = true, default_value = "localhost")]
-    domain: String,
-}
-
-async fn dead_letters(action: DeadLetterCommand, c: &AdminClient) -> anyhow::Result<()> {
-    use oip_gateway::proto::{self, admin_service_client::AdminServiceClient};
-    let tls = oip_gateway::tls::client_config(&c.ca, &c.cert, &c.key, &c.domain)?;
-    let channel = tonic::transport::Channel::from_shared(c.endpoint.clone())?
-        .tls_config(tls)?
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("gateway unreachable at {}: {e}", c.endpoint))?;
-    let mut admin = AdminServiceClient::new(channel);
-    let pick = |p: DeadLetterPick| proto::DeadLetterSelection {
-        seqs: p.seqs,
-        all: p.all,
-        destination: p.destination.unwrap_or_default(),
-    };
-    match action {
-        DeadLetterCommand::List { destination } => {
-            let mut page_token = String::new();
-            let mut n = 0;
-            loop {
-                let page = admin
-                    .list_dead_letters(proto::ListDeadLettersRequest {
-                        destination: destination.clone().unwrap_or_default(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                for d in &page.dead_letters {
-                    println!(
-                        "{}\t{}\t{}\tattempts={}\t{}",
-                        d.seq, d.destination, d.idempotency_key, d.attempts, d.last_error
-                    );
-                }
-                n += page.dead_letters.len();
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            println!("{n} dead letters");
-        }
-        DeadLetterCommand::Replay(p) => {
-            let r = admin.replay_dead_letters(pick(p)).await?.into_inner();
-            println!("replayed {}", r.changed);
-        }
-        DeadLetterCommand::Discard(p) => {
-            let r = admin.discard_dead_letters(pick(p)).await?.into_inner();
-            println!("discarded {}", r.changed);
-        }
-    }
-    Ok(())
 }
 
 #[derive(Args)]
@@ -357,7 +288,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::DeadLetters { action, client } => dead_letters(action, &client).await,
+        Command::DeadLetters { action, connection } => {
+            let mut admin = cli::admin::connect(&connection).await?;
+            cli::admin::dead_letters(action, &mut admin).await
+        }
+        Command::Admin { action, connection } => cli::admin::run(action, &connection).await,
+        Command::Audit {
+            action: AuditCommand::Verify,
+            connection,
+        } => cli::admin::verify(&connection).await,
+        Command::Pull { action, connection } => cli::pull::run(action, &connection).await,
         Command::Loadgen {
             workers,
             orders,
