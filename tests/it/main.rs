@@ -17,6 +17,7 @@ mod logs;
 mod pulls;
 mod records;
 mod revisions;
+mod roles_cli;
 mod statements;
 mod store;
 mod submit_cli;
