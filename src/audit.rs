@@ -193,6 +193,12 @@ impl CallNote {
             *n = (scope.into(), records);
         }
     }
+    /// Sets the record count only.
+    pub fn records(&self, records: i64) {
+        if let Ok(mut n) = self.0.lock() {
+            n.1 = records;
+        }
+    }
     fn take(&self) -> (String, i64) {
         self.0.lock().map(|n| n.clone()).unwrap_or_default()
     }

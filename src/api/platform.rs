@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::Access;
+use crate::audit::CallNote;
 use crate::config::Limits;
 use crate::crosscheck::Candidate;
 use crate::domain::fees::{Figures, ReconciliationStatus};
@@ -197,9 +198,18 @@ fn to_wire(
 }
 
 impl PlatformApi {
-    async fn caller<T>(&self, req: &Request<T>) -> Result<PlatformProfile, ApiError> {
+    /// The calling platform, and the note of its call's audit entry (scope: the
+    /// platform; records: how many the call carried or returned).
+    async fn caller<T>(&self, req: &Request<T>) -> Result<(PlatformProfile, CallNote), ApiError> {
         let principal = Principal::of_request(req)?;
-        self.access.platform(&principal, now_millis()).await
+        let platform = self.access.platform(&principal, now_millis()).await?;
+        let note = req
+            .extensions()
+            .get::<CallNote>()
+            .cloned()
+            .unwrap_or_default();
+        note.set(platform.uscc.to_string(), 0);
+        Ok((platform, note))
     }
 
     /// Validates and applies `items` (numbered from `offset`), appending outcomes.
@@ -334,101 +344,105 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::RegisterWorkersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.batch(&platform, req.into_inner().workers).await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self.batch(&platform, req.into_inner().workers).await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn stream_workers(
         &self,
         req: Request<Streaming<proto::RegisterWorkersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.stream(&platform, req.into_inner(), |m| m.workers)
-                .await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self
+            .stream(&platform, req.into_inner(), |m| m.workers)
+            .await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn report_orders(
         &self,
         req: Request<proto::ReportOrdersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.batch(&platform, req.into_inner().orders).await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self.batch(&platform, req.into_inner().orders).await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn stream_orders(
         &self,
         req: Request<Streaming<proto::ReportOrdersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.stream(&platform, req.into_inner(), |m| m.orders)
-                .await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self
+            .stream(&platform, req.into_inner(), |m| m.orders)
+            .await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn submit(
         &self,
         req: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.batch(&platform, req.into_inner().records).await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self.batch(&platform, req.into_inner().records).await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn submit_declarations(
         &self,
         req: Request<proto::SubmitDeclarationsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.batch(&platform, req.into_inner().declarations).await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self.batch(&platform, req.into_inner().declarations).await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn stream_declarations(
         &self,
         req: Request<Streaming<proto::SubmitDeclarationsRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.stream(&platform, req.into_inner(), |m| m.declarations)
-                .await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self
+            .stream(&platform, req.into_inner(), |m| m.declarations)
+            .await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn report_accidents(
         &self,
         req: Request<proto::ReportAccidentsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.batch(&platform, req.into_inner().accidents).await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self.batch(&platform, req.into_inner().accidents).await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn stream_accidents(
         &self,
         req: Request<Streaming<proto::ReportAccidentsRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let platform = self.caller(&req).await?;
-        Ok(Response::new(
-            self.stream(&platform, req.into_inner(), |m| m.accidents)
-                .await?,
-        ))
+        let (platform, note) = self.caller(&req).await?;
+        let out = self
+            .stream(&platform, req.into_inner(), |m| m.accidents)
+            .await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
     }
 
     async fn list_declarations(
         &self,
         req: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListDeclarationsResponse>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let page = self
             .store
             .list_declarations(platform.id, &Self::page(req.get_ref()))
@@ -452,7 +466,7 @@ impl PlatformService for PlatformApi {
             .closed_periods(platform.id)
             .await
             .map_err(ApiError::from)?;
-        let declarations = page
+        let declarations: Vec<_> = page
             .items
             .into_iter()
             .map(|d| {
@@ -485,6 +499,7 @@ impl PlatformService for PlatformApi {
                 }
             })
             .collect();
+        note.records(declarations.len() as i64);
         Ok(Response::new(proto::ListDeclarationsResponse {
             declarations,
             next_page_token: page.next.unwrap_or_default(),
@@ -495,7 +510,7 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::ListVolumeStatementsRequest>,
     ) -> Result<Response<proto::ListVolumeStatementsResponse>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let period = Period::parse(&req.get_ref().period)
             .ok_or_else(|| ApiError::InvalidArgument("period must be YYYY-MM".into()))?;
         let scope: Vec<_> = platform
@@ -517,7 +532,7 @@ impl PlatformService for PlatformApi {
             .copied();
         let mut statements: Vec<_> = statements.into_iter().collect();
         statements.sort();
-        let statements = statements
+        let statements: Vec<_> = statements
             .into_iter()
             .map(|(key, count)| {
                 let s = reconcile::rate_statement(
@@ -539,6 +554,7 @@ impl PlatformService for PlatformApi {
                 }
             })
             .collect();
+        note.records(statements.len() as i64);
         Ok(Response::new(proto::ListVolumeStatementsResponse {
             statements,
         }))
@@ -548,7 +564,7 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::ListDeliveriesRequest>,
     ) -> Result<Response<proto::ListDeliveriesResponse>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let r = req.get_ref();
         const KINDS: [&str; 6] = [
             "worker",
@@ -569,7 +585,7 @@ impl PlatformService for PlatformApi {
         // records can be named.
         let key = format!("{}/{}/{}", platform.uscc, r.kind, r.id);
         let rows = self.store.deliveries(&key).await.map_err(ApiError::from)?;
-        let deliveries = rows
+        let deliveries: Vec<_> = rows
             .into_iter()
             .map(|d| proto::Delivery {
                 idempotency_key: d.idempotency_key,
@@ -588,6 +604,7 @@ impl PlatformService for PlatformApi {
                 delivered_at_ms: d.delivered_at.unwrap_or_default(),
             })
             .collect();
+        note.records(deliveries.len() as i64);
         Ok(Response::new(proto::ListDeliveriesResponse { deliveries }))
     }
 
@@ -597,7 +614,7 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, _) = self.caller(&req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
@@ -632,13 +649,13 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let page = self
             .store
             .list_workers(platform.id, &Self::page(req.get_ref()))
             .await
             .map_err(ApiError::from)?;
-        let workers = page
+        let workers: Vec<_> = page
             .items
             .into_iter()
             .map(|w| proto::StoredWorker {
@@ -657,6 +674,7 @@ impl PlatformService for PlatformApi {
                 received_at_ms: w.received_at,
             })
             .collect();
+        note.records(workers.len() as i64);
         Ok(Response::new(proto::ListWorkersResponse {
             workers,
             next_page_token: page.next.unwrap_or_default(),
@@ -667,13 +685,13 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListOrdersResponse>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let page = self
             .store
             .list_orders(platform.id, &Self::page(req.get_ref()))
             .await
             .map_err(ApiError::from)?;
-        let orders = page
+        let orders: Vec<_> = page
             .items
             .into_iter()
             .map(|o| proto::StoredOrder {
@@ -691,6 +709,7 @@ impl PlatformService for PlatformApi {
                 received_at_ms: o.received_at,
             })
             .collect();
+        note.records(orders.len() as i64);
         Ok(Response::new(proto::ListOrdersResponse {
             orders,
             next_page_token: page.next.unwrap_or_default(),
@@ -701,7 +720,7 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListRejectionsResponse>, Status> {
-        let platform = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let page_req = Self::page(req.get_ref());
         if page_req
             .after
@@ -715,7 +734,7 @@ impl PlatformService for PlatformApi {
             .list_rejections(platform.id, &page_req)
             .await
             .map_err(ApiError::from)?;
-        let rejections = page
+        let rejections: Vec<_> = page
             .items
             .into_iter()
             .map(|r| proto::Rejection {
@@ -728,6 +747,7 @@ impl PlatformService for PlatformApi {
                 received_at_ms: r.received_at,
             })
             .collect();
+        note.records(rejections.len() as i64);
         Ok(Response::new(proto::ListRejectionsResponse {
             rejections,
             next_page_token: page.next.unwrap_or_default(),

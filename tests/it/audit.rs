@@ -2,6 +2,7 @@
 //! altered or missing entry; a call whose entry cannot be written fails; retention
 //! removes old entries without breaking verification.
 
+use oip_gateway::certs::DEMO_PLATFORM_A;
 use oip_gateway::domain::audit::{AuditEntry, GENESIS};
 use oip_gateway::proto;
 use oip_gateway::store::AccessStore;
@@ -25,12 +26,40 @@ async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry
     for i in 0..5 {
         register(&mut a, vec![worker(&format!("W{i}"))]).await;
     }
+    let listed = a
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(listed.get_ref().workers.len(), 5);
     let mut admin = gw.admin().await;
     let v = verify(&mut admin).await;
     assert!(v.ok, "{v:?}");
-    assert_eq!(v.checked, 5, "five calls before the verification");
+    assert_eq!(v.checked, 6, "six calls before the verification");
 
+    // Each entry names the platform touched and the records carried or returned.
     let pool = gw.sql().await;
+    let entries: Vec<_> = audit_entries(&pool, PLATFORM_A_ID)
+        .await
+        .into_iter()
+        .map(|(action, outcome, _, scope, records)| (action, outcome, scope, records))
+        .collect();
+    let register = (
+        "oip.v1.PlatformService/RegisterWorkers".to_string(),
+        "OK".to_string(),
+        DEMO_PLATFORM_A.to_string(),
+        1,
+    );
+    assert_eq!(entries[..5], vec![register; 5]);
+    assert_eq!(
+        entries[5],
+        (
+            "oip.v1.PlatformService/ListWorkers".to_string(),
+            "OK".to_string(),
+            DEMO_PLATFORM_A.to_string(),
+            5
+        )
+    );
+
     let original: (i64,) = sqlx::query_as("SELECT records FROM audit_log WHERE seq = 3")
         .fetch_one(&pool)
         .await
