@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod admin;
 mod aggregates;
 mod audit;
 mod backend_sim;
