@@ -26,7 +26,8 @@ fn registration() -> proto::PlatformRegistration {
 async fn platform_registrations_are_checked_and_replace_the_previous_one() {
     let gw = TestGateway::spawn().await;
     let mut admin = gw.admin().await;
-    let bad: Vec<(&str, Box<dyn Fn(&mut proto::PlatformRegistration)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut proto::PlatformRegistration)>;
+    let bad: Vec<(&str, Mutation)> = vec![
         ("uscc", Box::new(|r| r.uscc = "91320500MA1DEMB02X".into())),
         ("name", Box::new(|r| r.name = " ".into())),
         (
