@@ -152,7 +152,7 @@ async fn run(
     );
 
     // What is queued (the month's release follows its first batch; wait for it).
-    let store = SqliteStore::open(&db).await?;
+    let store = SqliteStore::open(&db, oip_gateway::vault::Vault::for_test()).await?;
     let mut queued = (0, 0);
     for _ in 0..100 {
         let q = (

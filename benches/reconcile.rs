@@ -57,7 +57,11 @@ fn candidates(b: &Bench, records: &[proto::Record]) -> Vec<Candidate> {
 async fn setup() -> anyhow::Result<Bench> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&format!("sqlite:{}", dir.path().join("bench.db").display())).await?,
+        SqliteStore::open(
+            &format!("sqlite:{}", dir.path().join("bench.db").display()),
+            oip_gateway::vault::Vault::for_test(),
+        )
+        .await?,
     );
     let reference = Reference::builtin();
     // The shipped configuration (cargo runs benches from the repository root).

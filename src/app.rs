@@ -128,7 +128,7 @@ async fn start_forwarding(
 /// Opens the store and registers the configured platforms and administrators.
 pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let reference = config.reference()?;
-    let store = SqliteStore::open(&config.database_url)
+    let store = SqliteStore::open(&config.database_url, config.vault()?)
         .await
         .with_context(|| format!("database_url {}", config.database_url))?;
     let now = crate::domain::time::now_millis();

@@ -18,6 +18,7 @@ use crate::domain::platform::DeliveryTier;
 use crate::identity::Principal;
 use crate::reference::Reference;
 use crate::store::PlatformRegistration;
+use crate::vault::Vault;
 
 /// The default configuration file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "config/oip-gateway.toml";
@@ -42,6 +43,9 @@ pub struct Config {
     pub forward: ForwardConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Keys sealing personal data in the database.
+    #[serde(default)]
+    pub pii: PiiConfig,
     /// Identity URIs (`oip://admin/<name>`) granted the admin role at every start:
     /// the first administrators, who grant everyone else.
     #[serde(default)]
@@ -211,6 +215,42 @@ impl Default for ForwardConfig {
     }
 }
 
+/// Keys of personal data at rest (README, "Personal data at rest"). Secrets: never
+/// printed (Debug shows key ids only).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiiConfig {
+    /// Key id → key as 64 hex digits (32 bytes). Keys no longer current stay listed
+    /// until every value sealed under them was re-sealed (logged at start).
+    pub keys: BTreeMap<String, String>,
+    /// The id of the key that seals new values.
+    pub current_key: String,
+    /// 64 hex digits: the key of lookup hashes. Never changes (stored hashes depend on
+    /// it).
+    pub lookup_key: String,
+}
+
+impl std::fmt::Debug for PiiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PiiConfig")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("current_key", &self.current_key)
+            .field("lookup_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl PiiConfig {
+    /// Fixed keys for tests (never for real data).
+    pub fn for_test() -> Self {
+        Self {
+            keys: BTreeMap::from([("test".to_string(), "07".repeat(32))]),
+            current_key: "test".into(),
+            lookup_key: "09".repeat(32),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
@@ -286,8 +326,9 @@ impl Config {
     /// The `OIP_*` variables that name configuration keys. Other `OIP_` variables
     /// (`OIP_CONFIG`, the client's `OIP_ENDPOINT`) are not configuration and are left alone.
     fn environment() -> Env {
-        const TOP_LEVEL: [&str; 11] = [
+        const TOP_LEVEL: [&str; 12] = [
             "audit",
+            "pii",
             "listen",
             "database_url",
             "tls",
@@ -336,6 +377,7 @@ impl Config {
             accidents: AccidentsConfig::default(),
             forward: ForwardConfig::default(),
             audit: AuditConfig::default(),
+            pii: PiiConfig::for_test(),
             admins: vec!["oip://admin/root".into()],
             platforms,
         }
@@ -344,6 +386,30 @@ impl Config {
     /// The same configuration as a figment layer (to merge overrides onto).
     pub fn figment(&self) -> Figment {
         Figment::from(Serialized::defaults(self))
+    }
+
+    /// The keys of personal data at rest.
+    pub fn vault(&self) -> Result<Vault, ConfigError> {
+        let p = &self.pii;
+        if p.keys.is_empty() {
+            return Err(invalid(
+                "pii.keys",
+                "at least one key (64 hex digits) is required: personal data is stored sealed",
+            ));
+        }
+        let keys = p
+            .keys
+            .iter()
+            .map(|(id, hex)| {
+                crate::vault::key_bytes(id, hex)
+                    .map(|k| (id.clone(), k))
+                    .map_err(|e| invalid(format!("pii.keys.{id}"), e.to_string()))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let lookup = crate::vault::key_bytes("lookup_key", &p.lookup_key)
+            .map_err(|e| invalid("pii.lookup_key", e.to_string()))?;
+        Vault::new(&keys, &p.current_key, lookup)
+            .map_err(|e| invalid("pii.current_key", e.to_string()))
     }
 
     /// Loads the reference data this configuration names.
@@ -415,6 +481,7 @@ impl Config {
             ));
         }
         self.rates(0)?;
+        self.vault()?;
         if self.forward.enabled {
             for (key, path) in [
                 ("forward.backend_ca", &self.forward.backend_ca),

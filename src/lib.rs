@@ -33,3 +33,4 @@ pub mod submit;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;
+pub mod vault;

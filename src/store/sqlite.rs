@@ -36,8 +36,11 @@ use crate::domain::time::Millis;
 use crate::domain::{Declaration, OrderStatus};
 use crate::domain::{PlatformProfile, WorkerStatus};
 use crate::reconcile::{StatementKey, Statements};
+use crate::vault::{Vault, VaultError};
+use std::sync::Arc;
 
 mod access;
+mod seal;
 
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -45,6 +48,29 @@ const ROWS_PER_STATEMENT: usize = 1000;
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// Seals personal data on write, opens it on read.
+    vault: Arc<Vault>,
+}
+
+/// Associated data naming the column a sealed value belongs to.
+const AAD_ID_NUMBER: &[u8] = b"workers.id_number";
+const AAD_NAME: &[u8] = b"workers.name";
+const AAD_MOBILE: &[u8] = b"workers.mobile";
+const AAD_DESCRIPTION: &[u8] = b"accidents.description";
+const AAD_PAYLOAD: &[u8] = b"outbox.payload";
+
+fn sealed_err(e: VaultError) -> StoreError {
+    StoreError::Corrupt(format!("personal data: {e}"))
+}
+
+/// An outbox payload in clear: social-security payloads are sealed (they carry worker
+/// records); tax payloads, and rows from before sealing, are not.
+fn clear_payload(vault: &Vault, payload: Vec<u8>) -> Result<Vec<u8>> {
+    if Vault::key_id(&payload).is_some() {
+        vault.open(&payload, AAD_PAYLOAD).map_err(sealed_err)
+    } else {
+        Ok(payload)
+    }
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -66,9 +92,9 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at a `sqlite:` URL or plain path and
-    /// applies the migrations.
-    pub async fn open(url: &str) -> Result<Self> {
+    /// Opens (creating if needed) the database at a `sqlite:` URL or plain path,
+    /// applies the migrations and brings personal data under the vault's current key.
+    pub async fn open(url: &str, vault: Vault) -> Result<Self> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -88,7 +114,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Freed pages are zeroed: an overwritten clear value does not linger.
+            .pragma("secure_delete", "on");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -104,7 +132,13 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db_err)?;
-        Ok(Self { reader, writer })
+        let store = Self {
+            reader,
+            writer,
+            vault: Arc::new(vault),
+        };
+        store.reseal().await?;
+        Ok(store)
     }
 }
 
@@ -297,7 +331,11 @@ impl Store for SqliteStore {
 
     async fn begin_ingest(&self, platform_id: i64) -> Result<Box<dyn IngestTx>> {
         let tx = self.writer.begin().await.map_err(db_err)?;
-        Ok(Box::new(SqliteIngest { tx, platform_id }))
+        Ok(Box::new(SqliteIngest {
+            tx,
+            platform_id,
+            vault: self.vault.clone(),
+        }))
     }
 
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>> {
@@ -305,9 +343,9 @@ impl Store for SqliteStore {
             String,
             i64,
             String,
-            String,
-            String,
-            String,
+            Vec<u8>,
+            Vec<u8>,
+            Vec<u8>,
             String,
             i64,
             String,
@@ -333,9 +371,12 @@ impl Store for SqliteStore {
                     worker_id: r.0,
                     revision: revision_of(r.1)?,
                     id_type: r.2,
-                    id_number: r.3,
-                    name: r.4,
-                    mobile: r.5,
+                    id_number: self
+                        .vault
+                        .open_str(&r.3, AAD_ID_NUMBER)
+                        .map_err(sealed_err)?,
+                    name: self.vault.open_str(&r.4, AAD_NAME).map_err(sealed_err)?,
+                    mobile: self.vault.open_str(&r.5, AAD_MOBILE).map_err(sealed_err)?,
                     industries: split(&r.6),
                     registered_at: r.7,
                     status: r.8,
@@ -631,7 +672,7 @@ impl Store for SqliteStore {
                 Ok(DueItem {
                     seq,
                     idempotency_key,
-                    payload,
+                    payload: clear_payload(&self.vault, payload)?,
                     attempts: u32::try_from(attempts)
                         .map_err(|_| corrupt("attempts out of range"))?,
                 })
@@ -872,6 +913,7 @@ async fn update_dead_letters(
 
 /// Queues outbox items (pending, due now) in the caller's transaction.
 async fn queue(
+    vault: &Vault,
     tx: &mut Transaction<'static, Sqlite>,
     outbox: &[OutboxItem],
     at: Millis,
@@ -907,7 +949,10 @@ async fn queue(
             b.push_bind(item.destination.as_str())
                 .push_bind(&item.record_key)
                 .push_bind(&item.idempotency_key)
-                .push_bind(&item.payload)
+                .push_bind(match item.destination {
+                    Destination::SocialSecurity => vault.seal(&item.payload, AAD_PAYLOAD),
+                    Destination::Tax => item.payload.clone(),
+                })
                 .push_bind("pending")
                 .push_bind(at)
                 .push_bind(at);
@@ -920,6 +965,7 @@ async fn queue(
 struct SqliteIngest {
     tx: Transaction<'static, Sqlite>,
     platform_id: i64,
+    vault: Arc<Vault>,
 }
 
 fn stored(revision: i64, hash: &str) -> Result<Stored> {
@@ -1273,8 +1319,9 @@ impl IngestTx for SqliteIngest {
         for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
-                 birth_date, industries, registered_at, status, left_at, received_at) ",
+                 birth_date, industries, registered_at, status, left_at, received_at, id_number_hash) ",
             );
+            let vault = &self.vault;
             q.push_values(chunk, |mut b, w| {
                 let r = &w.record;
                 b.push_bind(pid)
@@ -1282,19 +1329,21 @@ impl IngestTx for SqliteIngest {
                     .push_bind(i64::from(r.revision))
                     .push_bind(&w.hash[..])
                     .push_bind(r.id_number.id_type().as_str())
-                    .push_bind(r.id_number.as_str())
-                    .push_bind(r.name.as_str())
-                    .push_bind(r.mobile.as_str())
+                    .push_bind(vault.seal(r.id_number.as_str().as_bytes(), AAD_ID_NUMBER))
+                    .push_bind(vault.seal(r.name.as_str().as_bytes(), AAD_NAME))
+                    .push_bind(vault.seal(r.mobile.as_str().as_bytes(), AAD_MOBILE))
                     .push_bind(r.id_number.birth_date().map(|d| d.to_string()))
                     .push_bind(join(&r.industries))
                     .push_bind(r.registered_at)
                     .push_bind(r.status.as_str())
                     .push_bind(r.left_at)
-                    .push_bind(received_at);
+                    .push_bind(received_at)
+                    .push_bind(vault.lookup_hash(r.id_number.as_str().as_bytes()).to_vec());
             });
             q.push(
                 " ON CONFLICT (platform_id, worker_id) DO UPDATE SET revision = excluded.revision,
                  content_hash = excluded.content_hash, id_type = excluded.id_type, id_number = excluded.id_number,
+                 id_number_hash = excluded.id_number_hash,
                  name = excluded.name, mobile = excluded.mobile, birth_date = excluded.birth_date,
                  industries = excluded.industries, registered_at = excluded.registered_at, status = excluded.status,
                  left_at = excluded.left_at, received_at = excluded.received_at",
@@ -1391,7 +1440,7 @@ impl IngestTx for SqliteIngest {
                     .push_bind(r.occurred_at)
                     .push_bind(&r.division_code)
                     .push_bind(r.injury_kind.as_str())
-                    .push_bind(&r.description)
+                    .push_bind(self.vault.seal(r.description.as_bytes(), AAD_DESCRIPTION))
                     .push_bind(received_at);
             });
             q.push(
@@ -1462,7 +1511,7 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        queue(&mut self.tx, outbox, received_at).await
+        queue(&self.vault, &mut self.tx, outbox, received_at).await
     }
 
     async fn next_batch(&mut self) -> Result<u64> {
@@ -1523,7 +1572,7 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        queue(&mut self.tx, outbox, at).await
+        queue(&self.vault, &mut self.tx, outbox, at).await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {

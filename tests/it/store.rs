@@ -37,7 +37,9 @@ fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
 async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("conf.db").display());
-    let sqlite = SqliteStore::open(&url).await.expect("open sqlite");
+    let sqlite = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
+        .await
+        .expect("open sqlite");
     vec![("sqlite", Arc::new(sqlite), dir)]
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{SqliteStore, corrupt, db_err};
+use super::{AAD_ID_NUMBER, AAD_NAME, SqliteStore, clear_payload, corrupt, db_err, sealed_err};
 use crate::access::{Grant, Role};
 use crate::domain::PlatformProfile;
 use crate::domain::audit::{AuditEntry, GENESIS};
@@ -283,12 +283,14 @@ impl AccessStore for SqliteStore {
         Ok(JournalPage {
             entries: rows
                 .into_iter()
-                .map(|(seq, record_key, payload)| JournalEntry {
-                    seq,
-                    record_key,
-                    payload,
+                .map(|(seq, record_key, payload)| {
+                    Ok(JournalEntry {
+                        seq,
+                        record_key,
+                        payload: clear_payload(&self.vault, payload)?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             scanned_to: upto.min(end).max(after),
         })
     }
@@ -301,7 +303,7 @@ impl AccessStore for SqliteStore {
             return Ok(HashMap::new());
         }
         let json = serde_json::to_string(keys).map_err(|e| corrupt(&e.to_string()))?;
-        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
             "SELECT p.uscc, w.worker_id, w.id_type, w.id_number, w.name
              FROM json_each(?1) AS k
              JOIN platforms AS p ON p.uscc = json_extract(k.value, '$[0]')
@@ -311,18 +313,20 @@ impl AccessStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|(uscc, worker_id, id_type, id_number, name)| {
-                (
+                Ok((
                     (uscc, worker_id),
                     Person {
                         id_type,
-                        id_number,
-                        name,
+                        id_number: self
+                            .vault
+                            .open_str(&id_number, AAD_ID_NUMBER)
+                            .map_err(sealed_err)?,
+                        name: self.vault.open_str(&name, AAD_NAME).map_err(sealed_err)?,
                     },
-                )
+                ))
             })
-            .collect())
+            .collect()
     }
 }

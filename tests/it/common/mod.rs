@@ -260,6 +260,18 @@ impl Drop for GatewayProcess {
 }
 
 fn toml_of(c: &Config) -> String {
+    let keys: Vec<String> = c
+        .pii
+        .keys
+        .iter()
+        .map(|(id, k)| format!("{id} = \"{k}\""))
+        .collect();
+    let pii = format!(
+        "[pii]\ncurrent_key = \"{}\"\nlookup_key = \"{}\"\nkeys = {{ {} }}\n",
+        c.pii.current_key,
+        c.pii.lookup_key,
+        keys.join(", ")
+    );
     // Config serialises to TOML through figment's value model; hand-writing keeps
     // the file readable in failure output.
     let platforms: String = c
@@ -280,7 +292,7 @@ fn toml_of(c: &Config) -> String {
         })
         .collect();
     format!(
-        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{platforms}",
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{pii}{platforms}",
         c.database_url,
         c.admins,
         c.tls.ca.display(),

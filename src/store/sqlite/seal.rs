@@ -1,0 +1,195 @@
+//! Bringing personal data under the current key: values stored in clear (databases
+//! written before sealing) or sealed under an older key are sealed again, in batches,
+//! when the store opens. `pii_state` records the key everything was last brought
+//! under, so an unchanged key costs one query at start.
+
+use sqlx::{Sqlite, Transaction};
+
+use super::{
+    AAD_DESCRIPTION, AAD_ID_NUMBER, AAD_MOBILE, AAD_NAME, AAD_PAYLOAD, SqliteStore, db_err,
+    sealed_err,
+};
+use crate::store::Result;
+use crate::vault::Vault;
+
+const BATCH: i64 = 500;
+
+/// What a stored value becomes: None when it is already sealed under the current key.
+fn resealed(vault: &Vault, value: &[u8], aad: &[u8]) -> Result<Option<Vec<u8>>> {
+    if vault.is_current(value) {
+        return Ok(None);
+    }
+    let clear = match Vault::key_id(value) {
+        Some(_) => vault.open(value, aad).map_err(sealed_err)?,
+        None => value.to_vec(),
+    };
+    Ok(Some(vault.seal(&clear, aad)))
+}
+
+impl SqliteStore {
+    pub(super) async fn reseal(&self) -> Result<()> {
+        let current = self.vault.current().to_string();
+        let state: Option<(String,)> =
+            sqlx::query_as("SELECT sealed_with FROM pii_state WHERE id = 1")
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(db_err)?;
+        if state.is_some_and(|(k,)| k == current) {
+            return Ok(());
+        }
+        let workers = self.reseal_workers().await?;
+        let accidents = self.reseal_accidents().await?;
+        let payloads = self.reseal_payloads().await?;
+        sqlx::query(
+            "INSERT INTO pii_state (id, sealed_with) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET sealed_with = excluded.sealed_with",
+        )
+        .bind(&current)
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        // Old page images must not survive in the write-ahead log either.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await
+            .map_err(db_err)?;
+        tracing::info!(
+            key = %current,
+            workers,
+            accidents,
+            payloads,
+            "personal data sealed under the current key; keys no longer current may be removed"
+        );
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.writer.begin().await.map_err(db_err)
+    }
+
+    async fn reseal_workers(&self) -> Result<u64> {
+        type Row = (i64, String, Vec<u8>, Vec<u8>, Vec<u8>);
+        let mut after = (i64::MIN, String::new());
+        let mut changed = 0;
+        loop {
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT platform_id, worker_id, CAST(id_number AS BLOB), CAST(name AS BLOB),
+                        CAST(mobile AS BLOB)
+                 FROM workers WHERE (platform_id, worker_id) > (?1, ?2)
+                 ORDER BY platform_id, worker_id LIMIT ?3",
+            )
+            .bind(after.0)
+            .bind(&after.1)
+            .bind(BATCH)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db_err)?;
+            let Some(last) = rows.last() else {
+                return Ok(changed);
+            };
+            after = (last.0, last.1.clone());
+            let mut tx = self.begin().await?;
+            for (pid, worker_id, id_number, name, mobile) in rows {
+                let new_id = resealed(&self.vault, &id_number, AAD_ID_NUMBER)?;
+                let new_name = resealed(&self.vault, &name, AAD_NAME)?;
+                let new_mobile = resealed(&self.vault, &mobile, AAD_MOBILE)?;
+                if new_id.is_none() && new_name.is_none() && new_mobile.is_none() {
+                    continue;
+                }
+                let clear_id = match Vault::key_id(&id_number) {
+                    Some(_) => self
+                        .vault
+                        .open(&id_number, AAD_ID_NUMBER)
+                        .map_err(sealed_err)?,
+                    None => id_number.clone(),
+                };
+                sqlx::query(
+                    "UPDATE workers SET id_number = ?3, name = ?4, mobile = ?5, id_number_hash = ?6
+                     WHERE platform_id = ?1 AND worker_id = ?2",
+                )
+                .bind(pid)
+                .bind(&worker_id)
+                .bind(new_id.unwrap_or(id_number))
+                .bind(new_name.unwrap_or(name))
+                .bind(new_mobile.unwrap_or(mobile))
+                .bind(self.vault.lookup_hash(&clear_id).to_vec())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                changed += 1;
+            }
+            tx.commit().await.map_err(db_err)?;
+        }
+    }
+
+    async fn reseal_accidents(&self) -> Result<u64> {
+        let mut after = (i64::MIN, String::new());
+        let mut changed = 0;
+        loop {
+            let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+                "SELECT platform_id, report_id, CAST(description AS BLOB) FROM accidents
+                 WHERE (platform_id, report_id) > (?1, ?2)
+                 ORDER BY platform_id, report_id LIMIT ?3",
+            )
+            .bind(after.0)
+            .bind(&after.1)
+            .bind(BATCH)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db_err)?;
+            let Some(last) = rows.last() else {
+                return Ok(changed);
+            };
+            after = (last.0, last.1.clone());
+            let mut tx = self.begin().await?;
+            for (pid, report_id, description) in rows {
+                if let Some(new) = resealed(&self.vault, &description, AAD_DESCRIPTION)? {
+                    sqlx::query(
+                        "UPDATE accidents SET description = ?3 WHERE platform_id = ?1 AND report_id = ?2",
+                    )
+                    .bind(pid)
+                    .bind(&report_id)
+                    .bind(new)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    changed += 1;
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+        }
+    }
+
+    async fn reseal_payloads(&self) -> Result<u64> {
+        let mut after = 0i64;
+        let mut changed = 0;
+        loop {
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT seq, payload FROM outbox
+                 WHERE seq > ?1 AND destination = 'social-security' ORDER BY seq LIMIT ?2",
+            )
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db_err)?;
+            let Some(last) = rows.last() else {
+                return Ok(changed);
+            };
+            after = last.0;
+            let mut tx = self.begin().await?;
+            for (seq, payload) in rows {
+                if let Some(new) = resealed(&self.vault, &payload, AAD_PAYLOAD)? {
+                    sqlx::query("UPDATE outbox SET payload = ?2 WHERE seq = ?1")
+                        .bind(seq)
+                        .bind(new)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    changed += 1;
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+        }
+    }
+}
