@@ -15,6 +15,7 @@ mod fees;
 mod forwarding;
 mod grants;
 mod logs;
+mod pii;
 mod pulls;
 mod records;
 mod revisions;

@@ -1,0 +1,335 @@
+//! Personal data at rest: the database file does not reveal resident ID numbers,
+//! names, mobiles or accident descriptions; key rotation re-seals everything; values
+//! stored in clear by an older version are sealed at the next start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oip_gateway::app::Gateway;
+use oip_gateway::config::{Config, PiiConfig};
+use oip_gateway::proto::{self, social_security_item};
+use oip_gateway::vault::Vault;
+
+use crate::common::*;
+
+const NAME: &str = "欧阳锋芒";
+const MOBILE: &str = "13912345678";
+const DESCRIPTION: &str = "右腿胫骨骨折，入院手术";
+
+fn the_worker() -> proto::Worker {
+    let mut w = worker("W-pii");
+    w.id_number = resident_id("32058219850617123");
+    w.name = NAME.into();
+    w.mobile = MOBILE.into();
+    w
+}
+
+/// The secrets to look for, as bytes.
+fn secrets() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("id number".into(), the_worker().id_number.into_bytes()),
+        ("name".into(), NAME.as_bytes().to_vec()),
+        ("mobile".into(), MOBILE.as_bytes().to_vec()),
+        ("description".into(), DESCRIPTION.as_bytes().to_vec()),
+    ]
+}
+
+/// Which secrets occur in the database file `path` or its -wal/-shm companions.
+fn found_in(path: &Path) -> Vec<String> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = format!("{}{suffix}", path.display());
+        if let Ok(b) = std::fs::read(&p) {
+            bytes.extend(b);
+        }
+    }
+    assert!(!bytes.is_empty(), "{} exists", path.display());
+    secrets()
+        .into_iter()
+        .filter(|(_, s)| bytes.windows(s.len()).any(|w| w == s.as_slice()))
+        .map(|(what, _)| what)
+        .collect()
+}
+
+fn pii(keys: &[(&str, &str)], current: &str) -> PiiConfig {
+    PiiConfig {
+        keys: keys
+            .iter()
+            .map(|(id, k)| (id.to_string(), k.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        current_key: current.into(),
+        lookup_key: "42".repeat(32),
+    }
+}
+
+async fn start(dir: &Path, pii: PiiConfig) -> anyhow::Result<Gateway> {
+    let url = format!("sqlite:{}", dir.join("oip.db").display());
+    let mut config = Config::for_test(url, tls_files(), test_platforms());
+    config.pii = pii;
+    config.forward.min_backoff_ms = 20;
+    config.forward.max_backoff_ms = 200;
+    Gateway::start(config).await
+}
+
+/// Submits the worker, an order and an accident, and waits until the worker and the
+/// accident reached the social-security backend.
+async fn submit_and_forward(addr: std::net::SocketAddr) {
+    let mut a = client(addr, "platform-a").await;
+    assert_eq!(
+        brief(&register(&mut a, vec![the_worker()]).await),
+        vec![accepted()]
+    );
+    report(&mut a, vec![order("O-pii", "W-pii")]).await;
+    let mut acc = accident("A-pii", "W-pii", "O-pii");
+    acc.description = DESCRIPTION.into();
+    assert_eq!(
+        brief(&report_accidents(&mut a, vec![acc]).await),
+        vec![accepted()]
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (kind, id) in [("worker", "W-pii"), ("accident", "A-pii")] {
+        loop {
+            let states: Vec<String> = a
+                .list_deliveries(proto::ListDeliveriesRequest {
+                    kind: kind.into(),
+                    id: id.into(),
+                })
+                .await
+                .expect("deliveries")
+                .into_inner()
+                .deliveries
+                .into_iter()
+                .map(|d| d.state)
+                .collect();
+            if states == ["DELIVERED"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{kind} {id}: {states:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The insured person of the first enrolment a social-security pull returns.
+async fn pulled_person(addr: std::net::SocketAddr) -> proto::InsuredPerson {
+    let mut admin = Admin::new(role_channel(addr, "admin").await);
+    grant(&mut admin, SS_ID, "social-security", &["320000"]).await;
+    let mut ss = SocialSecurity::new(role_channel(addr, "social-security").await);
+    let msgs = drain(
+        ss.pull_social_security(proto::PullRequest::default())
+            .await
+            .expect("pull")
+            .into_inner(),
+    )
+    .await
+    .expect("stream");
+    msgs.into_iter()
+        .find(|m| {
+            matches!(
+                m.item.as_ref().and_then(|i| i.payload.as_ref()),
+                Some(social_security_item::Payload::Enrolment(_))
+            )
+        })
+        .and_then(|m| m.person)
+        .expect("an enrolment with its person")
+}
+
+async fn masked_name(addr: std::net::SocketAddr) -> String {
+    let mut a = client(addr, "platform-a").await;
+    let w = a
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .workers;
+    w[0].worker.as_ref().expect("worker").name.clone()
+}
+
+#[tokio::test]
+async fn the_database_file_does_not_reveal_personal_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = start(dir.path(), PiiConfig::for_test())
+        .await
+        .expect("start");
+    submit_and_forward(gw.addr).await;
+    let person = pulled_person(gw.addr).await;
+    assert_eq!(
+        (person.id_number, person.name),
+        (the_worker().id_number, NAME.into())
+    );
+    assert_eq!(masked_name(gw.addr).await, "欧***");
+    gw.shutdown().await.expect("stop");
+
+    assert_eq!(found_in(&dir.path().join("oip.db")), Vec::<String>::new());
+    // The search works: the simulated backend stores what it received in clear.
+    assert_eq!(
+        found_in(&dir.path().join("backend-sim.db")),
+        vec!["id number", "name", "mobile", "description"]
+    );
+}
+
+/// The key ids of every sealed value in the database.
+async fn key_ids(dir: &Path) -> BTreeMap<String, usize> {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join("oip.db")))
+        .await
+        .expect("open");
+    let values: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT id_number FROM workers UNION ALL SELECT name FROM workers
+         UNION ALL SELECT mobile FROM workers UNION ALL SELECT description FROM accidents
+         UNION ALL SELECT payload FROM outbox WHERE destination = 'social-security'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("values");
+    pool.close().await;
+    let mut ids = BTreeMap::new();
+    for (v,) in values {
+        *ids.entry(Vault::key_id(&v).unwrap_or("(clear)").to_string())
+            .or_insert(0) += 1;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_rotated_key_re_seals_everything_and_the_old_key_can_then_go() {
+    let k1 = "11".repeat(32);
+    let k2 = "22".repeat(32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = start(dir.path(), pii(&[("k1", &k1)], "k1"))
+        .await
+        .expect("start");
+    submit_and_forward(gw.addr).await;
+    gw.shutdown().await.expect("stop");
+    let before = key_ids(dir.path()).await;
+    assert_eq!(before.keys().collect::<Vec<_>>(), vec!["k1"], "{before:?}");
+    let sealed: usize = before.values().sum();
+    assert!(
+        sealed >= 7,
+        "3 worker fields, a description, 3+ payloads: {before:?}"
+    );
+
+    // Rotation: k2 becomes current, k1 stays listed for one start.
+    let gw = start(dir.path(), pii(&[("k1", &k1), ("k2", &k2)], "k2"))
+        .await
+        .expect("start with k2");
+    assert_eq!(
+        key_ids(dir.path()).await,
+        BTreeMap::from([("k2".to_string(), sealed)])
+    );
+    assert_eq!(masked_name(gw.addr).await, "欧***");
+    gw.shutdown().await.expect("stop");
+
+    // Without k1 everything still opens.
+    let gw = start(dir.path(), pii(&[("k2", &k2)], "k2"))
+        .await
+        .expect("start with k2 only");
+    assert_eq!(
+        pulled_person(gw.addr).await.id_number,
+        the_worker().id_number
+    );
+    assert_eq!(masked_name(gw.addr).await, "欧***");
+    gw.shutdown().await.expect("stop");
+
+    // Back to k1 alone: the data is not under it any more, and start-up says so.
+    let err = start(dir.path(), pii(&[("k1", &k1)], "k1"))
+        .await
+        .err()
+        .expect("k2's data cannot be opened with k1");
+    assert!(format!("{err:#}").contains("\"k2\""), "{err:#}");
+    assert_eq!(found_in(&dir.path().join("oip.db")), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn values_stored_in_clear_by_an_older_version_are_sealed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = start(dir.path(), PiiConfig::for_test())
+        .await
+        .expect("start");
+    submit_and_forward(gw.addr).await;
+    gw.shutdown().await.expect("stop");
+
+    // What a database from before sealing holds: clear text, no state row.
+    let vault = Vault::for_test();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("oip.db")))
+        .await
+        .expect("open");
+    let payloads: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, payload FROM outbox WHERE destination = 'social-security'")
+            .fetch_all(&pool)
+            .await
+            .expect("payloads");
+    for (seq, p) in payloads {
+        let clear = vault.open(&p, b"outbox.payload").expect("sealed payload");
+        sqlx::query("UPDATE outbox SET payload = ?2 WHERE seq = ?1")
+            .bind(seq)
+            .bind(clear)
+            .execute(&pool)
+            .await
+            .expect("clear payload");
+    }
+    let w = the_worker();
+    sqlx::query("UPDATE workers SET id_number = ?1, name = ?2, mobile = ?3, id_number_hash = NULL")
+        .bind(&w.id_number)
+        .bind(NAME)
+        .bind(MOBILE)
+        .execute(&pool)
+        .await
+        .expect("clear worker");
+    sqlx::query("UPDATE accidents SET description = ?1")
+        .bind(DESCRIPTION)
+        .execute(&pool)
+        .await
+        .expect("clear accident");
+    sqlx::query("DELETE FROM pii_state")
+        .execute(&pool)
+        .await
+        .expect("state");
+    pool.close().await;
+    let clear = key_ids(dir.path())
+        .await
+        .get("(clear)")
+        .copied()
+        .unwrap_or(0);
+    assert!(clear >= 5, "{clear} clear values");
+    assert!(
+        !found_in(&dir.path().join("oip.db")).is_empty(),
+        "the clear values are in the file"
+    );
+
+    let gw = start(dir.path(), PiiConfig::for_test())
+        .await
+        .expect("restart");
+    assert_eq!(
+        key_ids(dir.path()).await.keys().collect::<Vec<_>>(),
+        vec!["test"]
+    );
+    assert_eq!(pulled_person(gw.addr).await.name, NAME);
+    gw.shutdown().await.expect("stop");
+    assert_eq!(found_in(&dir.path().join("oip.db")), Vec::<String>::new());
+    let hashes: Vec<(Option<Vec<u8>>,)> = {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("oip.db")),
+            )
+            .await
+            .expect("open");
+        sqlx::query_as("SELECT id_number_hash FROM workers")
+            .fetch_all(&pool)
+            .await
+            .expect("hashes")
+    };
+    let test_vault = oip_gateway::config::Config::for_test(String::new(), tls_files(), vec![])
+        .vault()
+        .expect("vault");
+    assert_eq!(
+        hashes,
+        vec![(Some(
+            test_vault.lookup_hash(w.id_number.as_bytes()).to_vec()
+        ),)],
+        "the lookup hash is restored"
+    );
+}
