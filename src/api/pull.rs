@@ -123,7 +123,8 @@ impl Puller {
         &self,
         req: &Request<proto::PullRequest>,
         role: Role,
-    ) -> Result<(Caller, Filter, i64, i64), ApiError> {
+        destination: Destination,
+    ) -> Result<Pull, ApiError> {
         let principal = Principal::of_request(req)?;
         let grant = self
             .access
@@ -169,20 +170,22 @@ impl Puller {
                 .ok_or_else(|| ApiError::InvalidArgument(format!("unknown cursor {c:?}")))?,
         };
         audit::note(req, divisions.to_string(), 0);
-        Ok((
-            Caller {
+        Ok(Pull {
+            caller: Caller {
                 identity: principal.uri,
                 role,
                 trace_id: audit::trace_id(req),
             },
-            Filter {
+            destination,
+            filter: Filter {
                 divisions,
                 periods,
                 platforms,
             },
             since,
             end,
-        ))
+            max_records: r.max_records,
+        })
     }
 
     /// Streams pages of matching items; `page` turns selected journal entries into
@@ -294,15 +297,7 @@ impl TaxService for TaxApi {
         &self,
         req: Request<proto::PullRequest>,
     ) -> Result<Response<Self::PullContributionsStream>, Status> {
-        let (caller, filter, since, end) = self.0.start(&req, Role::Tax).await?;
-        let pull = Pull {
-            caller,
-            destination: Destination::Tax,
-            filter,
-            since,
-            end,
-            max_records: req.get_ref().max_records,
-        };
+        let pull = self.0.start(&req, Role::Tax, Destination::Tax).await?;
         Ok(Response::new(self.0.run(
             pull,
             |entry, filter| {
@@ -362,15 +357,10 @@ impl SocialSecurityService for SocialSecurityApi {
         &self,
         req: Request<proto::PullRequest>,
     ) -> Result<Response<Self::PullSocialSecurityStream>, Status> {
-        let (caller, filter, since, end) = self.0.start(&req, Role::SocialSecurity).await?;
-        let pull = Pull {
-            caller,
-            destination: Destination::SocialSecurity,
-            filter,
-            since,
-            end,
-            max_records: req.get_ref().max_records,
-        };
+        let pull = self
+            .0
+            .start(&req, Role::SocialSecurity, Destination::SocialSecurity)
+            .await?;
         Ok(Response::new(self.0.run(
             pull,
             |entry, filter| {

@@ -39,37 +39,6 @@ async fn applied(
     )
 }
 
-/// Waits until the record's delivery states are `want` (the gateway records the
-/// backend's answer just after the backend applies the item).
-async fn await_delivery_states(c: &mut Client, kind: &str, id: &str, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = delivery_states(c, kind, id).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{kind} {id}: {got:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String> {
-    c.list_deliveries(proto::ListDeliveriesRequest {
-        kind: kind.into(),
-        id: id.into(),
-    })
-    .await
-    .expect("deliveries")
-    .into_inner()
-    .deliveries
-    .into_iter()
-    .map(|d| d.state)
-    .collect()
-}
-
 /// Polls until `want` holds or the deadline passes (no fixed sleeps).
 async fn eventually(
     c: &mut Control,

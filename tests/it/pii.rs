@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use oip_gateway::app::Gateway;
 use oip_gateway::config::{Config, PiiConfig};
@@ -87,28 +86,8 @@ async fn submit_and_forward(addr: std::net::SocketAddr) {
         brief(&report_accidents(&mut a, vec![acc]).await),
         vec![accepted()]
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for (kind, id) in [("worker", "W-pii"), ("accident", "A-pii")] {
-        loop {
-            let states: Vec<String> = a
-                .list_deliveries(proto::ListDeliveriesRequest {
-                    kind: kind.into(),
-                    id: id.into(),
-                })
-                .await
-                .expect("deliveries")
-                .into_inner()
-                .deliveries
-                .into_iter()
-                .map(|d| d.state)
-                .collect();
-            if states == ["DELIVERED"] {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{kind} {id}: {states:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    await_delivery_states(&mut a, "worker", "W-pii", &["DELIVERED"]).await;
+    await_delivery_states(&mut a, "accident", "A-pii", &["DELIVERED"]).await;
 }
 
 /// The insured person of the first enrolment a social-security pull returns.

@@ -631,3 +631,34 @@ pub async fn audit_entries(
     .await
     .expect("audit rows")
 }
+
+/// Waits until the record's delivery states are `want` (the gateway records the
+/// backend's answer just after the backend applies the item).
+pub async fn await_delivery_states(c: &mut Client, kind: &str, id: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = delivery_states(c, kind, id).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind} {id}: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String> {
+    c.list_deliveries(proto::ListDeliveriesRequest {
+        kind: kind.into(),
+        id: id.into(),
+    })
+    .await
+    .expect("deliveries")
+    .into_inner()
+    .deliveries
+    .into_iter()
+    .map(|d| d.state)
+    .collect()
+}
