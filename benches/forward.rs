@@ -14,14 +14,22 @@
 //! resumed and the clock runs until it has applied every queued item of each
 //! destination. Both queues drain at once, as they do after a real outage, on the
 //! same 2 cores as the gateway and the simulator: figures are ratios within one run.
+//! Then the whole journal is pulled once as social security and once as tax (every
+//! page audited), timing each pull.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use oip_gateway::access::{Grant, Role};
 use oip_gateway::app::Gateway;
 use oip_gateway::backend_sim::{BackendSim, SimConfig};
 use oip_gateway::config::Config;
-use oip_gateway::proto::{self, backend_sim_control_client::BackendSimControlClient};
+use oip_gateway::proto::{
+    self, backend_sim_control_client::BackendSimControlClient,
+    social_security_service_client::SocialSecurityServiceClient,
+    tax_service_client::TaxServiceClient,
+};
+use oip_gateway::store::AccessStore;
 use oip_gateway::store::sqlite::SqliteStore;
 use oip_gateway::store::{Destination, Store};
 use oip_gateway::{loadgen, submit, tls};
@@ -96,6 +104,12 @@ struct Drain {
     tax_items: u64,
     ss: Duration,
     tax: Duration,
+    submit: Duration,
+    submitted_records: u64,
+    ss_pulled: u64,
+    ss_pull: Duration,
+    tax_pulled: u64,
+    tax_pull: Duration,
 }
 
 async fn run(
@@ -139,20 +153,22 @@ async fn run(
     config.forward.batch_size = batch_size;
     // While paused, retry often enough that the resume is noticed at once.
     config.forward.max_backoff_ms = 200;
+    let config_vault = config.vault()?;
     let gateway = Gateway::start(config).await?;
     let endpoint = format!("https://{}", gateway.addr);
     let filled = Instant::now();
     let orders = submit_file(&endpoint, orders_file).await?;
     let declarations = submit_file(&endpoint, declarations_file).await?;
+    let submitted = filled.elapsed();
     println!(
         "  batch {batch_size}: submitted {} + {} records in {:.1} s",
         orders.records,
         declarations.records,
-        filled.elapsed().as_secs_f64()
+        submitted.as_secs_f64()
     );
 
     // What is queued (the month's release follows its first batch; wait for it).
-    let store = SqliteStore::open(&db, oip_gateway::vault::Vault::for_test()).await?;
+    let store = SqliteStore::open(&db, config_vault).await?;
     let mut queued = (0, 0);
     for _ in 0..100 {
         let q = (
@@ -191,6 +207,67 @@ async fn run(
         stats.repeated_items == 0 && stats.invalid_items == 0,
         "{stats:?}"
     );
+
+    // The same journal pulled by social security and tax (every page audited; social
+    // security's payloads opened and its enrolments joined with their persons).
+    store
+        .put_grants(
+            &[
+                Grant {
+                    identity: "oip://social-security/js-hrss-320000".into(),
+                    role: Role::SocialSecurity,
+                    scope: "320000".into(),
+                    expires_at: None,
+                },
+                Grant {
+                    identity: "oip://tax/js-tax-320000".into(),
+                    role: Role::Tax,
+                    scope: "320000".into(),
+                    expires_at: None,
+                },
+            ],
+            "bench",
+            oip_gateway::domain::time::now_millis(),
+        )
+        .await?;
+    let connect = |stem: &'static str| {
+        let endpoint = endpoint.clone();
+        async move {
+            anyhow::Ok(
+                tonic::transport::Channel::from_shared(endpoint)?
+                    .tls_config(tls::client_config(
+                        &certs("ca.pem"),
+                        &certs(&format!("{stem}.pem")),
+                        &certs(&format!("{stem}.key")),
+                        "localhost",
+                    )?)?
+                    .connect()
+                    .await?,
+            )
+        }
+    };
+    let pulled = Instant::now();
+    let mut stream = SocialSecurityServiceClient::new(connect("social-security").await?)
+        .max_decoding_message_size(64 << 20)
+        .pull_social_security(proto::PullRequest::default())
+        .await?
+        .into_inner();
+    let mut ss_pulled = 0u64;
+    while let Some(m) = stream.message().await? {
+        ss_pulled += u64::from(m.item.is_some());
+    }
+    let ss_pull = pulled.elapsed();
+    let pulled = Instant::now();
+    let mut stream = TaxServiceClient::new(connect("tax").await?)
+        .pull_contributions(proto::PullRequest::default())
+        .await?
+        .into_inner();
+    let mut tax_pulled = 0u64;
+    while let Some(m) = stream.message().await? {
+        tax_pulled += u64::from(m.item.is_some());
+    }
+    let tax_pull = pulled.elapsed();
+
     gateway.shutdown().await?;
     sim.shutdown().await?;
     Ok(Drain {
@@ -198,6 +275,12 @@ async fn run(
         tax_items: queued.1,
         ss: ss.unwrap_or_default(),
         tax: tax.unwrap_or_default(),
+        submit: submitted,
+        submitted_records: (orders.records + declarations.records) as u64,
+        ss_pulled,
+        ss_pull,
+        tax_pulled,
+        tax_pull,
     })
 }
 
@@ -248,6 +331,19 @@ fn main() -> anyhow::Result<()> {
             d.ss.as_secs_f64(),
             d.tax_items,
             d.tax.as_secs_f64(),
+        );
+    }
+    println!("\n| batch | submitted records/s | social-security pull items/s | tax pull items/s |");
+    println!("|---|---|---|---|");
+    for (size, d) in &rows {
+        let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
+        println!(
+            "| {size} | {:.0} | {:.0} ({} items) | {:.0} ({} items) |",
+            rate(d.submitted_records, d.submit),
+            rate(d.ss_pulled, d.ss_pull),
+            d.ss_pulled,
+            rate(d.tax_pulled, d.tax_pull),
+            d.tax_pulled,
         );
     }
     Ok(())
