@@ -156,6 +156,19 @@ impl Vault {
         mac.finalize().into_bytes().into()
     }
 
+    /// A stored content hash, masked: `hash ⊕ HMAC(lookup key, row)`. Applying it twice
+    /// gives the hash back. Without the key a masked hash says nothing about the record
+    /// it was computed from (a plain SHA-256 of a worker record would let anyone holding
+    /// the file test guesses of its ID number).
+    pub fn mask_hash(&self, row: &[u8], hash: &[u8; 32]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.lookup)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(b"content-hash\0");
+        mac.update(row);
+        let pad: [u8; 32] = mac.finalize().into_bytes().into();
+        std::array::from_fn(|i| hash[i] ^ pad[i])
+    }
+
     /// A vault with fixed keys, for tests and the example configuration only.
     pub fn for_test() -> Self {
         let keys = BTreeMap::from([("test".to_string(), [7u8; 32])]);
@@ -217,6 +230,16 @@ mod tests {
         )
         .expect("vault");
         assert_ne!(v.lookup_hash(b"x"), other.lookup_hash(b"x"), "keyed");
+    }
+
+    #[test]
+    fn masked_hashes_unmask_and_depend_on_the_row() {
+        let v = two_keys("k1");
+        let h = [5u8; 32];
+        let m = v.mask_hash(b"1/W1", &h);
+        assert_ne!(m, h);
+        assert_eq!(v.mask_hash(b"1/W1", &m), h);
+        assert_ne!(v.mask_hash(b"1/W2", &h), m);
     }
 
     proptest! {

@@ -57,6 +57,14 @@ const AAD_ID_NUMBER: &[u8] = b"workers.id_number";
 const AAD_NAME: &[u8] = b"workers.name";
 const AAD_MOBILE: &[u8] = b"workers.mobile";
 const AAD_DESCRIPTION: &[u8] = b"accidents.description";
+const AAD_BIRTH_DATE: &[u8] = b"workers.birth_date";
+
+/// The row a masked content hash belongs to (`Vault::mask_hash`).
+fn row_of(platform_id: i64, id: &str) -> Vec<u8> {
+    let mut row = platform_id.to_be_bytes().to_vec();
+    row.extend_from_slice(id.as_bytes());
+    row
+}
 const AAD_PAYLOAD: &[u8] = b"outbox.payload";
 
 fn sealed_err(e: VaultError) -> StoreError {
@@ -1084,15 +1092,29 @@ impl IngestTx for SqliteIngest {
             let rows: Vec<Row> = fetch_json(
                 &mut *self.tx,
                 "SELECT json_group_array(json_array(worker_id, revision, hex(content_hash), industries,
-                   registered_at, status, left_at, birth_date))
+                   registered_at, status, left_at, hex(birth_date)))
                  FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2))",
                 pid,
                 ids_json(&touched.worker_ids)?,
             )
             .await?;
             for (id, revision, hash, industries, registered_at, status, left_at, birth) in rows {
+                let mut stored = stored(revision, &hash)?;
+                stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
+                let birth = match birth.filter(|b| !b.is_empty()) {
+                    None => None,
+                    Some(b) => {
+                        let sealed =
+                            hex::decode(&b).map_err(|_| corrupt("birth_date is not hex"))?;
+                        Some(
+                            self.vault
+                                .open_str(&sealed, AAD_BIRTH_DATE)
+                                .map_err(sealed_err)?,
+                        )
+                    }
+                };
                 let state = WorkerState {
-                    stored: stored(revision, &hash)?,
+                    stored,
                     industries: split(&industries),
                     registered_at,
                     status: WorkerStatus::parse(&status)
@@ -1192,7 +1214,9 @@ impl IngestTx for SqliteIngest {
             )
             .await?;
             for (id, revision, hash) in rows {
-                known.accidents.insert(id, stored(revision, &hash)?);
+                let mut stored = stored(revision, &hash)?;
+                stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
+                known.accidents.insert(id, stored);
             }
         }
         Ok(known)
@@ -1327,12 +1351,20 @@ impl IngestTx for SqliteIngest {
                 b.push_bind(pid)
                     .push_bind(&r.worker_id)
                     .push_bind(i64::from(r.revision))
-                    .push_bind(&w.hash[..])
+                    .push_bind(
+                        vault
+                            .mask_hash(&row_of(pid, &r.worker_id), &w.hash)
+                            .to_vec(),
+                    )
                     .push_bind(r.id_number.id_type().as_str())
                     .push_bind(vault.seal(r.id_number.as_str().as_bytes(), AAD_ID_NUMBER))
                     .push_bind(vault.seal(r.name.as_str().as_bytes(), AAD_NAME))
                     .push_bind(vault.seal(r.mobile.as_str().as_bytes(), AAD_MOBILE))
-                    .push_bind(r.id_number.birth_date().map(|d| d.to_string()))
+                    .push_bind(
+                        r.id_number
+                            .birth_date()
+                            .map(|d| vault.seal(d.to_string().as_bytes(), AAD_BIRTH_DATE)),
+                    )
                     .push_bind(join(&r.industries))
                     .push_bind(r.registered_at)
                     .push_bind(r.status.as_str())
@@ -1434,7 +1466,11 @@ impl IngestTx for SqliteIngest {
                 b.push_bind(pid)
                     .push_bind(&r.report_id)
                     .push_bind(i64::from(r.revision))
-                    .push_bind(&w.hash[..])
+                    .push_bind(
+                        self.vault
+                            .mask_hash(&row_of(pid, &r.report_id), &w.hash)
+                            .to_vec(),
+                    )
                     .push_bind(&r.worker_id)
                     .push_bind(&r.order_id)
                     .push_bind(r.occurred_at)

@@ -15,6 +15,7 @@ use crate::common::*;
 const NAME: &str = "欧阳锋芒";
 const MOBILE: &str = "13912345678";
 const DESCRIPTION: &str = "右腿胫骨骨折，入院手术";
+const OLD_NAME: &str = "欧阳旧名字";
 
 fn the_worker() -> proto::Worker {
     let mut w = worker("W-pii");
@@ -31,6 +32,8 @@ fn secrets() -> Vec<(String, Vec<u8>)> {
         ("name".into(), NAME.as_bytes().to_vec()),
         ("mobile".into(), MOBILE.as_bytes().to_vec()),
         ("description".into(), DESCRIPTION.as_bytes().to_vec()),
+        ("old name".into(), OLD_NAME.as_bytes().to_vec()),
+        ("birth date".into(), b"1985-06-17".to_vec()),
     ]
 }
 
@@ -251,15 +254,54 @@ async fn values_stored_in_clear_by_an_older_version_are_sealed_at_start() {
             .expect("clear payload");
     }
     let w = the_worker();
-    sqlx::query("UPDATE workers SET id_number = ?1, name = ?2, mobile = ?3, id_number_hash = NULL")
+    // Plain content hashes, a clear birth date, and a name written twice (the first
+    // version lingers in a free page unless the file is rebuilt).
+    let unmask = |pid: i64, id: &str, stored: &[u8]| {
+        let mut row = pid.to_be_bytes().to_vec();
+        row.extend_from_slice(id.as_bytes());
+        let stored: [u8; 32] = stored.try_into().expect("32 bytes");
+        vault.mask_hash(&row, &stored).to_vec()
+    };
+    let (pid, hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT platform_id, content_hash FROM workers")
+            .fetch_one(&pool)
+            .await
+            .expect("worker");
+    // A row deleted by the older version: its bytes stay in the page's free space.
+    sqlx::query(
+        "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number,
+           name, mobile, industries, registered_at, status, received_at)
+         SELECT platform_id, 'W-gone', 1, content_hash, id_type, 'x', ?1, 'x', industries,
+           registered_at, status, received_at FROM workers",
+    )
+    .bind(OLD_NAME)
+    .execute(&pool)
+    .await
+    .expect("insert");
+    sqlx::query("DELETE FROM workers WHERE worker_id = 'W-gone'")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    for name in [OLD_NAME, NAME] {
+        sqlx::query(
+            "UPDATE workers SET id_number = ?1, name = ?2, mobile = ?3, id_number_hash = NULL,
+               birth_date = '1985-06-17', content_hash = ?4",
+        )
         .bind(&w.id_number)
-        .bind(NAME)
+        .bind(name)
         .bind(MOBILE)
+        .bind(unmask(pid, "W-pii", &hash))
         .execute(&pool)
         .await
         .expect("clear worker");
-    sqlx::query("UPDATE accidents SET description = ?1")
+    }
+    let hash: Vec<u8> = sqlx::query_scalar("SELECT content_hash FROM accidents")
+        .fetch_one(&pool)
+        .await
+        .expect("accident");
+    sqlx::query("UPDATE accidents SET description = ?1, content_hash = ?2")
         .bind(DESCRIPTION)
+        .bind(unmask(pid, "A-pii", &hash))
         .execute(&pool)
         .await
         .expect("clear accident");
@@ -287,6 +329,14 @@ async fn values_stored_in_clear_by_an_older_version_are_sealed_at_start() {
         vec!["test"]
     );
     assert_eq!(pulled_person(gw.addr).await.name, NAME);
+    // The records are recognised as the same content: resending them is DUPLICATE.
+    let mut a = client(gw.addr, "platform-a").await;
+    let got = brief(&register(&mut a, vec![the_worker()]).await);
+    assert_eq!(got[0].0, "DUPLICATE", "{got:?}");
+    let mut acc = accident("A-pii", "W-pii", "O-pii");
+    acc.description = DESCRIPTION.into();
+    let got = brief(&report_accidents(&mut a, vec![acc]).await);
+    assert_eq!(got[0].0, "DUPLICATE", "{got:?}");
     gw.shutdown().await.expect("stop");
     assert_eq!(found_in(&dir.path().join("oip.db")), Vec::<String>::new());
     let hashes: Vec<(Option<Vec<u8>>,)> = {

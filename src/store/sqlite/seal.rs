@@ -6,8 +6,8 @@
 use sqlx::{Sqlite, Transaction};
 
 use super::{
-    AAD_DESCRIPTION, AAD_ID_NUMBER, AAD_MOBILE, AAD_NAME, AAD_PAYLOAD, SqliteStore, db_err,
-    sealed_err,
+    AAD_BIRTH_DATE, AAD_DESCRIPTION, AAD_ID_NUMBER, AAD_MOBILE, AAD_NAME, AAD_PAYLOAD, SqliteStore,
+    corrupt, db_err, row_of, sealed_err,
 };
 use crate::store::Result;
 use crate::vault::Vault;
@@ -37,9 +37,9 @@ impl SqliteStore {
         if state.is_some_and(|(k,)| k == current) {
             return Ok(());
         }
-        let workers = self.reseal_workers().await?;
-        let accidents = self.reseal_accidents().await?;
-        let payloads = self.reseal_payloads().await?;
+        let (workers, clear_workers) = self.reseal_workers().await?;
+        let (accidents, clear_accidents) = self.reseal_accidents().await?;
+        let (payloads, clear_payloads) = self.reseal_payloads().await?;
         sqlx::query(
             "INSERT INTO pii_state (id, sealed_with) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET sealed_with = excluded.sealed_with",
@@ -48,11 +48,22 @@ impl SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(db_err)?;
-        // Old page images must not survive in the write-ahead log either.
+        // Old page images must not survive in the write-ahead log either, nor clear
+        // values in pages freed before secure_delete was on: rebuild the file once.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&self.writer)
             .await
             .map_err(db_err)?;
+        if clear_workers + clear_accidents + clear_payloads > 0 {
+            sqlx::query("VACUUM")
+                .execute(&self.writer)
+                .await
+                .map_err(db_err)?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.writer)
+                .await
+                .map_err(db_err)?;
+        }
         tracing::info!(
             key = %current,
             workers,
@@ -67,14 +78,23 @@ impl SqliteStore {
         self.writer.begin().await.map_err(db_err)
     }
 
-    async fn reseal_workers(&self) -> Result<u64> {
-        type Row = (i64, String, Vec<u8>, Vec<u8>, Vec<u8>);
+    /// Returns (rows changed, rows that were in clear).
+    async fn reseal_workers(&self) -> Result<(u64, u64)> {
+        type Row = (
+            i64,
+            String,
+            Vec<u8>,
+            Vec<u8>,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            Vec<u8>,
+        );
         let mut after = (i64::MIN, String::new());
-        let mut changed = 0;
+        let (mut changed, mut clear) = (0, 0);
         loop {
             let rows: Vec<Row> = sqlx::query_as(
                 "SELECT platform_id, worker_id, CAST(id_number AS BLOB), CAST(name AS BLOB),
-                        CAST(mobile AS BLOB)
+                        CAST(mobile AS BLOB), CAST(birth_date AS BLOB), content_hash
                  FROM workers WHERE (platform_id, worker_id) > (?1, ?2)
                  ORDER BY platform_id, worker_id LIMIT ?3",
             )
@@ -85,17 +105,37 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
-                return Ok(changed);
+                return Ok((changed, clear));
             };
             after = (last.0, last.1.clone());
             let mut tx = self.begin().await?;
-            for (pid, worker_id, id_number, name, mobile) in rows {
+            for (pid, worker_id, id_number, name, mobile, birth_date, hash) in rows {
                 let new_id = resealed(&self.vault, &id_number, AAD_ID_NUMBER)?;
                 let new_name = resealed(&self.vault, &name, AAD_NAME)?;
                 let new_mobile = resealed(&self.vault, &mobile, AAD_MOBILE)?;
-                if new_id.is_none() && new_name.is_none() && new_mobile.is_none() {
+                let new_birth = match &birth_date {
+                    Some(b) => resealed(&self.vault, b, AAD_BIRTH_DATE)?,
+                    None => None,
+                };
+                if new_id.is_none()
+                    && new_name.is_none()
+                    && new_mobile.is_none()
+                    && new_birth.is_none()
+                {
                     continue;
                 }
+                // A row from before sealing has a plain content hash: mask it too.
+                let was_clear = Vault::key_id(&id_number).is_none();
+                let hash: [u8; 32] = hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("content_hash is not 32 bytes"))?;
+                let hash = if was_clear {
+                    clear += 1;
+                    self.vault.mask_hash(&row_of(pid, &worker_id), &hash)
+                } else {
+                    hash
+                };
                 let clear_id = match Vault::key_id(&id_number) {
                     Some(_) => self
                         .vault
@@ -104,7 +144,8 @@ impl SqliteStore {
                     None => id_number.clone(),
                 };
                 sqlx::query(
-                    "UPDATE workers SET id_number = ?3, name = ?4, mobile = ?5, id_number_hash = ?6
+                    "UPDATE workers SET id_number = ?3, name = ?4, mobile = ?5, id_number_hash = ?6,
+                       birth_date = ?7, content_hash = ?8
                      WHERE platform_id = ?1 AND worker_id = ?2",
                 )
                 .bind(pid)
@@ -113,6 +154,8 @@ impl SqliteStore {
                 .bind(new_name.unwrap_or(name))
                 .bind(new_mobile.unwrap_or(mobile))
                 .bind(self.vault.lookup_hash(&clear_id).to_vec())
+                .bind(new_birth.or(birth_date))
+                .bind(hash.to_vec())
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -122,12 +165,13 @@ impl SqliteStore {
         }
     }
 
-    async fn reseal_accidents(&self) -> Result<u64> {
+    /// Returns (rows changed, rows that were in clear).
+    async fn reseal_accidents(&self) -> Result<(u64, u64)> {
         let mut after = (i64::MIN, String::new());
-        let mut changed = 0;
+        let (mut changed, mut clear) = (0, 0);
         loop {
-            let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-                "SELECT platform_id, report_id, CAST(description AS BLOB) FROM accidents
+            let rows: Vec<(i64, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                "SELECT platform_id, report_id, CAST(description AS BLOB), content_hash FROM accidents
                  WHERE (platform_id, report_id) > (?1, ?2)
                  ORDER BY platform_id, report_id LIMIT ?3",
             )
@@ -138,18 +182,30 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
-                return Ok(changed);
+                return Ok((changed, clear));
             };
             after = (last.0, last.1.clone());
             let mut tx = self.begin().await?;
-            for (pid, report_id, description) in rows {
+            for (pid, report_id, description, hash) in rows {
                 if let Some(new) = resealed(&self.vault, &description, AAD_DESCRIPTION)? {
+                    let hash: [u8; 32] = hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| corrupt("content_hash is not 32 bytes"))?;
+                    let hash = if Vault::key_id(&description).is_none() {
+                        clear += 1;
+                        self.vault.mask_hash(&row_of(pid, &report_id), &hash)
+                    } else {
+                        hash
+                    };
                     sqlx::query(
-                        "UPDATE accidents SET description = ?3 WHERE platform_id = ?1 AND report_id = ?2",
+                        "UPDATE accidents SET description = ?3, content_hash = ?4
+                         WHERE platform_id = ?1 AND report_id = ?2",
                     )
                     .bind(pid)
                     .bind(&report_id)
                     .bind(new)
+                    .bind(hash.to_vec())
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
@@ -160,9 +216,10 @@ impl SqliteStore {
         }
     }
 
-    async fn reseal_payloads(&self) -> Result<u64> {
+    /// Returns (rows changed, rows that were in clear).
+    async fn reseal_payloads(&self) -> Result<(u64, u64)> {
         let mut after = 0i64;
-        let mut changed = 0;
+        let (mut changed, mut clear) = (0, 0);
         loop {
             let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT seq, payload FROM outbox
@@ -174,12 +231,13 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
-                return Ok(changed);
+                return Ok((changed, clear));
             };
             after = last.0;
             let mut tx = self.begin().await?;
             for (seq, payload) in rows {
                 if let Some(new) = resealed(&self.vault, &payload, AAD_PAYLOAD)? {
+                    clear += u64::from(Vault::key_id(&payload).is_none());
                     sqlx::query("UPDATE outbox SET payload = ?2 WHERE seq = ?1")
                         .bind(seq)
                         .bind(new)
