@@ -258,6 +258,7 @@ impl Gateway {
             store: store.clone(),
             reference,
             limits: config.limits.clone(),
+            auditor: auditor.clone(),
         };
         let max = config.limits.max_message_bytes;
         let platform = PlatformServiceServer::new(platform)

@@ -183,24 +183,48 @@ pub fn spawn_retention(
 }
 
 /// What a handler adds to its call's audit entry: the scope it touched and how many
-/// records. Handlers find it in the request extensions.
+/// records. Handlers find it in the request extensions, with who is calling.
 #[derive(Debug, Clone, Default)]
-pub struct CallNote(Arc<Mutex<(String, i64)>>);
+pub struct CallNote {
+    noted: Arc<Mutex<(String, i64)>>,
+    identity: String,
+    role: String,
+    action: String,
+    trace_id: String,
+}
 
 impl CallNote {
+    /// Audits, before it happens, a change the call is about to make (outcome
+    /// STARTED) with the scope noted so far: a change whose intent cannot be audited
+    /// is not made.
+    pub async fn started(&self, auditor: &Auditor, records: i64) -> Result<(), StoreError> {
+        let (scope, _) = self.take();
+        auditor
+            .record(Event {
+                identity: self.identity.clone(),
+                role: self.role.clone(),
+                action: self.action.clone(),
+                scope,
+                records,
+                outcome: "STARTED".into(),
+                trace_id: self.trace_id.clone(),
+            })
+            .await
+    }
+
     pub fn set(&self, scope: impl Into<String>, records: i64) {
-        if let Ok(mut n) = self.0.lock() {
+        if let Ok(mut n) = self.noted.lock() {
             *n = (scope.into(), records);
         }
     }
     /// Sets the record count only.
     pub fn records(&self, records: i64) {
-        if let Ok(mut n) = self.0.lock() {
+        if let Ok(mut n) = self.noted.lock() {
             n.1 = records;
         }
     }
     fn take(&self) -> (String, i64) {
-        self.0.lock().map(|n| n.clone()).unwrap_or_default()
+        self.noted.lock().map(|n| n.clone()).unwrap_or_default()
     }
 }
 
@@ -229,10 +253,12 @@ pub fn trace_id<T>(req: &tonic::Request<T>) -> String {
         .unwrap_or_default()
 }
 
-/// A caller-supplied `x-trace-id` is kept when it is short and plain; otherwise the
-/// gateway makes one.
+/// The gateway's own trace id, unique per call; a caller's plain `x-trace-id` (up to 64
+/// characters) is appended after a `.` for correlation, never used alone (a caller
+/// could otherwise reuse another call's id).
 fn trace_of(headers: &http::HeaderMap) -> String {
-    headers
+    let ours = new_trace_id();
+    match headers
         .get("x-trace-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
@@ -240,9 +266,10 @@ fn trace_of(headers: &http::HeaderMap) -> String {
                 && v.len() <= 64
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(new_trace_id)
+        }) {
+        Some(theirs) => format!("{ours}.{theirs}"),
+        None => ours,
+    }
 }
 
 fn new_trace_id() -> String {
@@ -327,6 +354,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
@@ -360,12 +388,20 @@ where
             })
             .map(|p| (p.uri, p.role.as_str().to_string()))
             .unwrap_or_else(|| ("unknown".into(), String::new()));
-        let note = CallNote::default();
+        let note = CallNote {
+            noted: Arc::default(),
+            identity: identity.clone(),
+            role: role.clone(),
+            action: action.clone(),
+            trace_id: trace.clone(),
+        };
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(TraceId(trace.clone()));
         req.extensions_mut().insert(Action(action.clone()));
         let auditor = self.auditor.clone();
-        Box::pin(async move {
+        // The call and its entry run in their own task: a caller who goes away (the
+        // connection drops this future) cannot leave a stored batch without its entry.
+        let task = tokio::spawn(async move {
             let mut res = inner.call(req).await?;
             let (scope, records) = note.take();
             let event = Event {
@@ -388,6 +424,15 @@ where
                 res.headers_mut().insert("x-trace-id", v);
             }
             Ok(res)
+        });
+        Box::pin(async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!(error = %e, "call task failed");
+                    Ok(tonic::Status::internal("the call failed inside the gateway").into_http())
+                }
+            }
         })
     }
 }
@@ -412,9 +457,11 @@ mod tests {
     fn caller_trace_ids_are_kept_only_when_plain() {
         let mut h = http::HeaderMap::new();
         h.insert("x-trace-id", http::HeaderValue::from_static("abc-123"));
-        assert_eq!(trace_of(&h), "abc-123");
+        let t = trace_of(&h);
+        assert!(t.ends_with(".abc-123") && t.len() > ".abc-123".len(), "{t}");
+        assert_ne!(trace_of(&h), t, "each call has its own");
         h.insert("x-trace-id", http::HeaderValue::from_static("a b"));
-        assert_ne!(trace_of(&h), "a b");
+        assert!(!trace_of(&h).contains(' '));
         assert_ne!(new_trace_id(), new_trace_id());
     }
 }

@@ -32,6 +32,8 @@ pub struct PlatformApi {
     pub store: Arc<dyn Store>,
     pub reference: Arc<Reference>,
     pub limits: Limits,
+    /// Writes the intent entries of changes (see `started`).
+    pub auditor: crate::audit::Auditor,
 }
 
 /// How a record of a call is named in outcomes: its kind, id, revision and the
@@ -212,6 +214,12 @@ impl PlatformApi {
         Ok((platform, note))
     }
 
+    /// Audits the intent to apply `records` records before they are applied: records
+    /// whose intent cannot be audited are not stored.
+    async fn started(&self, note: &CallNote, records: usize) -> Result<(), ApiError> {
+        Ok(note.started(&self.auditor, records as i64).await?)
+    }
+
     /// Validates and applies `items` (numbered from `offset`), appending outcomes.
     async fn apply<R: WireRecord>(
         &self,
@@ -298,6 +306,7 @@ impl PlatformApi {
     async fn stream<M, R: WireRecord>(
         &self,
         platform: &PlatformProfile,
+        note: &CallNote,
         mut stream: Streaming<M>,
         items_of: impl Fn(M) -> Vec<R>,
     ) -> Result<proto::BatchOutcome, Status> {
@@ -316,8 +325,10 @@ impl PlatformApi {
                 ))
                 .into());
             }
+            self.started(note, items.len()).await?;
             self.apply(platform, &items, seen, &mut out).await?;
             seen += items.len();
+            note.records(seen as i64);
         }
         Ok(out)
     }
@@ -345,7 +356,9 @@ impl PlatformService for PlatformApi {
         req: Request<proto::RegisterWorkersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
-        let out = self.batch(&platform, req.into_inner().workers).await?;
+        let items = req.into_inner().workers;
+        self.started(&note, items.len()).await?;
+        let out = self.batch(&platform, items).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -356,7 +369,7 @@ impl PlatformService for PlatformApi {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
         let out = self
-            .stream(&platform, req.into_inner(), |m| m.workers)
+            .stream(&platform, &note, req.into_inner(), |m| m.workers)
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -367,7 +380,9 @@ impl PlatformService for PlatformApi {
         req: Request<proto::ReportOrdersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
-        let out = self.batch(&platform, req.into_inner().orders).await?;
+        let items = req.into_inner().orders;
+        self.started(&note, items.len()).await?;
+        let out = self.batch(&platform, items).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -378,7 +393,7 @@ impl PlatformService for PlatformApi {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
         let out = self
-            .stream(&platform, req.into_inner(), |m| m.orders)
+            .stream(&platform, &note, req.into_inner(), |m| m.orders)
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -389,7 +404,9 @@ impl PlatformService for PlatformApi {
         req: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
-        let out = self.batch(&platform, req.into_inner().records).await?;
+        let items = req.into_inner().records;
+        self.started(&note, items.len()).await?;
+        let out = self.batch(&platform, items).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -399,7 +416,9 @@ impl PlatformService for PlatformApi {
         req: Request<proto::SubmitDeclarationsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
-        let out = self.batch(&platform, req.into_inner().declarations).await?;
+        let items = req.into_inner().declarations;
+        self.started(&note, items.len()).await?;
+        let out = self.batch(&platform, items).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -410,7 +429,7 @@ impl PlatformService for PlatformApi {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
         let out = self
-            .stream(&platform, req.into_inner(), |m| m.declarations)
+            .stream(&platform, &note, req.into_inner(), |m| m.declarations)
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -421,7 +440,9 @@ impl PlatformService for PlatformApi {
         req: Request<proto::ReportAccidentsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
-        let out = self.batch(&platform, req.into_inner().accidents).await?;
+        let items = req.into_inner().accidents;
+        self.started(&note, items.len()).await?;
+        let out = self.batch(&platform, items).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -432,7 +453,7 @@ impl PlatformService for PlatformApi {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
         let out = self
-            .stream(&platform, req.into_inner(), |m| m.accidents)
+            .stream(&platform, &note, req.into_inner(), |m| m.accidents)
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -614,7 +635,7 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        let (platform, _) = self.caller(&req).await?;
+        let (platform, note) = self.caller(&req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
@@ -629,6 +650,12 @@ impl PlatformService for PlatformApi {
                         break;
                     }
                 };
+                // Each chunk is audited before it is applied (the call's own entry is
+                // written when the stream opens).
+                if let Err(e) = api.started(&note, records.len()).await {
+                    let _ = tx.send(Err(e.into())).await;
+                    break;
+                }
                 let answer = match api.batch_at(&platform, &records, seen).await {
                     Ok(out) => out,
                     Err(e) => {

@@ -130,8 +130,20 @@ async fn the_audit_log_is_queried_by_identity_time_and_action() {
         ask(query(PLATFORM_A_ID, "", "", "")).await,
         vec![
             "oip.v1.PlatformService/RegisterWorkers",
+            "oip.v1.PlatformService/RegisterWorkers",
             "oip.v1.PlatformService/ListWorkers"
-        ]
+        ],
+        "a write is audited before (its intent) and after"
+    );
+    assert_eq!(
+        ask(query(
+            PLATFORM_A_ID,
+            "",
+            "",
+            "oip.v1.PlatformService/ListWorkers"
+        ))
+        .await,
+        vec!["oip.v1.PlatformService/ListWorkers"]
     );
     assert_eq!(
         ask(query(PLATFORM_A_ID, &between, "", "")).await,
@@ -139,7 +151,7 @@ async fn the_audit_log_is_queried_by_identity_time_and_action() {
     );
     assert_eq!(
         ask(query(PLATFORM_A_ID, "", &between, "")).await,
-        vec!["oip.v1.PlatformService/RegisterWorkers"]
+        vec!["oip.v1.PlatformService/RegisterWorkers"; 2]
     );
     assert_eq!(
         ask(query("", "", "", "oip.v1.AdminService/PutGrant")).await,
@@ -173,5 +185,5 @@ async fn the_audit_log_is_queried_by_identity_time_and_action() {
         }
         token = page.next_page_token;
     }
-    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(seqs, vec![1, 2, 3]);
 }

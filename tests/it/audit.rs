@@ -34,7 +34,10 @@ async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry
     let mut admin = gw.admin().await;
     let v = verify(&mut admin).await;
     assert!(v.ok, "{v:?}");
-    assert_eq!(v.checked, 6, "six calls before the verification");
+    assert_eq!(
+        v.checked, 11,
+        "five writes (intent and call each) and a read before the verification"
+    );
 
     // Each entry names the platform touched and the records carried or returned.
     let pool = gw.sql().await;
@@ -43,15 +46,20 @@ async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry
         .into_iter()
         .map(|(action, outcome, _, scope, records)| (action, outcome, scope, records))
         .collect();
-    let register = (
-        "oip.v1.PlatformService/RegisterWorkers".to_string(),
-        "OK".to_string(),
-        DEMO_PLATFORM_A.to_string(),
-        1,
-    );
-    assert_eq!(entries[..5], vec![register; 5]);
+    let register = |outcome: &str| {
+        (
+            "oip.v1.PlatformService/RegisterWorkers".to_string(),
+            outcome.to_string(),
+            DEMO_PLATFORM_A.to_string(),
+            1,
+        )
+    };
+    // Each write: its intent before the records are applied, its outcome after.
+    let pair = [register("STARTED"), register("OK")];
+    let five: Vec<_> = (0..5).flat_map(|_| pair.clone()).collect();
+    assert_eq!(entries[..10], five);
     assert_eq!(
-        entries[5],
+        entries[10],
         (
             "oip.v1.PlatformService/ListWorkers".to_string(),
             "OK".to_string(),
@@ -124,6 +132,36 @@ async fn a_call_whose_audit_entry_cannot_be_written_fails_instead() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let mut admin = gw.admin().await;
     grant_expecting(&mut admin, Code::Unavailable).await;
+    // Writes: unary, client stream and bidirectional stream store nothing.
+    let err = a
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: vec![worker("W-unary")],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = a
+        .stream_workers(futures::stream::iter(vec![proto::RegisterWorkersRequest {
+            workers: vec![worker("W-stream")],
+        }]))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let mut answers = a
+        .submit_stream(futures::stream::iter(vec![proto::SubmitRequest {
+            records: vec![rec_worker(worker("W-bidi"))],
+        }]))
+        .await
+        .map(|r| r.into_inner());
+    let first = match &mut answers {
+        Ok(s) => s.message().await.map(|_| ()),
+        Err(e) => Err(e.clone()),
+    };
+    assert_eq!(
+        first.expect_err("refused").code(),
+        Code::Unavailable,
+        "the stream's entry or its chunk's intent cannot be written"
+    );
 
     sqlx::query("DROP TRIGGER audit_broken")
         .execute(&pool)
@@ -134,7 +172,11 @@ async fn a_call_whose_audit_entry_cannot_be_written_fails_instead() {
         .await
         .expect("answered again")
         .into_inner();
-    assert_eq!(workers.workers.len(), 1);
+    assert_eq!(
+        workers.workers.len(),
+        1,
+        "no write went through unaudited: {workers:?}"
+    );
     // The refused grant was not made: its intent could not be audited.
     let grants = admin
         .list_grants(proto::ListGrantsRequest {
