@@ -234,6 +234,7 @@ impl Gateway {
         background.push(audit_writer);
         background.push(audit::spawn_retention(
             store.clone(),
+            auditor.clone(),
             Duration::from_secs(u64::from(config.audit.retention_days) * 24 * 3600),
             stop_rx_audit,
         ));

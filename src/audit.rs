@@ -132,16 +132,33 @@ pub struct Verification {
     pub problem: Option<ChainBreak>,
 }
 
-/// Checks the whole stored chain from its anchor, page by page.
+/// Checks the whole stored chain from its anchor, page by page; the anchor must be
+/// the one the newest retention entry names.
 pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
-    let (mut after, mut previous) = store.audit_anchor().await?;
+    let first = verify_once(store).await?;
+    // Retention may have moved the anchor between reading it and the first page.
+    let (anchor, _) = store.audit_anchor().await?;
+    match first.problem {
+        Some(ChainBreak::Missing { expected, .. }) if expected <= anchor => {
+            verify_once(store).await
+        }
+        _ => Ok(first),
+    }
+}
+
+async fn verify_once(store: &dyn Store) -> Result<Verification, StoreError> {
+    let (anchor, anchor_hash) = store.audit_anchor().await?;
+    let (mut after, mut previous) = (anchor, anchor_hash);
     let mut checked = 0u64;
+    let mut retention: Option<String> = None;
     loop {
         let page = store.audit_chain(after, 5000).await?;
         if page.is_empty() {
+            let confirmed = anchor == 0
+                || retention.as_deref() == Some(&audit::retention_scope(anchor, &anchor_hash));
             return Ok(Verification {
                 checked,
-                problem: None,
+                problem: (!confirmed).then_some(ChainBreak::UnconfirmedAnchor { seq: anchor }),
             });
         }
         match audit::verify(page.iter().map(|(e, h)| (e, h)), previous, after) {
@@ -149,6 +166,13 @@ pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
                 checked += page.len() as u64;
                 previous = h;
                 after = s;
+                if let Some((e, _)) = page
+                    .iter()
+                    .rev()
+                    .find(|(e, _)| e.action == audit::RETENTION_ACTION)
+                {
+                    retention = Some(e.scope.clone());
+                }
             }
             Err(problem) => {
                 return Ok(Verification {
@@ -160,16 +184,41 @@ pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
     }
 }
 
-/// Removes entries older than `retention` once at start and then daily.
+/// Removes entries older than `retention` and records the removal in the chain
+/// (the entry names the new anchor, which `verify` requires).
+pub async fn apply_retention(
+    store: &dyn Store,
+    auditor: &Auditor,
+    retention: Duration,
+) -> Result<u64, StoreError> {
+    let before = now_millis() - retention.as_millis() as i64;
+    let Some((removed, seq, hash)) = store.prune_audit(before).await? else {
+        return Ok(0);
+    };
+    auditor
+        .record(Event {
+            identity: "oip-gateway".into(),
+            role: "system".into(),
+            action: audit::RETENTION_ACTION.into(),
+            scope: audit::retention_scope(seq, &hash),
+            records: removed as i64,
+            outcome: "OK".into(),
+            trace_id: new_trace_id(),
+        })
+        .await?;
+    Ok(removed)
+}
+
+/// Applies retention once at start and then daily.
 pub fn spawn_retention(
     store: Arc<dyn Store>,
+    auditor: Auditor,
     retention: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let before = now_millis() - retention.as_millis() as i64;
-            match store.prune_audit(before).await {
+            match apply_retention(store.as_ref(), &auditor, retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "audit entries past retention removed"),
                 Err(e) => tracing::warn!(error = %e, "audit retention failed; retrying later"),

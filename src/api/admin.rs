@@ -85,6 +85,13 @@ fn registration(
     if r.divisions.is_empty() {
         return Err(bad("divisions: at least one, each with its pilot start"));
     }
+    let mut seen = BTreeSet::new();
+    if let Some(d) = r.divisions.iter().find(|d| !seen.insert(&d.division_code)) {
+        return Err(bad(format!(
+            "divisions: {} is listed twice",
+            d.division_code
+        )));
+    }
     let pilot_starts = r
         .divisions
         .iter()
@@ -528,7 +535,10 @@ impl AdminService for AdminApi {
             Some(p @ crate::domain::audit::ChainBreak::Missing { expected, .. }) => {
                 (*expected, p.to_string())
             }
-            Some(p @ crate::domain::audit::ChainBreak::Altered { seq }) => (*seq, p.to_string()),
+            Some(p @ crate::domain::audit::ChainBreak::Altered { seq })
+            | Some(p @ crate::domain::audit::ChainBreak::UnconfirmedAnchor { seq }) => {
+                (*seq, p.to_string())
+            }
         };
         Ok(Response::new(proto::VerifyAuditResponse {
             ok: v.problem.is_none(),

@@ -50,29 +50,55 @@ impl Filter {
     }
 }
 
+/// A journal entry the gateway cannot read: the pull stops rather than skip it.
+fn unreadable(entry: &JournalEntry) -> Status {
+    tracing::error!(seq = entry.seq, "journal entry cannot be decoded");
+    Status::data_loss(format!(
+        "journal entry {} cannot be read; resume after it only once it is repaired",
+        entry.seq
+    ))
+}
+
 /// The division and period of a tax item, when it passes `filter`.
-fn select_tax(entry: &JournalEntry, filter: &Filter) -> Option<(String, proto::TaxItem)> {
-    let item = proto::TaxItem::decode(entry.payload.as_slice()).ok()?;
-    let platform = item.header.as_ref()?.platform.clone();
-    let (division, period) = match item.payload.as_ref()? {
+fn select_tax(
+    entry: &JournalEntry,
+    filter: &Filter,
+) -> Result<Option<(String, proto::TaxItem)>, Status> {
+    let item = proto::TaxItem::decode(entry.payload.as_slice()).map_err(|_| unreadable(entry))?;
+    let platform = item
+        .header
+        .as_ref()
+        .ok_or_else(|| unreadable(entry))?
+        .platform
+        .clone();
+    let (division, period) = match item.payload.as_ref().ok_or_else(|| unreadable(entry))? {
         TaxPayload::Statement(s) => (s.division_code.clone(), Period::parse(&s.period)),
         TaxPayload::Declaration(d) => {
-            let d = d.declaration.as_ref()?;
+            let d = d.declaration.as_ref().ok_or_else(|| unreadable(entry))?;
             (d.division_code.clone(), Period::parse(&d.period))
         }
     };
-    filter
+    Ok(filter
         .admits(&platform, &division, period)
-        .then_some((division, item))
+        .then_some((division, item)))
 }
 
 /// Enrolments, orders and accidents (worker records are not pulled: the enrolment
 /// carries the person).
-fn select_ss(entry: &JournalEntry, filter: &Filter) -> Option<(String, proto::SocialSecurityItem)> {
-    let item = proto::SocialSecurityItem::decode(entry.payload.as_slice()).ok()?;
-    let platform = item.header.as_ref()?.platform.clone();
-    let (division, period) = match item.payload.as_ref()? {
-        SsPayload::Worker(_) => return None,
+fn select_ss(
+    entry: &JournalEntry,
+    filter: &Filter,
+) -> Result<Option<(String, proto::SocialSecurityItem)>, Status> {
+    let item = proto::SocialSecurityItem::decode(entry.payload.as_slice())
+        .map_err(|_| unreadable(entry))?;
+    let platform = item
+        .header
+        .as_ref()
+        .ok_or_else(|| unreadable(entry))?
+        .platform
+        .clone();
+    let (division, period) = match item.payload.as_ref().ok_or_else(|| unreadable(entry))? {
+        SsPayload::Worker(_) => return Ok(None),
         SsPayload::Enrolment(e) => (
             e.division_code.clone(),
             e.day.get(..7).and_then(Period::parse),
@@ -86,9 +112,9 @@ fn select_ss(entry: &JournalEntry, filter: &Filter) -> Option<(String, proto::So
             parse_wire_time(&a.occurred_at).map(Period::of),
         ),
     };
-    filter
+    Ok(filter
         .admits(&platform, &division, period)
-        .then_some((division, item))
+        .then_some((division, item)))
 }
 
 /// The shared part of both services.
@@ -200,13 +226,14 @@ impl Puller {
     ) -> ReceiverStream<Result<M, Status>>
     where
         M: Send + 'static,
-        S: Fn(&JournalEntry, &Filter) -> Option<(String, M)> + Send + 'static,
+        S: Fn(&JournalEntry, &Filter) -> Result<Option<(String, M)>, Status> + Send + 'static,
         P: Fn(Arc<dyn Store>, Vec<(i64, M)>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(Vec<(i64, M)>, &'static str), ApiError>> + Send,
     {
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let auditor = self.auditor.clone();
+        let access = self.access.clone();
         let Pull {
             caller,
             destination,
@@ -220,6 +247,11 @@ impl Puller {
             let mut sent = 0u64;
             let limit = (max_records > 0).then_some(u64::from(max_records));
             while cursor < end && limit.is_none_or(|l| sent < l) {
+                // A grant revoked or expired during a long pull ends it.
+                if let Err(status) = still_granted(&access, &caller, &filter).await {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let scan = u32::try_from(end - cursor).unwrap_or(SCAN).min(SCAN);
                 let journal = match store.journal(destination, cursor, scan).await {
                     Ok(j) => j,
@@ -231,14 +263,23 @@ impl Puller {
                 let mut divisions = BTreeSet::new();
                 let mut selected = Vec::new();
                 let mut scanned_to = journal.scanned_to.min(end);
+                // An unreadable entry ends the pull after the items before it.
+                let mut failure = None;
                 for entry in journal.entries.iter().filter(|e| e.seq <= end) {
                     if limit.is_some_and(|l| sent + selected.len() as u64 >= l) {
                         scanned_to = selected.last().map(|(s, _)| *s).unwrap_or(cursor);
                         break;
                     }
-                    if let Some((division, m)) = select(entry, &filter) {
-                        divisions.insert(division);
-                        selected.push((entry.seq, m));
+                    match select(entry, &filter) {
+                        Ok(Some((division, m))) => {
+                            divisions.insert(division);
+                            selected.push((entry.seq, m));
+                        }
+                        Ok(None) => {}
+                        Err(status) => {
+                            failure = Some(status);
+                            break;
+                        }
                     }
                 }
                 if !selected.is_empty() {
@@ -274,6 +315,10 @@ impl Puller {
                         }
                     }
                 }
+                if let Some(status) = failure {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 if scanned_to <= cursor {
                     break; // nothing more can be read (cannot happen: seqs only grow)
                 }
@@ -283,6 +328,24 @@ impl Puller {
         });
         ReceiverStream::new(rx)
     }
+}
+
+/// The caller still holds a live grant covering the pull's divisions.
+async fn still_granted(access: &Access, caller: &Caller, filter: &Filter) -> Result<(), Status> {
+    let principal = Principal::from_uri(&caller.identity)
+        .map_err(|e| Status::from(ApiError::Unauthenticated(e)))?;
+    let grant = access
+        .divisions(&principal, caller.role, now_millis())
+        .await
+        .map_err(Status::from)?;
+    grant
+        .narrow(filter.divisions.divisions())
+        .map(|_| ())
+        .map_err(|outside| {
+            Status::permission_denied(format!(
+                "the grant for division {outside} ended during the pull"
+            ))
+        })
 }
 
 /// `oip.v1.TaxService`.
@@ -301,7 +364,7 @@ impl TaxService for TaxApi {
         Ok(Response::new(self.0.run(
             pull,
             |entry, filter| {
-                select_tax(entry, filter).map(|(d, item)| {
+                Ok(select_tax(entry, filter)?.map(|(d, item)| {
                     (
                         d,
                         proto::ContributionChange {
@@ -309,7 +372,7 @@ impl TaxService for TaxApi {
                             item: Some(item),
                         },
                     )
-                })
+                }))
             },
             |_store, selected| async move { Ok((selected, "pull-page")) },
             |cursor| proto::ContributionChange { cursor, item: None },
@@ -364,7 +427,7 @@ impl SocialSecurityService for SocialSecurityApi {
         Ok(Response::new(self.0.run(
             pull,
             |entry, filter| {
-                select_ss(entry, filter).map(|(d, item)| {
+                Ok(select_ss(entry, filter)?.map(|(d, item)| {
                     (
                         d,
                         proto::SocialSecurityChange {
@@ -373,7 +436,7 @@ impl SocialSecurityService for SocialSecurityApi {
                             person: None,
                         },
                     )
-                })
+                }))
             },
             with_persons,
             |cursor| proto::SocialSecurityChange {

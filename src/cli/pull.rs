@@ -237,11 +237,17 @@ impl RecordWriter {
             },
         );
         let existing = append && path.metadata().is_ok_and(|m| m.len() > 0);
-        let file = std::fs::OpenOptions::new()
+        let mut options = std::fs::OpenOptions::new();
+        options
             .create(true)
             .write(true)
             .append(append)
-            .truncate(!append)
+            .truncate(!append);
+        // A new file is readable by its owner only: social-security pulls hold ID
+        // numbers and names.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
             .open(path)
             .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display()))?;
         let mut w = Self {

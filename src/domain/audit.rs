@@ -62,6 +62,19 @@ pub enum ChainBreak {
     Missing { expected: i64, found: i64 },
     #[error("audit entry {seq} was altered, or an entry before it was")]
     Altered { seq: i64 },
+    /// The chain starts after entry `seq` (older entries removed), but no retention
+    /// entry in the chain records that removal: entries were removed by hand.
+    #[error("entries up to {seq} were removed without a retention entry saying so")]
+    UnconfirmedAnchor { seq: i64 },
+}
+
+/// The action of the entry retention appends after removing old entries.
+pub const RETENTION_ACTION: &str = "audit-retention";
+
+/// The scope of a retention entry: the new anchor (the last removed entry).
+pub fn retention_scope(seq: i64, hash: &[u8; 32]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("through {seq} {hex}")
 }
 
 /// Checks entries stored as `(entry, hash)`, in seq order, starting after the entry

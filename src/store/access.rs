@@ -87,8 +87,9 @@ pub trait AccessStore: Send + Sync {
     /// Up to `limit` entries after `after`, with their stored hashes.
     async fn audit_chain(&self, after: i64, limit: u32) -> Result<ChainRows>;
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
-    /// Removes entries older than `before`, moving the anchor to the last removed.
-    async fn prune_audit(&self, before: Millis) -> Result<u64>;
+    /// Removes entries older than `before` (never the newest), moving the anchor to
+    /// the last removed; returns how many went and the anchor, or None when none did.
+    async fn prune_audit(&self, before: Millis) -> Result<Option<(u64, i64, [u8; 32])>>;
 
     /// The newest journal seq (0 when empty).
     async fn journal_end(&self) -> Result<i64>;

@@ -41,6 +41,10 @@ async fn platform_registrations_are_checked_and_replace_the_previous_one() {
         ),
         ("divisions", Box::new(|r| r.divisions.clear())),
         (
+            "divisions",
+            Box::new(|r| r.divisions.push(r.divisions[0].clone())),
+        ),
+        (
             "pilot_start",
             Box::new(|r| r.divisions[0].pilot_start = "2025-13-01".into()),
         ),

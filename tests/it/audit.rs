@@ -239,10 +239,45 @@ async fn retention_removes_old_entries_and_verification_starts_at_the_anchor() {
     store.append_audit(&rows).await.expect("append");
     // Entries 1..=9 are 191..199 days old, entry 10 is 190 days old: 180 days keep
     // none of them but the newest, which stays as the chain's head.
-    let removed = store.prune_audit(now - 180 * day).await.expect("prune");
+    let store: std::sync::Arc<dyn oip_gateway::store::Store> = std::sync::Arc::new(store);
+    let (auditor, _writer) = oip_gateway::audit::Auditor::spawn(store.clone());
+    let removed = oip_gateway::audit::apply_retention(
+        store.as_ref(),
+        &auditor,
+        std::time::Duration::from_secs(180 * 24 * 3600),
+    )
+    .await
+    .expect("retention");
     assert_eq!(removed, 9);
     assert_eq!(store.audit_anchor().await.expect("anchor"), (9, rows[8].1));
-    assert_eq!(store.audit_head().await.expect("head"), (10, rows[9].1));
-    let v = oip_gateway::audit::verify(&store).await.expect("verify");
-    assert_eq!((v.checked, v.problem), (1, None));
+    // The removal is itself an entry of the chain, naming the new anchor.
+    let (head, _) = store.audit_head().await.expect("head");
+    assert_eq!(head, 11);
+    let v = oip_gateway::audit::verify(store.as_ref())
+        .await
+        .expect("verify");
+    assert_eq!((v.checked, v.problem), (2, None));
+
+    // Removing entry 10 by hand and moving the anchor to it keeps the hashes valid,
+    // but the retention entry names another anchor: caught.
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("a.db")))
+        .await
+        .expect("open");
+    sqlx::query("DELETE FROM audit_log WHERE seq = 10")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    sqlx::query("UPDATE audit_anchor SET seq = 10, hash = ?1")
+        .bind(rows[9].1.to_vec())
+        .execute(&pool)
+        .await
+        .expect("forge anchor");
+    let v = oip_gateway::audit::verify(store.as_ref())
+        .await
+        .expect("verify");
+    assert_eq!(
+        v.problem,
+        Some(oip_gateway::domain::audit::ChainBreak::UnconfirmedAnchor { seq: 10 })
+    );
 }

@@ -514,6 +514,23 @@ async fn a_grant_change_takes_effect_on_the_next_call_and_is_audited() {
     tax.pull_contributions(pull(&[]))
         .await
         .expect("granted again");
+    let pool = gw.sql().await;
+    let by: BTreeMap<String, String> =
+        sqlx::query_as("SELECT scope, granted_by FROM grants WHERE identity = ?1")
+            .bind(TAX_ID)
+            .fetch_all(&pool)
+            .await
+            .expect("grants")
+            .into_iter()
+            .collect();
+    assert_eq!(
+        by,
+        BTreeMap::from([
+            ("320000".to_string(), ADMIN_ID.to_string()),
+            ("320100".to_string(), ADMIN_ID.to_string())
+        ]),
+        "each grant records the administrator who made it"
+    );
     let revoked = admin
         .revoke_grant(proto::RevokeRequest {
             identity: TAX_ID.into(),
@@ -555,7 +572,6 @@ async fn a_grant_change_takes_effect_on_the_next_call_and_is_audited() {
     }
 
     // Every change is in the audit log, with who made it and what it touched.
-    let pool = gw.sql().await;
     let entries: Vec<_> = audit_entries(&pool, ADMIN_ID)
         .await
         .into_iter()

@@ -203,6 +203,15 @@ async fn each_role_runs_its_commands() {
         ],
     ));
     let ss = std::fs::read_to_string(&ss_file).expect("ss csv");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ss_file)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "personal data: owner only");
+    }
     assert_eq!(ss.lines().count(), 3, "header, enrolment, order: {ss}");
     assert!(
         ss.contains("11010519491231002X"),

@@ -221,7 +221,7 @@ impl AccessStore for SqliteStore {
             .collect()
     }
 
-    async fn prune_audit(&self, before: Millis) -> Result<u64> {
+    async fn prune_audit(&self, before: Millis) -> Result<Option<(u64, i64, [u8; 32])>> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         // The newest entry always stays, so the next append still has its head.
         let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
@@ -234,8 +234,9 @@ impl AccessStore for SqliteStore {
         .await
         .map_err(db_err)?;
         let Some((seq, hash)) = last else {
-            return Ok(0);
+            return Ok(None);
         };
+        let hash = hash32(&hash)?;
         let done = sqlx::query("DELETE FROM audit_log WHERE seq <= ?1")
             .bind(seq)
             .execute(&mut *tx)
@@ -246,12 +247,12 @@ impl AccessStore for SqliteStore {
              ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
         )
         .bind(seq)
-        .bind(hash)
+        .bind(hash.as_slice())
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(done.rows_affected())
+        Ok(Some((done.rows_affected(), seq, hash)))
     }
 
     async fn journal_end(&self) -> Result<i64> {
