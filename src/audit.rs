@@ -277,11 +277,6 @@ impl CallNote {
     }
 }
 
-/// The full method name of a call (`oip.v1.AdminService/PutGrant`), in the request
-/// extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Action(pub String);
-
 /// The trace id of a call, in the request extensions and the `x-trace-id` response
 /// header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,7 +441,6 @@ where
         };
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(TraceId(trace.clone()));
-        req.extensions_mut().insert(Action(action.clone()));
         let auditor = self.auditor.clone();
         // The call and its entry run in their own task: a caller who goes away (the
         // connection drops this future) cannot leave a stored batch without its entry.

@@ -218,22 +218,13 @@ impl AdminApi {
     /// call's own entry later cannot be written.
     async fn changer<T>(&self, req: &Request<T>, scope: String) -> Result<String, ApiError> {
         let by = self.admin(req).await?;
-        let action = req
+        let note = req
             .extensions()
-            .get::<audit::Action>()
-            .map(|a| a.0.clone())
+            .get::<audit::CallNote>()
+            .cloned()
             .unwrap_or_default();
-        self.auditor
-            .record(audit::Event {
-                identity: by.clone(),
-                role: Role::Admin.as_str().to_string(),
-                action,
-                scope,
-                records: 0,
-                outcome: "STARTED".into(),
-                trace_id: audit::trace_id(req),
-            })
-            .await?;
+        note.set(scope, 0);
+        note.started(&self.auditor, 0).await?;
         Ok(by)
     }
 
