@@ -408,6 +408,12 @@ impl Config {
             .collect::<Result<BTreeMap<_, _>, _>>()?;
         let lookup = crate::vault::key_bytes("lookup_key", &p.lookup_key)
             .map_err(|e| invalid("pii.lookup_key", e.to_string()))?;
+        if keys.values().any(|k| *k == lookup) {
+            return Err(invalid(
+                "pii.lookup_key",
+                "must differ from every key in pii.keys",
+            ));
+        }
         Vault::new(&keys, &p.current_key, lookup)
             .map_err(|e| invalid("pii.current_key", e.to_string()))
     }

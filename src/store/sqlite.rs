@@ -71,8 +71,16 @@ fn sealed_err(e: VaultError) -> StoreError {
     StoreError::Corrupt(format!("personal data: {e}"))
 }
 
-/// An outbox payload in clear: social-security payloads are sealed (they carry worker
-/// records); tax payloads, and rows from before sealing, are not.
+/// Outbox items sealed at rest: worker records (ID number, name, mobile) and accident
+/// reports (medical detail) for social security. Orders, daily enrolments and
+/// everything for tax carry no personal data and stay clear (sealing every order
+/// would cost a seal per item on the hottest path for nothing).
+fn carries_personal_data(destination: Destination, record_key: &str) -> bool {
+    destination == Destination::SocialSecurity
+        && matches!(record_key.split('/').nth(1), Some("worker" | "accident"))
+}
+
+/// An outbox payload in clear (sealed ones are opened; see `carries_personal_data`).
 fn clear_payload(vault: &Vault, payload: Vec<u8>) -> Result<Vec<u8>> {
     if Vault::key_id(&payload).is_some() {
         vault.open(&payload, AAD_PAYLOAD).map_err(sealed_err)
@@ -957,10 +965,13 @@ async fn queue(
             b.push_bind(item.destination.as_str())
                 .push_bind(&item.record_key)
                 .push_bind(&item.idempotency_key)
-                .push_bind(match item.destination {
-                    Destination::SocialSecurity => vault.seal(&item.payload, AAD_PAYLOAD),
-                    Destination::Tax => item.payload.clone(),
-                })
+                .push_bind(
+                    if carries_personal_data(item.destination, &item.record_key) {
+                        vault.seal(&item.payload, AAD_PAYLOAD)
+                    } else {
+                        item.payload.clone()
+                    },
+                )
                 .push_bind("pending")
                 .push_bind(at)
                 .push_bind(at);

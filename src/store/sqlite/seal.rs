@@ -7,8 +7,9 @@ use sqlx::{Sqlite, Transaction};
 
 use super::{
     AAD_BIRTH_DATE, AAD_DESCRIPTION, AAD_ID_NUMBER, AAD_MOBILE, AAD_NAME, AAD_PAYLOAD, SqliteStore,
-    corrupt, db_err, row_of, sealed_err,
+    carries_personal_data, corrupt, db_err, row_of, sealed_err,
 };
+use crate::store::Destination;
 use crate::store::Result;
 use crate::vault::Vault;
 
@@ -221,8 +222,8 @@ impl SqliteStore {
         let mut after = 0i64;
         let (mut changed, mut clear) = (0, 0);
         loop {
-            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT seq, payload FROM outbox
+            let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+                "SELECT seq, record_key, payload FROM outbox
                  WHERE seq > ?1 AND destination = 'social-security' ORDER BY seq LIMIT ?2",
             )
             .bind(after)
@@ -235,7 +236,11 @@ impl SqliteStore {
             };
             after = last.0;
             let mut tx = self.begin().await?;
-            for (seq, payload) in rows {
+            for (seq, record_key, payload) in rows {
+                let sealed = Vault::key_id(&payload).is_some();
+                if !sealed && !carries_personal_data(Destination::SocialSecurity, &record_key) {
+                    continue;
+                }
                 if let Some(new) = resealed(&self.vault, &payload, AAD_PAYLOAD)? {
                     clear += u64::from(Vault::key_id(&payload).is_none());
                     sqlx::query("UPDATE outbox SET payload = ?2 WHERE seq = ?1")
