@@ -70,13 +70,18 @@ impl Auditor {
 async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Event, Millis, Ack)>) {
     let mut head: Option<(i64, [u8; 32])> = None;
     let mut batch = Vec::with_capacity(GROUP);
+    let mut acks = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut batch, GROUP).await > 0 {
-        let result = write_group(store.as_ref(), &mut head, &batch).await;
+        let events = batch.drain(..).map(|(event, at, ack)| {
+            acks.push(ack);
+            (event, at)
+        });
+        let result = write_group(store.as_ref(), &mut head, events.collect()).await;
         if result.is_err() {
             // Re-read the head next time: the failed group may or may not be stored.
             head = None;
         }
-        for (_, _, ack) in batch.drain(..) {
+        for ack in acks.drain(..) {
             let _ = ack.send(result.clone());
         }
     }
@@ -85,26 +90,26 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Event, Millis
 async fn write_group(
     store: &dyn Store,
     head: &mut Option<(i64, [u8; 32])>,
-    batch: &[(Event, Millis, Ack)],
+    events: Vec<(Event, Millis)>,
 ) -> Result<(), StoreError> {
     let (mut seq, mut hash) = match *head {
         Some(h) => h,
         None => store.audit_head().await?,
     };
-    let rows: Vec<(AuditEntry, [u8; 32])> = batch
-        .iter()
-        .map(|(e, at, _)| {
+    let rows: Vec<(AuditEntry, [u8; 32])> = events
+        .into_iter()
+        .map(|(e, at)| {
             seq += 1;
             let entry = AuditEntry {
                 seq,
-                at: *at,
-                identity: e.identity.clone(),
-                role: e.role.clone(),
-                action: e.action.clone(),
-                scope: e.scope.clone(),
+                at,
+                identity: e.identity,
+                role: e.role,
+                action: e.action,
+                scope: e.scope,
                 records: e.records,
-                outcome: e.outcome.clone(),
-                trace_id: e.trace_id.clone(),
+                outcome: e.outcome,
+                trace_id: e.trace_id,
             };
             hash = entry.chain_hash(&hash);
             (entry, hash)
@@ -113,16 +118,6 @@ async fn write_group(
     store.append_audit(&rows).await?;
     *head = Some((seq, hash));
     Ok(())
-}
-
-impl Clone for StoreError {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Unavailable(m) => Self::Unavailable(m.clone()),
-            Self::Corrupt(m) => Self::Corrupt(m.clone()),
-            Self::Migrate(m) => Self::Migrate(m.clone()),
-        }
-    }
 }
 
 /// What `verify` found.

@@ -25,7 +25,7 @@ pub mod sqlite;
 pub use access::AccessStore;
 
 /// Storage failures. Every variant is the gateway's problem, not the caller's.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Busy, locked, out of connections or I/O: retrying later may succeed; nothing
     /// was half-applied.

@@ -15,16 +15,33 @@ use crate::vault::Vault;
 
 const BATCH: i64 = 500;
 
+/// A stored value in clear, whether it was sealed or not.
+fn clear_of(vault: &Vault, value: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+    match Vault::key_id(value) {
+        Some(_) => vault.open(value, aad).map_err(sealed_err),
+        None => Ok(value.to_vec()),
+    }
+}
+
 /// What a stored value becomes: None when it is already sealed under the current key.
 fn resealed(vault: &Vault, value: &[u8], aad: &[u8]) -> Result<Option<Vec<u8>>> {
     if vault.is_current(value) {
         return Ok(None);
     }
-    let clear = match Vault::key_id(value) {
-        Some(_) => vault.open(value, aad).map_err(sealed_err)?,
-        None => value.to_vec(),
-    };
-    Ok(Some(vault.seal(&clear, aad)))
+    Ok(Some(vault.seal(&clear_of(vault, value, aad)?, aad)))
+}
+
+/// A stored content hash as it must be stored now: masked, and masked once (a row
+/// from before sealing has a plain one).
+fn masked_hash(vault: &Vault, row: &[u8], stored: &[u8], was_clear: bool) -> Result<[u8; 32]> {
+    let hash: [u8; 32] = stored
+        .try_into()
+        .map_err(|_| corrupt("content_hash is not 32 bytes"))?;
+    Ok(if was_clear {
+        vault.mask_hash(row, &hash)
+    } else {
+        hash
+    })
 }
 
 impl SqliteStore {
@@ -127,23 +144,9 @@ impl SqliteStore {
                 }
                 // A row from before sealing has a plain content hash: mask it too.
                 let was_clear = Vault::key_id(&id_number).is_none();
-                let hash: [u8; 32] = hash
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("content_hash is not 32 bytes"))?;
-                let hash = if was_clear {
-                    clear += 1;
-                    self.vault.mask_hash(&row_of(pid, &worker_id), &hash)
-                } else {
-                    hash
-                };
-                let clear_id = match Vault::key_id(&id_number) {
-                    Some(_) => self
-                        .vault
-                        .open(&id_number, AAD_ID_NUMBER)
-                        .map_err(sealed_err)?,
-                    None => id_number.clone(),
-                };
+                clear += u64::from(was_clear);
+                let hash = masked_hash(&self.vault, &row_of(pid, &worker_id), &hash, was_clear)?;
+                let clear_id = clear_of(&self.vault, &id_number, AAD_ID_NUMBER)?;
                 sqlx::query(
                     "UPDATE workers SET id_number = ?3, name = ?4, mobile = ?5, id_number_hash = ?6,
                        birth_date = ?7, content_hash = ?8
@@ -189,16 +192,10 @@ impl SqliteStore {
             let mut tx = self.begin().await?;
             for (pid, report_id, description, hash) in rows {
                 if let Some(new) = resealed(&self.vault, &description, AAD_DESCRIPTION)? {
-                    let hash: [u8; 32] = hash
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| corrupt("content_hash is not 32 bytes"))?;
-                    let hash = if Vault::key_id(&description).is_none() {
-                        clear += 1;
-                        self.vault.mask_hash(&row_of(pid, &report_id), &hash)
-                    } else {
-                        hash
-                    };
+                    let was_clear = Vault::key_id(&description).is_none();
+                    clear += u64::from(was_clear);
+                    let hash =
+                        masked_hash(&self.vault, &row_of(pid, &report_id), &hash, was_clear)?;
                     sqlx::query(
                         "UPDATE accidents SET description = ?3, content_hash = ?4
                          WHERE platform_id = ?1 AND report_id = ?2",
