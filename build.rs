@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("oip_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Malformed requests are INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::codec::Codec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

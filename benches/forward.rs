@@ -69,18 +69,23 @@ fn write_declarations(path: &Path, n: usize) -> std::io::Result<()> {
 }
 
 async fn submit_file(endpoint: &str, file: &Path) -> anyhow::Result<submit::Summary> {
-    submit::run(&submit::SubmitOptions {
-        file: file.to_path_buf(),
-        report: None,
-        endpoint: endpoint.to_string(),
-        ca: certs("ca.pem"),
-        cert: certs("platform-a.pem"),
-        key: certs("platform-a.key"),
-        domain: "localhost".into(),
-        batch_size: 1000,
-        window: 8,
-        progress: false,
-    })
+    submit::run(
+        &submit::SubmitOptions {
+            file: file.to_path_buf(),
+            report: None,
+            endpoint: endpoint.to_string(),
+            ca: certs("ca.pem"),
+            cert: certs("platform-a.pem"),
+            key: certs("platform-a.key"),
+            domain: "localhost".into(),
+            batch_size: 1000,
+            window: 8,
+            progress: false,
+            compress: true,
+            from_line: 1,
+        },
+        submit::no_stop(),
+    )
     .await
 }
 

@@ -44,7 +44,10 @@ struct Bench {
 fn candidates(b: &Bench, records: &[proto::Record]) -> Vec<Candidate> {
     let ctx = validate::Context {
         now: oip_gateway::domain::time::now_millis(),
-        max_future_ms: 0,
+        bounds: oip_gateway::validate::Bounds {
+            max_future_ms: 0,
+            ..Default::default()
+        },
         reference: &b.reference,
         platform: &b.platform,
     };
@@ -111,7 +114,7 @@ async fn setup() -> anyhow::Result<Bench> {
         })
         .collect();
     let workers = candidates(&b, &workers);
-    b.ingest.apply(&b.platform, workers).await?;
+    b.ingest.apply(&b.platform, workers, None).await?;
     Ok(b)
 }
 
@@ -129,7 +132,7 @@ async fn fill(b: &Bench, from: usize, to: usize) -> anyhow::Result<()> {
                 proto::Record {
                     kind: Some(proto::record::Kind::Order(proto::Order {
                         order_id: format!("O{i}"),
-                        revision: 1,
+                        revision: Some(1),
                         worker_id: format!("W{}", i % WORKERS),
                         industry: INDUSTRIES[i % 3].into(),
                         division_code: CITIES[i % 13].into(),
@@ -147,7 +150,7 @@ async fn fill(b: &Bench, from: usize, to: usize) -> anyhow::Result<()> {
             })
             .collect();
         let c = candidates(b, &records);
-        let plan = b.ingest.apply(&b.platform, c).await?;
+        let plan = b.ingest.apply(&b.platform, c, None).await?;
         anyhow::ensure!(
             plan.rejections.is_empty(),
             "generated orders are valid: {:?}",
@@ -188,17 +191,17 @@ async fn measure(b: &Bench, size: usize, round: usize) -> anyhow::Result<(Durati
         let d = proto::Record {
             kind: Some(proto::record::Kind::Declaration(proto::Declaration {
                 declaration_id: format!("D{size}-{round}-{k}"),
-                revision: 1,
+                revision: Some(1),
                 period: period.to_string(),
                 division_code: "320000".into(),
                 industry: "INSTANT_DELIVERY".into(),
-                order_count: 1,
-                amount_fen: 7,
+                order_count: Some(1),
+                amount_fen: Some(7),
             })),
         };
         let c = candidates(b, &[d]);
         let t = Instant::now();
-        let plan = b.ingest.apply(&b.platform, c).await?;
+        let plan = b.ingest.apply(&b.platform, c, None).await?;
         declares.push(t.elapsed());
         anyhow::ensure!(
             matches!(

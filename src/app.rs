@@ -195,6 +195,37 @@ pub async fn load_rates(config: &Config, store: &dyn Store) -> anyhow::Result<Ra
     Ok(store.rate_book().await?)
 }
 
+/// The services the gateway port serves, as server reflection lists them: the four
+/// `oip.v1` services, health, and reflection itself (the simulator's `TaxBackend`,
+/// `SocialSecurityBackend` and `BackendSimControl` share the descriptor set but are not
+/// served here).
+pub fn served_services() -> Vec<&'static str> {
+    use tonic::server::NamedService;
+    vec![
+        <PlatformServiceServer<PlatformApi> as NamedService>::NAME,
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
+        <TaxServiceServer<TaxApi> as NamedService>::NAME,
+        <SocialSecurityServiceServer<SocialSecurityApi> as NamedService>::NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+}
+
+/// Server reflection listing exactly [`served_services`]; built in both versions
+/// (v1alpha for Postman, Kreya, Evans and older grpcurl).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    served_services().into_iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ),
+        |b, name| b.with_service_name(name),
+    )
+}
+
 impl Gateway {
     /// Builds everything and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
@@ -251,8 +282,10 @@ impl Gateway {
             auditor: auditor.clone(),
             reference: reference.clone(),
         };
-        let tax = TaxServiceServer::new(TaxApi(puller.clone()));
-        let social_security = SocialSecurityServiceServer::new(SocialSecurityApi(puller));
+        let gzip = tonic::codec::CompressionEncoding::Gzip;
+        let tax = TaxServiceServer::new(TaxApi(puller.clone())).accept_compressed(gzip);
+        let social_security =
+            SocialSecurityServiceServer::new(SocialSecurityApi(puller)).accept_compressed(gzip);
         let platform = PlatformApi {
             access: Access::new(store.clone()),
             ingest,
@@ -262,9 +295,14 @@ impl Gateway {
             auditor: auditor.clone(),
         };
         let max = config.limits.max_message_bytes;
+        // Requests may come gzip-compressed (bulk chunks reach megabytes); answers go
+        // uncompressed (see `audit::CallBody`: a call with a deadline sends its headers
+        // before the handler has chosen an encoding).
         let platform = PlatformServiceServer::new(platform)
             .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+            .max_encoding_message_size(max)
+            .accept_compressed(gzip);
+        let admin = admin.accept_compressed(gzip);
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -279,10 +317,8 @@ impl Gateway {
         health_reporter
             .set_serving::<SocialSecurityServiceServer<SocialSecurityApi>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection = reflection().build_v1()?;
 
         let tls = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
         let listener = TcpListener::bind(config.listen)
@@ -295,6 +331,7 @@ impl Gateway {
             .layer(AuditLayer::new(auditor))
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(platform)
             .add_service(admin)
             .add_service(tax)

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use crate::deadline::{CallDeadline, parse_grpc_timeout};
 use crate::domain::audit::{self, AuditEntry, ChainBreak};
 use crate::domain::time::{Millis, now_millis};
 use crate::identity::Principal;
@@ -393,17 +394,18 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Default + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
+    type Response = http::Response<CallBody<ResBody>>;
+    type Error = BoxError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
@@ -412,10 +414,23 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = req.uri().path().to_string();
         if !path.starts_with("/oip.v1.") {
-            return Box::pin(inner.call(req));
+            let call = inner.call(req);
+            return Box::pin(async move {
+                let res = call.await.map_err(Into::into)?;
+                Ok(res.map(CallBody::direct))
+            });
         }
         let action = path.trim_start_matches('/').to_string();
         let trace = trace_of(req.headers());
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(CallDeadline::after);
+        if let Some(d) = &deadline {
+            req.extensions_mut().insert(d.clone());
+        }
         let (identity, role) = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -437,18 +452,36 @@ where
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(TraceId(trace.clone()));
         let auditor = self.auditor.clone();
+        let expired = deadline.clone();
+        let trace_header = http::HeaderValue::from_str(&trace).ok();
         // The call and its entry run in their own task: a caller who goes away (the
         // connection drops this future) cannot leave a stored batch without its entry.
         let task = tokio::spawn(async move {
-            let mut res = inner.call(req).await?;
+            let mut res = inner.call(req).await.map_err(Into::into)?;
+            // What the caller is told for a request tonic could not read.
+            if let Some(status) = tonic::Status::from_header_map(res.headers()) {
+                let mapped = crate::error::inbound(status);
+                if mapped.code() != tonic::Code::Ok && Some(mapped.code()) != header_code(&res) {
+                    res = mapped.into_http();
+                }
+            }
             let (scope, records) = note.take();
+            let outcome = if expired.as_ref().is_some_and(CallDeadline::expired)
+                && header_code(&res).is_none_or(|c| c == tonic::Code::Ok)
+            {
+                // The edge answered DEADLINE_EXCEEDED while the handler ran (it
+                // committed nothing: see `deadline`).
+                "DEADLINE_EXCEEDED".to_string()
+            } else {
+                outcome_of(&res)
+            };
             let event = Event {
                 identity,
                 role,
                 action,
                 scope,
                 records,
-                outcome: outcome_of(&res),
+                outcome,
                 trace_id: trace.clone(),
             };
             if let Err(e) = auditor.record(event).await {
@@ -461,9 +494,9 @@ where
             if let Ok(v) = http::HeaderValue::from_str(&trace) {
                 res.headers_mut().insert("x-trace-id", v);
             }
-            Ok(res)
+            Ok::<_, BoxError>(res)
         });
-        Box::pin(async move {
+        let answer = async move {
             match task.await {
                 Ok(result) => result,
                 Err(e) => {
@@ -471,7 +504,158 @@ where
                     Ok(tonic::Status::internal("the call failed inside the gateway").into_http())
                 }
             }
-        })
+        };
+        match deadline {
+            None => Box::pin(async move { Ok(answer.await?.map(CallBody::direct)) }),
+            Some(d) => {
+                // Answer the headers at once and the rest when the call ends or its
+                // deadline passes: tonic's own timer would otherwise cut the call off as
+                // CANCELLED while a commit may still complete.
+                let mut head = http::Response::new(CallBody::deferred(Box::pin(answer), d));
+                head.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                if let Some(v) = trace_header {
+                    head.headers_mut().insert("x-trace-id", v);
+                }
+                Box::pin(async move { Ok(head) })
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The status code in a trailers-only response's headers, if any.
+fn header_code<B>(res: &http::Response<B>) -> Option<tonic::Code> {
+    res.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+type Answer<B> =
+    Pin<Box<dyn std::future::Future<Output = Result<http::Response<B>, BoxError>> + Send>>;
+
+/// The body of an audited call: the handler's body as it is, or, for a call with a
+/// deadline whose headers were sent at once, the handler's answer when it comes (its
+/// body, or its trailers-only status as trailers), or DEADLINE_EXCEEDED when the
+/// deadline wins the race with the commit (`deadline`).
+pub struct CallBody<B> {
+    state: BodyState<B>,
+}
+
+enum BodyState<B> {
+    Waiting {
+        answer: Answer<B>,
+        deadline: CallDeadline,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    Body(Pin<Box<B>>),
+    Trailers(Option<http::HeaderMap>),
+    Done,
+}
+
+impl<B> CallBody<B> {
+    fn direct(body: B) -> Self {
+        Self {
+            state: BodyState::Body(Box::pin(body)),
+        }
+    }
+
+    fn deferred(answer: Answer<B>, deadline: CallDeadline) -> Self {
+        let timer = Some(Box::pin(tokio::time::sleep_until(deadline.at())));
+        Self {
+            state: BodyState::Waiting {
+                answer,
+                deadline,
+                timer,
+            },
+        }
+    }
+}
+
+/// The gRPC status headers of `status`, to send as trailers.
+fn status_trailers(status: tonic::Status) -> http::HeaderMap {
+    let mut headers = status.into_http::<()>().into_parts().0.headers;
+    headers.remove(http::header::CONTENT_TYPE);
+    headers
+}
+
+impl<B> http_body::Body for CallBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        loop {
+            match &mut self.state {
+                BodyState::Waiting {
+                    answer,
+                    deadline,
+                    timer,
+                } => {
+                    if let Poll::Ready(res) = answer.as_mut().poll(cx) {
+                        self.state = match res {
+                            Ok(res) => {
+                                let (parts, body) = res.into_parts();
+                                if parts.headers.contains_key("grpc-status") {
+                                    let mut trailers = parts.headers;
+                                    trailers.remove(http::header::CONTENT_TYPE);
+                                    BodyState::Trailers(Some(trailers))
+                                } else {
+                                    BodyState::Body(Box::pin(body))
+                                }
+                            }
+                            Err(e) => BodyState::Trailers(Some(status_trailers(
+                                tonic::Status::internal(format!("the call failed: {e}")),
+                            ))),
+                        };
+                        continue;
+                    }
+                    if let Some(t) = timer {
+                        if t.as_mut().poll(cx).is_ready() {
+                            *timer = None;
+                            if deadline.expire() {
+                                // The handler will commit nothing now; it goes on to
+                                // write the call's audit entry, which says so.
+                                self.state = BodyState::Trailers(Some(status_trailers(
+                                    tonic::Status::deadline_exceeded(
+                                        crate::deadline::DeadlineExceeded.to_string(),
+                                    ),
+                                )));
+                                continue;
+                            }
+                            // A commit is under way: its outcome is the answer.
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                BodyState::Body(b) => return b.as_mut().poll_frame(cx).map_err(Into::into),
+                BodyState::Trailers(t) => {
+                    let t = t.take().unwrap_or_default();
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Some(Ok(http_body::Frame::trailers(t))));
+                }
+                BodyState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            BodyState::Body(b) => b.is_end_stream(),
+            BodyState::Done => true,
+            _ => false,
+        }
     }
 }
 

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::fees::{BaseRate, FloatRate};
 use crate::domain::ids::CreditCode;
+use crate::domain::period::Period;
 use crate::domain::platform::DeliveryTier;
 use crate::identity::Principal;
 use crate::reference::Reference;
 use crate::store::PlatformRegistration;
+use crate::validate::Bounds;
 use crate::vault::Vault;
 
 /// The default configuration file, relative to the working directory.
@@ -97,15 +99,39 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// How far in the future a record's time may be (clock skew), in seconds.
     pub max_future_secs: i64,
+    /// No record time (registration, order, accident) may be earlier (INVALID_TIME):
+    /// catches epoch seconds sent as milliseconds, which land in 1970. The spec leaves
+    /// the bound open; default 2000-01-01T00:00:00+08:00 (workers may have registered
+    /// with their platform years before the scheme).
+    pub earliest_time: chrono::DateTime<chrono::FixedOffset>,
+    /// No declaration may be for an earlier month (INVALID_PERIOD); default 2022-07,
+    /// the scheme's first month (domain.md, Timeline).
+    pub earliest_period: Period,
+}
+
+impl Limits {
+    /// The bounds of plausible record values that `validate` applies.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_future_ms: self.max_future_secs * 1000,
+            earliest: self.earliest_time.timestamp_millis(),
+            earliest_period: self.earliest_period,
+        }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let bounds = Bounds::default();
         Self {
             max_batch_records: 10_000,
             max_stream_records: 100_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_future_secs: 300,
+            earliest_time: chrono::DateTime::from_timestamp_millis(bounds.earliest)
+                .unwrap_or_default()
+                .with_timezone(&crate::domain::time::shanghai()),
+            earliest_period: bounds.earliest_period,
         }
     }
 }
@@ -456,6 +482,9 @@ impl Config {
         }
         if self.limits.max_batch_records == 0 || self.limits.max_stream_records == 0 {
             return Err(invalid("limits", "record limits must be at least 1"));
+        }
+        if self.limits.earliest_time.timestamp_millis() > crate::domain::time::now_millis() {
+            return Err(invalid("limits.earliest_time", "must not be in the future"));
         }
         if !(0..=3600).contains(&self.limits.max_future_secs) {
             return Err(invalid(

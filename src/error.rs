@@ -1,9 +1,15 @@
 //! The one mapping from failures to gRPC status codes (records.md, call-level errors).
 //! Per-record problems are never statuses: they are outcomes.
+//!
+//! Never INTERNAL for anything a caller did: [`inbound`] rewrites what tonic answers
+//! for a request it cannot read (a message over the size limit, one that is not
+//! protobuf, a broken compression) into the spec's codes.
 
 use tonic::{Code, Status};
 
+use crate::deadline::DeadlineExceeded;
 use crate::identity::IdentityError;
+use crate::ingest::IngestError;
 use crate::store::StoreError;
 
 /// A call-level failure.
@@ -15,8 +21,26 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller's deadline passed before the commit; nothing was applied.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Store(s) => ApiError::Store(s),
+            IngestError::DeadlineExceeded(d) => d.into(),
+        }
+    }
+}
+
+impl From<DeadlineExceeded> for ApiError {
+    fn from(e: DeadlineExceeded) -> Self {
+        ApiError::DeadlineExceeded(e.to_string())
+    }
 }
 
 impl From<ApiError> for Status {
@@ -25,6 +49,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(e) => Status::unauthenticated(e.to_string()),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
+            ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ApiError::Store(StoreError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "storage unavailable");
                 Status::new(
@@ -37,5 +62,79 @@ impl From<ApiError> for Status {
                 Status::internal("internal storage error; nothing was stored")
             }
         }
+    }
+}
+
+/// What tonic says when a request message is over `max_decoding_message_size`.
+const TOO_LARGE: &str = "Error, decoded message length too large: found ";
+/// What tonic says when a compressed request inflates past the limit.
+const INFLATES_PAST: &str = "Error decompressing: size limit";
+
+/// The status for a request the gateway could not read, in the spec's terms:
+/// RESOURCE_EXHAUSTED naming the limit for a message over the size limit;
+/// INVALID_ARGUMENT for a message that is not protobuf or a broken compression; other
+/// statuses unchanged. Nothing of such a request is applied.
+pub fn inbound(status: Status) -> Status {
+    let m = status.message();
+    match status.code() {
+        Code::OutOfRange if m.starts_with(TOO_LARGE) => {
+            // "...found {len} bytes, the limit is: {limit} bytes"
+            let numbers: Vec<u64> = m
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            match numbers.as_slice() {
+                [found, limit, ..] => too_large(Some(*found), *limit),
+                _ => Status::resource_exhausted(m.to_string()),
+            }
+        }
+        Code::ResourceExhausted if m.starts_with(INFLATES_PAST) => {
+            let limit = m
+                .split(|c: char| !c.is_ascii_digit())
+                .find_map(|n| n.parse().ok())
+                .unwrap_or(0);
+            too_large(None, limit)
+        }
+        Code::Internal
+            if m.starts_with("Error decompressing")
+                || m.starts_with("protocol error: received message with") =>
+        {
+            Status::invalid_argument(format!("the request could not be read: {m}"))
+        }
+        _ => status,
+    }
+}
+
+/// RESOURCE_EXHAUSTED for a request of `found` bytes (None: it inflates past the
+/// limit) over `limit`, saying how to split it.
+fn too_large(found: Option<u64>, limit: u64) -> Status {
+    let size = match found {
+        Some(n) => format!("the request message has {n} bytes, more than"),
+        None => "the request message decompresses to more than".to_string(),
+    };
+    let parts = found.map_or(2, |n| n.div_ceil(limit.max(1)));
+    Status::resource_exhausted(format!(
+        "{size} the limit of {limit} bytes (limits.max_message_bytes); nothing was applied: send the records in {parts} or more calls, or as a stream (StreamOrders, SubmitStream)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_requests_get_the_spec_codes() {
+        let s = inbound(Status::out_of_range(
+            "Error, decoded message length too large: found 40000000 bytes, the limit is: 16777216 bytes",
+        ));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("16777216"), "{}", s.message());
+        assert!(s.message().contains("3 or more calls"), "{}", s.message());
+        let s = inbound(Status::internal(
+            "Error decompressing: corrupt deflate stream, while sending request",
+        ));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let s = inbound(Status::permission_denied("x"));
+        assert_eq!(s.code(), Code::PermissionDenied);
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
+use crate::deadline::{CallDeadline, DeadlineExceeded};
 use crate::domain::PlatformProfile;
 use crate::domain::fees::RateBook;
 use crate::domain::period::Period;
@@ -14,6 +15,16 @@ use crate::domain::time::now_millis;
 use crate::forward::outbox;
 use crate::reconcile;
 use crate::store::{Store, StoreError};
+
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The caller's deadline passed before the commit: rolled back.
+    #[error(transparent)]
+    DeadlineExceeded(#[from] DeadlineExceeded),
+}
 
 /// Settings of the rules that come from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -66,14 +77,24 @@ impl Ingest {
     }
 
     /// Applies a batch for `platform` and returns the plan (its outcomes are one per
-    /// candidate, in order) once it is committed.
+    /// candidate, in order) once it is committed. With a `deadline`, the batch is
+    /// rolled back when the deadline passes before the commit starts
+    /// (`IngestError::DeadlineExceeded`; nothing is applied).
     pub async fn apply(
         &self,
         platform: &PlatformProfile,
         candidates: Vec<Candidate>,
-    ) -> Result<Plan, StoreError> {
+        deadline: Option<&CallDeadline>,
+    ) -> Result<Plan, IngestError> {
+        if let Some(d) = deadline {
+            d.check()?;
+        }
         let touched = Touched::of(&candidates);
         let mut tx = self.store.begin_ingest(platform.id).await?;
+        if let Some(d) = deadline {
+            // The wait for the platform's turn may have used it up.
+            d.check()?;
+        }
         let mut known = tx.load(&touched).await?;
         let scope = Touched::scope(&candidates, &known);
         tx.load_scope(&mut known, &scope).await?;
@@ -93,6 +114,8 @@ impl Ingest {
             let batch = tx.next_batch().await?;
             let outbox = outbox::items(&plan, platform, &before, batch);
             tx.write(&plan, &outbox, now).await?;
+            // Dropping `tx` on the error path rolls the batch back.
+            let _guard = deadline.map(CallDeadline::begin_commit).transpose()?;
             tx.commit().await?;
             if !outbox.is_empty() {
                 self.wake.notify_waiters();

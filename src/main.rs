@@ -184,6 +184,7 @@ struct SubmitArgs {
     /// Server name to verify against the gateway's certificate.
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// Records per chunk at most (chunks are also kept under 4 MiB).
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
     /// Chunks in flight ahead of their answers.
@@ -192,10 +193,49 @@ struct SubmitArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Send chunks uncompressed (they are gzip-compressed by default).
+    #[arg(long)]
+    no_compress: bool,
+    /// Skip the lines before this line number: resend the tail of a file after an
+    /// interrupted run (the summary names the line).
+    #[arg(long, default_value_t = 1)]
+    from_line: usize,
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        // `submit` has its own exit status for an incomplete run.
+        Command::Submit(a) => submit_command(a).await,
+        other => run_command(other).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn submit_command(a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let opts = submit::SubmitOptions {
+        file: a.file,
+        report: a.report,
+        endpoint: a.endpoint,
+        ca: a.ca,
+        cert: a.cert,
+        key: a.key,
+        domain: a.domain,
+        batch_size: a.batch_size,
+        window: a.window,
+        progress: !a.quiet,
+        compress: !a.no_compress,
+        from_line: a.from_line,
+    };
+    let summary = submit::run(&opts, stop_requests()).await?;
+    submit::print_summary(&summary);
+    Ok(if summary.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INCOMPLETE)
+    })
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve { config } => {
             telemetry::init();
             let config = config::Config::load(&config)?;
@@ -214,23 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote example certificates to {}", out.display());
             Ok(())
         }
-        Command::Submit(a) => {
-            let opts = submit::SubmitOptions {
-                file: a.file,
-                report: a.report,
-                endpoint: a.endpoint,
-                ca: a.ca,
-                cert: a.cert,
-                key: a.key,
-                domain: a.domain,
-                batch_size: a.batch_size,
-                window: a.window,
-                progress: !a.quiet,
-            };
-            let summary = submit::run(&opts).await?;
-            submit::print_summary(&summary);
-            Ok(())
-        }
+        Command::Submit(a) => submit_command(a).await.map(drop),
         Command::BackendSim { action } => match action {
             SimAction::Serve {
                 listen,
@@ -325,6 +349,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Exit status of a `submit` that stopped before every line was answered (the summary
+/// says which lines are missing from the report).
+const INCOMPLETE: u8 = 3;
+
+/// Counts SIGINT and SIGTERM: `submit` stops reading at the first and stops waiting
+/// for answers at the second.
+fn stop_requests() -> tokio::sync::watch::Receiver<u32> {
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let got = match term.as_mut() {
+                Some(t) => tokio::select! {
+                    r = tokio::signal::ctrl_c() => r.is_ok(),
+                    r = t.recv() => r.is_some(),
+                },
+                None => tokio::signal::ctrl_c().await.is_ok(),
+            };
+            #[cfg(not(unix))]
+            let got = tokio::signal::ctrl_c().await.is_ok();
+            if !got {
+                return;
+            }
+            tx.send_modify(|n| *n += 1);
+            if *tx.borrow() == 1 {
+                eprintln!(
+                    "stopping: waiting for the answers of chunks already sent (again to stop at once)"
+                );
+            }
+        }
+    });
+    rx
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -335,7 +396,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,21 +1,39 @@
 //! `oip-gateway submit`: sends a JSON Lines bulk file over mTLS in chunks on one
 //! `SubmitStream` call (several chunks in flight, applied in file order), writes the
 //! outcome report in input order and counts outcomes and codes.
+//!
+//! The file is read as bytes, line by line: a line that cannot become a record
+//! (`bulk`) is answered locally and the rest still goes. Whatever stops a run (the
+//! gateway going away, a signal, a read error), the report holds every line that was
+//! answered, written as answers arrive, and the summary names exactly the lines that
+//! were not ([`Summary::unanswered`], [`Summary::unread_from`]); resending the file, or
+//! its tail with `--from-line`, is always safe: records already applied answer
+//! DUPLICATE.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
-use crate::bulk::{self, ReportLine};
+use crate::bulk::{self, LineError, ReportLine};
+use crate::domain::ErrorCode;
 use crate::proto::{self, platform_service_client::PlatformServiceClient};
 use crate::tls;
+
+/// Longest line read, in bytes: a record within the field limits takes under 10 KiB,
+/// so a longer line is REJECTED (MALFORMED_RECORD) without being held in memory.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Largest chunk sent in one message, in encoded bytes: well under the gateway's
+/// default message limit (16 MiB), whatever `--batch-size` says.
+pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where and how to submit.
 #[derive(Debug, Clone)]
@@ -28,19 +46,33 @@ pub struct SubmitOptions {
     pub key: PathBuf,
     /// Server name to verify (the certificate's DNS name).
     pub domain: String,
+    /// Records per chunk at most (a chunk is also cut at [`MAX_CHUNK_BYTES`]).
     pub batch_size: usize,
     /// Chunks sent ahead of their answers.
     pub window: usize,
     pub progress: bool,
+    /// Compress chunks with gzip (the gateway accepts gzip and identity).
+    pub compress: bool,
+    /// Skip the lines before this 1-based line number (to resend the tail of a file
+    /// after an interrupted run); 1 sends everything.
+    pub from_line: usize,
 }
 
 /// What a run did.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Lines in the report (answered by the gateway, or rejected locally).
     pub records: usize,
     pub outcomes: BTreeMap<String, usize>,
     pub codes: BTreeMap<String, usize>,
     pub elapsed: Duration,
+    /// Line ranges (inclusive) that were read but have no answer: not sent, or sent
+    /// without an answer (they may have been applied; a resend answers DUPLICATE).
+    pub unanswered: Vec<(usize, usize)>,
+    /// When reading stopped before the end of the file: the first line not read.
+    pub unread_from: Option<usize>,
+    /// Why the run stopped early.
+    pub stopped: Option<String>,
 }
 
 impl Summary {
@@ -53,6 +85,31 @@ impl Summary {
         for w in &line.warnings {
             *self.codes.entry(w.clone()).or_default() += 1;
         }
+    }
+
+    fn unanswered(&mut self, line: usize) {
+        match self.unanswered.last_mut() {
+            Some((_, end)) if *end + 1 == line => *end = line,
+            _ => self.unanswered.push((line, line)),
+        }
+    }
+
+    /// Lines without an answer.
+    pub fn unanswered_count(&self) -> usize {
+        self.unanswered.iter().map(|(a, b)| b - a + 1).sum()
+    }
+
+    /// True when every line of the file is in the report.
+    pub fn complete(&self) -> bool {
+        self.unanswered.is_empty() && self.unread_from.is_none() && self.stopped.is_none()
+    }
+
+    /// The line to resume from with `--from-line`: the first line without an answer.
+    pub fn resume_line(&self) -> Option<usize> {
+        self.unanswered
+            .first()
+            .map(|(a, _)| *a)
+            .or(self.unread_from)
     }
 
     /// Records per second over the whole run.
@@ -76,9 +133,14 @@ pub async fn connect(opts: &SubmitOptions) -> anyhow::Result<PlatformServiceClie
                 error_chain(&e)
             )
         })?;
-    Ok(PlatformServiceClient::new(channel)
+    let mut client = PlatformServiceClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024))
+        .max_encoding_message_size(64 * 1024 * 1024)
+        .accept_compressed(CompressionEncoding::Gzip);
+    if opts.compress {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    Ok(client)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -105,143 +167,433 @@ struct Chunk {
     end_offset: u64,
 }
 
-/// Submits the file and returns the counts. Fails when the file cannot be read or the
-/// gateway cannot be reached or stops answering.
-pub async fn run(opts: &SubmitOptions) -> anyhow::Result<Summary> {
+impl Chunk {
+    fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            remote: 0,
+            end_offset: 0,
+        }
+    }
+}
+
+/// Why reading stopped before the end of the file.
+enum ReadStop {
+    /// A stop request (signal).
+    Signal,
+    /// The call ended: nothing more can be sent.
+    Halted,
+    /// The input could not be read.
+    Error(String),
+}
+
+/// What the reader sends to the writer, in file order.
+enum Read {
+    Chunk(Chunk),
+    /// Reading stopped before the end, at this line (the first not read).
+    Stopped(usize, ReadStop),
+}
+
+/// One line read: its bytes (without the line end), or its length when it is longer
+/// than `max`.
+enum Line {
+    Bytes,
+    TooLong(usize),
+}
+
+/// Reads one line into `buf` (cleared first), keeping at most `max` bytes of it; None
+/// at the end of the input. The line end stays in `buf`. Returns the line's length.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<(Line, usize)>> {
+    buf.clear();
+    let mut total = 0usize;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((total > 0).then_some(if total > max {
+                (Line::TooLong(total), total)
+            } else {
+                (Line::Bytes, total)
+            }));
+        }
+        let (take, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if total + take <= max {
+            buf.extend_from_slice(&available[..take]);
+        }
+        total += take;
+        reader.consume(take);
+        if done {
+            return Ok(Some(if total > max {
+                (Line::TooLong(total), total)
+            } else {
+                (Line::Bytes, total)
+            }));
+        }
+    }
+}
+
+/// Resolves once a stop was requested (never when no request can come any more).
+async fn requested(rx: &mut watch::Receiver<u32>) {
+    loop {
+        if *rx.borrow_and_update() > 0 {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves once the writer halts the reader.
+async fn halted(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReadOptions {
+    batch_size: usize,
+    max_chunk_bytes: usize,
+    from_line: usize,
+}
+
+/// The reader's ends of the channels.
+struct Reader {
+    requests: mpsc::Sender<proto::SubmitRequest>,
+    chunks: mpsc::UnboundedSender<Read>,
+    stop: watch::Receiver<u32>,
+    halt: watch::Receiver<bool>,
+}
+
+impl Reader {
+    /// Hands the chunk's records to the call and its lines to the report writer; false
+    /// when the call has ended (the chunk's lines then go unsent).
+    async fn send(
+        &mut self,
+        chunk: &mut Chunk,
+        records: &mut Vec<proto::Record>,
+        offset: u64,
+    ) -> bool {
+        let mut done = std::mem::replace(chunk, Chunk::new());
+        done.end_offset = offset;
+        let records = std::mem::take(records);
+        let mut sent = !*self.halt.borrow();
+        if sent && !records.is_empty() {
+            let request = proto::SubmitRequest { records };
+            sent = tokio::select! {
+                r = self.requests.send(request) => r.is_ok(),
+                () = halted(&mut self.halt) => false,
+            };
+        }
+        let delivered = self.chunks.send(Read::Chunk(done)).is_ok();
+        sent && delivered
+    }
+}
+
+/// Reads the input into chunks: each chunk's records go to the call and its lines to
+/// the report writer, until the end, a read error, a stop request or a halt.
+async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: Reader) {
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let mut buf = Vec::with_capacity(4096);
+    let (mut records, mut chunk, mut bytes) = (Vec::new(), Chunk::new(), 0usize);
+    let mut number = 0usize;
+    let mut offset = 0u64;
+    let mut stop = io.stop.clone();
+    let mut halt = io.halt.clone();
+    let stopped = loop {
+        let line = tokio::select! {
+            biased;
+            () = requested(&mut stop) => break Some(ReadStop::Signal),
+            () = halted(&mut halt) => break Some(ReadStop::Halted),
+            l = read_line(&mut reader, &mut buf, MAX_LINE_BYTES) => l,
+        };
+        let line = match line {
+            Ok(Some(l)) => l,
+            Ok(None) => break None,
+            Err(e) => break Some(ReadStop::Error(e.to_string())),
+        };
+        number += 1;
+        offset += line.1 as u64;
+        if number < opts.from_line {
+            continue;
+        }
+        let parsed = match line.0 {
+            Line::TooLong(n) => Some(Err(LineError {
+                kind: String::new(),
+                id: String::new(),
+                code: ErrorCode::MalformedRecord,
+                field: String::new(),
+                message: format!(
+                    "line has {n} bytes; at most {MAX_LINE_BYTES} (a record within the field limits takes far less)"
+                ),
+            })),
+            Line::Bytes => bulk::content(&buf).map(bulk::parse_line),
+        };
+        let record = match parsed {
+            None => continue,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                chunk
+                    .entries
+                    .push(Entry::Local(ReportLine::rejected(number, e)));
+                continue;
+            }
+        };
+        let size = record.encoded_len() + 8;
+        if chunk.remote > 0 && bytes + size > opts.max_chunk_bytes {
+            bytes = 0;
+            if !io
+                .send(&mut chunk, &mut records, offset - line.1 as u64)
+                .await
+            {
+                // This line is read but will not be sent: it goes with the rest.
+                chunk.entries.push(Entry::Remote(number));
+                chunk.remote += 1;
+                break Some(ReadStop::Halted);
+            }
+        }
+        records.push(record);
+        bytes += size;
+        chunk.entries.push(Entry::Remote(number));
+        chunk.remote += 1;
+        if chunk.remote >= opts.batch_size {
+            bytes = 0;
+            if !io.send(&mut chunk, &mut records, offset).await {
+                break Some(ReadStop::Halted);
+            }
+        }
+    };
+    if !chunk.entries.is_empty() {
+        io.send(&mut chunk, &mut records, offset).await;
+    }
+    if let Some(why) = stopped {
+        let _ = io.chunks.send(Read::Stopped(number + 1, why));
+    }
+}
+
+/// A stop receiver for callers without signals (benchmarks, library use).
+pub fn no_stop() -> watch::Receiver<u32> {
+    watch::channel(0).1
+}
+
+/// Submits the file and returns what happened. Fails (nothing sent) when the file
+/// cannot be opened or the gateway cannot be reached; once records are on their way,
+/// any stop is reported in the [`Summary`], with the report written up to it.
+///
+/// `stop` counts stop requests (signals): the first stops reading and waits for the
+/// answers of the chunks already sent; the second stops waiting.
+pub async fn run(opts: &SubmitOptions, stop: watch::Receiver<u32>) -> anyhow::Result<Summary> {
     let file = tokio::fs::File::open(&opts.file)
         .await
         .with_context(|| format!("cannot read {}", opts.file.display()))?;
     let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut head = [0u8; 2];
+    let mut peek = tokio::fs::File::open(&opts.file)
+        .await
+        .with_context(|| format!("cannot read {}", opts.file.display()))?;
+    let n = tokio::io::AsyncReadExt::read(&mut peek, &mut head)
+        .await
+        .unwrap_or(0);
+    if n == 2 && (head == [0xFF, 0xFE] || head == [0xFE, 0xFF]) {
+        return Err(anyhow!(
+            "{} is UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8; nothing was sent",
+            opts.file.display()
+        ));
+    }
+    run_input(opts, file, total, stop).await
+}
+
+/// [`run`] over any input (`total` bytes, for the progress bar).
+pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
+    opts: &SubmitOptions,
+    input: R,
+    total: u64,
+    mut stop: watch::Receiver<u32>,
+) -> anyhow::Result<Summary> {
     let mut client = connect(opts).await?;
     let started = Instant::now();
 
     let (req_tx, req_rx) = mpsc::channel::<proto::SubmitRequest>(opts.window.max(1));
-    let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<Chunk>();
-    let batch_size = opts.batch_size.max(1);
-    let path = opts.file.clone();
-    let reader = tokio::spawn(async move {
-        let mut lines = BufReader::with_capacity(1 << 20, file).lines();
-        let (mut records, mut chunk) = (Vec::with_capacity(batch_size), new_chunk());
-        let mut number = 0usize;
-        let mut offset = 0u64;
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .with_context(|| format!("cannot read {}", path.display()))?
-        {
-            number += 1;
-            offset += line.len() as u64 + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match bulk::parse_line(&line) {
-                Ok(r) => {
-                    records.push(r);
-                    chunk.entries.push(Entry::Remote(number));
-                    chunk.remote += 1;
-                }
-                Err(e) => chunk
-                    .entries
-                    .push(Entry::Local(ReportLine::rejected(number, e))),
-            }
-            if chunk.remote == batch_size {
-                chunk.end_offset = offset;
-                let _ = chunk_tx.send(std::mem::replace(&mut chunk, new_chunk()));
-                let records = std::mem::replace(&mut records, Vec::with_capacity(batch_size));
-                if req_tx.send(proto::SubmitRequest { records }).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        chunk.end_offset = offset;
-        if !chunk.entries.is_empty() {
-            let _ = chunk_tx.send(chunk);
-            if !records.is_empty() {
-                let _ = req_tx.send(proto::SubmitRequest { records }).await;
-            }
-        }
-        anyhow::Ok(())
-    });
+    let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<Read>();
+    let (halt, halt_rx) = watch::channel(false);
+    let read_opts = ReadOptions {
+        batch_size: opts.batch_size.max(1),
+        max_chunk_bytes: MAX_CHUNK_BYTES,
+        from_line: opts.from_line.max(1),
+    };
+    let reader = tokio::spawn(read_chunks(
+        input,
+        read_opts,
+        Reader {
+            requests: req_tx,
+            chunks: chunk_tx,
+            stop: stop.clone(),
+            halt: halt_rx,
+        },
+    ));
 
     let mut answers = client
         .submit_stream(ReceiverStream::new(req_rx))
         .await
         .map_err(|s| {
+            reader.abort();
             anyhow!(
-                "gateway refused the submission: {} ({})",
+                "gateway refused the submission: {} ({}); nothing was sent",
                 s.message(),
                 s.code()
             )
         })?
         .into_inner();
 
-    let mut report: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &opts.report {
-        Some(p) => Box::new(BufWriter::new(
-            tokio::fs::File::create(p)
-                .await
-                .with_context(|| format!("cannot write report {}", p.display()))?,
-        )),
-        None => Box::new(tokio::io::sink()),
-    };
+    let mut report = Report::open(opts.report.as_ref()).await?;
     let bar = progress_bar(total, opts.progress);
     let mut summary = Summary::default();
-    let mut buf = Vec::with_capacity(1 << 16);
-    while let Some(chunk) = chunk_rx.recv().await {
-        let mut outcomes = VecDeque::new();
-        if chunk.remote > 0 {
-            let answer = answers
-                .message()
-                .await
-                .map_err(|s| {
-                    anyhow!(
-                        "gateway stopped after {} records: {} ({})",
-                        summary.records,
-                        s.message(),
-                        s.code()
-                    )
-                })?
-                .ok_or_else(|| {
-                    anyhow!(
-                        "gateway closed the stream after {} records",
-                        summary.records
-                    )
-                })?;
-            outcomes.extend(answer.outcomes);
-        }
-        for entry in chunk.entries {
-            let line = match entry {
-                Entry::Local(l) => l,
-                Entry::Remote(n) => {
-                    let o = outcomes
-                        .pop_front()
-                        .ok_or_else(|| anyhow!("gateway answered fewer outcomes than records"))?;
-                    ReportLine::from_outcome(n, o)
+    // Once the gateway stops answering, the rest is collected without waiting.
+    let mut failed: Option<String> = None;
+    while let Some(read) = chunk_rx.recv().await {
+        let chunk = match read {
+            Read::Chunk(c) => c,
+            Read::Stopped(line, why) => {
+                summary.unread_from = Some(line);
+                match why {
+                    ReadStop::Error(e) => {
+                        failed.get_or_insert(format!("cannot read line {line}: {e}"));
+                    }
+                    ReadStop::Signal => {
+                        failed.get_or_insert("stopped by a signal".into());
+                    }
+                    ReadStop::Halted => {}
                 }
-            };
-            summary.add(&line);
-            serde_json::to_writer(&mut buf, &line)?;
-            buf.push(b'\n');
+                continue;
+            }
+        };
+        let mut outcomes = std::collections::VecDeque::new();
+        if chunk.remote > 0 && failed.is_none() {
+            match answer(&mut answers, &mut stop).await {
+                Ok(o) => outcomes.extend(o),
+                Err(why) => {
+                    failed = Some(why);
+                    // Stop the reader: what it has not read is reported as unread.
+                    let _ = halt.send(true);
+                }
+            }
         }
-        report.write_all(&buf).await?;
-        buf.clear();
+        let mut lines = Vec::with_capacity(chunk.entries.len());
+        for entry in chunk.entries {
+            match entry {
+                Entry::Local(l) => lines.push(l),
+                Entry::Remote(n) => match outcomes.pop_front() {
+                    Some(o) => lines.push(ReportLine::from_outcome(n, o)),
+                    None => summary.unanswered(n),
+                },
+            }
+        }
+        for l in &lines {
+            summary.add(l);
+        }
+        report.write(&lines).await?;
         bar.set_position(chunk.end_offset);
         let rate = summary.records as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("{} records, {rate:.0} records/s", summary.records));
     }
     reader
         .await
-        .map_err(|e| anyhow!("reader task failed: {e}"))??;
-    report.flush().await?;
+        .map_err(|e| anyhow!("the file reader failed: {e}"))?;
+    report.finish().await?;
     bar.finish_and_clear();
+    summary.stopped = failed;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-fn new_chunk() -> Chunk {
-    Chunk {
-        entries: Vec::new(),
-        remote: 0,
-        end_offset: 0,
+/// The next answer of the call, or why there is none; a second stop request gives up
+/// waiting.
+async fn answer(
+    answers: &mut tonic::Streaming<proto::BatchOutcome>,
+    stop: &mut watch::Receiver<u32>,
+) -> Result<Vec<proto::RecordOutcome>, String> {
+    loop {
+        if *stop.borrow() >= 2 {
+            return Err("stopped by a second signal without waiting for answers".into());
+        }
+        tokio::select! {
+            m = answers.message() => {
+                return match m {
+                    Ok(Some(b)) => Ok(b.outcomes),
+                    Ok(None) => Err("the gateway closed the call".into()),
+                    Err(s) => Err(format!("the gateway stopped answering: {} ({})", s.message(), s.code())),
+                };
+            }
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    // No more signals can come: wait for the answer alone.
+                    return match answers.message().await {
+                        Ok(Some(b)) => Ok(b.outcomes),
+                        Ok(None) => Err("the gateway closed the call".into()),
+                        Err(s) => Err(format!("the gateway stopped answering: {} ({})", s.message(), s.code())),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The report file, written and flushed chunk by chunk so that what was answered is
+/// on disk whatever stops the run.
+struct Report {
+    file: Option<tokio::fs::File>,
+    buf: Vec<u8>,
+}
+
+impl Report {
+    async fn open(path: Option<&PathBuf>) -> anyhow::Result<Self> {
+        let file = match path {
+            Some(p) => Some(
+                tokio::fs::File::create(p)
+                    .await
+                    .with_context(|| format!("cannot write report {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            file,
+            buf: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    async fn write(&mut self, lines: &[ReportLine]) -> anyhow::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        self.buf.clear();
+        for l in lines {
+            serde_json::to_writer(&mut self.buf, l)?;
+            self.buf.push(b'\n');
+        }
+        file.write_all(&self.buf)
+            .await
+            .context("cannot write the report")?;
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush().await?;
+            f.sync_all().await?;
+        }
+        Ok(())
     }
 }
 
@@ -262,7 +614,22 @@ fn progress_bar(total: u64, visible: bool) -> ProgressBar {
     bar
 }
 
-/// The closing lines: counts per outcome and per code.
+/// `1-3, 7, 9-12`.
+fn ranges(r: &[(usize, usize)]) -> String {
+    r.iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The closing lines: counts per outcome and per code, then (stderr) what is missing
+/// from the report when the run stopped early.
 pub fn print_summary(s: &Summary) {
     println!(
         "{} records in {:.1}s ({:.0} records/s)",
@@ -278,5 +645,27 @@ pub fn print_summary(s: &Summary) {
         for (k, v) in &s.codes {
             println!("  {k:<32} {v}");
         }
+    }
+    if s.complete() {
+        return;
+    }
+    eprintln!(
+        "incomplete: {}",
+        s.stopped.as_deref().unwrap_or("stopped early")
+    );
+    if !s.unanswered.is_empty() {
+        eprintln!(
+            "not answered ({} records, not in the report): lines {}",
+            s.unanswered_count(),
+            ranges(&s.unanswered)
+        );
+    }
+    if let Some(l) = s.unread_from {
+        eprintln!("not read: line {l} to the end of the file");
+    }
+    if let Some(l) = s.resume_line() {
+        eprintln!(
+            "resend with --from-line {l} (or the whole file): records already applied answer DUPLICATE"
+        );
     }
 }

@@ -3,6 +3,14 @@
 //!
 //! Only rules that need nothing but the record, the clock, the reference data and the
 //! caller's platform live here; rules between records are in `crosscheck`.
+//!
+//! The input rules (README, "Input rules"): absent is never a default (a required
+//! string that is empty, or a required number that is absent, is MISSING_FIELD); no
+//! value is trimmed or otherwise guessed at (surrounding white space is refused with
+//! the field's own code, names excepted: they are trimmed, as the spec's "empty after
+//! trimming" says); values must be plausible, not only well-formed (times within
+//! [`Bounds`], birth years from 1900); echoed values are bounded
+//! (`domain::outcome::echo`, `shown`).
 
 use chrono::NaiveDate;
 
@@ -10,6 +18,7 @@ use crate::crosscheck::Candidate;
 use crate::domain::RecordKind;
 use crate::domain::fees::Figures;
 use crate::domain::ids::{IdNumber, IdType, Mobile, PersonName, Plate};
+use crate::domain::outcome::{echo, shown, shown_division};
 use crate::domain::period::Period;
 use crate::domain::time::{self, Millis, age_on, local_date};
 use crate::domain::{
@@ -23,13 +32,41 @@ use crate::reference::Reference;
 pub const MAX_ID_LEN: usize = 64;
 /// Minimum working age (domain.md, Enrolment).
 pub const MIN_AGE: i32 = 16;
+/// Most entries in a worker's `industries` (the list is a set of the platform's
+/// industries; a longer list is FIELD_TOO_LONG).
+pub const MAX_INDUSTRIES: usize = 16;
+/// Longest accident description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+
+/// The bounds of plausible times and months (records.md, INVALID_TIME and
+/// INVALID_PERIOD; the spec leaves them open, so they come from `limits.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// How far in the future a time may be (clock skew), in milliseconds.
+    pub max_future_ms: i64,
+    /// No time before this instant (epoch milliseconds).
+    pub earliest: Millis,
+    /// No declaration for a month before this one.
+    pub earliest_period: Period,
+}
+
+impl Default for Bounds {
+    /// 5 minutes of skew; 2000-01-01T00:00:00+08:00; 2022-07 (the scheme's first
+    /// month, domain.md).
+    fn default() -> Self {
+        Self {
+            max_future_ms: 300_000,
+            earliest: 946_656_000_000,
+            earliest_period: Period::parse("2022-07").unwrap_or_else(|| unreachable!()),
+        }
+    }
+}
 
 /// What validation may look at besides the record.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub now: Millis,
-    /// How far in the future a time may be (clock skew), in milliseconds.
-    pub max_future_ms: i64,
+    pub bounds: Bounds,
     pub reference: &'a Reference,
     pub platform: &'a PlatformProfile,
 }
@@ -37,6 +74,10 @@ pub struct Context<'a> {
 impl Context<'_> {
     fn today(&self) -> NaiveDate {
         local_date(self.now)
+    }
+
+    fn latest(&self) -> Millis {
+        self.now + self.bounds.max_future_ms
     }
 }
 
@@ -46,76 +87,190 @@ fn reject(code: ErrorCode, field: &str, message: impl Into<String>) -> Rejection
     Rejection::new(code, field, message)
 }
 
-/// A record id: 1..64 printable ASCII. Non-printable content leaves no usable id, so it
-/// is MISSING_FIELD (the spec has no code of its own for it).
-fn record_id<'a>(v: &'a str, field: &str) -> Result<&'a str> {
-    if v.is_empty() {
-        return Err(Rejection::missing(field));
-    }
-    if v.len() > MAX_ID_LEN {
-        return Err(reject(
-            ErrorCode::FieldTooLong,
-            field,
-            format!("{field} is longer than {MAX_ID_LEN} characters"),
-        ));
-    }
-    if !v.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        return Err(reject(
-            ErrorCode::MissingField,
-            field,
-            format!("{field} must be printable ASCII"),
-        ));
-    }
-    Ok(v)
+/// True when `v` starts or ends with white space (Unicode, so U+3000 counts).
+fn padded(v: &str) -> bool {
+    v.starts_with(char::is_whitespace) || v.ends_with(char::is_whitespace)
 }
 
-fn required<'a>(v: &'a str, field: &str) -> Result<&'a str> {
+fn padded_rejection(code: ErrorCode, field: &str) -> Rejection {
+    reject(
+        code,
+        field,
+        format!("{field} has leading or trailing spaces; send the value without them"),
+    )
+}
+
+/// A required value: MISSING_FIELD when empty or only white space, `code` when it has
+/// surrounding white space.
+fn required<'a>(v: &'a str, field: &str, code: ErrorCode) -> Result<&'a str> {
     if v.trim().is_empty() {
         Err(Rejection::missing(field))
+    } else if padded(v) {
+        Err(padded_rejection(code, field))
     } else {
         Ok(v)
     }
 }
 
-/// A required time, not further in the future than the allowed skew.
-fn time_field(v: &str, field: &str, ctx: &Context<'_>) -> Result<Millis> {
-    let t = time::parse_wire_time(required(v, field)?).ok_or_else(|| {
-        reject(
-            ErrorCode::InvalidTime,
+/// An optional value: None when empty; `code` when blank or with surrounding white
+/// space (refused, not read as absent).
+fn optional<'a>(v: &'a str, field: &str, code: ErrorCode) -> Result<Option<&'a str>> {
+    if v.is_empty() {
+        Ok(None)
+    } else if v.trim().is_empty() {
+        Err(reject(
+            code,
             field,
-            format!("{field} is not RFC 3339 with an offset or epoch milliseconds"),
-        )
-    })?;
-    if t > ctx.now + ctx.max_future_ms {
+            format!("{field} is blank; leave it out or send a value"),
+        ))
+    } else if padded(v) {
+        Err(padded_rejection(code, field))
+    } else {
+        Ok(Some(v))
+    }
+}
+
+/// A record id: 1..64 printable ASCII without surrounding spaces.
+fn record_id<'a>(v: &'a str, field: &str) -> Result<&'a str> {
+    if v.is_empty() {
+        return Err(Rejection::missing(field));
+    }
+    let chars = v.chars().count();
+    if chars > MAX_ID_LEN {
         return Err(reject(
-            ErrorCode::InvalidTime,
+            ErrorCode::FieldTooLong,
             field,
-            format!("{field} is in the future"),
+            format!("{field} has {chars} characters; at most {MAX_ID_LEN}"),
         ));
+    }
+    if v.trim().is_empty() {
+        return Err(Rejection::missing(field));
+    }
+    if padded(v) {
+        return Err(padded_rejection(ErrorCode::MalformedRecord, field));
+    }
+    if !v.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(reject(
+            ErrorCode::MalformedRecord,
+            field,
+            format!("{field} must be printable ASCII (0x20..0x7E)"),
+        ));
+    }
+    Ok(v)
+}
+
+/// A revision: absent is 1 (records.md); 0 is refused, since proto3 and JSON clients
+/// that send it meant something else.
+fn revision(r: Option<u32>) -> Result<u32> {
+    match r {
+        None => Ok(1),
+        Some(0) => Err(reject(
+            ErrorCode::MalformedRecord,
+            "revision",
+            "revision must be at least 1 (leave it out for 1)",
+        )),
+        Some(r) => Ok(r),
+    }
+}
+
+/// The revision a record names for its outcome (1 when absent or invalid).
+fn named_revision(r: Option<u32>) -> u32 {
+    r.filter(|r| *r > 0).unwrap_or(1)
+}
+
+/// Formats an instant for a message, in Asia/Shanghai.
+fn when(ms: Millis) -> String {
+    time::to_rfc3339(ms)
+}
+
+/// A required time within the bounds.
+fn time_field(v: &str, field: &str, ctx: &Context<'_>) -> Result<Millis> {
+    let v = required(v, field, ErrorCode::InvalidTime)?;
+    let invalid = |message: String| reject(ErrorCode::InvalidTime, field, message);
+    let earliest = ctx.bounds.earliest;
+    let latest = ctx.latest();
+    let plausible = |ms: i128| (i128::from(earliest)..=i128::from(latest)).contains(&ms);
+    let t = if v.bytes().all(|b| b.is_ascii_digit()) {
+        // Epoch milliseconds. Other units are named, not guessed.
+        let n: i128 = if v.len() > 30 {
+            i128::MAX
+        } else {
+            v.parse().unwrap_or(i128::MAX)
+        };
+        if !plausible(n) {
+            let unit = if plausible(n * 1000) {
+                " It looks like epoch seconds: send milliseconds (13 digits)."
+            } else if plausible(n / 1000) {
+                " It looks like epoch microseconds: send milliseconds (13 digits)."
+            } else if plausible(n / 1_000_000) {
+                " It looks like epoch nanoseconds: send milliseconds (13 digits)."
+            } else {
+                ""
+            };
+            let bound = if n < i128::from(earliest) {
+                format!("before the earliest accepted time {}", when(earliest))
+            } else {
+                format!(
+                    "in the future (more than {} s after now)",
+                    ctx.bounds.max_future_ms / 1000
+                )
+            };
+            return Err(invalid(format!(
+                "{field} {n_digits}-digit epoch milliseconds value is {bound}.{unit}",
+                n_digits = v.len()
+            )));
+        }
+        i64::try_from(n).unwrap_or(i64::MAX)
+    } else {
+        match time::parse_wire_time(v) {
+            Some(t) => t,
+            None => {
+                let hint = if chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
+                    .is_ok()
+                    || chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").is_ok()
+                {
+                    " It has no offset: add one, e.g. +08:00."
+                } else {
+                    ""
+                };
+                return Err(invalid(format!(
+                    "{field} is not RFC 3339 with an offset (e.g. 2025-07-02T11:00:00+08:00) or epoch milliseconds.{hint}"
+                )));
+            }
+        }
+    };
+    if t < earliest {
+        return Err(invalid(format!(
+            "{field} {} is before the earliest accepted time {}",
+            when(t),
+            when(earliest)
+        )));
+    }
+    if t > latest {
+        return Err(invalid(format!(
+            "{field} {} is in the future (more than {} s after now)",
+            when(t),
+            ctx.bounds.max_future_ms / 1000
+        )));
     }
     Ok(t)
 }
 
 fn optional_time(v: &str, field: &str, ctx: &Context<'_>) -> Result<Option<Millis>> {
-    if v.trim().is_empty() {
-        Ok(None)
-    } else {
-        time_field(v, field, ctx).map(Some)
+    match optional(v, field, ErrorCode::InvalidTime)? {
+        None => Ok(None),
+        Some(v) => time_field(v, field, ctx).map(Some),
     }
-}
-
-fn revision(r: u32) -> u32 {
-    r.max(1)
 }
 
 /// A known industry code that the platform is registered for.
 fn industry(v: &str, field: &str, ctx: &Context<'_>) -> Result<String> {
-    let v = required(v, field)?;
+    let v = required(v, field, ErrorCode::InvalidIndustry)?;
     if !ctx.reference.is_industry(v) {
         return Err(reject(
             ErrorCode::InvalidIndustry,
             field,
-            format!("unknown industry {v}"),
+            format!("unknown industry {}", shown(v)),
         ));
     }
     if !ctx.platform.industries.contains(v) {
@@ -142,28 +297,51 @@ fn check_age(birth: Option<NaiveDate>, at: Millis, field: &str, what: &str) -> R
 /// Validates a worker registration.
 pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
     let worker_id = record_id(&w.worker_id, "worker_id")?;
-    let id_type = if w.id_type.is_empty() {
-        IdType::ResidentId
-    } else {
-        IdType::parse(&w.id_type)
-            .ok_or_else(|| reject(ErrorCode::InvalidIdType, "id_type", "unknown id_type"))?
+    let revision = revision(w.revision)?;
+    let id_type = match optional(&w.id_type, "id_type", ErrorCode::InvalidIdType)? {
+        None => IdType::ResidentId,
+        Some(v) => IdType::parse(v).ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidIdType,
+                "id_type",
+                format!(
+                    "unknown id_type {}; RESIDENT_ID, HK_MACAO_PERMIT, TAIWAN_PERMIT or FOREIGN_PERMANENT_RESIDENT",
+                    shown(v)
+                ),
+            )
+        })?,
     };
-    let id_number = IdNumber::parse(id_type, required(&w.id_number, "id_number")?, ctx.today())
-        .map_err(|e| reject(ErrorCode::InvalidIdNumber, "id_number", e.to_string()))?;
+    let id_number = IdNumber::parse(
+        id_type,
+        required(&w.id_number, "id_number", ErrorCode::InvalidIdNumber)?,
+        ctx.today(),
+    )
+    .map_err(|e| reject(ErrorCode::InvalidIdNumber, "id_number", e.to_string()))?;
     if w.name.is_empty() {
         return Err(Rejection::missing("name"));
     }
     let name = PersonName::parse(&w.name)
         .map_err(|e| reject(ErrorCode::InvalidName, "name", e.to_string()))?;
-    let mobile = Mobile::parse(required(&w.mobile, "mobile")?).map_err(|_| {
-        reject(
-            ErrorCode::InvalidMobile,
-            "mobile",
-            "not a mainland mobile number",
-        )
-    })?;
+    let mobile = Mobile::parse(required(&w.mobile, "mobile", ErrorCode::InvalidMobile)?)
+        .map_err(|_| {
+            reject(
+                ErrorCode::InvalidMobile,
+                "mobile",
+                "not a mainland mobile number (11 digits starting 13..19, no country code or separators)",
+            )
+        })?;
     if w.industries.is_empty() {
         return Err(Rejection::missing("industries"));
+    }
+    if w.industries.len() > MAX_INDUSTRIES {
+        return Err(reject(
+            ErrorCode::FieldTooLong,
+            "industries",
+            format!(
+                "industries has {} entries; at most {MAX_INDUSTRIES}",
+                w.industries.len()
+            ),
+        ));
     }
     let mut industries = w
         .industries
@@ -180,13 +358,14 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
         "id_number",
         "registered_at",
     )?;
-    let status = WorkerStatus::parse(required(&w.status, "status")?).ok_or_else(|| {
-        reject(
-            ErrorCode::InvalidStatus,
-            "status",
-            "status must be ACTIVE or LEFT",
-        )
-    })?;
+    let status = WorkerStatus::parse(required(&w.status, "status", ErrorCode::InvalidStatus)?)
+        .ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidStatus,
+                "status",
+                format!("unknown status {}; ACTIVE or LEFT", shown(&w.status)),
+            )
+        })?;
     let left_at = optional_time(&w.left_at, "left_at", ctx)?;
     match (status, left_at) {
         (WorkerStatus::Left, None) => {
@@ -214,7 +393,7 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
     }
     Ok(Worker {
         worker_id: worker_id.to_string(),
-        revision: revision(w.revision),
+        revision,
         id_number,
         name,
         mobile,
@@ -225,44 +404,44 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
     })
 }
 
+/// A known division served by this gateway; `city_or_county` refuses a province.
+fn division<'a>(v: &'a str, ctx: &Context<'_>, city_or_county: bool) -> Result<&'a str> {
+    let v = required(v, "division_code", ErrorCode::InvalidDivisionCode)?;
+    let invalid = |m: String| reject(ErrorCode::InvalidDivisionCode, "division_code", m);
+    match ctx.reference.division(v) {
+        Some(d) if city_or_county && d.is_province() => Err(invalid(
+            "an order is taken in a city or county, not a province".into(),
+        )),
+        Some(_) if ctx.reference.serves(v) => Ok(v),
+        Some(_) => Err(invalid(format!(
+            "division {v} is not served by this gateway"
+        ))),
+        None => Err(invalid(format!(
+            "unknown division {} (a 6-digit GB/T 2260 code)",
+            shown_division(v)
+        ))),
+    }
+}
+
 /// Validates an order.
 pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
     let order_id = record_id(&o.order_id, "order_id")?;
+    let revision = revision(o.revision)?;
     let worker_id = record_id(&o.worker_id, "worker_id")?;
     let industry = industry(&o.industry, "industry", ctx)?;
-    let division_code = required(&o.division_code, "division_code")?;
-    match ctx.reference.division(division_code) {
-        Some(d) if d.is_province() => {
-            return Err(reject(
-                ErrorCode::InvalidDivisionCode,
-                "division_code",
-                "an order is taken in a city or county, not a province",
-            ));
-        }
-        Some(_) if ctx.reference.serves(division_code) => {}
-        Some(_) => {
-            return Err(reject(
-                ErrorCode::InvalidDivisionCode,
-                "division_code",
-                format!("division {division_code} is not served by this gateway"),
-            ));
-        }
-        None => {
-            return Err(reject(
-                ErrorCode::InvalidDivisionCode,
-                "division_code",
-                format!("unknown division {division_code}"),
-            ));
-        }
-    }
+    let division_code = division(&o.division_code, ctx, true)?;
     let accepted_at = time_field(&o.accepted_at, "accepted_at", ctx)?;
-    let status = OrderStatus::parse(required(&o.status, "status")?).ok_or_else(|| {
-        reject(
-            ErrorCode::InvalidStatus,
-            "status",
-            "status must be COMPLETED or CANCELLED",
-        )
-    })?;
+    let status = OrderStatus::parse(required(&o.status, "status", ErrorCode::InvalidStatus)?)
+        .ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidStatus,
+                "status",
+                format!(
+                    "unknown status {}; COMPLETED or CANCELLED",
+                    shown(&o.status)
+                ),
+            )
+        })?;
     let completed_at = match status {
         OrderStatus::Completed => Some(time_field(&o.completed_at, "completed_at", ctx)?),
         OrderStatus::Cancelled => optional_time(&o.completed_at, "completed_at", ctx)?,
@@ -274,20 +453,20 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
             "completed_at is before accepted_at",
         ));
     }
-    let vehicle_plate = if o.vehicle_plate.is_empty() {
-        None
-    } else {
-        Some(Plate::parse(&o.vehicle_plate).map_err(|_| {
-            reject(
-                ErrorCode::InvalidPlate,
-                "vehicle_plate",
-                "not a GA 36-2018 plate",
-            )
-        })?)
-    };
+    let vehicle_plate = optional(&o.vehicle_plate, "vehicle_plate", ErrorCode::InvalidPlate)?
+        .map(|v| {
+            Plate::parse(v).map_err(|_| {
+                reject(
+                    ErrorCode::InvalidPlate,
+                    "vehicle_plate",
+                    "not a GA 36-2018 plate",
+                )
+            })
+        })
+        .transpose()?;
     Ok(Order {
         order_id: order_id.to_string(),
-        revision: revision(o.revision),
+        revision,
         worker_id: worker_id.to_string(),
         industry,
         division_code: division_code.to_string(),
@@ -298,43 +477,41 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
     })
 }
 
-/// A known division served by this gateway (any level).
-fn served_division<'a>(v: &'a str, ctx: &Context<'_>) -> Result<&'a str> {
-    let v = required(v, "division_code")?;
-    if ctx.reference.division(v).is_none() {
-        return Err(reject(
-            ErrorCode::InvalidDivisionCode,
-            "division_code",
-            format!("unknown division {v}"),
-        ));
-    }
-    if !ctx.reference.serves(v) {
-        return Err(reject(
-            ErrorCode::InvalidDivisionCode,
-            "division_code",
-            format!("division {v} is not served by this gateway"),
-        ));
-    }
-    Ok(v)
-}
-
-fn non_negative(v: i64, field: &str) -> Result<i64> {
-    if v < 0 {
-        Err(reject(
+/// A required whole number ≥ 0 (records.md: absent is never 0).
+fn amount(v: Option<i64>, field: &str) -> Result<i64> {
+    match v {
+        None => Err(Rejection::missing(field)),
+        Some(v) if v < 0 => Err(reject(
             ErrorCode::InvalidAmount,
             field,
             format!("{field} must not be negative"),
-        ))
-    } else {
-        Ok(v)
+        )),
+        Some(v) => Ok(v),
     }
 }
 
 /// Validates a monthly declaration.
 pub fn declaration(d: &proto::Declaration, ctx: &Context<'_>) -> Result<Declaration> {
     let declaration_id = record_id(&d.declaration_id, "declaration_id")?;
-    let period = Period::parse(required(&d.period, "period")?)
-        .ok_or_else(|| reject(ErrorCode::InvalidPeriod, "period", "period must be YYYY-MM"))?;
+    let revision = revision(d.revision)?;
+    let period = Period::parse(required(&d.period, "period", ErrorCode::InvalidPeriod)?)
+        .ok_or_else(|| {
+            reject(
+                ErrorCode::InvalidPeriod,
+                "period",
+                "period must be YYYY-MM (e.g. 2025-09)",
+            )
+        })?;
+    if period < ctx.bounds.earliest_period {
+        return Err(reject(
+            ErrorCode::InvalidPeriod,
+            "period",
+            format!(
+                "{period} is before the earliest accepted period {}",
+                ctx.bounds.earliest_period
+            ),
+        ));
+    }
     if !period.has_ended(ctx.now) {
         return Err(reject(
             ErrorCode::InvalidPeriod,
@@ -342,15 +519,15 @@ pub fn declaration(d: &proto::Declaration, ctx: &Context<'_>) -> Result<Declarat
             format!("{period} has not ended"),
         ));
     }
-    let division_code = served_division(&d.division_code, ctx)?;
+    let division_code = division(&d.division_code, ctx, false)?;
     let industry = industry(&d.industry, "industry", ctx)?;
     let figures = Figures {
-        order_count: non_negative(d.order_count, "order_count")?,
-        amount_fen: non_negative(d.amount_fen, "amount_fen")?,
+        order_count: amount(d.order_count, "order_count")?,
+        amount_fen: amount(d.amount_fen, "amount_fen")?,
     };
     Ok(Declaration {
         declaration_id: declaration_id.to_string(),
-        revision: revision(d.revision),
+        revision,
         period,
         division_code: division_code.to_string(),
         industry,
@@ -358,34 +535,40 @@ pub fn declaration(d: &proto::Declaration, ctx: &Context<'_>) -> Result<Declarat
     })
 }
 
-/// Longest accident description, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 2000;
-
 /// Validates an accident report.
 pub fn accident(a: &proto::Accident, ctx: &Context<'_>) -> Result<Accident> {
     let report_id = record_id(&a.report_id, "report_id")?;
+    let revision = revision(a.revision)?;
     let worker_id = record_id(&a.worker_id, "worker_id")?;
     let order_id = record_id(&a.order_id, "order_id")?;
     let occurred_at = time_field(&a.occurred_at, "occurred_at", ctx)?;
-    let division_code = served_division(&a.division_code, ctx)?;
-    let injury_kind =
-        InjuryKind::parse(required(&a.injury_kind, "injury_kind")?).ok_or_else(|| {
-            reject(
-                ErrorCode::InvalidInjuryKind,
-                "injury_kind",
-                "injury_kind must be TRAFFIC, FALL, ASSAULT or OTHER",
-            )
-        })?;
-    if a.description.chars().count() > MAX_DESCRIPTION_CHARS {
+    let division_code = division(&a.division_code, ctx, false)?;
+    let injury_kind = InjuryKind::parse(required(
+        &a.injury_kind,
+        "injury_kind",
+        ErrorCode::InvalidInjuryKind,
+    )?)
+    .ok_or_else(|| {
+        reject(
+            ErrorCode::InvalidInjuryKind,
+            "injury_kind",
+            format!(
+                "unknown injury_kind {}; TRAFFIC, FALL, ASSAULT or OTHER",
+                shown(&a.injury_kind)
+            ),
+        )
+    })?;
+    let chars = a.description.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
         return Err(reject(
             ErrorCode::FieldTooLong,
             "description",
-            format!("description is longer than {MAX_DESCRIPTION_CHARS} characters"),
+            format!("description has {chars} characters; at most {MAX_DESCRIPTION_CHARS}"),
         ));
     }
     Ok(Accident {
         report_id: report_id.to_string(),
-        revision: revision(a.revision),
+        revision,
         worker_id: worker_id.to_string(),
         order_id: order_id.to_string(),
         occurred_at,
@@ -395,30 +578,32 @@ pub fn accident(a: &proto::Accident, ctx: &Context<'_>) -> Result<Accident> {
     })
 }
 
-/// The kind, id and revision a wire record names (revision 0 means 1), whatever its
-/// validity; None when it has no kind.
-pub fn identity(r: &proto::Record) -> Option<(RecordKind, &str, u32)> {
+/// The kind, id and revision a wire record names, whatever its validity, for its
+/// outcome: the id is bounded (`domain::outcome::echo`), a revision absent or 0 is 1.
+/// None when it has no kind.
+pub fn identity(r: &proto::Record) -> Option<(RecordKind, String, u32)> {
     let (kind, id, rev) = match r.kind.as_ref()? {
-        proto::record::Kind::Worker(w) => (RecordKind::Worker, w.worker_id.as_str(), w.revision),
-        proto::record::Kind::Order(o) => (RecordKind::Order, o.order_id.as_str(), o.revision),
-        proto::record::Kind::Declaration(d) => (
-            RecordKind::Declaration,
-            d.declaration_id.as_str(),
-            d.revision,
-        ),
-        proto::record::Kind::Accident(a) => {
-            (RecordKind::Accident, a.report_id.as_str(), a.revision)
+        proto::record::Kind::Worker(w) => (RecordKind::Worker, &w.worker_id, w.revision),
+        proto::record::Kind::Order(o) => (RecordKind::Order, &o.order_id, o.revision),
+        proto::record::Kind::Declaration(d) => {
+            (RecordKind::Declaration, &d.declaration_id, d.revision)
         }
+        proto::record::Kind::Accident(a) => (RecordKind::Accident, &a.report_id, a.revision),
     };
-    Some((kind, id, revision(rev)))
+    Some((kind, echo(id), named_revision(rev)))
+}
+
+/// The id and revision of a record of one kind, as [`identity`] names them.
+pub fn name_of(id: &str, revision: Option<u32>) -> (String, u32) {
+    (echo(id), named_revision(revision))
 }
 
 /// A wire record as it enters the cross-checks: validated, or rejected, and named.
 pub fn candidate(r: &proto::Record, ctx: &Context<'_>) -> Candidate {
-    let (kind, id, revision) = identity(r).unwrap_or((RecordKind::Worker, "", 1));
+    let (kind, id, revision) = identity(r).unwrap_or((RecordKind::Worker, String::new(), 1));
     Candidate {
         kind,
-        id: id.to_string(),
+        id,
         revision,
         record: record(r, ctx),
     }

@@ -13,6 +13,7 @@ use crate::audit;
 use crate::domain::PlatformProfile;
 use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
 use crate::domain::ids::CreditCode;
+use crate::domain::outcome::{shown, shown_division};
 use crate::domain::platform::DeliveryTier;
 use crate::domain::time::{now_millis, parse_wire_time, to_rfc3339};
 use crate::error::ApiError;
@@ -161,7 +162,7 @@ fn wire_rates(book: &RateBook) -> proto::RateTables {
                 industry: b.industry.clone(),
                 tier: b.tier.map(|t| t.as_str().to_string()).unwrap_or_default(),
                 effective_from: b.effective_from.to_string(),
-                fen_per_order: b.fen_per_order,
+                fen_per_order: Some(b.fen_per_order),
                 recorded_at: to_rfc3339(b.recorded_at),
             })
             .collect(),
@@ -171,7 +172,7 @@ fn wire_rates(book: &RateBook) -> proto::RateTables {
             .map(|f| proto::FloatRow {
                 uscc: f.uscc.clone(),
                 division_code: f.division_code.clone(),
-                year: f.year,
+                year: Some(f.year),
                 multiplier: f.multiplier.to_string(),
                 recorded_at: to_rfc3339(f.recorded_at),
             })
@@ -396,13 +397,27 @@ impl AdminService for AdminApi {
         let bases = r
             .base_rates
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(i, b)| {
                 if !self.reference.is_industry(&b.industry) {
-                    return Err(bad(format!("base_rates: unknown industry {}", b.industry)));
+                    return Err(bad(format!(
+                        "base_rates[{i}].industry: unknown industry {}",
+                        shown(&b.industry)
+                    )));
                 }
-                if b.fen_per_order < 0 {
-                    return Err(bad("base_rates: fen_per_order must not be negative"));
-                }
+                let fen_per_order = match b.fen_per_order {
+                    None => {
+                        return Err(bad(format!(
+                            "base_rates[{i}].fen_per_order is required (absent is never 0)"
+                        )));
+                    }
+                    Some(f) if f < 0 => {
+                        return Err(bad(format!(
+                            "base_rates[{i}].fen_per_order must not be negative"
+                        )));
+                    }
+                    Some(f) => f,
+                };
                 Ok(BaseRate {
                     industry: b.industry.clone(),
                     tier: match b.tier.as_str() {
@@ -410,7 +425,7 @@ impl AdminService for AdminApi {
                         t => Some(tier("base_rates.tier", t)?),
                     },
                     effective_from: date("base_rates.effective_from", &b.effective_from)?,
-                    fen_per_order: b.fen_per_order,
+                    fen_per_order,
                     recorded_at: now,
                 })
             })
@@ -418,18 +433,30 @@ impl AdminService for AdminApi {
         let floats = r
             .floats
             .iter()
-            .map(|f| {
-                CreditCode::parse(&f.uscc).map_err(|e| bad(format!("floats.uscc: {e}")))?;
+            .enumerate()
+            .map(|(i, f)| {
+                CreditCode::parse(&f.uscc).map_err(|e| bad(format!("floats[{i}].uscc: {e}")))?;
                 if self.reference.division(&f.division_code).is_none() {
-                    return Err(bad(format!("floats: unknown division {}", f.division_code)));
+                    return Err(bad(format!(
+                        "floats[{i}].division_code: unknown division {}",
+                        shown_division(&f.division_code)
+                    )));
                 }
-                if !(2000..=2100).contains(&f.year) {
-                    return Err(bad(format!("floats: year {} out of range", f.year)));
-                }
+                let year = match f.year {
+                    None => {
+                        return Err(bad(format!(
+                            "floats[{i}].year is required (absent is never year 0)"
+                        )));
+                    }
+                    Some(y) if !(2000..=2100).contains(&y) => {
+                        return Err(bad(format!("floats[{i}].year {y} is outside 2000..2100")));
+                    }
+                    Some(y) => y,
+                };
                 Ok(FloatRate {
                     uscc: f.uscc.clone(),
                     division_code: f.division_code.clone(),
-                    year: f.year,
+                    year,
                     multiplier: Multiplier::parse(&f.multiplier).ok_or_else(|| {
                         bad(format!(
                             "floats: multiplier {:?} is not a decimal",

@@ -11,12 +11,13 @@ use crate::access::Access;
 use crate::audit::CallNote;
 use crate::config::Limits;
 use crate::crosscheck::Candidate;
+use crate::deadline::CallDeadline;
 use crate::domain::fees::{Figures, ReconciliationStatus};
 use crate::domain::ids::{mask_id_number, mask_mobile, mask_name};
 use crate::domain::period::Period;
 use crate::domain::time::{now_millis, to_rfc3339};
 use crate::domain::{Outcome, PlatformProfile, Record, RecordKind};
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::identity::Principal;
 use crate::ingest::Ingest;
 use crate::proto::{self, platform_service_server::PlatformService};
@@ -57,8 +58,7 @@ impl WireRecord for proto::Worker {
     fn name(&self, index: usize) -> Named {
         named(
             RecordKind::Worker,
-            &self.worker_id,
-            self.revision,
+            validate::name_of(&self.worker_id, self.revision),
             format!("workers[{index}]."),
         )
     }
@@ -72,8 +72,7 @@ impl WireRecord for proto::Order {
     fn name(&self, index: usize) -> Named {
         named(
             RecordKind::Order,
-            &self.order_id,
-            self.revision,
+            validate::name_of(&self.order_id, self.revision),
             format!("orders[{index}]."),
         )
     }
@@ -87,8 +86,7 @@ impl WireRecord for proto::Declaration {
     fn name(&self, index: usize) -> Named {
         named(
             RecordKind::Declaration,
-            &self.declaration_id,
-            self.revision,
+            validate::name_of(&self.declaration_id, self.revision),
             format!("declarations[{index}]."),
         )
     }
@@ -102,8 +100,7 @@ impl WireRecord for proto::Accident {
     fn name(&self, index: usize) -> Named {
         named(
             RecordKind::Accident,
-            &self.report_id,
-            self.revision,
+            validate::name_of(&self.report_id, self.revision),
             format!("accidents[{index}]."),
         )
     }
@@ -137,12 +134,15 @@ impl WireRecord for proto::Record {
         match validate::identity(self) {
             Some((kind, id, revision)) => named(
                 kind,
-                id,
-                revision,
+                (id, revision),
                 format!("records[{index}].{}.", kind.as_str()),
             ),
             // No kind: named as a blank; the rejection says MISSING_FIELD kind.
-            None => named(RecordKind::Worker, "", 0, format!("records[{index}].")),
+            None => named(
+                RecordKind::Worker,
+                (String::new(), 1),
+                format!("records[{index}]."),
+            ),
         }
     }
     fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
@@ -150,11 +150,12 @@ impl WireRecord for proto::Record {
     }
 }
 
-fn named(kind: RecordKind, id: &str, revision: u32, path: String) -> Named {
+/// `(id, revision)` as `validate::name_of` bounds them.
+fn named(kind: RecordKind, (id, revision): (String, u32), path: String) -> Named {
     Named {
         kind,
-        id: id.to_string(),
-        revision: revision.max(1),
+        id,
+        revision,
         path,
     }
 }
@@ -227,10 +228,11 @@ impl PlatformApi {
         items: &[R],
         offset: usize,
         out: &mut proto::BatchOutcome,
+        deadline: Option<&CallDeadline>,
     ) -> Result<(), ApiError> {
         let ctx = validate::Context {
             now: now_millis(),
-            max_future_ms: self.limits.max_future_secs * 1000,
+            bounds: self.limits.bounds(),
             reference: &self.reference,
             platform,
         };
@@ -250,7 +252,7 @@ impl PlatformApi {
                 c
             })
             .collect();
-        let mut plan = self.ingest.apply(platform, candidates).await?;
+        let mut plan = self.ingest.apply(platform, candidates, deadline).await?;
         let summary = out.summary.get_or_insert_with(Default::default);
         out.outcomes.extend(
             names
@@ -274,8 +276,9 @@ impl PlatformApi {
         &self,
         platform: &PlatformProfile,
         items: Vec<R>,
+        deadline: Option<&CallDeadline>,
     ) -> Result<proto::BatchOutcome, ApiError> {
-        self.batch_at(platform, &items, 0).await
+        self.batch_at(platform, &items, 0, deadline).await
     }
 
     /// One batch whose records are numbered from `offset`, within the batch size limit.
@@ -284,6 +287,7 @@ impl PlatformApi {
         platform: &PlatformProfile,
         items: &[R],
         offset: usize,
+        deadline: Option<&CallDeadline>,
     ) -> Result<proto::BatchOutcome, ApiError> {
         if items.len() > self.limits.max_batch_records {
             return Err(ApiError::InvalidArgument(format!(
@@ -297,7 +301,8 @@ impl PlatformApi {
             summary: Some(Default::default()),
             ..Default::default()
         };
-        self.apply(platform, items, offset, &mut out).await?;
+        self.apply(platform, items, offset, &mut out, deadline)
+            .await?;
         Ok(out)
     }
 
@@ -309,13 +314,20 @@ impl PlatformApi {
         note: &CallNote,
         mut stream: Streaming<M>,
         items_of: impl Fn(M) -> Vec<R>,
+        deadline: Option<&CallDeadline>,
     ) -> Result<proto::BatchOutcome, Status> {
         let mut out = proto::BatchOutcome {
             summary: Some(Default::default()),
             ..Default::default()
         };
         let mut seen = 0usize;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = stream.message().await.map_err(|s| {
+            let s = error::inbound(s);
+            Status::new(
+                s.code(),
+                format!("{}; records before index {seen} were applied", s.message()),
+            )
+        })? {
             let items = items_of(msg);
             if seen + items.len() > self.limits.max_stream_records {
                 return Err(ApiError::InvalidArgument(format!(
@@ -326,7 +338,14 @@ impl PlatformApi {
                 .into());
             }
             self.started(note, items.len()).await?;
-            self.apply(platform, &items, seen, &mut out).await?;
+            self.apply(platform, &items, seen, &mut out, deadline)
+                .await
+                .map_err(|e| match e {
+                    ApiError::DeadlineExceeded(m) => ApiError::DeadlineExceeded(format!(
+                        "{m}; records before index {seen} were applied"
+                    )),
+                    other => other,
+                })?;
             seen += items.len();
             note.records(seen as i64);
         }
@@ -356,9 +375,10 @@ impl PlatformService for PlatformApi {
         req: Request<proto::RegisterWorkersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().workers;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items).await?;
+        let out = self.batch(&platform, items, deadline.as_ref()).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -368,8 +388,15 @@ impl PlatformService for PlatformApi {
         req: Request<Streaming<proto::RegisterWorkersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let out = self
-            .stream(&platform, &note, req.into_inner(), |m| m.workers)
+            .stream(
+                &platform,
+                &note,
+                req.into_inner(),
+                |m| m.workers,
+                deadline.as_ref(),
+            )
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -380,9 +407,10 @@ impl PlatformService for PlatformApi {
         req: Request<proto::ReportOrdersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().orders;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items).await?;
+        let out = self.batch(&platform, items, deadline.as_ref()).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -392,8 +420,15 @@ impl PlatformService for PlatformApi {
         req: Request<Streaming<proto::ReportOrdersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let out = self
-            .stream(&platform, &note, req.into_inner(), |m| m.orders)
+            .stream(
+                &platform,
+                &note,
+                req.into_inner(),
+                |m| m.orders,
+                deadline.as_ref(),
+            )
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -404,9 +439,10 @@ impl PlatformService for PlatformApi {
         req: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().records;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items).await?;
+        let out = self.batch(&platform, items, deadline.as_ref()).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -416,9 +452,10 @@ impl PlatformService for PlatformApi {
         req: Request<proto::SubmitDeclarationsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().declarations;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items).await?;
+        let out = self.batch(&platform, items, deadline.as_ref()).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -428,8 +465,15 @@ impl PlatformService for PlatformApi {
         req: Request<Streaming<proto::SubmitDeclarationsRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let out = self
-            .stream(&platform, &note, req.into_inner(), |m| m.declarations)
+            .stream(
+                &platform,
+                &note,
+                req.into_inner(),
+                |m| m.declarations,
+                deadline.as_ref(),
+            )
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -440,9 +484,10 @@ impl PlatformService for PlatformApi {
         req: Request<proto::ReportAccidentsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().accidents;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items).await?;
+        let out = self.batch(&platform, items, deadline.as_ref()).await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -452,8 +497,15 @@ impl PlatformService for PlatformApi {
         req: Request<Streaming<proto::ReportAccidentsRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let out = self
-            .stream(&platform, &note, req.into_inner(), |m| m.accidents)
+            .stream(
+                &platform,
+                &note,
+                req.into_inner(),
+                |m| m.accidents,
+                deadline.as_ref(),
+            )
             .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
@@ -509,12 +561,12 @@ impl PlatformService for PlatformApi {
                     reconciliation: Some(wire_reconciliation(declared, computed, status)),
                     declaration: Some(proto::Declaration {
                         declaration_id: d.declaration_id,
-                        revision: d.revision,
+                        revision: Some(d.revision),
                         period: d.period.to_string(),
                         division_code: d.division_code,
                         industry: d.industry,
-                        order_count: d.order_count,
-                        amount_fen: d.amount_fen,
+                        order_count: Some(d.order_count),
+                        amount_fen: Some(d.amount_fen),
                     }),
                     received_at_ms: d.received_at,
                 }
@@ -636,6 +688,7 @@ impl PlatformService for PlatformApi {
         req: Request<Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
@@ -646,7 +699,7 @@ impl PlatformService for PlatformApi {
                     Ok(Some(m)) => m.records,
                     Ok(None) => break,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(error::inbound(status))).await;
                         break;
                     }
                 };
@@ -656,7 +709,10 @@ impl PlatformService for PlatformApi {
                     let _ = tx.send(Err(e.into())).await;
                     break;
                 }
-                let answer = match api.batch_at(&platform, &records, seen).await {
+                let answer = match api
+                    .batch_at(&platform, &records, seen, deadline.as_ref())
+                    .await
+                {
                     Ok(out) => out,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -688,7 +744,7 @@ impl PlatformService for PlatformApi {
             .map(|w| proto::StoredWorker {
                 worker: Some(proto::Worker {
                     worker_id: w.worker_id,
-                    revision: w.revision,
+                    revision: Some(w.revision),
                     id_type: w.id_type,
                     id_number: mask_id_number(&w.id_number),
                     name: mask_name(&w.name),
@@ -724,7 +780,7 @@ impl PlatformService for PlatformApi {
             .map(|o| proto::StoredOrder {
                 order: Some(proto::Order {
                     order_id: o.order_id,
-                    revision: o.revision,
+                    revision: Some(o.revision),
                     worker_id: o.worker_id,
                     industry: o.industry,
                     division_code: o.division_code,

@@ -237,14 +237,18 @@ fn print_rates(r: &proto::RateTables) {
             b.industry,
             if b.tier.is_empty() { "*" } else { &b.tier },
             b.effective_from,
-            b.fen_per_order,
+            b.fen_per_order.unwrap_or_default(),
             b.recorded_at
         );
     }
     for f in &r.floats {
         println!(
             "float\t{}\t{}\t{}\t×{}\trecorded={}",
-            f.uscc, f.division_code, f.year, f.multiplier, f.recorded_at
+            f.uscc,
+            f.division_code,
+            f.year.unwrap_or_default(),
+            f.multiplier,
+            f.recorded_at
         );
     }
 }
@@ -349,7 +353,7 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                                 industry,
                                 tier: tier.unwrap_or_default(),
                                 effective_from,
-                                fen_per_order,
+                                fen_per_order: Some(fen_per_order),
                                 recorded_at: String::new(),
                             }],
                             floats: vec![],
@@ -368,7 +372,7 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                             floats: vec![proto::FloatRow {
                                 uscc,
                                 division_code: division,
-                                year,
+                                year: Some(year),
                                 multiplier,
                                 recorded_at: String::new(),
                             }],

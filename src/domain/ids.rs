@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 
 /// The kind of identity document a worker presents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,6 +70,10 @@ pub enum IdNumberError {
     /// The embedded birth date is after today.
     #[error("identity number has a birth date in the future")]
     FutureBirthDate,
+    /// The embedded birth year is before 1900: not a living worker (records.md,
+    /// INVALID_ID_NUMBER).
+    #[error("identity number has a birth year before 1900")]
+    BirthYearBefore1900,
     /// The first two digits are not a province-level division code.
     #[error("identity number has an invalid province code")]
     ProvincePrefix,
@@ -225,7 +229,11 @@ fn is_province_code(code: u8) -> bool {
     matches!(code, 11..=15 | 21..=23 | 31..=37 | 41..=46 | 50..=54 | 61..=65 | 71 | 81 | 82)
 }
 
-/// The birth date at characters 7..=14 must be real and not after `today`.
+/// Earliest plausible birth year (records.md, INVALID_ID_NUMBER).
+pub const EARLIEST_BIRTH_YEAR: i32 = 1900;
+
+/// The birth date at characters 7..=14 must be real, not after `today` and not before
+/// [`EARLIEST_BIRTH_YEAR`].
 fn check_birth_date(s: &str, today: NaiveDate) -> Result<(), IdNumberError> {
     let date = s
         .get(6..14)
@@ -233,6 +241,8 @@ fn check_birth_date(s: &str, today: NaiveDate) -> Result<(), IdNumberError> {
         .ok_or(IdNumberError::BirthDate)?;
     if date > today {
         Err(IdNumberError::FutureBirthDate)
+    } else if date.year() < EARLIEST_BIRTH_YEAR {
+        Err(IdNumberError::BirthYearBefore1900)
     } else {
         Ok(())
     }
@@ -413,6 +423,16 @@ pub enum NameError {
     /// Contains a control character.
     #[error("name contains a control character")]
     ControlCharacter,
+    /// Contains an invisible formatting character (zero-width space or joiner,
+    /// direction mark, soft hyphen, byte-order mark): two names that look the same
+    /// would differ.
+    #[error("name contains an invisible formatting character")]
+    InvisibleCharacter,
+}
+
+/// Invisible formatting characters (Unicode category Cf) that may hide in copied text.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// A person's name, trimmed. `Debug` and `Display` are masked (see [`mask_name`]).
@@ -432,6 +452,9 @@ impl PersonName {
         }
         if name.chars().any(char::is_control) {
             return Err(NameError::ControlCharacter);
+        }
+        if name.chars().any(is_invisible) {
+            return Err(NameError::InvisibleCharacter);
         }
         Ok(Self(name.to_owned()))
     }
@@ -677,6 +700,39 @@ mod tests {
             Err(IdNumberError::BirthDate)
         );
         assert!(resident(&with_resident_check("11010520000229002")).is_ok());
+    }
+
+    #[test]
+    fn resident_id_birth_year_before_1900() {
+        for first17 in [
+            "11010500010101002",
+            "11010518991231002",
+            "11010510000101002",
+        ] {
+            assert_eq!(
+                resident(&with_resident_check(first17)),
+                Err(IdNumberError::BirthYearBefore1900),
+                "{first17}"
+            );
+        }
+        assert!(resident(&with_resident_check("11010519000101002")).is_ok());
+        let permit = with_resident_check("81000018991231002");
+        assert_eq!(
+            IdNumber::parse(IdType::HkMacaoPermit, &permit, today()),
+            Err(IdNumberError::BirthYearBefore1900)
+        );
+    }
+
+    #[test]
+    fn names_refuse_invisible_characters() {
+        assert!(PersonName::parse("张三").is_ok());
+        for bad in ["张\u{200B}三", "\u{FEFF}张三", "张三\u{202E}", "A\u{00AD}B"] {
+            assert_eq!(
+                PersonName::parse(bad),
+                Err(NameError::InvisibleCharacter),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,11 @@ use std::fmt;
 /// Why a record was REJECTED. The strings are stable: integrators match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// A bulk line that is not valid UTF-8, not a JSON object, names a key twice or an
+    /// unknown key, or a value of the wrong JSON type or shape that no field rule names
+    /// (a revision of 0, a record id with surrounding spaces or non-printable
+    /// characters).
+    MalformedRecord,
     MissingField,
     FieldTooLong,
     InvalidIdType,
@@ -33,7 +38,8 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
+        Self::MalformedRecord,
         Self::MissingField,
         Self::FieldTooLong,
         Self::InvalidIdType,
@@ -63,6 +69,7 @@ impl ErrorCode {
     /// The wire string, e.g. `WORKER_NOT_REGISTERED`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::MalformedRecord => "MALFORMED_RECORD",
             Self::MissingField => "MISSING_FIELD",
             Self::FieldTooLong => "FIELD_TOO_LONG",
             Self::InvalidIdType => "INVALID_ID_TYPE",
@@ -133,12 +140,71 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// Longest echo of a caller's value (a record id, a key) in an outcome or a stored
+/// rejection, in characters; a longer value is cut and marked by [`TRUNCATION_MARK`].
+pub const MAX_ECHO_CHARS: usize = 64;
+/// Longest rejection message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+/// Marks a truncated echo. It never appears in a valid id (printable ASCII), so an id
+/// ending in it was cut.
+pub const TRUNCATION_MARK: char = '…';
+
+/// `s` cut to `max` characters, followed by [`TRUNCATION_MARK`] when it was longer.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => {
+            let mut out = String::with_capacity(at + TRUNCATION_MARK.len_utf8());
+            out.push_str(&s[..at]);
+            out.push(TRUNCATION_MARK);
+            out
+        }
+    }
+}
+
+/// A caller's value as it may be echoed: at most [`MAX_ECHO_CHARS`] characters.
+pub fn echo(s: &str) -> String {
+    truncate(s, MAX_ECHO_CHARS)
+}
+
+/// A code-like value (an industry, a status, a key name) for a message: shown when it
+/// looks like a code (a letter, then up to 39 letters, digits or `_`), otherwise only
+/// its length: it may be anything sent in the wrong field, personal data included (an
+/// ID number or a mobile starts with a digit, a name is not ASCII).
+pub fn shown(v: &str) -> String {
+    let mut b = v.bytes();
+    let code = v.len() <= 40
+        && b.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if code {
+        format!("`{v}`")
+    } else {
+        format!("(a value of {} characters, not shown)", v.chars().count())
+    }
+}
+
+/// A division code for a message: shown when it is 6 ASCII digits, otherwise as
+/// [`shown`] does.
+pub fn shown_division(v: &str) -> String {
+    if v.len() == 6 && v.bytes().all(|c| c.is_ascii_digit()) {
+        v.to_string()
+    } else {
+        shown(v)
+    }
+}
+
 impl Rejection {
+    /// A rejection; the message is cut to [`MAX_MESSAGE_CHARS`].
     pub fn new(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        let message: String = message.into();
         Self {
             code,
             field: field.into(),
-            message: message.into(),
+            message: if message.chars().count() > MAX_MESSAGE_CHARS {
+                truncate(&message, MAX_MESSAGE_CHARS)
+            } else {
+                message
+            },
         }
     }
 
@@ -191,5 +257,23 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::parse("NOPE"), None);
+    }
+
+    #[test]
+    fn echoes_are_bounded_and_marked() {
+        assert_eq!(echo("O-1"), "O-1");
+        let long = "x".repeat(100_000);
+        let e = echo(&long);
+        assert_eq!(e.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(e.ends_with(TRUNCATION_MARK));
+        assert_eq!(echo(&"x".repeat(64)), "x".repeat(64));
+        assert_eq!(truncate("张三丰", 2), "张三…");
+        assert_eq!(shown("FOOD"), "`FOOD`");
+        assert!(!shown("11010519491231002X").contains("1101"));
+        assert!(!shown("13800138000").contains("138"));
+        assert!(!shown("张三").contains("张"));
+        assert_eq!(shown_division("320100"), "320100");
+        let r = Rejection::new(ErrorCode::MissingField, "x", "m".repeat(1000));
+        assert_eq!(r.message.chars().count(), MAX_MESSAGE_CHARS + 1);
     }
 }

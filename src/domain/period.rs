@@ -6,14 +6,20 @@ use chrono::{Datelike, NaiveDate};
 
 use super::time::{Millis, local_date, local_midnight};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A calendar month, Asia/Shanghai. Serialised as its `YYYY-MM` string.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Period {
     year: i32,
     month: u32,
 }
 
 impl Period {
-    /// Parses `YYYY-MM` (exactly that shape, month 01..12, year 2000..9999).
+    /// Parses `YYYY-MM` (exactly that shape, ASCII digits, month 01..12, year
+    /// 1000..9999). Whether the month is plausible for a record (not before the
+    /// scheme) is `validate`'s concern.
     pub fn parse(s: &str) -> Option<Self> {
         let b = s.as_bytes();
         if b.len() != 7
@@ -27,7 +33,7 @@ impl Period {
         }
         let year: i32 = s[..4].parse().ok()?;
         let month: u32 = s[5..].parse().ok()?;
-        ((1..=12).contains(&month) && year >= 2000).then_some(Self { year, month })
+        ((1..=12).contains(&month) && year >= 1000).then_some(Self { year, month })
     }
 
     /// The local month an instant falls in.
@@ -77,6 +83,19 @@ impl Period {
     }
 }
 
+impl TryFrom<String> for Period {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("{s:?} is not a month YYYY-MM"))
+    }
+}
+
+impl From<Period> for String {
+    fn from(p: Period) -> String {
+        p.to_string()
+    }
+}
+
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:04}-{:02}", self.year, self.month)
@@ -98,7 +117,7 @@ mod tests {
             "2025-00",
             "25-07",
             "2025/07",
-            "1999-12",
+            "0999-12",
             "２０２５-07",
         ] {
             assert_eq!(Period::parse(bad), None, "{bad}");

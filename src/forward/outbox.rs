@@ -34,7 +34,7 @@ fn header(
 fn worker(w: &Worker) -> proto::Worker {
     proto::Worker {
         worker_id: w.worker_id.clone(),
-        revision: w.revision,
+        revision: Some(w.revision),
         id_type: w.id_number.id_type().as_str().to_string(),
         id_number: w.id_number.as_str().to_string(),
         name: w.name.as_str().to_string(),
@@ -49,7 +49,7 @@ fn worker(w: &Worker) -> proto::Worker {
 fn order(o: &Order) -> proto::Order {
     proto::Order {
         order_id: o.order_id.clone(),
-        revision: o.revision,
+        revision: Some(o.revision),
         worker_id: o.worker_id.clone(),
         industry: o.industry.clone(),
         division_code: o.division_code.clone(),
@@ -67,7 +67,7 @@ fn order(o: &Order) -> proto::Order {
 fn accident(a: &Accident) -> proto::Accident {
     proto::Accident {
         report_id: a.report_id.clone(),
-        revision: a.revision,
+        revision: Some(a.revision),
         worker_id: a.worker_id.clone(),
         order_id: a.order_id.clone(),
         occurred_at: to_rfc3339(a.occurred_at),
@@ -172,12 +172,12 @@ fn declaration(d: &Declaration, reconciliation: Option<&Reconciliation>) -> tax_
     tax_item::Payload::Declaration(proto::DeclarationItem {
         declaration: Some(proto::Declaration {
             declaration_id: d.declaration_id.clone(),
-            revision: d.revision,
+            revision: Some(d.revision),
             period: d.period.to_string(),
             division_code: d.division_code.clone(),
             industry: d.industry.clone(),
-            order_count: d.figures.order_count,
-            amount_fen: d.figures.amount_fen,
+            order_count: Some(d.figures.order_count),
+            amount_fen: Some(d.figures.amount_fen),
         }),
         reconciliation: reconciliation.map(|r| proto::Reconciliation {
             status: ReconciliationStatus::of(r.declared, r.computed)

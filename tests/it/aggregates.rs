@@ -116,7 +116,10 @@ impl Harness {
     async fn apply(&self, records: Vec<proto::Record>) {
         let ctx = validate::Context {
             now: oip_gateway::domain::time::now_millis(),
-            max_future_ms: 0,
+            bounds: oip_gateway::validate::Bounds {
+                max_future_ms: 0,
+                ..Default::default()
+            },
             reference: &self.reference,
             platform: &self.platform,
         };
@@ -129,7 +132,7 @@ impl Harness {
             "generated records are valid"
         );
         self.ingest
-            .apply(&self.platform, candidates)
+            .apply(&self.platform, candidates, None)
             .await
             .expect("apply");
     }
@@ -173,7 +176,7 @@ fn record_of(op: &Op, revision: u32) -> proto::Record {
     );
     let accepted = parse_wire_time(&at).expect("time");
     let mut o = order(&format!("O{}", op.id), &format!("W{}", op.worker));
-    o.revision = revision;
+    o.revision = Some(revision);
     o.industry = INDUSTRIES[op.industry].into();
     o.division_code = DIVISIONS[op.division].into();
     o.accepted_at = at;

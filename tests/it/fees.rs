@@ -222,7 +222,7 @@ async fn a_mismatch_followed_by_late_orders_ends_matched() {
 
     // A correction cancelling one order changes the month again...
     let mut cancel = order_at("L2", "W1", "INSTANT_DELIVERY", "320100", &at);
-    cancel.revision = 2;
+    cancel.revision = Some(2);
     cancel.status = "CANCELLED".into();
     assert_eq!(
         warnings(&report(&mut a, vec![cancel]).await),
@@ -302,13 +302,13 @@ async fn every_declaration_and_accident_code_and_warning() {
         ),
         (
             "count",
-            d(&|x| x.order_count = -1),
+            d(&|x| x.order_count = Some(-1)),
             "INVALID_AMOUNT",
             "order_count",
         ),
         (
             "amount",
-            d(&|x| x.amount_fen = -7),
+            d(&|x| x.amount_fen = Some(-7)),
             "INVALID_AMOUNT",
             "amount_fen",
         ),
@@ -575,7 +575,7 @@ async fn declarations_settle_with_their_batch_and_totals_round_once() {
         "MATCHED"
     );
     let moved = proto::Declaration {
-        revision: 2,
+        revision: Some(2),
         ..declaration("D-R", &period, "320500", "INTRACITY_FREIGHT", 0, 0)
     };
     let ride = order_at("O4", "W2", "RIDE_HAILING", "320500", &at);

@@ -151,7 +151,7 @@ async fn a_backend_outage_delays_but_loses_nothing() {
 
     // A correction is delivered as a new key after its original.
     let mut fix = order("O0-0", "W0");
-    fix.revision = 2;
+    fix.revision = Some(2);
     fix.status = "CANCELLED".into();
     report(&mut a, vec![fix]).await;
     // ...and W0's enrolment that day drops from 10 orders to 9: a new version.
@@ -310,7 +310,7 @@ async fn a_correction_never_overtakes_its_pending_original() {
     register(&mut a, vec![worker("W1")]).await;
     report(&mut a, vec![order("O1", "W1")]).await;
     let mut fix = order("O1", "W1");
-    fix.revision = 2;
+    fix.revision = Some(2);
     fix.status = "CANCELLED".into();
     report(&mut a, vec![fix]).await;
 

@@ -39,7 +39,7 @@ fn platform_a_cases() -> Vec<Case> {
         (
             "control char in id",
             w(|x| x.worker_id = "W\u{1}".into()),
-            "MISSING_FIELD",
+            "MALFORMED_RECORD",
             "worker_id",
         ),
         (

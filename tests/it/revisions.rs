@@ -60,7 +60,7 @@ async fn duplicates_conflicts_stale_revisions_and_corrections() {
     assert_eq!(stored_order(&mut a, "O1").await.division_code, "320100");
 
     // A higher revision is a correction that replaces the record.
-    changed.revision = 3;
+    changed.revision = Some(3);
     changed.worker_id = "W2".into();
     assert_eq!(
         brief(&report(&mut a, vec![changed.clone()]).await),
@@ -73,12 +73,12 @@ async fn duplicates_conflicts_stale_revisions_and_corrections() {
             stored.division_code.as_str(),
             stored.worker_id.as_str()
         ),
-        (3, "320500", "W2")
+        (Some(3), "320500", "W2")
     );
 
     // A lower revision than the stored one is STALE_REVISION, even with old content.
     let mut stale = original.clone();
-    stale.revision = 2;
+    stale.revision = Some(2);
     let out = report(&mut a, vec![stale, original.clone()]).await;
     assert_eq!(
         brief(&out),
@@ -103,7 +103,7 @@ async fn duplicates_conflicts_stale_revisions_and_corrections() {
 
     // Workers follow the same rules; a duplicate within one batch is a DUPLICATE too.
     let mut w1 = worker("W1");
-    w1.revision = 2;
+    w1.revision = Some(2);
     w1.mobile = "13900139000".into();
     let out = register(&mut a, vec![worker("W1"), w1.clone(), w1.clone()]).await;
     assert_eq!(
@@ -123,7 +123,7 @@ async fn duplicates_conflicts_stale_revisions_and_corrections() {
         .expect("list")
         .into_inner();
     let w = listed.workers[0].worker.as_ref().expect("worker");
-    assert_eq!((w.revision, w.mobile.as_str()), (2, "139****9000"));
+    assert_eq!((w.revision, w.mobile.as_str()), (Some(2), "139****9000"));
 }
 
 #[tokio::test]
@@ -132,7 +132,7 @@ async fn a_worker_correction_governs_later_orders() {
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     let mut left = worker("W1");
-    left.revision = 2;
+    left.revision = Some(2);
     left.status = "LEFT".into();
     left.left_at = "2025-07-02T00:00:00+08:00".into();
     assert_eq!(brief(&register(&mut a, vec![left]).await), vec![accepted()]);
@@ -159,7 +159,7 @@ async fn client_streams_answer_as_batches_do() {
             },
             {
                 let mut o = order("O3", "W1");
-                o.revision = 2;
+                o.revision = Some(2);
                 o
             },
         ],

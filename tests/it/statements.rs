@@ -214,7 +214,7 @@ async fn after_month_end_a_month_is_released_without_a_declaration() {
 
     // A cancellation after the release: a correction with one order less.
     let mut cancel = at_in("O2", "320100", &at);
-    cancel.revision = 2;
+    cancel.revision = Some(2);
     cancel.status = "CANCELLED".into();
     report(&mut a, vec![cancel]).await;
     await_tax(&gw, "statement", 2).await;

@@ -66,7 +66,10 @@ fn candidates(
     let reference = Reference::builtin();
     let ctx = validate::Context {
         now: oip_gateway::domain::time::now_millis(),
-        max_future_ms: 0,
+        bounds: oip_gateway::validate::Bounds {
+            max_future_ms: 0,
+            ..Default::default()
+        },
         reference: &reference,
         platform,
     };

@@ -71,7 +71,7 @@ async fn submit_round_trip_on_the_example_file() {
             (6, "O-4", "REJECTED", "WORKER_NOT_REGISTERED"),
             (7, "O-5", "REJECTED", "PLATFORM_NOT_IN_PILOT"),
             (8, "W003", "REJECTED", "INVALID_ID_NUMBER"),
-            (9, "", "REJECTED", "MISSING_FIELD"),
+            (9, "", "REJECTED", "MALFORMED_RECORD"),
             (10, "D-2025-07-NJ-DELIVERY", "ACCEPTED_WITH_WARNINGS", ""),
             (11, "A-1", "ACCEPTED", ""),
             (12, "A-2", "REJECTED", "ORDER_NOT_FOUND"),

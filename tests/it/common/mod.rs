@@ -311,7 +311,7 @@ pub fn resident_id(first17: &str) -> String {
 pub fn worker(id: &str) -> proto::Worker {
     proto::Worker {
         worker_id: id.into(),
-        revision: 1,
+        revision: Some(1),
         id_type: String::new(),
         id_number: "11010519491231002X".into(),
         name: "张三丰".into(),
@@ -327,7 +327,7 @@ pub fn worker(id: &str) -> proto::Worker {
 pub fn order(id: &str, worker_id: &str) -> proto::Order {
     proto::Order {
         order_id: id.into(),
-        revision: 1,
+        revision: Some(1),
         worker_id: worker_id.into(),
         industry: "INSTANT_DELIVERY".into(),
         division_code: "320100".into(),
@@ -458,12 +458,12 @@ pub fn declaration(
 ) -> proto::Declaration {
     proto::Declaration {
         declaration_id: id.into(),
-        revision: 1,
+        revision: Some(1),
         period: period.into(),
         division_code: division.into(),
         industry: industry.into(),
-        order_count: count,
-        amount_fen: amount,
+        order_count: Some(count),
+        amount_fen: Some(amount),
     }
 }
 
@@ -471,7 +471,7 @@ pub fn declaration(
 pub fn accident(id: &str, worker_id: &str, order_id: &str) -> proto::Accident {
     proto::Accident {
         report_id: id.into(),
-        revision: 1,
+        revision: Some(1),
         worker_id: worker_id.into(),
         order_id: order_id.into(),
         occurred_at: "2025-07-02T11:10:00+08:00".into(),
