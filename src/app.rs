@@ -275,6 +275,7 @@ impl Gateway {
             reference: reference.clone(),
             ingest: ingest.clone(),
             auditor: auditor.clone(),
+            max_page_bytes: config.limits.max_page_bytes,
         });
         let puller = Puller {
             access: Access::new(store.clone()),

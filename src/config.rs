@@ -97,6 +97,9 @@ pub struct Limits {
     pub max_stream_records: usize,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Largest listing page sent, in encoded bytes (pages are cut at it as well as at
+    /// their item count, so a page always fits in a message).
+    pub max_page_bytes: usize,
     /// How far in the future a record's time may be (clock skew), in seconds.
     pub max_future_secs: i64,
     /// No record time (registration, order, accident) may be earlier (INVALID_TIME):
@@ -127,6 +130,7 @@ impl Default for Limits {
             max_batch_records: 10_000,
             max_stream_records: 100_000,
             max_message_bytes: 16 * 1024 * 1024,
+            max_page_bytes: 4 * 1024 * 1024,
             max_future_secs: 300,
             earliest_time: chrono::DateTime::from_timestamp_millis(bounds.earliest)
                 .unwrap_or_default()
@@ -482,6 +486,12 @@ impl Config {
         }
         if self.limits.max_batch_records == 0 || self.limits.max_stream_records == 0 {
             return Err(invalid("limits", "record limits must be at least 1"));
+        }
+        if !(1024..=self.limits.max_message_bytes / 2).contains(&self.limits.max_page_bytes) {
+            return Err(invalid(
+                "limits.max_page_bytes",
+                "must be between 1024 and half of limits.max_message_bytes",
+            ));
         }
         if self.limits.earliest_time.timestamp_millis() > crate::domain::time::now_millis() {
             return Err(invalid("limits.earliest_time", "must not be in the future"));

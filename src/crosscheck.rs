@@ -501,7 +501,6 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
         outcomes: Vec::with_capacity(candidates.len()),
         ..Plan::default()
     };
-    let mut deferred: Vec<(usize, String, StatementKey, Figures, Millis, bool)> = Vec::new();
     // Statements of released months that tax already holds.
     let sent: HashSet<StatementKey> = known
         .statements
@@ -622,16 +621,30 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                         division_code: d.division_code.clone(),
                         industry: d.industry.clone(),
                     };
-                    // Figures are computed once the whole batch is decided, so orders
-                    // later in the batch count.
-                    deferred.push((
-                        index,
-                        d.declaration_id.clone(),
-                        key.clone(),
-                        d.figures,
-                        closed_at,
-                        late,
-                    ));
+                    // Figures as of this position: records earlier in the batch count,
+                    // later ones do not (they are sent as reconciliation updates), so
+                    // an outcome never depends on how the caller chunks its records.
+                    let declared = d.figures;
+                    let computed = reconcile::computed(
+                        rules.platform,
+                        rules.rates,
+                        key.period,
+                        &key.division_code,
+                        &key.industry,
+                        &known.statements,
+                        Some(closed_at),
+                    );
+                    let mut warnings = vec![];
+                    if declared != computed {
+                        warnings.push(WarningCode::DeclarationMismatch);
+                    }
+                    if late {
+                        warnings.push(WarningCode::LateDeclaration);
+                    }
+                    let figures = Reconciliation { declared, computed };
+                    plan.reconciliations.insert(index, figures);
+                    plan.declaration_figures
+                        .insert(d.declaration_id.clone(), figures);
                     let previous = known
                         .declarations
                         .get(&d.declaration_id)
@@ -672,7 +685,7 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                             correction,
                         },
                     );
-                    Outcome::ACCEPTED
+                    Outcome::Accepted { warnings }
                 })
             }
             Ok(Record::Accident(a)) => {
@@ -718,28 +731,6 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
             }
         });
     }
-    for (index, id, key, declared, closed_at, late) in deferred {
-        let computed = reconcile::computed(
-            rules.platform,
-            rules.rates,
-            key.period,
-            &key.division_code,
-            &key.industry,
-            &known.statements,
-            Some(closed_at),
-        );
-        let mut warnings = vec![];
-        if declared != computed {
-            warnings.push(WarningCode::DeclarationMismatch);
-        }
-        if late {
-            warnings.push(WarningCode::LateDeclaration);
-        }
-        let figures = Reconciliation { declared, computed };
-        plan.outcomes[index] = Outcome::Accepted { warnings };
-        plan.reconciliations.insert(index, figures);
-        plan.declaration_figures.insert(id, figures);
-    }
     plan.statement_deltas.retain(|_, v| *v != 0);
     plan.statement_sends = statement_sends(rules, known, &plan.statement_deltas, &sent);
     plan.reconciliation_updates = reconciliation_updates(rules, known, &plan);
@@ -774,8 +765,10 @@ fn statement_sends(
         .collect()
 }
 
-/// Current declarations outside the batch whose computed figures the batch's
-/// statement changes move (late or corrected orders): figures before and after.
+/// Current declarations whose computed figures moved after they were last sent: for
+/// one outside the batch, between before and after the batch (late or corrected
+/// orders); for one in the batch, between its position and the end of the batch
+/// (records after it). Figures as they were and as they are now.
 fn reconciliation_updates(
     rules: &Rules<'_>,
     known: &Known,
@@ -792,8 +785,8 @@ fn reconciliation_updates(
         .current_declarations
         .iter()
         .filter(|(key, d)| {
-            !plan.declaration_figures.contains_key(&d.declaration_id)
-                && deltas.keys().any(|k| {
+            plan.declaration_figures.contains_key(&d.declaration_id)
+                || deltas.keys().any(|k| {
                     k.period == key.period
                         && k.industry == key.industry
                         && reconcile::covers(&key.division_code, &k.division_code)
@@ -813,7 +806,11 @@ fn reconciliation_updates(
                 )
             };
             let after = figures(&known.statements);
-            (after != figures(&before)).then(|| {
+            let sent = match plan.declaration_figures.get(&d.declaration_id) {
+                Some(at_position) => at_position.computed,
+                None => figures(&before),
+            };
+            (after != sent).then(|| {
                 (
                     d.clone(),
                     Reconciliation {

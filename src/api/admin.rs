@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Grant, Role};
+use crate::api::paging;
 use crate::audit;
 use crate::domain::PlatformProfile;
 use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
@@ -33,6 +34,20 @@ pub struct AdminApi {
     pub reference: Arc<Reference>,
     pub ingest: Ingest,
     pub auditor: audit::Auditor,
+    /// Largest listing page, in encoded bytes (`limits.max_page_bytes`).
+    pub max_page_bytes: usize,
+}
+
+/// Listing names, which tag their page tokens.
+const AUDIT: &str = "audit";
+const DEAD_LETTERS: &str = "dead-letters";
+
+/// The sequence number an opaque page token of `listing` resumes after (0: the start).
+fn seq_after(listing: &str, token: &str) -> Result<i64, ApiError> {
+    match paging::key_of(listing, token)? {
+        None => Ok(0),
+        Some(k) => k.parse().map_err(|_| paging::invalid(listing)),
+    }
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
@@ -493,14 +508,8 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::QueryAuditResponse>, Status> {
         self.admin(&req).await?;
         let r = req.get_ref();
-        let limit = match r.page_size {
-            0 => 100,
-            n => n.min(1000),
-        };
-        let after = match r.page_token.as_str() {
-            "" => 0,
-            t => t.parse().map_err(|_| bad("unknown page_token"))?,
-        };
+        let limit = paging::page_size(r.page_size);
+        let after = seq_after(AUDIT, &r.page_token)?;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let query = AuditQuery {
             identity: some(&r.identity),
@@ -515,15 +524,15 @@ impl AdminService for AdminApi {
             .query_audit(&query)
             .await
             .map_err(ApiError::from)?;
-        audit::note(&req, r.identity.clone(), rows.len() as i64);
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == limit as usize => last.seq.to_string(),
-            _ => String::new(),
+        let more = match rows.last() {
+            Some(last) if rows.len() == limit as usize => Some(last.seq.to_string()),
+            _ => None,
         };
-        Ok(Response::new(proto::QueryAuditResponse {
-            entries: rows
-                .into_iter()
-                .map(|e| proto::AuditEntry {
+        let entries = rows
+            .into_iter()
+            .map(|e| {
+                let key = e.seq.to_string();
+                let entry = proto::AuditEntry {
                     seq: e.seq,
                     at: to_rfc3339(e.at),
                     identity: e.identity,
@@ -533,9 +542,15 @@ impl AdminService for AdminApi {
                     records: e.records,
                     outcome: e.outcome,
                     trace_id: e.trace_id,
-                })
-                .collect(),
-            next_page_token,
+                };
+                (entry, key)
+            })
+            .collect();
+        let (entries, next) = paging::bounded(entries, more, self.max_page_bytes);
+        audit::note(&req, r.identity.clone(), entries.len() as i64);
+        Ok(Response::new(proto::QueryAuditResponse {
+            entries,
+            next_page_token: next.map(|k| paging::token(AUDIT, &k)).unwrap_or_default(),
         }))
     }
 
@@ -572,40 +587,39 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
         self.admin(&req).await?;
         let r = req.get_ref();
-        let after = match r.page_token.as_str() {
-            "" => 0,
-            t => t
-                .parse()
-                .map_err(|_| ApiError::InvalidArgument("unknown page_token".into()))?,
-        };
-        let limit = match r.page_size {
-            0 => 100,
-            n => n.min(1000),
-        };
+        let after = seq_after(DEAD_LETTERS, &r.page_token)?;
+        let limit = paging::page_size(r.page_size);
         let rows = self
             .store
             .dead_letters(destination(&r.destination)?, after, limit)
             .await
             .map_err(ApiError::from)?;
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == limit as usize => last.seq.to_string(),
-            _ => String::new(),
+        let more = match rows.last() {
+            Some(last) if rows.len() == limit as usize => Some(last.seq.to_string()),
+            _ => None,
         };
         let dead_letters = rows
             .into_iter()
-            .map(|d| proto::DeadLetter {
-                seq: d.seq,
-                destination: d.destination,
-                record_key: d.record_key,
-                idempotency_key: d.idempotency_key,
-                attempts: d.attempts,
-                last_error: d.last_error.unwrap_or_default(),
-                created_at: to_rfc3339(d.created_at),
+            .map(|d| {
+                let key = d.seq.to_string();
+                let letter = proto::DeadLetter {
+                    seq: d.seq,
+                    destination: d.destination,
+                    record_key: d.record_key,
+                    idempotency_key: d.idempotency_key,
+                    attempts: d.attempts,
+                    last_error: d.last_error.unwrap_or_default(),
+                    created_at: to_rfc3339(d.created_at),
+                };
+                (letter, key)
             })
             .collect();
+        let (dead_letters, next) = paging::bounded(dead_letters, more, self.max_page_bytes);
         Ok(Response::new(proto::ListDeadLettersResponse {
             dead_letters,
-            next_page_token,
+            next_page_token: next
+                .map(|k| paging::token(DEAD_LETTERS, &k))
+                .unwrap_or_default(),
         }))
     }
 

@@ -2,5 +2,6 @@
 //! lives elsewhere.
 
 pub mod admin;
+pub mod paging;
 pub mod platform;
 pub mod pull;

@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::Access;
+use crate::api::paging;
 use crate::audit::CallNote;
 use crate::config::Limits;
 use crate::crosscheck::Candidate;
@@ -25,6 +26,12 @@ use crate::reconcile;
 use crate::reference::Reference;
 use crate::store::{PageRequest, Store};
 use crate::validate;
+
+/// Listing names, which tag their page tokens.
+const WORKERS: &str = "workers";
+const ORDERS: &str = "orders";
+const REJECTIONS: &str = "rejections";
+const DECLARATIONS: &str = "declarations";
 
 #[derive(Clone)]
 pub struct PlatformApi {
@@ -352,15 +359,25 @@ impl PlatformApi {
         Ok(out)
     }
 
-    fn page(req: &proto::ListRequest) -> PageRequest {
-        PageRequest {
-            limit: match req.page_size {
-                0 => 100,
-                n => n.min(1000),
-            },
-            after: (!req.page_token.is_empty()).then(|| req.page_token.clone()),
+    /// The page a listing request asks for (`listing` names the token's owner).
+    fn page(listing: &str, req: &proto::ListRequest) -> Result<PageRequest, ApiError> {
+        Ok(PageRequest {
+            limit: paging::page_size(req.page_size),
+            after: paging::key_of(listing, &req.page_token)?,
             id: (!req.id.is_empty()).then(|| req.id.clone()),
-        }
+        })
+    }
+
+    /// The page's items cut to `limits.max_page_bytes`, and its next token.
+    fn bounded<W: prost::Message>(
+        &self,
+        listing: &str,
+        items: Vec<(W, String)>,
+        next: Option<String>,
+    ) -> (Vec<W>, String) {
+        let (items, next) = paging::bounded(items, next, self.limits.max_page_bytes);
+        let token = next.map(|k| paging::token(listing, &k)).unwrap_or_default();
+        (items, token)
     }
 }
 
@@ -518,7 +535,7 @@ impl PlatformService for PlatformApi {
         let (platform, note) = self.caller(&req).await?;
         let page = self
             .store
-            .list_declarations(platform.id, &Self::page(req.get_ref()))
+            .list_declarations(platform.id, &Self::page(DECLARATIONS, req.get_ref())?)
             .await
             .map_err(ApiError::from)?;
         // The status is computed now, from the statements as they are: never stale.
@@ -557,7 +574,8 @@ impl PlatformService for PlatformApi {
                     closed.get(&d.period).copied(),
                 );
                 let status = reconcile::status(declared, computed, d.superseded);
-                proto::StoredDeclaration {
+                let key = d.declaration_id.clone();
+                let stored = proto::StoredDeclaration {
                     reconciliation: Some(wire_reconciliation(declared, computed, status)),
                     declaration: Some(proto::Declaration {
                         declaration_id: d.declaration_id,
@@ -569,13 +587,15 @@ impl PlatformService for PlatformApi {
                         amount_fen: Some(d.amount_fen),
                     }),
                     received_at_ms: d.received_at,
-                }
+                };
+                (stored, key)
             })
             .collect();
+        let (declarations, next_page_token) = self.bounded(DECLARATIONS, declarations, page.next);
         note.records(declarations.len() as i64);
         Ok(Response::new(proto::ListDeclarationsResponse {
             declarations,
-            next_page_token: page.next.unwrap_or_default(),
+            next_page_token,
         }))
     }
 
@@ -735,32 +755,37 @@ impl PlatformService for PlatformApi {
         let (platform, note) = self.caller(&req).await?;
         let page = self
             .store
-            .list_workers(platform.id, &Self::page(req.get_ref()))
+            .list_workers(platform.id, &Self::page(WORKERS, req.get_ref())?)
             .await
             .map_err(ApiError::from)?;
         let workers: Vec<_> = page
             .items
             .into_iter()
-            .map(|w| proto::StoredWorker {
-                worker: Some(proto::Worker {
-                    worker_id: w.worker_id,
-                    revision: Some(w.revision),
-                    id_type: w.id_type,
-                    id_number: mask_id_number(&w.id_number),
-                    name: mask_name(&w.name),
-                    mobile: mask_mobile(&w.mobile),
-                    industries: w.industries,
-                    registered_at: to_rfc3339(w.registered_at),
-                    status: w.status,
-                    left_at: opt_time(w.left_at),
-                }),
-                received_at_ms: w.received_at,
+            .map(|w| {
+                let key = w.worker_id.clone();
+                let stored = proto::StoredWorker {
+                    worker: Some(proto::Worker {
+                        worker_id: w.worker_id,
+                        revision: Some(w.revision),
+                        id_type: w.id_type,
+                        id_number: mask_id_number(&w.id_number),
+                        name: mask_name(&w.name),
+                        mobile: mask_mobile(&w.mobile),
+                        industries: w.industries,
+                        registered_at: to_rfc3339(w.registered_at),
+                        status: w.status,
+                        left_at: opt_time(w.left_at),
+                    }),
+                    received_at_ms: w.received_at,
+                };
+                (stored, key)
             })
             .collect();
+        let (workers, next_page_token) = self.bounded(WORKERS, workers, page.next);
         note.records(workers.len() as i64);
         Ok(Response::new(proto::ListWorkersResponse {
             workers,
-            next_page_token: page.next.unwrap_or_default(),
+            next_page_token,
         }))
     }
 
@@ -771,31 +796,36 @@ impl PlatformService for PlatformApi {
         let (platform, note) = self.caller(&req).await?;
         let page = self
             .store
-            .list_orders(platform.id, &Self::page(req.get_ref()))
+            .list_orders(platform.id, &Self::page(ORDERS, req.get_ref())?)
             .await
             .map_err(ApiError::from)?;
         let orders: Vec<_> = page
             .items
             .into_iter()
-            .map(|o| proto::StoredOrder {
-                order: Some(proto::Order {
-                    order_id: o.order_id,
-                    revision: Some(o.revision),
-                    worker_id: o.worker_id,
-                    industry: o.industry,
-                    division_code: o.division_code,
-                    accepted_at: to_rfc3339(o.accepted_at),
-                    completed_at: opt_time(o.completed_at),
-                    status: o.status,
-                    vehicle_plate: o.vehicle_plate.unwrap_or_default(),
-                }),
-                received_at_ms: o.received_at,
+            .map(|o| {
+                let key = o.order_id.clone();
+                let stored = proto::StoredOrder {
+                    order: Some(proto::Order {
+                        order_id: o.order_id,
+                        revision: Some(o.revision),
+                        worker_id: o.worker_id,
+                        industry: o.industry,
+                        division_code: o.division_code,
+                        accepted_at: to_rfc3339(o.accepted_at),
+                        completed_at: opt_time(o.completed_at),
+                        status: o.status,
+                        vehicle_plate: o.vehicle_plate.unwrap_or_default(),
+                    }),
+                    received_at_ms: o.received_at,
+                };
+                (stored, key)
             })
             .collect();
+        let (orders, next_page_token) = self.bounded(ORDERS, orders, page.next);
         note.records(orders.len() as i64);
         Ok(Response::new(proto::ListOrdersResponse {
             orders,
-            next_page_token: page.next.unwrap_or_default(),
+            next_page_token,
         }))
     }
 
@@ -804,13 +834,13 @@ impl PlatformService for PlatformApi {
         req: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListRejectionsResponse>, Status> {
         let (platform, note) = self.caller(&req).await?;
-        let page_req = Self::page(req.get_ref());
+        let page_req = Self::page(REJECTIONS, req.get_ref())?;
         if page_req
             .after
             .as_deref()
             .is_some_and(|t| t.parse::<i64>().is_err())
         {
-            return Err(ApiError::InvalidArgument("unknown page_token".into()).into());
+            return Err(paging::invalid(REJECTIONS).into());
         }
         let page = self
             .store
@@ -820,20 +850,25 @@ impl PlatformService for PlatformApi {
         let rejections: Vec<_> = page
             .items
             .into_iter()
-            .map(|r| proto::Rejection {
-                kind: r.kind,
-                id: r.record_id,
-                revision: r.revision,
-                code: r.code,
-                field: r.field,
-                message: r.message,
-                received_at_ms: r.received_at,
+            .map(|r| {
+                let key = r.seq.to_string();
+                let rejection = proto::Rejection {
+                    kind: r.kind,
+                    id: r.record_id,
+                    revision: r.revision,
+                    code: r.code,
+                    field: r.field,
+                    message: r.message,
+                    received_at_ms: r.received_at,
+                };
+                (rejection, key)
             })
             .collect();
+        let (rejections, next_page_token) = self.bounded(REJECTIONS, rejections, page.next);
         note.records(rejections.len() as i64);
         Ok(Response::new(proto::ListRejectionsResponse {
             rejections,
-            next_page_token: page.next.unwrap_or_default(),
+            next_page_token,
         }))
     }
 }

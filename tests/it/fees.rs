@@ -470,7 +470,8 @@ async fn an_accident_may_follow_its_order_in_the_same_batch() {
     assert_eq!(brief(&out), vec![accepted(); 3]);
 }
 
-/// Findings of a review, each pinned: figures settle at the end of a batch; the later
+/// Findings of a review, each pinned: figures are those at the declaration's position in
+/// its batch (issue 10, kind 6), and later records of the batch are sent as an update; the later
 /// of two declarations in one batch is current; a moved declaration releases its old
 /// month; a province total is rounded once; a county's orders count in its city.
 #[tokio::test]
@@ -496,7 +497,8 @@ async fn declarations_settle_with_their_batch_and_totals_round_once() {
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
 
-    // A declaration first, its order after it in the same batch: MATCHED at once.
+    // A declaration first, its order after it in the same batch: the declaration is
+    // judged at its position (no order yet), the order then makes it match.
     let out = submit(
         &mut a,
         vec![
@@ -513,8 +515,15 @@ async fn declarations_settle_with_their_batch_and_totals_round_once() {
     )
     .await;
     let r = out.outcomes[0].reconciliation.clone().expect("figures");
-    assert_eq!(r.status, "MATCHED", "{:?}", out.outcomes[0]);
-    assert!(out.outcomes[0].warnings.is_empty());
+    assert_eq!(r.status, "MISMATCH", "{:?}", out.outcomes[0]);
+    assert_eq!(r.computed.map(|f| f.order_count), Some(0));
+    assert_eq!(out.outcomes[0].warnings, vec!["DECLARATION_MISMATCH"]);
+    assert_eq!(
+        declaration_status(&mut a).await["D-NJ"].0,
+        "MATCHED",
+        "the order after it counts once the batch is in"
+    );
+    await_delivery_states(&mut a, "declaration", "D-NJ", &["DELIVERED", "DELIVERED"]).await;
     assert_eq!(
         out.outcomes[1].warnings,
         vec!["LATE_ORDER".to_string()],
