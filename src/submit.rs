@@ -201,42 +201,71 @@ enum Line {
     TooLong(usize),
 }
 
-/// Reads one line into `buf` (cleared first), keeping at most `max` bytes of it; None
-/// at the end of the input. The line end stays in `buf`. Returns the line's length.
-async fn read_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
+/// Reads lines of at most `max` kept bytes. Cancel-safe: a line read in part when the
+/// future is dropped is continued by the next call.
+struct LineReader<R> {
+    reader: R,
     max: usize,
-) -> std::io::Result<Option<(Line, usize)>> {
-    buf.clear();
-    let mut total = 0usize;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok((total > 0).then_some(if total > max {
-                (Line::TooLong(total), total)
-            } else {
-                (Line::Bytes, total)
-            }));
+    /// The line so far (at most `max` bytes of it, with its line end).
+    buf: Vec<u8>,
+    /// Its length so far, kept or not.
+    total: usize,
+    /// The previous line was returned: clear before reading on.
+    done: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader,
+            max,
+            buf: Vec::with_capacity(4096),
+            total: 0,
+            done: false,
         }
-        let (take, done) = match available.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (available.len(), false),
-        };
-        if total + take <= max {
-            buf.extend_from_slice(&available[..take]);
+    }
+
+    fn line(&self) -> (Line, usize) {
+        if self.total > self.max {
+            (Line::TooLong(self.total), self.total)
+        } else {
+            (Line::Bytes, self.total)
         }
-        total += take;
-        reader.consume(take);
-        if done {
-            return Ok(Some(if total > max {
-                (Line::TooLong(total), total)
-            } else {
-                (Line::Bytes, total)
-            }));
+    }
+
+    /// The next line (its bytes in `self.buf`); None at the end of the input.
+    async fn next(&mut self) -> std::io::Result<Option<(Line, usize)>> {
+        if self.done {
+            self.buf.clear();
+            self.total = 0;
+            self.done = false;
+        }
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                self.done = true;
+                return Ok((self.total > 0).then_some(self.line()));
+            }
+            let (take, end) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            if self.total + take <= self.max {
+                self.buf.extend_from_slice(&available[..take]);
+            }
+            self.total += take;
+            self.reader.consume(take);
+            if end {
+                self.done = true;
+                return Ok(Some(self.line()));
+            }
         }
     }
 }
+
+/// How long a partly filled chunk waits for more lines before it is sent (input that
+/// arrives slowly, from a pipe, is not held back).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Resolves once a stop was requested (never when no request can come any more).
 async fn requested(rx: &mut watch::Receiver<u32>) {
@@ -305,8 +334,7 @@ impl Reader {
 /// Reads the input into chunks: each chunk's records go to the call and its lines to
 /// the report writer, until the end, a read error, a stop request or a halt.
 async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: Reader) {
-    let mut reader = BufReader::with_capacity(1 << 20, input);
-    let mut buf = Vec::with_capacity(4096);
+    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, input), MAX_LINE_BYTES);
     let (mut records, mut chunk, mut bytes) = (Vec::new(), Chunk::new(), 0usize);
     let mut number = 0usize;
     let mut offset = 0u64;
@@ -317,7 +345,14 @@ async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: 
             biased;
             () = requested(&mut stop) => break Some(ReadStop::Signal),
             () = halted(&mut halt) => break Some(ReadStop::Halted),
-            l = read_line(&mut reader, &mut buf, MAX_LINE_BYTES) => l,
+            l = lines.next() => l,
+            () = tokio::time::sleep(LINGER), if chunk.remote > 0 => {
+                bytes = 0;
+                if !io.send(&mut chunk, &mut records, offset).await {
+                    break Some(ReadStop::Halted);
+                }
+                continue;
+            }
         };
         let line = match line {
             Ok(Some(l)) => l,
@@ -339,7 +374,7 @@ async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: 
                     "line has {n} bytes; at most {MAX_LINE_BYTES} (a record within the field limits takes far less)"
                 ),
             })),
-            Line::Bytes => bulk::content(&buf).map(bulk::parse_line),
+            Line::Bytes => bulk::content(&lines.buf).map(bulk::parse_line),
         };
         let record = match parsed {
             None => continue,
@@ -399,20 +434,19 @@ pub async fn run(opts: &SubmitOptions, stop: watch::Receiver<u32>) -> anyhow::Re
         .await
         .with_context(|| format!("cannot read {}", opts.file.display()))?;
     let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let mut head = [0u8; 2];
-    let mut peek = tokio::fs::File::open(&opts.file)
+    // Look at the first bytes without consuming them (the input may be a pipe).
+    let mut input = BufReader::new(file);
+    let head = input
+        .fill_buf()
         .await
         .with_context(|| format!("cannot read {}", opts.file.display()))?;
-    let n = tokio::io::AsyncReadExt::read(&mut peek, &mut head)
-        .await
-        .unwrap_or(0);
-    if n == 2 && (head == [0xFF, 0xFE] || head == [0xFE, 0xFF]) {
+    if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
         return Err(anyhow!(
             "{} is UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8; nothing was sent",
             opts.file.display()
         ));
     }
-    run_input(opts, file, total, stop).await
+    run_input(opts, input, total, stop).await
 }
 
 /// [`run`] over any input (`total` bytes, for the progress bar).
@@ -585,6 +619,9 @@ impl Report {
         file.write_all(&self.buf)
             .await
             .context("cannot write the report")?;
+        // tokio's File writes in the background: flush so that the lines are in the
+        // file now, whatever stops the run next.
+        file.flush().await.context("cannot write the report")?;
         Ok(())
     }
 

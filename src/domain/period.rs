@@ -83,6 +83,13 @@ impl Period {
     }
 }
 
+impl std::str::FromStr for Period {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("{s:?} is not a month YYYY-MM"))
+    }
+}
+
 impl TryFrom<String> for Period {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {

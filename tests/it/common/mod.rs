@@ -662,3 +662,68 @@ pub async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String
     .map(|d| d.state)
     .collect()
 }
+
+/// A bulk-file line of a valid worker of platform A (as [`worker`]).
+pub fn worker_line(id: &str) -> String {
+    format!(
+        r#"{{"kind":"worker","worker_id":"{id}","id_number":"11010519491231002X","name":"张三丰","mobile":"13800138000","industries":["INSTANT_DELIVERY"],"registered_at":"2025-07-01T08:00:00+08:00","status":"ACTIVE"}}"#
+    )
+}
+
+/// A bulk-file line of a valid order (as [`order`]).
+pub fn order_line(id: &str, worker_id: &str) -> String {
+    format!(
+        r#"{{"kind":"order","order_id":"{id}","worker_id":"{worker_id}","industry":"INSTANT_DELIVERY","division_code":"320100","accepted_at":"2025-07-02T11:00:00+08:00","completed_at":"2025-07-02T11:35:00+08:00","status":"COMPLETED"}}"#
+    )
+}
+
+/// Runs `oip-gateway submit FILE --quiet --report REPORT ARGS...` as platform A against
+/// `endpoint` and waits for it.
+pub fn run_submit(
+    endpoint: &str,
+    file: &Path,
+    report: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    submit_command(endpoint, file, report, args)
+        .output()
+        .expect("run submit")
+}
+
+/// The `submit` command line of [`run_submit`], to spawn.
+pub fn submit_command(endpoint: &str, file: &Path, report: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-gateway"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("submit")
+        .arg(file)
+        .args(["--quiet", "--endpoint", endpoint, "--report"])
+        .arg(report)
+        .args(args);
+    cmd
+}
+
+/// The lines of an outcome report, parsed.
+pub fn report_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("report line is JSON"))
+        .collect()
+}
+
+/// `(line, id, outcome, code, field)` of every report line.
+pub fn report_brief(path: &Path) -> Vec<(u64, String, String, String, String)> {
+    report_lines(path)
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (
+                l["line"].as_u64().unwrap_or_default(),
+                s("id"),
+                s("outcome"),
+                s("code"),
+                s("field"),
+            )
+        })
+        .collect()
+}

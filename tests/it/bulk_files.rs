@@ -1,0 +1,439 @@
+//! Issue 10, kind 1: a bulk file is decoded line by line (BOM, CRLF, GBK, broken JSON),
+//! and whatever stops `submit` (the gateway going away, a signal, a read error), the
+//! report holds every answered line and the summary names exactly the rest, so that a
+//! resend is safe and complete. Real gateway, real `submit` process, real files and
+//! FIFOs.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oip_gateway::submit;
+
+use crate::common::*;
+
+/// 张三 encoded in GBK, as a Chinese spreadsheet tool writes it.
+const GBK_NAME: &[u8] = b"\xD5\xC5\xC8\xFD";
+
+fn gbk_worker_line(id: &str) -> Vec<u8> {
+    let utf8 = worker_line(id);
+    let (head, tail) = utf8.split_once("张三丰").expect("name in the line");
+    [head.as_bytes(), GBK_NAME, tail.as_bytes()].concat()
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).expect("write input");
+}
+
+fn lines_of(lines: &[Vec<u8>], bom: bool, crlf: bool) -> Vec<u8> {
+    let mut out = if bom {
+        b"\xEF\xBB\xBF".to_vec()
+    } else {
+        vec![]
+    };
+    for l in lines {
+        out.extend_from_slice(l);
+        out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bom_crlf_and_a_gbk_line_are_decoded_line_by_line_at_any_batch_size() {
+    let input = lines_of(
+        &[
+            worker_line("W1").into_bytes(),
+            worker_line("W2").into_bytes(),
+            gbk_worker_line("W3"),
+            worker_line("W4").into_bytes(),
+            b"{\"kind\":\"worker\",\"worker_id\":\"W5\",".to_vec(),
+            worker_line("W6").into_bytes(),
+        ],
+        true,
+        true,
+    );
+    let mut reports = vec![];
+    for batch in ["1", "1000"] {
+        let gw = TestGateway::spawn().await;
+        let file = gw.dir.path().join("in.jsonl");
+        write_file(&file, &input);
+        let report = gw.dir.path().join("report.jsonl");
+        let out = run_submit(&gw.endpoint(), &file, &report, &["--batch-size", batch]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = report_brief(&report);
+        let ok = |line: u64, id: &str| {
+            (
+                line,
+                id.to_string(),
+                "ACCEPTED".to_string(),
+                String::new(),
+                String::new(),
+            )
+        };
+        assert_eq!(got[0], ok(1, "W1"), "the BOM is not part of line 1");
+        assert_eq!(got[1], ok(2, "W2"));
+        assert_eq!(
+            got[2],
+            (
+                3,
+                "W3".into(),
+                "REJECTED".into(),
+                "MALFORMED_RECORD".into(),
+                "name".into()
+            )
+        );
+        let lines = report_lines(&report);
+        let message = lines[2]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("not valid UTF-8") && message.contains("GBK"),
+            "{message}"
+        );
+        assert_eq!(got[3], ok(4, "W4"));
+        assert_eq!(
+            (got[4].0, got[4].2.as_str(), got[4].3.as_str()),
+            (5, "REJECTED", "MALFORMED_RECORD")
+        );
+        let message = lines[4]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("line is not valid JSON"), "{message}");
+        assert_eq!(got[5], ok(6, "W6"));
+        let mut c = gw.client("platform-a").await;
+        let stored = c
+            .list_workers(oip_gateway::proto::ListRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .workers
+            .len();
+        assert_eq!(stored, 4);
+        reports.push(std::fs::read(&report).expect("report"));
+    }
+    assert_eq!(
+        reports[0], reports[1],
+        "the same report at batch sizes 1 and 1000"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_line_after_1200_good_ones_loses_none_of_them() {
+    let gw = TestGateway::spawn().await;
+    let mut lines: Vec<Vec<u8>> = (0..1200)
+        .map(|i| worker_line(&format!("W{i:04}")).into_bytes())
+        .collect();
+    lines.push(gbk_worker_line("WBAD"));
+    lines.extend((0..5).map(|i| worker_line(&format!("X{i}")).into_bytes()));
+    let file = gw.dir.path().join("in.jsonl");
+    write_file(&file, &lines_of(&lines, false, false));
+    let report = gw.dir.path().join("report.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &report, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = report_brief(&report);
+    assert_eq!(got.len(), 1206);
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(l.0, i as u64 + 1);
+        let want = if i == 1200 { "REJECTED" } else { "ACCEPTED" };
+        assert_eq!(l.2, want, "line {}", l.0);
+    }
+    let again = run_submit(&gw.endpoint(), &file, &report, &["--batch-size", "1"]);
+    assert!(again.status.success());
+    let dup = report_brief(&report)
+        .iter()
+        .filter(|l| l.2 == "DUPLICATE")
+        .count();
+    assert_eq!(dup, 1205, "every good line was applied the first time");
+}
+
+/// A FIFO the test writes to while `submit` reads it.
+fn fifo(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("in.fifo");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo")
+        .success();
+    assert!(ok, "mkfifo");
+    path
+}
+
+/// Waits until the report has `n` lines.
+fn await_report(report: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = std::fs::read_to_string(report)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if have >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "report has {have} of {n} lines");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "submit did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+    }
+    s
+}
+
+/// The line `--from-line` should resume from, as the summary says.
+fn resume_line(stderr: &str) -> usize {
+    stderr
+        .split("--from-line ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no --from-line in {stderr}"))
+}
+
+fn numbered_orders(from: usize, to: usize) -> Vec<Vec<u8>> {
+    (from..=to)
+        .map(|i| order_line(&format!("O{i:04}"), "W1").into_bytes())
+        .collect()
+}
+
+#[test]
+fn the_gateway_going_away_mid_file_loses_no_answer_and_the_rest_resends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(dir.path(), &[]);
+    let endpoint = format!("https://{}", gw.addr);
+    let input = fifo(dir.path());
+    let report = dir.path().join("r1.jsonl");
+    let mut child = submit_command(&endpoint, &input, &report, &["--batch-size", "100"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn submit");
+    let mut all = vec![worker_line("W1").into_bytes()];
+    all.extend(numbered_orders(2, 600));
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .expect("open fifo");
+    writer
+        .write_all(&lines_of(&all[..300], false, false))
+        .expect("first 300 lines");
+    writer.flush().expect("flush");
+    await_report(&report, 300);
+
+    gw.kill();
+    // The rest of the file arrives after the gateway is gone.
+    let _ = writer.write_all(&lines_of(&all[300..], false, false));
+    drop(writer);
+    let status = wait_exit(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(3), "incomplete: {stderr}");
+    assert!(stderr.contains("incomplete:"), "{stderr}");
+    let answered = report_brief(&report);
+    assert_eq!(answered.len(), 300, "every answered line is in the report");
+    assert!(
+        answered
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.0 == i as u64 + 1)
+    );
+    assert!(answered.iter().all(|l| l.2 == "ACCEPTED"));
+    let from = resume_line(&stderr);
+    assert_eq!(from, 301, "{stderr}");
+
+    // A new gateway on the same database: the tail resends, then the whole file is
+    // all duplicates (nothing was lost, nothing applied twice).
+    let gw = GatewayProcess::spawn(dir.path(), &[]);
+    let endpoint = format!("https://{}", gw.addr);
+    let file = dir.path().join("all.jsonl");
+    write_file(&file, &lines_of(&all, false, false));
+    let r2 = dir.path().join("r2.jsonl");
+    let out = run_submit(&endpoint, &file, &r2, &["--from-line", &from.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail = report_brief(&r2);
+    assert_eq!(tail.len(), 300);
+    assert_eq!(tail[0].0, 301);
+    assert!(tail.iter().all(|l| l.2 == "ACCEPTED"), "{tail:?}");
+    let r3 = dir.path().join("r3.jsonl");
+    let out = run_submit(&endpoint, &file, &r3, &[]);
+    assert!(out.status.success());
+    let whole = report_brief(&r3);
+    assert_eq!(whole.len(), 600);
+    assert!(whole.iter().all(|l| l.2 == "DUPLICATE"));
+}
+
+#[test]
+fn a_signal_stops_reading_and_keeps_every_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = GatewayProcess::spawn(dir.path(), &[]);
+    let endpoint = format!("https://{}", gw.addr);
+    let input = fifo(dir.path());
+    let report = dir.path().join("r.jsonl");
+    let mut child = submit_command(&endpoint, &input, &report, &["--batch-size", "50"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn submit");
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .expect("open fifo");
+    let mut lines = vec![worker_line("W1").into_bytes()];
+    lines.extend(numbered_orders(2, 150));
+    writer
+        .write_all(&lines_of(&lines, false, false))
+        .expect("150 lines");
+    writer.flush().expect("flush");
+    await_report(&report, 150);
+    // The file stays open (more could come): the signal alone stops the run.
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let status = wait_exit(&mut child);
+    let stderr = stderr_of(&mut child);
+    drop(writer);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("stopped by a signal"), "{stderr}");
+    assert!(stderr.contains("not read: line 151 to the end"), "{stderr}");
+    assert_eq!(resume_line(&stderr), 151);
+    assert_eq!(report_brief(&report).len(), 150);
+}
+
+/// Reads `good` bytes, then fails.
+struct FailingReader {
+    good: std::io::Cursor<Vec<u8>>,
+}
+
+impl tokio::io::AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let pos = self.good.position() as usize;
+        let data = self.good.get_ref();
+        if pos >= data.len() {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk read error")));
+        }
+        let n = buf.remaining().min(data.len() - pos).min(4096);
+        buf.put_slice(&data[pos..pos + n]);
+        self.good.set_position((pos + n) as u64);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn options(gw: &TestGateway, report: &Path, batch_size: usize) -> submit::SubmitOptions {
+    let certs = certs_dir();
+    submit::SubmitOptions {
+        file: report.with_extension("in"),
+        report: Some(report.to_path_buf()),
+        endpoint: gw.endpoint(),
+        ca: certs.join("ca.pem"),
+        cert: certs.join("platform-a.pem"),
+        key: certs.join("platform-a.key"),
+        domain: "localhost".into(),
+        batch_size,
+        window: 4,
+        progress: false,
+        compress: true,
+        from_line: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_read_error_ends_the_run_with_every_line_read_answered() {
+    let gw = TestGateway::spawn().await;
+    let report = gw.dir.path().join("r.jsonl");
+    let mut lines = vec![worker_line("W1").into_bytes()];
+    lines.extend(numbered_orders(2, 120));
+    let reader = FailingReader {
+        good: std::io::Cursor::new(lines_of(&lines, false, false)),
+    };
+    let summary = submit::run_input(&options(&gw, &report, 50), reader, 0, submit::no_stop())
+        .await
+        .expect("the run starts");
+    assert!(!summary.complete());
+    assert_eq!(summary.unread_from, Some(121));
+    assert!(summary.unanswered.is_empty(), "{:?}", summary.unanswered);
+    let why = summary.stopped.clone().unwrap_or_default();
+    assert!(
+        why.contains("cannot read line 121") && why.contains("disk read error"),
+        "{why}"
+    );
+    assert_eq!(summary.resume_line(), Some(121));
+    let got = report_brief(&report);
+    assert_eq!(got.len(), 120);
+    assert!(got.iter().all(|l| l.2 == "ACCEPTED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_utf16_file_is_refused_before_anything_is_sent() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("utf16.jsonl");
+    let mut bytes = vec![0xFF, 0xFE];
+    for u in worker_line("W1").encode_utf16() {
+        bytes.extend_from_slice(&u.to_le_bytes());
+    }
+    write_file(&file, &bytes);
+    let report = gw.dir.path().join("r.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &report, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UTF-16") && err.contains("UTF-8"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_line_is_refused_without_stopping_the_file() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("in.jsonl");
+    let huge = format!(
+        r#"{{"kind":"worker","worker_id":"W2","name":"{}"}}"#,
+        "x".repeat(submit::MAX_LINE_BYTES + 10)
+    );
+    write_file(
+        &file,
+        &lines_of(
+            &[
+                worker_line("W1").into_bytes(),
+                huge.into_bytes(),
+                worker_line("W3").into_bytes(),
+            ],
+            false,
+            false,
+        ),
+    );
+    let report = gw.dir.path().join("r.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &report, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = report_brief(&report);
+    assert_eq!(
+        got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(),
+        ["ACCEPTED", "REJECTED", "ACCEPTED"]
+    );
+    assert_eq!(got[1].3, "MALFORMED_RECORD");
+}
