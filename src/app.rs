@@ -329,6 +329,7 @@ impl Gateway {
         let (tx, rx) = oneshot::channel::<()>();
         let router = Server::builder()
             .tls_config(tls)?
+            .http2_max_header_list_size(config.limits.max_header_bytes)
             .layer(AuditLayer::new(auditor))
             .add_service(health)
             .add_service(reflection)

@@ -460,8 +460,9 @@ where
             let mut res = inner.call(req).await.map_err(Into::into)?;
             // What the caller is told for a request tonic could not read.
             if let Some(status) = tonic::Status::from_header_map(res.headers()) {
+                let (code, message) = (status.code(), status.message().to_string());
                 let mapped = crate::error::inbound(status);
-                if mapped.code() != tonic::Code::Ok && Some(mapped.code()) != header_code(&res) {
+                if mapped.code() != code || mapped.message() != message {
                     res = mapped.into_http();
                 }
             }

@@ -97,6 +97,9 @@ pub struct Limits {
     pub max_stream_records: usize,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Largest request metadata (HTTP/2 header list) accepted, in bytes; a request with
+    /// more is refused by the HTTP/2 layer before any handler runs.
+    pub max_header_bytes: u32,
     /// Largest listing page sent, in encoded bytes (pages are cut at it as well as at
     /// their item count, so a page always fits in a message).
     pub max_page_bytes: usize,
@@ -131,6 +134,7 @@ impl Default for Limits {
             max_stream_records: 100_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_page_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
             max_future_secs: 300,
             earliest_time: chrono::DateTime::from_timestamp_millis(bounds.earliest)
                 .unwrap_or_default()

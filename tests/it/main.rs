@@ -9,6 +9,7 @@ mod aggregates;
 mod audit;
 mod backend_sim;
 mod bulk_files;
+mod call_level;
 mod config;
 mod dead_letters;
 mod durability;

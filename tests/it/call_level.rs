@@ -1,0 +1,372 @@
+//! Issue 10, kinds 5 and 7 (call level): reflection in both versions listing exactly
+//! what the port serves; a deadline that passes before the commit rolls the batch back
+//! and says DEADLINE_EXCEEDED (to the caller and in the audit log); gzip requests;
+//! size limits as RESOURCE_EXHAUSTED naming the limit; undecodable requests as
+//! INVALID_ARGUMENT naming the record; oversized metadata. Real gateway, real mTLS.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use prost::Message as _;
+use tonic::codec::{CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic_reflection::pb::{v1, v1alpha};
+
+use oip_gateway::proto;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn reflection_lists_exactly_the_served_services_in_both_versions() {
+    let gw = TestGateway::spawn().await;
+    let channel = role_channel(gw.addr, "platform-a").await;
+    let want: std::collections::BTreeSet<String> = oip_gateway::app::served_services()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert!(want.contains("oip.v1.PlatformService"));
+
+    let mut c = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("v1 reflection")
+        .into_inner();
+    let listed: std::collections::BTreeSet<String> = match answers
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|a| a.message_response)
+    {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed, want);
+
+    let mut c = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    let listed: std::collections::BTreeSet<String> = match answers
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|a| a.message_response)
+    {
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed, want, "v1alpha lists the same");
+    for absent in [
+        "oip.v1.TaxBackend",
+        "oip.v1.SocialSecurityBackend",
+        "oip.v1.BackendSimControl",
+    ] {
+        assert!(!listed.contains(absent), "{absent} is not served here");
+    }
+}
+
+fn workers(n: usize) -> Vec<proto::Worker> {
+    (0..n).map(|i| worker(&format!("W{i:05}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_before_the_commit_rolls_the_batch_back() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    let mut req = tonic::Request::new(proto::RegisterWorkersRequest {
+        workers: workers(10_000),
+    });
+    req.set_timeout(Duration::from_millis(50));
+    let err = a
+        .register_workers(req)
+        .await
+        .expect_err("10,000 workers do not commit in 50 ms");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("nothing was applied"),
+        "{}",
+        err.message()
+    );
+    let trace = err
+        .metadata()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("the trace id")
+        .to_string();
+
+    // Nothing was applied: the same batch, with time enough, is all ACCEPTED (not
+    // DUPLICATE), and the audit log says what the caller was told.
+    let mut req = tonic::Request::new(proto::RegisterWorkersRequest {
+        workers: workers(10_000),
+    });
+    req.set_timeout(Duration::from_secs(120));
+    let out = a.register_workers(req).await.expect("in time").into_inner();
+    let summary = out.summary.expect("summary");
+    assert_eq!(summary.accepted, 10_000);
+    let pool = gw.sql().await;
+    // The call's own entry is written once the handler has rolled back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let outcomes = loop {
+        let entries = audit_entries(&pool, PLATFORM_A_ID).await;
+        let outcomes: Vec<String> = entries
+            .into_iter()
+            .filter(|e| e.2 == trace)
+            .map(|e| e.1)
+            .collect();
+        if outcomes.len() == 2 || std::time::Instant::now() > deadline {
+            break outcomes;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcomes, ["STARTED", "DEADLINE_EXCEEDED"]);
+}
+
+#[tokio::test]
+async fn a_deadline_that_is_met_changes_nothing() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    let mut req = tonic::Request::new(proto::RegisterWorkersRequest {
+        workers: workers(3),
+    });
+    req.set_timeout(Duration::from_secs(30));
+    let res = a.register_workers(req).await.expect("in time");
+    assert!(res.metadata().get("x-trace-id").is_some());
+    assert_eq!(brief(res.get_ref()), vec![accepted(); 3]);
+    // A stream with a deadline answers as usual too.
+    let mut req = tonic::Request::new(tokio_stream::iter(vec![proto::ReportOrdersRequest {
+        orders: vec![order("O1", "W00000")],
+    }]));
+    req.set_timeout(Duration::from_secs(30));
+    let out = a.stream_orders(req).await.expect("stream").into_inner();
+    assert_eq!(brief(&out), vec![accepted()]);
+}
+
+#[tokio::test]
+async fn gzip_requests_are_answered() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw
+        .client("platform-a")
+        .await
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let out = register(&mut a, workers(200)).await;
+    assert_eq!(out.summary.expect("summary").accepted, 200);
+}
+
+#[tokio::test]
+async fn messages_over_the_size_limit_are_resource_exhausted_naming_the_limit() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.limits.max_message_bytes = 64 * 1024;
+        c.limits.max_page_bytes = 16 * 1024;
+    })
+    .await;
+    let mut a = gw
+        .client("platform-a")
+        .await
+        .max_encoding_message_size(64 << 20);
+    let check = |s: tonic::Status| {
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("65536"), "{}", s.message());
+        assert!(
+            s.message().contains("nothing was applied"),
+            "{}",
+            s.message()
+        );
+    };
+    // Unary.
+    let err = a
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: workers(1000),
+        })
+        .await
+        .expect_err("over 64 KiB");
+    check(err);
+    assert!(
+        a.list_workers(proto::ListRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .workers
+            .is_empty()
+    );
+    // A client stream: the chunk over the limit ends the call.
+    let err = a
+        .stream_workers(tokio_stream::iter(vec![
+            proto::RegisterWorkersRequest {
+                workers: workers(2),
+            },
+            proto::RegisterWorkersRequest {
+                workers: workers(1000),
+            },
+        ]))
+        .await
+        .expect_err("over 64 KiB");
+    assert!(
+        err.message()
+            .contains("records before index 2 were applied"),
+        "{}",
+        err.message()
+    );
+    check(err);
+    // Compressed, it is the size after decompression that counts (a gzip bomb).
+    let mut gz = gw
+        .client("platform-a")
+        .await
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_encoding_message_size(64 << 20);
+    let mut w = worker("WBIG");
+    w.name = "张".repeat(200_000);
+    let err = gz
+        .register_workers(proto::RegisterWorkersRequest { workers: vec![w] })
+        .await
+        .expect_err("inflates past the limit");
+    check(err);
+}
+
+/// Sends raw bytes as the request message and reads the answer as raw bytes.
+#[derive(Debug, Clone, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+async fn raw_call(
+    gw: &TestGateway,
+    method: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let channel = role_channel(gw.addr, "platform-a").await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(method),
+        Raw,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument_naming_the_record() {
+    let gw = TestGateway::spawn().await;
+    const REGISTER: &str = "/oip.v1.PlatformService/RegisterWorkers";
+    // Random bytes.
+    let err = raw_call(&gw, REGISTER, vec![0xFF, 0xFF, 0xFF, 0xFF, 0x0F])
+        .await
+        .expect_err("not protobuf");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // A wrong wire type: field 1 (workers) as a varint.
+    let err = raw_call(&gw, REGISTER, vec![0x08, 0x01])
+        .await
+        .expect_err("wrong wire type");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Invalid UTF-8 in the second worker's name: the message names it.
+    let mut bad = worker("W2");
+    bad.name = "ZZZZ".into();
+    let mut bytes = proto::RegisterWorkersRequest {
+        workers: vec![worker("W1"), bad, worker("W3")],
+    }
+    .encode_to_vec();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"ZZZZ")
+        .expect("the name's bytes");
+    bytes[at..at + 4].copy_from_slice(b"\xD5\xC5\xC8\xFD");
+    let err = raw_call(&gw, REGISTER, bytes)
+        .await
+        .expect_err("invalid UTF-8");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("workers[1]"), "{}", err.message());
+    assert!(err.message().contains("UTF-8"), "{}", err.message());
+    // Nothing of it was applied; the call was audited with what the caller was told.
+    let mut a = gw.client("platform-a").await;
+    assert!(
+        a.list_workers(proto::ListRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .workers
+            .is_empty()
+    );
+    let entries = audit_entries(&gw.sql().await, PLATFORM_A_ID).await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.0 == "oip.v1.PlatformService/RegisterWorkers" && e.1 == "INVALID_ARGUMENT"),
+        "{entries:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_metadata_is_refused_and_applies_nothing() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    let mut req = tonic::Request::new(proto::RegisterWorkersRequest {
+        workers: workers(1),
+    });
+    let big = "x".repeat(64 * 1024);
+    req.metadata_mut()
+        .insert("x-note", big.parse().expect("ascii metadata"));
+    let err = a
+        .register_workers(req)
+        .await
+        .expect_err("64 KiB of metadata");
+    // The HTTP/2 layer refuses the headers (limits.max_header_bytes, 16 KiB) before any
+    // handler runs; a tonic client reports it as RESOURCE_EXHAUSTED.
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    let mut a = gw.client("platform-a").await;
+    assert!(
+        a.list_workers(proto::ListRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .workers
+            .is_empty()
+    );
+}
