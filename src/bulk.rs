@@ -807,13 +807,15 @@ mod tests {
         );
     }
 
-    /// The corpus of the fuzz target (`fuzz/corpus/bulk_line/`), replayed as a plain
-    /// test on every run.
+    /// The corpus of the fuzz target (`fuzz/seeds/bulk_line/`: one input of each fault
+    /// kind, named; `fuzz/corpus/bulk_line/`: a fuzzing run's minimized corpus),
+    /// replayed as a plain test on every run.
     #[test]
     fn the_fuzz_corpus_decodes_cleanly() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bulk_line");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         let mut n = 0;
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let dirs = [root.join("seeds/bulk_line"), root.join("corpus/bulk_line")];
+        for entry in dirs.iter().flat_map(std::fs::read_dir).flatten().flatten() {
             let bytes = std::fs::read(entry.path()).unwrap_or_default();
             check_line(&bytes);
             // Every line of a corpus file, as submit reads them.
@@ -822,7 +824,7 @@ mod tests {
             }
             n += 1;
         }
-        assert!(n >= 20, "the corpus has {n} inputs");
+        assert!(n >= 1000, "the corpus has {n} inputs");
     }
 
     proptest! {
