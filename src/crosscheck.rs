@@ -236,10 +236,10 @@ impl Touched {
 
 /// One record of a batch as it enters the rules: validated, or already rejected by
 /// field rules. `kind`, `id` and `revision` come from the wire so that a rejected
-/// record can still be named.
+/// record can still be named (`kind` is None for a record that names no kind).
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub kind: RecordKind,
+    pub kind: Option<RecordKind>,
     pub id: String,
     pub revision: u32,
     pub record: Result<Record, Rejection>,
@@ -248,7 +248,8 @@ pub struct Candidate {
 /// A rejected record to keep for the platform to read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectionRow {
-    pub kind: RecordKind,
+    /// None for a record that names no kind.
+    pub kind: Option<RecordKind>,
     pub id: String,
     pub revision: u32,
     pub rejection: Rejection,

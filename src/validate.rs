@@ -600,7 +600,10 @@ pub fn name_of(id: &str, revision: Option<u32>) -> (String, u32) {
 
 /// A wire record as it enters the cross-checks: validated, or rejected, and named.
 pub fn candidate(r: &proto::Record, ctx: &Context<'_>) -> Candidate {
-    let (kind, id, revision) = identity(r).unwrap_or((RecordKind::Worker, String::new(), 1));
+    let (kind, id, revision) = match identity(r) {
+        Some((kind, id, revision)) => (Some(kind), id, revision),
+        None => (None, String::new(), 1),
+    };
     Candidate {
         kind,
         id,

@@ -511,22 +511,25 @@ impl AdminService for AdminApi {
         let limit = paging::page_size(r.page_size);
         let after = seq_after(AUDIT, &r.page_token)?;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        // One more than the page, to tell whether another page follows.
         let query = AuditQuery {
             identity: some(&r.identity),
             from: opt_time("from", &r.from)?,
             to: opt_time("to", &r.to)?,
             action: some(&r.action),
             after,
-            limit,
+            limit: limit + 1,
         };
-        let rows = self
+        let mut rows = self
             .store
             .query_audit(&query)
             .await
             .map_err(ApiError::from)?;
-        let more = match rows.last() {
-            Some(last) if rows.len() == limit as usize => Some(last.seq.to_string()),
-            _ => None,
+        let more = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|last| last.seq.to_string())
+        } else {
+            None
         };
         let entries = rows
             .into_iter()
@@ -589,14 +592,16 @@ impl AdminService for AdminApi {
         let r = req.get_ref();
         let after = seq_after(DEAD_LETTERS, &r.page_token)?;
         let limit = paging::page_size(r.page_size);
-        let rows = self
+        let mut rows = self
             .store
-            .dead_letters(destination(&r.destination)?, after, limit)
+            .dead_letters(destination(&r.destination)?, after, limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let more = match rows.last() {
-            Some(last) if rows.len() == limit as usize => Some(last.seq.to_string()),
-            _ => None,
+        let more = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|last| last.seq.to_string())
+        } else {
+            None
         };
         let dead_letters = rows
             .into_iter()

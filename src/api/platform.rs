@@ -47,7 +47,8 @@ pub struct PlatformApi {
 /// How a record of a call is named in outcomes: its kind, id, revision and the
 /// prefix of its field paths (`orders[3].`).
 struct Named {
-    kind: RecordKind,
+    /// None for a record that names no kind.
+    kind: Option<RecordKind>,
     id: String,
     revision: u32,
     path: String,
@@ -145,11 +146,12 @@ impl WireRecord for proto::Record {
                 format!("records[{index}].{}.", kind.as_str()),
             ),
             // No kind: named as a blank; the rejection says MISSING_FIELD kind.
-            None => named(
-                RecordKind::Worker,
-                (String::new(), 1),
-                format!("records[{index}]."),
-            ),
+            None => Named {
+                kind: None,
+                id: String::new(),
+                revision: 1,
+                path: format!("records[{index}]."),
+            },
         }
     }
     fn validate(&self, ctx: &validate::Context<'_>) -> Result<Record, crate::domain::Rejection> {
@@ -160,7 +162,7 @@ impl WireRecord for proto::Record {
 /// `(id, revision)` as `validate::name_of` bounds them.
 fn named(kind: RecordKind, (id, revision): (String, u32), path: String) -> Named {
     Named {
-        kind,
+        kind: Some(kind),
         id,
         revision,
         path,
@@ -175,7 +177,7 @@ fn to_wire(
 ) -> proto::RecordOutcome {
     let mut out = proto::RecordOutcome {
         index: index as u32,
-        kind: named.kind.as_str().to_string(),
+        kind: named.kind.map_or("", RecordKind::as_str).to_string(),
         id: named.id,
         revision: named.revision,
         ..Default::default()

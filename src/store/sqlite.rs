@@ -1428,7 +1428,7 @@ impl IngestTx for SqliteIngest {
             );
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(pid)
-                    .push_bind(r.kind.as_str())
+                    .push_bind(r.kind.map_or("", crate::domain::RecordKind::as_str))
                     .push_bind(&r.id)
                     .push_bind(i64::from(r.revision))
                     .push_bind(r.rejection.code.as_str())

@@ -125,6 +125,13 @@ async fn an_absent_count_or_amount_is_missing_never_zero() {
         one(&out.outcomes[0]),
         rejected("MISSING_FIELD", "records[0].declaration.order_count")
     );
+    // A record that names no kind is named as none (not as a worker).
+    let out = submit(&mut a, vec![proto::Record { kind: None }]).await;
+    assert_eq!(
+        one(&out.outcomes[0]),
+        rejected("MISSING_FIELD", "records[0].kind")
+    );
+    assert_eq!(out.outcomes[0].kind, "");
     // Nothing was stored, closed or sent to tax.
     assert!(declaration_status(&mut a).await.is_empty());
     assert!(

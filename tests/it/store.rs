@@ -74,13 +74,13 @@ fn candidates(
         platform,
     };
     let ws = workers.iter().map(|id| Candidate {
-        kind: RecordKind::Worker,
+        kind: Some(RecordKind::Worker),
         id: id.to_string(),
         revision: 1,
         record: validate::worker(&worker(id), &ctx).map(Record::Worker),
     });
     let os = orders.iter().map(|(id, w)| Candidate {
-        kind: RecordKind::Order,
+        kind: Some(RecordKind::Order),
         id: id.to_string(),
         revision: 1,
         record: validate::order(&order(id, w), &ctx).map(Record::Order),
