@@ -370,3 +370,92 @@ async fn oversized_metadata_is_refused_and_applies_nothing() {
             .is_empty()
     );
 }
+
+/// The documented limits fit together (README, "Limits and how they fit together"):
+/// 10,000 workers, orders or declarations of maximal size fit in one 16 MiB message;
+/// about 2,000 maximal accident reports do.
+#[test]
+fn a_full_batch_of_maximal_records_fits_the_message_limit() {
+    let limits = oip_gateway::config::Limits::default();
+    let id = "I".repeat(64);
+    let time = "2025-07-02T11:00:00.123456789+08:00".to_string();
+    let worker = proto::Worker {
+        worker_id: id.clone(),
+        revision: Some(u32::MAX),
+        id_type: "FOREIGN_PERMANENT_RESIDENT".into(),
+        id_number: "11010519491231002X".into(),
+        name: "𠀀".repeat(50),
+        mobile: "13800138000".into(),
+        industries: vec!["INSTANT_DELIVERY_AND_MORE_X".into(); 16],
+        registered_at: time.clone(),
+        status: "ACTIVE".into(),
+        left_at: time.clone(),
+    };
+    let order = proto::Order {
+        order_id: id.clone(),
+        revision: Some(u32::MAX),
+        worker_id: id.clone(),
+        industry: "INTRACITY_FREIGHT_AND_MORE_X".into(),
+        division_code: "320100".into(),
+        accepted_at: time.clone(),
+        completed_at: time.clone(),
+        status: "COMPLETED".into(),
+        vehicle_plate: "苏AD12345".into(),
+    };
+    let declaration = proto::Declaration {
+        declaration_id: id.clone(),
+        revision: Some(u32::MAX),
+        period: "2025-09".into(),
+        division_code: "320100".into(),
+        industry: "INTRACITY_FREIGHT_AND_MORE_X".into(),
+        order_count: Some(i64::MAX),
+        amount_fen: Some(i64::MAX),
+    };
+    let accident = proto::Accident {
+        report_id: id.clone(),
+        revision: Some(u32::MAX),
+        worker_id: id.clone(),
+        order_id: id,
+        occurred_at: time,
+        division_code: "320100".into(),
+        injury_kind: "ASSAULT".into(),
+        description: "𠀀".repeat(2000),
+    };
+    let n = limits.max_batch_records;
+    let fits = |len: usize| len <= limits.max_message_bytes;
+    let workers = proto::RegisterWorkersRequest {
+        workers: vec![worker.clone(); n],
+    };
+    assert!(workers.encoded_len() < 900 * n, "{}", workers.encoded_len());
+    assert!(fits(workers.encoded_len()));
+    let orders = proto::ReportOrdersRequest {
+        orders: vec![order.clone(); n],
+    };
+    assert!(orders.encoded_len() < 300 * n, "{}", orders.encoded_len());
+    assert!(fits(orders.encoded_len()));
+    let mixed = proto::SubmitRequest {
+        records: (0..n)
+            .map(|i| proto::Record {
+                kind: Some(match i % 3 {
+                    0 => proto::record::Kind::Worker(worker.clone()),
+                    1 => proto::record::Kind::Order(order.clone()),
+                    _ => proto::record::Kind::Declaration(declaration.clone()),
+                }),
+            })
+            .collect(),
+    };
+    assert!(fits(mixed.encoded_len()));
+    let one = proto::ReportAccidentsRequest {
+        accidents: vec![accident.clone()],
+    }
+    .encoded_len();
+    assert!((8_000..8_400).contains(&one), "{one}");
+    let per_call = limits.max_message_bytes / one;
+    assert!((1_990..2_100).contains(&per_call), "{per_call}");
+    assert!(!fits(
+        proto::ReportAccidentsRequest {
+            accidents: vec![accident; n],
+        }
+        .encoded_len()
+    ));
+}
