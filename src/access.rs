@@ -65,7 +65,9 @@ impl Grant {
         if principal.role != self.role {
             return Err(format!(
                 "{} is a {} identity and cannot hold the {} role",
-                self.identity, principal.role, self.role
+                crate::domain::outcome::quoted(&self.identity),
+                principal.role,
+                self.role
             ));
         }
         let fits = match self.role {
@@ -77,8 +79,8 @@ impl Grant {
             Ok(())
         } else {
             Err(format!(
-                "scope {:?} does not fit the {} role (expected {})",
-                self.scope,
+                "scope {} does not fit the {} role (expected {})",
+                crate::domain::outcome::quoted(&self.scope),
                 self.role,
                 match self.role {
                     Role::Platform => "the platform's own USCC",

@@ -27,6 +27,10 @@ use crate::store::{Store, StoreError};
 const QUEUE: usize = 4096;
 /// Entries written in one transaction at most.
 const GROUP: usize = 512;
+/// Longest scope kept in an entry, in characters.
+pub const MAX_SCOPE_CHARS: usize = 1000;
+/// Longest status message sent to a caller, in characters.
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 1000;
 
 /// An entry before it has a seq (the writer assigns seq and hash in order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +60,12 @@ impl Auditor {
         (Self { tx }, task)
     }
 
-    /// Appends `event` and waits until it is committed.
-    pub async fn record(&self, event: Event) -> Result<(), StoreError> {
+    /// Appends `event` and waits until it is committed. Its scope is cut to
+    /// [`MAX_SCOPE_CHARS`] (a call may name any number of things).
+    pub async fn record(&self, mut event: Event) -> Result<(), StoreError> {
+        if event.scope.chars().count() > MAX_SCOPE_CHARS {
+            event.scope = crate::domain::outcome::truncate(&event.scope, MAX_SCOPE_CHARS);
+        }
         let (ack, done) = oneshot::channel();
         self.tx
             .send((event, now_millis(), ack))
@@ -422,12 +430,33 @@ where
         }
         let action = path.trim_start_matches('/').to_string();
         let trace = trace_of(req.headers());
-        let deadline = req
+        // What the call is refused for before any handler runs (the spec's statuses,
+        // audited like any other answer).
+        let mut refusal = None;
+        let deadline = match req.headers().get("grpc-timeout") {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(parse_grpc_timeout) {
+                Some(d) => Some(CallDeadline::after(d)),
+                None => {
+                    refusal = Some(tonic::Status::invalid_argument(
+                        "the grpc-timeout header is malformed (up to 8 digits and a unit H, M, S, m, u or n); nothing was applied",
+                    ));
+                    None
+                }
+            },
+        };
+        let content_type = req
             .headers()
-            .get("grpc-timeout")
+            .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(CallDeadline::after);
+            .unwrap_or_default();
+        let subtype = content_type.split(';').next().unwrap_or_default().trim();
+        if !matches!(subtype, "application/grpc" | "application/grpc+proto") {
+            refusal = Some(tonic::Status::unimplemented(format!(
+                "content type {} is not supported: send application/grpc (protobuf); nothing was applied",
+                crate::domain::outcome::truncate(subtype, 64)
+            )));
+        }
         if let Some(d) = &deadline {
             req.extensions_mut().insert(d.clone());
         }
@@ -457,11 +486,23 @@ where
         // The call and its entry run in their own task: a caller who goes away (the
         // connection drops this future) cannot leave a stored batch without its entry.
         let task = tokio::spawn(async move {
-            let mut res = inner.call(req).await.map_err(Into::into)?;
+            let mut res = match refusal {
+                Some(status) => status.into_http(),
+                None => inner.call(req).await.map_err(Into::into)?,
+            };
             // What the caller is told for a request tonic could not read.
             if let Some(status) = tonic::Status::from_header_map(res.headers()) {
                 let (code, message) = (status.code(), status.message().to_string());
-                let mapped = crate::error::inbound(status);
+                let mut mapped = crate::error::inbound(status);
+                if mapped.message().chars().count() > MAX_STATUS_MESSAGE_CHARS {
+                    mapped = tonic::Status::new(
+                        mapped.code(),
+                        crate::domain::outcome::truncate(
+                            mapped.message(),
+                            MAX_STATUS_MESSAGE_CHARS,
+                        ),
+                    );
+                }
                 if mapped.code() != code || mapped.message() != message {
                     res = mapped.into_http();
                 }

@@ -397,11 +397,13 @@ fn revision_step(
     }
 }
 
-fn worker_not_registered(worker_id: &str) -> Rejection {
+/// Record ids are not repeated in messages: a platform may use a mobile or an ID
+/// number as its worker id, and the field path already says which value is meant.
+fn worker_not_registered() -> Rejection {
     Rejection::new(
         ErrorCode::WorkerNotRegistered,
         "worker_id",
-        format!("worker {worker_id} is not registered"),
+        "worker_id names no worker registered with this platform",
     )
 }
 
@@ -412,7 +414,7 @@ fn check_order(
     worker: Option<&WorkerState>,
 ) -> Result<(), Rejection> {
     let Some(w) = worker else {
-        return Err(worker_not_registered(&order.worker_id));
+        return Err(worker_not_registered());
     };
     if !w.active_at(order.accepted_at) {
         let why = if order.accepted_at < w.registered_at {
@@ -423,17 +425,14 @@ fn check_order(
         return Err(Rejection::new(
             ErrorCode::WorkerNotActive,
             "worker_id",
-            format!("worker {} {why} accepted_at", order.worker_id),
+            format!("the worker {why} accepted_at"),
         ));
     }
     if !w.industries.contains(&order.industry) {
         return Err(Rejection::new(
             ErrorCode::IndustryNotRegistered,
             "industry",
-            format!(
-                "worker {} is not registered for {}",
-                order.worker_id, order.industry
-            ),
+            format!("the worker is not registered for {}", order.industry),
         ));
     }
     validate::order_age(w.birth_date, order.accepted_at)?;
@@ -465,20 +464,20 @@ fn check_accident(
     margin_ms: i64,
 ) -> Result<Vec<WarningCode>, Rejection> {
     if !known.workers.contains_key(&a.worker_id) {
-        return Err(worker_not_registered(&a.worker_id));
+        return Err(worker_not_registered());
     }
     let Some(order) = known.orders.get(&a.order_id) else {
         return Err(Rejection::new(
             ErrorCode::OrderNotFound,
             "order_id",
-            format!("order {} is not known", a.order_id),
+            "order_id names no order of this platform",
         ));
     };
     if order.facts.worker_id != a.worker_id {
         return Err(Rejection::new(
             ErrorCode::OrderWorkerMismatch,
             "order_id",
-            format!("order {} belongs to another worker", a.order_id),
+            "the order belongs to another worker",
         ));
     }
     let start = order.facts.accepted_at - margin_ms;

@@ -95,11 +95,21 @@ pub fn inbound(status: Status) -> Status {
                 .unwrap_or(0);
             too_large(None, limit)
         }
+        Code::Internal if m.starts_with("Unexpected EOF decoding stream") => {
+            Status::invalid_argument(
+                "the request ended inside a message (its length prefix is longer than what was sent); that message was not applied",
+            )
+        }
+        Code::Internal if m.starts_with("Missing request message") => {
+            Status::invalid_argument("the request carries no message; nothing was applied")
+        }
         Code::Internal
             if m.starts_with("Error decompressing")
                 || m.starts_with("protocol error: received message with") =>
         {
-            Status::invalid_argument(format!("the request could not be read: {m}"))
+            Status::invalid_argument(format!(
+                "the request could not be read: {m}; that message was not applied"
+            ))
         }
         _ => status,
     }
@@ -114,7 +124,7 @@ fn too_large(found: Option<u64>, limit: u64) -> Status {
     };
     let parts = found.map_or(2, |n| n.div_ceil(limit.max(1)));
     Status::resource_exhausted(format!(
-        "{size} the limit of {limit} bytes (limits.max_message_bytes); nothing was applied: send the records in {parts} or more calls, or as a stream (StreamOrders, SubmitStream)"
+        "{size} the limit of {limit} bytes (limits.max_message_bytes), so that message was not applied: send its records in {parts} or more messages"
     ))
 }
 
@@ -129,11 +139,25 @@ mod tests {
         ));
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(s.message().contains("16777216"), "{}", s.message());
-        assert!(s.message().contains("3 or more calls"), "{}", s.message());
+        assert!(
+            s.message().contains("3 or more messages"),
+            "{}",
+            s.message()
+        );
         let s = inbound(Status::internal(
             "Error decompressing: corrupt deflate stream, while sending request",
         ));
         assert_eq!(s.code(), Code::InvalidArgument);
+        for m in [
+            "Unexpected EOF decoding stream.",
+            "Missing request message.",
+        ] {
+            assert_eq!(
+                inbound(Status::internal(m)).code(),
+                Code::InvalidArgument,
+                "{m}"
+            );
+        }
         let s = inbound(Status::permission_denied("x"));
         assert_eq!(s.code(), Code::PermissionDenied);
     }

@@ -353,22 +353,25 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
 /// says which lines are missing from the report).
 const INCOMPLETE: u8 = 3;
 
-/// Counts SIGINT and SIGTERM: `submit` stops reading at the first and stops waiting
-/// for answers at the second.
+/// Counts SIGINT, SIGTERM and SIGHUP (a closed terminal): `submit` stops reading at the
+/// first and stops waiting for answers at the second.
 fn stop_requests() -> tokio::sync::watch::Receiver<u32> {
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         #[cfg(unix)]
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let (mut term, mut hangup) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            (
+                signal(SignalKind::terminate()).ok(),
+                signal(SignalKind::hangup()).ok(),
+            )
+        };
         loop {
             #[cfg(unix)]
-            let got = match term.as_mut() {
-                Some(t) => tokio::select! {
-                    r = tokio::signal::ctrl_c() => r.is_ok(),
-                    r = t.recv() => r.is_some(),
-                },
-                None => tokio::signal::ctrl_c().await.is_ok(),
+            let got = tokio::select! {
+                r = tokio::signal::ctrl_c() => r.is_ok(),
+                Some(()) = async { term.as_mut()?.recv().await } => true,
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
             };
             #[cfg(not(unix))]
             let got = tokio::signal::ctrl_c().await.is_ok();

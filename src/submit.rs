@@ -66,8 +66,9 @@ pub struct Summary {
     pub outcomes: BTreeMap<String, usize>,
     pub codes: BTreeMap<String, usize>,
     pub elapsed: Duration,
-    /// Line ranges (inclusive) that were read but have no answer: not sent, or sent
-    /// without an answer (they may have been applied; a resend answers DUPLICATE).
+    /// Line ranges (inclusive) that are not in the report: read but not answered (not
+    /// sent, or sent without an answer: they may have been applied, and a resend answers
+    /// DUPLICATE), or answered but not recorded (the report could not be written).
     pub unanswered: Vec<(usize, usize)>,
     /// When reading stopped before the end of the file: the first line not read.
     pub unread_from: Option<usize>,
@@ -87,11 +88,26 @@ impl Summary {
         }
     }
 
+    /// Notes a line that is not in the report (lines come in file order).
     fn unanswered(&mut self, line: usize) {
         match self.unanswered.last_mut() {
             Some((_, end)) if *end + 1 == line => *end = line,
+            Some((_, end)) if *end >= line => {}
             _ => self.unanswered.push((line, line)),
         }
+    }
+
+    /// Sorts and merges the line ranges not in the report.
+    fn normalize(&mut self) {
+        self.unanswered.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.unanswered.len());
+        for (a, b) in self.unanswered.drain(..) {
+            match merged.last_mut() {
+                Some((_, end)) if a <= *end + 1 => *end = (*end).max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        self.unanswered = merged;
     }
 
     /// Lines without an answer.
@@ -430,6 +446,14 @@ pub fn no_stop() -> watch::Receiver<u32> {
 /// `stop` counts stop requests (signals): the first stops reading and waits for the
 /// answers of the chunks already sent; the second stops waiting.
 pub async fn run(opts: &SubmitOptions, stop: watch::Receiver<u32>) -> anyhow::Result<Summary> {
+    if let Some(report) = &opts.report {
+        if same_file(&opts.file, report) {
+            return Err(anyhow!(
+                "--report {} is the input file: the report would overwrite it; nothing was sent",
+                report.display()
+            ));
+        }
+    }
     let file = tokio::fs::File::open(&opts.file)
         .await
         .with_context(|| format!("cannot read {}", opts.file.display()))?;
@@ -440,13 +464,46 @@ pub async fn run(opts: &SubmitOptions, stop: watch::Receiver<u32>) -> anyhow::Re
         .fill_buf()
         .await
         .with_context(|| format!("cannot read {}", opts.file.display()))?;
-    if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
-        return Err(anyhow!(
-            "{} is UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8; nothing was sent",
-            opts.file.display()
-        ));
+    if let Some(what) = not_json_lines(head) {
+        return Err(anyhow!("{} {what}; nothing was sent", opts.file.display()));
     }
     run_input(opts, input, total, stop).await
+}
+
+/// Whether `a` and `b` name the same file (through links or `..`, too).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Why a file that starts with `head` is not UTF-8 JSON Lines at all (refused before
+/// anything is sent), or None.
+pub fn not_json_lines(head: &[u8]) -> Option<&'static str> {
+    let starts = |m: &[u8]| head.starts_with(m);
+    if starts(&[0xFF, 0xFE, 0, 0]) || starts(&[0, 0, 0xFE, 0xFF]) {
+        Some("is UTF-32 (it starts with a UTF-32 byte-order mark): save it as UTF-8")
+    } else if starts(&[0xFF, 0xFE]) || starts(&[0xFE, 0xFF]) {
+        Some("is UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8")
+    } else if starts(&[0x1F, 0x8B]) {
+        Some("is gzip-compressed: decompress it first (submit compresses what it sends)")
+    } else if starts(b"PK\x03\x04") {
+        Some("is a ZIP archive (a spreadsheet?): export it as UTF-8 JSON Lines")
+    } else if head.iter().take(4096).any(|b| *b == 0) {
+        Some(
+            "has NUL bytes: it looks like UTF-16 or UTF-32 without a byte-order mark, or a binary file; save it as UTF-8",
+        )
+    } else {
+        None
+    }
 }
 
 /// [`run`] over any input (`total` bytes, for the progress bar).
@@ -456,6 +513,9 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     total: u64,
     mut stop: watch::Receiver<u32>,
 ) -> anyhow::Result<Summary> {
+    // A report that cannot be written is found out before anything is sent; an old
+    // report is kept until the gateway has taken the call.
+    let mut report = Report::open(opts.report.as_ref()).await?;
     let mut client = connect(opts).await?;
     let started = Instant::now();
 
@@ -491,7 +551,7 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         })?
         .into_inner();
 
-    let mut report = Report::open(opts.report.as_ref()).await?;
+    report.truncate().await?;
     let bar = progress_bar(total, opts.progress);
     let mut summary = Summary::default();
     // Once the gateway stops answering, the rest is collected without waiting.
@@ -534,10 +594,20 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
                 },
             }
         }
-        for l in &lines {
-            summary.add(l);
+        if report.failed {
+            // Answered or not, these lines are not in the report.
+            lines.iter().for_each(|l| summary.unanswered(l.line));
+            summary.normalize();
+        } else if let Err(e) = report.write(&lines).await {
+            failed.get_or_insert(format!("{e:#}"));
+            let _ = halt.send(true);
+            lines.iter().for_each(|l| summary.unanswered(l.line));
+            summary.normalize();
+        } else {
+            for l in &lines {
+                summary.add(l);
+            }
         }
-        report.write(&lines).await?;
         bar.set_position(chunk.end_offset);
         let rate = summary.records as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("{} records, {rate:.0} records/s", summary.records));
@@ -545,7 +615,9 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     reader
         .await
         .map_err(|e| anyhow!("the file reader failed: {e}"))?;
-    report.finish().await?;
+    if let Err(e) = report.finish().await {
+        failed.get_or_insert(format!("cannot write the report: {e:#}"));
+    }
     bar.finish_and_clear();
     summary.stopped = failed;
     summary.elapsed = started.elapsed();
@@ -585,26 +657,46 @@ async fn answer(
 }
 
 /// The report file, written and flushed chunk by chunk so that what was answered is
-/// on disk whatever stops the run.
+/// on disk whatever stops the run. After a failed write nothing more is written (the
+/// summary names every line that is not in it).
 struct Report {
     file: Option<tokio::fs::File>,
     buf: Vec<u8>,
+    failed: bool,
 }
 
 impl Report {
+    /// Opens (creates) the report without truncating it yet.
     async fn open(path: Option<&PathBuf>) -> anyhow::Result<Self> {
         let file = match path {
             Some(p) => Some(
-                tokio::fs::File::create(p)
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(p)
                     .await
-                    .with_context(|| format!("cannot write report {}", p.display()))?,
+                    .with_context(|| {
+                        format!("cannot write report {}; nothing was sent", p.display())
+                    })?,
             ),
             None => None,
         };
         Ok(Self {
             file,
             buf: Vec::with_capacity(1 << 16),
+            failed: false,
         })
+    }
+
+    /// Empties it, once the gateway has taken the call.
+    async fn truncate(&mut self) -> anyhow::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.set_len(0)
+                .await
+                .context("cannot write the report; nothing was sent")?;
+        }
+        Ok(())
     }
 
     async fn write(&mut self, lines: &[ReportLine]) -> anyhow::Result<()> {
@@ -616,19 +708,26 @@ impl Report {
             serde_json::to_writer(&mut self.buf, l)?;
             self.buf.push(b'\n');
         }
-        file.write_all(&self.buf)
-            .await
-            .context("cannot write the report")?;
         // tokio's File writes in the background: flush so that the lines are in the
         // file now, whatever stops the run next.
-        file.flush().await.context("cannot write the report")?;
+        let written = async {
+            file.write_all(&self.buf).await?;
+            file.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(anyhow!("cannot write the report: {e}"));
+        }
         Ok(())
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(f) = self.file.as_mut() {
-            f.flush().await?;
-            f.sync_all().await?;
+            if !self.failed {
+                f.flush().await?;
+                f.sync_all().await?;
+            }
         }
         Ok(())
     }
@@ -665,44 +764,51 @@ fn ranges(r: &[(usize, usize)]) -> String {
         .join(", ")
 }
 
-/// The closing lines: counts per outcome and per code, then (stderr) what is missing
-/// from the report when the run stopped early.
+/// The closing lines: first (stderr) what is missing from the report when the run
+/// stopped early, then (stdout) the counts per outcome and per code. Neither output
+/// failing (a closed pipe) stops the other.
 pub fn print_summary(s: &Summary) {
-    println!(
+    use std::io::Write as _;
+    if !s.complete() {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "incomplete: {}",
+            s.stopped.as_deref().unwrap_or("stopped early")
+        );
+        if !s.unanswered.is_empty() {
+            let _ = writeln!(
+                err,
+                "not in the report ({} records, not answered or not recorded): lines {}",
+                s.unanswered_count(),
+                ranges(&s.unanswered)
+            );
+        }
+        if let Some(l) = s.unread_from {
+            let _ = writeln!(err, "not read: line {l} to the end of the file");
+        }
+        if let Some(l) = s.resume_line() {
+            let _ = writeln!(
+                err,
+                "resend with --from-line {l} (or the whole file): records already applied answer DUPLICATE"
+            );
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "{} records in {:.1}s ({:.0} records/s)",
         s.records,
         s.elapsed.as_secs_f64(),
         s.rate()
     );
     for (k, v) in &s.outcomes {
-        println!("  {k:<24} {v}");
+        let _ = writeln!(out, "  {k:<24} {v}");
     }
     if !s.codes.is_empty() {
-        println!("codes:");
+        let _ = writeln!(out, "codes:");
         for (k, v) in &s.codes {
-            println!("  {k:<32} {v}");
+            let _ = writeln!(out, "  {k:<32} {v}");
         }
-    }
-    if s.complete() {
-        return;
-    }
-    eprintln!(
-        "incomplete: {}",
-        s.stopped.as_deref().unwrap_or("stopped early")
-    );
-    if !s.unanswered.is_empty() {
-        eprintln!(
-            "not answered ({} records, not in the report): lines {}",
-            s.unanswered_count(),
-            ranges(&s.unanswered)
-        );
-    }
-    if let Some(l) = s.unread_from {
-        eprintln!("not read: line {l} to the end of the file");
-    }
-    if let Some(l) = s.resume_line() {
-        eprintln!(
-            "resend with --from-line {l} (or the whole file): records already applied answer DUPLICATE"
-        );
     }
 }

@@ -18,7 +18,7 @@ use crate::crosscheck::Candidate;
 use crate::domain::RecordKind;
 use crate::domain::fees::Figures;
 use crate::domain::ids::{IdNumber, IdType, Mobile, PersonName, Plate};
-use crate::domain::outcome::{echo, shown, shown_division};
+use crate::domain::outcome::{echo, shown_division};
 use crate::domain::period::Period;
 use crate::domain::time::{self, Millis, age_on, local_date};
 use crate::domain::{
@@ -198,7 +198,7 @@ fn time_field(v: &str, field: &str, ctx: &Context<'_>) -> Result<Millis> {
             v.parse().unwrap_or(i128::MAX)
         };
         if !plausible(n) {
-            let unit = if plausible(n * 1000) {
+            let unit = if plausible(n.saturating_mul(1000)) {
                 " It looks like epoch seconds: send milliseconds (13 digits)."
             } else if plausible(n / 1000) {
                 " It looks like epoch microseconds: send milliseconds (13 digits)."
@@ -270,7 +270,10 @@ fn industry(v: &str, field: &str, ctx: &Context<'_>) -> Result<String> {
         return Err(reject(
             ErrorCode::InvalidIndustry,
             field,
-            format!("unknown industry {}", shown(v)),
+            format!(
+                "unknown industry (not shown); the industries are {}",
+                ctx.reference.industries().collect::<Vec<_>>().join(", ")
+            ),
         ));
     }
     if !ctx.platform.industries.contains(v) {
@@ -304,10 +307,7 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
             reject(
                 ErrorCode::InvalidIdType,
                 "id_type",
-                format!(
-                    "unknown id_type {}; RESIDENT_ID, HK_MACAO_PERMIT, TAIWAN_PERMIT or FOREIGN_PERMANENT_RESIDENT",
-                    shown(v)
-                ),
+                "id_type must be RESIDENT_ID, HK_MACAO_PERMIT, TAIWAN_PERMIT or FOREIGN_PERMANENT_RESIDENT",
             )
         })?,
     };
@@ -363,7 +363,7 @@ pub fn worker(w: &proto::Worker, ctx: &Context<'_>) -> Result<Worker> {
             reject(
                 ErrorCode::InvalidStatus,
                 "status",
-                format!("unknown status {}; ACTIVE or LEFT", shown(&w.status)),
+                "status must be ACTIVE or LEFT (upper case)",
             )
         })?;
     let left_at = optional_time(&w.left_at, "left_at", ctx)?;
@@ -436,10 +436,7 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
             reject(
                 ErrorCode::InvalidStatus,
                 "status",
-                format!(
-                    "unknown status {}; COMPLETED or CANCELLED",
-                    shown(&o.status)
-                ),
+                "status must be COMPLETED or CANCELLED (upper case)",
             )
         })?;
     let completed_at = match status {
@@ -552,10 +549,7 @@ pub fn accident(a: &proto::Accident, ctx: &Context<'_>) -> Result<Accident> {
         reject(
             ErrorCode::InvalidInjuryKind,
             "injury_kind",
-            format!(
-                "unknown injury_kind {}; TRAFFIC, FALL, ASSAULT or OTHER",
-                shown(&a.injury_kind)
-            ),
+            "injury_kind must be TRAFFIC, FALL, ASSAULT or OTHER (upper case)",
         )
     })?;
     let chars = a.description.chars().count();

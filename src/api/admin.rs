@@ -14,7 +14,7 @@ use crate::audit;
 use crate::domain::PlatformProfile;
 use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
 use crate::domain::ids::CreditCode;
-use crate::domain::outcome::{shown, shown_division};
+use crate::domain::outcome::{quoted, shown_division};
 use crate::domain::platform::DeliveryTier;
 use crate::domain::time::{now_millis, parse_wire_time, to_rfc3339};
 use crate::error::ApiError;
@@ -38,6 +38,9 @@ pub struct AdminApi {
     pub max_page_bytes: usize,
 }
 
+/// Longest platform name, in characters.
+const MAX_PLATFORM_NAME_CHARS: usize = 100;
+
 /// Listing names, which tag their page tokens.
 const AUDIT: &str = "audit";
 const DEAD_LETTERS: &str = "dead-letters";
@@ -57,23 +60,60 @@ fn bad(m: impl Into<String>) -> ApiError {
 fn role(s: &str) -> Result<Role, ApiError> {
     Role::parse(s).ok_or_else(|| {
         bad(format!(
-            "role must be platform, tax, social-security or admin, not {s:?}"
+            "role must be platform, tax, social-security or admin, not {}",
+            quoted(s)
         ))
     })
 }
 
+/// Earliest and latest dates an administrator may give (rates, pilot starts).
+const EARLIEST_DATE: (i32, u32, u32) = (2000, 1, 1);
+const LATEST_DATE: (i32, u32, u32) = (2100, 12, 31);
+/// Highest base rate, in fen per order (national rates are 1 to 25 fen; a rate above
+/// 100 yuan per order is a typo).
+const MAX_FEN_PER_ORDER: i64 = 10_000;
+
+/// An optional instant: RFC 3339 with an offset, or 13-digit epoch milliseconds (a
+/// 10-digit number is epoch seconds and refused, not read as 1970), from
+/// 2000-01-01T00:00:00+08:00; no surrounding spaces.
 fn opt_time(key: &str, s: &str) -> Result<Option<i64>, ApiError> {
     if s.is_empty() {
         return Ok(None);
     }
-    parse_wire_time(s)
-        .map(Some)
-        .ok_or_else(|| bad(format!("{key}: {s:?} is not an RFC 3339 time")))
+    let invalid = |why: &str| bad(format!("{key}: {} {why}", quoted(s)));
+    if s.trim() != s {
+        return Err(invalid("has surrounding spaces"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) && s.len() != 13 {
+        return Err(invalid(
+            "is not 13-digit epoch milliseconds (10 digits are seconds)",
+        ));
+    }
+    let t = parse_wire_time(s).ok_or_else(|| invalid("is not an RFC 3339 time"))?;
+    if t < crate::validate::Bounds::default().earliest {
+        return Err(invalid("is before 2000-01-01T00:00:00+08:00"));
+    }
+    Ok(Some(t))
 }
 
+/// A date `YYYY-MM-DD` from 2000-01-01 to 2100-12-31, exactly (no spaces).
 fn date(key: &str, s: &str) -> Result<NaiveDate, ApiError> {
-    s.parse()
-        .map_err(|_| bad(format!("{key}: {s:?} is not a YYYY-MM-DD date")))
+    let invalid = || {
+        bad(format!(
+            "{key}: {} is not a YYYY-MM-DD date from 2000-01-01 to 2100-12-31",
+            quoted(s)
+        ))
+    };
+    let d: NaiveDate = if s.len() == 10 && s.trim() == s {
+        s.parse().map_err(|_| invalid())?
+    } else {
+        return Err(invalid());
+    };
+    let bound = |(y, m, day): (i32, u32, u32)| NaiveDate::from_ymd_opt(y, m, day);
+    match (bound(EARLIEST_DATE), bound(LATEST_DATE)) {
+        (Some(lo), Some(hi)) if (lo..=hi).contains(&d) => Ok(d),
+        _ => Err(invalid()),
+    }
 }
 
 fn tier(key: &str, s: &str) -> Result<DeliveryTier, ApiError> {
@@ -92,11 +132,19 @@ fn registration(
     if r.name.trim().is_empty() {
         return Err(bad("name: required"));
     }
+    if r.name.chars().count() > MAX_PLATFORM_NAME_CHARS
+        || r.name.chars().any(char::is_control)
+        || r.name.trim() != r.name
+    {
+        return Err(bad(format!(
+            "name: 1..{MAX_PLATFORM_NAME_CHARS} characters, no control characters, no surrounding spaces"
+        )));
+    }
     if r.industries.is_empty() {
         return Err(bad("industries: at least one"));
     }
     if let Some(x) = r.industries.iter().find(|x| !reference.is_industry(x)) {
-        return Err(bad(format!("industries: unknown industry {x}")));
+        return Err(bad(format!("industries: unknown industry {}", quoted(x))));
     }
     if r.divisions.is_empty() {
         return Err(bad("divisions: at least one, each with its pilot start"));
@@ -105,7 +153,7 @@ fn registration(
     if let Some(d) = r.divisions.iter().find(|d| !seen.insert(&d.division_code)) {
         return Err(bad(format!(
             "divisions: {} is listed twice",
-            d.division_code
+            quoted(&d.division_code)
         )));
     }
     let pilot_starts = r
@@ -115,7 +163,7 @@ fn registration(
             if !reference.serves(&d.division_code) {
                 return Err(bad(format!(
                     "divisions: {} is unknown or not served",
-                    d.division_code
+                    quoted(&d.division_code)
                 )));
             }
             Ok((
@@ -130,7 +178,8 @@ fn registration(
         .map(|(d, t)| {
             if reference.division(d).is_none() {
                 return Err(bad(format!(
-                    "delivery_tier_overrides: unknown division {d}"
+                    "delivery_tier_overrides: unknown division {}",
+                    quoted(d)
                 )));
             }
             Ok((d.clone(), tier("delivery_tier_overrides", t)?))
@@ -216,7 +265,8 @@ fn destination(s: &str) -> Result<Option<Destination>, ApiError> {
         "social-security" => Ok(Some(Destination::SocialSecurity)),
         "tax" => Ok(Some(Destination::Tax)),
         other => Err(ApiError::InvalidArgument(format!(
-            "destination must be social-security, tax or empty, not {other:?}"
+            "destination must be social-security, tax or empty, not {}",
+            quoted(other)
         ))),
     }
 }
@@ -417,7 +467,7 @@ impl AdminService for AdminApi {
                 if !self.reference.is_industry(&b.industry) {
                     return Err(bad(format!(
                         "base_rates[{i}].industry: unknown industry {}",
-                        shown(&b.industry)
+                        quoted(&b.industry)
                     )));
                 }
                 let fen_per_order = match b.fen_per_order {
@@ -426,9 +476,9 @@ impl AdminService for AdminApi {
                             "base_rates[{i}].fen_per_order is required (absent is never 0)"
                         )));
                     }
-                    Some(f) if f < 0 => {
+                    Some(f) if !(0..=MAX_FEN_PER_ORDER).contains(&f) => {
                         return Err(bad(format!(
-                            "base_rates[{i}].fen_per_order must not be negative"
+                            "base_rates[{i}].fen_per_order must be 0..={MAX_FEN_PER_ORDER}"
                         )));
                     }
                     Some(f) => f,
@@ -474,8 +524,8 @@ impl AdminService for AdminApi {
                     year,
                     multiplier: Multiplier::parse(&f.multiplier).ok_or_else(|| {
                         bad(format!(
-                            "floats: multiplier {:?} is not a decimal",
-                            f.multiplier
+                            "floats[{i}].multiplier {} is not a decimal",
+                            quoted(&f.multiplier)
                         ))
                     })?,
                     recorded_at: now,

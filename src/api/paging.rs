@@ -15,6 +15,9 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Token format version.
 const VERSION: &str = "p1";
+/// Longest token accepted (the keys it carries are record ids of at most 64
+/// characters, or numbers).
+const MAX_TOKEN_CHARS: usize = 200;
 
 /// The item count of a page for a requested `page_size`.
 pub fn page_size(requested: u32) -> u32 {
@@ -42,6 +45,9 @@ pub fn key_of(listing: &str, token: &str) -> Result<Option<String>, ApiError> {
         return Ok(None);
     }
     let invalid = || invalid(listing);
+    if token.len() > MAX_TOKEN_CHARS {
+        return Err(invalid());
+    }
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let mut parts = text.splitn(3, '\n');
@@ -91,6 +97,7 @@ mod tests {
         assert!(key_of("workers", &t).is_err());
         assert!(key_of("orders", "17").is_err());
         assert!(key_of("orders", "!!").is_err());
+        assert!(key_of("orders", &token("orders", &"k".repeat(1000))).is_err());
         assert_eq!(key_of("orders", "").ok(), Some(None));
         assert_eq!(page_size(0), 100);
         assert_eq!(page_size(5000), 1000);

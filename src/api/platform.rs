@@ -721,7 +721,15 @@ impl PlatformService for PlatformApi {
                     Ok(Some(m)) => m.records,
                     Ok(None) => break,
                     Err(status) => {
-                        let _ = tx.send(Err(error::inbound(status))).await;
+                        let s = error::inbound(status);
+                        let s = tonic::Status::new(
+                            s.code(),
+                            format!(
+                                "{}; the chunks before it were applied and answered (records before index {seen})",
+                                s.message()
+                            ),
+                        );
+                        let _ = tx.send(Err(s)).await;
                         break;
                     }
                 };

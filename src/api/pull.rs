@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::access::{Access, DivisionScope, Role};
 use crate::audit::{self, Auditor, Event};
 use crate::domain::ids::CreditCode;
+use crate::domain::outcome::quoted;
 use crate::domain::period::Period;
 use crate::domain::time::{now_millis, parse_wire_time};
 use crate::error::ApiError;
@@ -159,13 +160,17 @@ impl Puller {
         let r = req.get_ref();
         for d in &r.divisions {
             if self.reference.division(d).is_none() {
-                return Err(ApiError::InvalidArgument(format!("unknown division {d:?}")));
+                return Err(ApiError::InvalidArgument(format!(
+                    "unknown division {}",
+                    quoted(d)
+                )));
             }
         }
         let divisions = grant.narrow(&r.divisions).map_err(|outside| {
             ApiError::PermissionDenied(format!(
-                "{} has no {role} grant for division {outside}",
-                principal.uri
+                "{} has no {role} grant for division {}",
+                principal.uri,
+                quoted(&outside.to_string())
             ))
         })?;
         let periods = r
@@ -173,7 +178,7 @@ impl Puller {
             .iter()
             .map(|p| {
                 Period::parse(p).ok_or_else(|| {
-                    ApiError::InvalidArgument(format!("period {p:?} is not YYYY-MM"))
+                    ApiError::InvalidArgument(format!("period {} is not YYYY-MM", quoted(p)))
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -183,7 +188,7 @@ impl Puller {
             .map(|p| {
                 CreditCode::parse(p)
                     .map(|_| p.clone())
-                    .map_err(|e| ApiError::InvalidArgument(format!("platform {p:?}: {e}")))
+                    .map_err(|e| ApiError::InvalidArgument(format!("platform {}: {e}", quoted(p))))
             })
             .collect::<Result<_, _>>()?;
         let end = self.store.journal_end().await?;
@@ -193,7 +198,9 @@ impl Puller {
                 .parse::<i64>()
                 .ok()
                 .filter(|s| (0..=end).contains(s))
-                .ok_or_else(|| ApiError::InvalidArgument(format!("unknown cursor {c:?}")))?,
+                .ok_or_else(|| {
+                    ApiError::InvalidArgument(format!("unknown cursor {}", quoted(c)))
+                })?,
         };
         audit::note(req, divisions.to_string(), 0);
         Ok(Pull {

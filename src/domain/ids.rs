@@ -107,7 +107,7 @@ impl IdNumber {
             IdType::ResidentId => validate_resident_id(&value, today)?,
             IdType::HkMacaoPermit => validate_permit(&value, &["810000", "820000"], today)?,
             IdType::TaiwanPermit => validate_permit(&value, &["830000"], today)?,
-            IdType::ForeignPermanentResident => validate_foreign(&value)?,
+            IdType::ForeignPermanentResident => validate_foreign(&value, today)?,
         }
         Ok(Self { id_type, value })
     }
@@ -126,7 +126,9 @@ impl IdNumber {
     /// resident IDs, which are not decoded.
     pub fn birth_date(&self) -> Option<NaiveDate> {
         match self.id_type {
-            IdType::ForeignPermanentResident => None,
+            // The 2023 format (`9` + 17) carries it like a resident ID; the old
+            // 15-character one is not decoded.
+            IdType::ForeignPermanentResident if self.value.len() != 18 => None,
             _ => self.value.get(6..14).and_then(parse_yyyymmdd),
         }
     }
@@ -188,14 +190,15 @@ fn validate_permit(s: &str, prefixes: &[&str], today: NaiveDate) -> Result<(), I
     check_birth_date(s, today)
 }
 
-/// New format `9` + 16 digits + digit/`X`, or old format 3 letters + 12 digits.
-fn validate_foreign(s: &str) -> Result<(), IdNumberError> {
+/// New format (2023) `9` + 16 digits + digit/`X` with the birth date at characters
+/// 7..=14, or old format 3 letters + 12 digits.
+fn validate_foreign(s: &str, today: NaiveDate) -> Result<(), IdNumberError> {
     let b = s.as_bytes();
     match b.len() {
         18 => {
             check_digits_layout(s)?;
             if b[0] == b'9' {
-                Ok(())
+                check_birth_date(s, today)
             } else {
                 Err(IdNumberError::Format)
             }
@@ -811,8 +814,21 @@ mod tests {
         let parse = |s: &str| IdNumber::parse(IdType::ForeignPermanentResident, s, today());
         let new = parse("93311619900101001x").expect("new format");
         assert_eq!(new.as_str(), "93311619900101001X");
-        assert_eq!(new.birth_date(), None);
+        assert_eq!(new.birth_date(), Some(date(1990, 1, 1)));
+        assert_eq!(
+            parse("93115618000101001X"),
+            Err(IdNumberError::BirthYearBefore1900)
+        );
+        assert_eq!(
+            parse("931156209901010011"),
+            Err(IdNumberError::FutureBirthDate)
+        );
+        assert_eq!(parse("931156199002300011"), Err(IdNumberError::BirthDate));
         assert!(parse("USA330000900101").is_ok(), "old format");
+        assert_eq!(
+            parse("USA330000900101").ok().and_then(|i| i.birth_date()),
+            None
+        );
         assert_eq!(parse("833116199001010010"), Err(IdNumberError::Format));
         assert_eq!(parse("usa330000900101"), Err(IdNumberError::Format));
         assert_eq!(parse("US1330000900101"), Err(IdNumberError::Format));

@@ -167,29 +167,69 @@ pub fn echo(s: &str) -> String {
     truncate(s, MAX_ECHO_CHARS)
 }
 
-/// A code-like value (an industry, a status, a key name) for a message: shown when it
-/// looks like a code (a letter, then up to 39 letters, digits or `_`), otherwise only
-/// its length: it may be anything sent in the wrong field, personal data included (an
-/// ID number or a mobile starts with a digit, a name is not ASCII).
-pub fn shown(v: &str) -> String {
-    let mut b = v.bytes();
-    let code = v.len() <= 40
-        && b.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_');
-    if code {
-        format!("`{v}`")
-    } else {
-        format!("(a value of {} characters, not shown)", v.chars().count())
+/// A JSON key for a message or a field path: itself when it looks like one of ours
+/// (lower-case snake_case, a letter first, at most 40 characters), else None. Values
+/// are never shown in record messages: a value in the wrong field may be personal data
+/// (an ID number, a passport number, a name in pinyin), and rejections are kept.
+pub fn key_name(k: &str) -> Option<&str> {
+    let mut b = k.bytes();
+    let ok = k.len() <= 40
+        && b.next().is_some_and(|c| c.is_ascii_lowercase())
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+    ok.then_some(k)
+}
+
+/// A key for a message: `` `key` `` when [`key_name`] allows it, else its length only.
+pub fn shown_key(k: &str) -> String {
+    match key_name(k) {
+        Some(k) => format!("`{k}`"),
+        None => format!("(a key of {} characters, not shown)", k.chars().count()),
     }
 }
 
-/// A division code for a message: shown when it is 6 ASCII digits, otherwise as
-/// [`shown`] does.
+/// A caller's value in a call-level message (to the caller only, never stored):
+/// quoted and cut to [`MAX_ECHO_CHARS`].
+pub fn quoted(v: &str) -> String {
+    format!("{:?}", echo(v))
+}
+
+/// Longest refusal reason of a backend kept or logged, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A backend's refusal reason as the gateway keeps, logs and shows it: cut to
+/// [`MAX_REASON_CHARS`], and every run of 7 or more digits (with an `X`/`x` check
+/// character: ID numbers, mobiles, bank cards) masked as `*`, since the backend may
+/// quote the record it refuses. Names cannot be told from other text and are kept.
+pub fn scrub_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_REASON_CHARS * 4));
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().filter(char::is_ascii_digit).count() >= 7 {
+            out.extend(std::iter::repeat_n('*', run.chars().count()));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in reason.chars() {
+        if c.is_ascii_digit() || (matches!(c, 'X' | 'x') && !run.is_empty()) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    truncate(&out, MAX_REASON_CHARS)
+}
+
+/// A division code for a message: shown when it is 6 ASCII digits (a place, not a
+/// person), otherwise its length only.
 pub fn shown_division(v: &str) -> String {
     if v.len() == 6 && v.bytes().all(|c| c.is_ascii_digit()) {
         v.to_string()
     } else {
-        shown(v)
+        format!("(a value of {} characters, not shown)", v.chars().count())
     }
 }
 
@@ -260,6 +300,18 @@ mod tests {
     }
 
     #[test]
+    fn backend_reasons_lose_numbers_and_length() {
+        let r =
+            scrub_reason("id_number 11010519491231002X of 张三 (mobile 13800138000) bad; code 42");
+        assert!(!r.contains("1101") && !r.contains("1380"), "{r}");
+        assert!(r.contains("code 42"), "short numbers stay: {r}");
+        assert_eq!(
+            scrub_reason(&"x".repeat(10_000)).chars().count(),
+            MAX_REASON_CHARS + 1
+        );
+    }
+
+    #[test]
     fn echoes_are_bounded_and_marked() {
         assert_eq!(echo("O-1"), "O-1");
         let long = "x".repeat(100_000);
@@ -268,11 +320,19 @@ mod tests {
         assert!(e.ends_with(TRUNCATION_MARK));
         assert_eq!(echo(&"x".repeat(64)), "x".repeat(64));
         assert_eq!(truncate("张三丰", 2), "张三…");
-        assert_eq!(shown("FOOD"), "`FOOD`");
-        assert!(!shown("11010519491231002X").contains("1101"));
-        assert!(!shown("13800138000").contains("138"));
-        assert!(!shown("张三").contains("张"));
+        assert_eq!(shown_key("vehicle_plat"), "`vehicle_plat`");
+        for pii in [
+            "11010519491231002X",
+            "13800138000",
+            "张三",
+            "ZhangSan",
+            "E12345678",
+        ] {
+            assert!(!shown_key(pii).contains(pii), "{pii}");
+            assert!(!shown_division(pii).contains(pii), "{pii}");
+        }
         assert_eq!(shown_division("320100"), "320100");
+        assert_eq!(quoted(&"x".repeat(100)).chars().count(), 67);
         let r = Rejection::new(ErrorCode::MissingField, "x", "m".repeat(1000));
         assert_eq!(r.message.chars().count(), MAX_MESSAGE_CHARS + 1);
     }

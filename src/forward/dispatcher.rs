@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::domain::outcome::scrub_reason;
 use crate::domain::time::now_millis;
 use crate::proto::{
     self, social_security_backend_client::SocialSecurityBackendClient,
@@ -161,12 +162,12 @@ pub fn spawn(
                             let outcome = match r.result() {
                                 proto::DeliveryResult::Delivered | proto::DeliveryResult::Repeated => DeliveryOutcome::Delivered,
                                 _ => {
+                                    // The backend may quote the record: kept and logged
+                                    // bounded, with long numbers masked.
+                                    let reason = scrub_reason(&r.reason);
                                     tracing::warn!(destination = destination.as_str(), key = %item.idempotency_key,
-                                        attempts = item.attempts + 1, reason = %r.reason, "backend refused an item");
-                                    DeliveryOutcome::Invalid {
-                                        reason: r.reason.clone(),
-                                        retry_at,
-                                    }
+                                        attempts = item.attempts + 1, reason = %reason, "backend refused an item");
+                                    DeliveryOutcome::Invalid { reason, retry_at }
                                 }
                             };
                             (item.seq, outcome)

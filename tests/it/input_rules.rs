@@ -741,14 +741,40 @@ async fn echoed_codes_never_carry_personal_data() {
     let mut o3 = order("O3", "W1");
     o3.status = "张三".into();
     let out = report(&mut a, vec![o, o2, o3]).await;
-    for (o, secret) in out
+    let allowed = ["INSTANT_DELIVERY", "not shown", "COMPLETED or CANCELLED"];
+    for ((o, secret), says) in out
         .outcomes
         .iter()
         .zip(["1101051949", "13800138000", "张三"])
+        .zip(allowed)
     {
         assert!(!o.message.contains(secret), "{}", o.message);
-        assert!(o.message.contains("not shown"), "{}", o.message);
+        assert!(o.message.contains(says), "{}", o.message);
     }
+    // Code-like values (a passport number, a name in pinyin) are not echoed either.
+    let mut o4 = order("O4", "W1");
+    o4.status = "ZhangSan".into();
+    let mut w = worker("W2");
+    w.id_type = "E12345678".into();
+    let out = submit(&mut a, vec![rec_order(o4), rec_worker(w)]).await;
+    assert!(
+        !out.outcomes[0].message.contains("ZhangSan"),
+        "{}",
+        out.outcomes[0].message
+    );
+    assert!(
+        !out.outcomes[1].message.contains("E12345678"),
+        "{}",
+        out.outcomes[1].message
+    );
+    // Nor are record ids: a platform may use a mobile as its worker id.
+    let out = report(&mut a, vec![order("O5", "13912345678")]).await;
+    assert_eq!(out.outcomes[0].code, "WORKER_NOT_REGISTERED");
+    assert!(
+        !out.outcomes[0].message.contains("13912345678"),
+        "{}",
+        out.outcomes[0].message
+    );
     let kept = a
         .list_rejections(proto::ListRequest::default())
         .await
