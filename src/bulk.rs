@@ -361,7 +361,20 @@ fn parse_text(text: &str) -> Result<proto::Record, LineError> {
             name_leniently(text, &mut e);
             return Err(e);
         }
-        Err(StrictError::Syntax(e)) => return Err(malformed("", syntax_message(&e))),
+        Err(StrictError::Syntax(e)) => {
+            let mut message = syntax_message(&e);
+            let trimmed = text.trim();
+            if text.contains('\r') {
+                message.push_str(
+                    "; the line holds a carriage return: lines must end with LF or CRLF, not CR alone",
+                );
+            } else if matches!(trimmed, "{" | "[" | "}" | "]" | "},") || trimmed.ends_with(": {") {
+                message.push_str(
+                    "; a bulk file is JSON Lines: one whole record per line, not pretty-printed JSON",
+                );
+            }
+            return Err(malformed("", message));
+        }
     };
     let Value::Object(map) = value else {
         return Err(malformed(
@@ -371,6 +384,15 @@ fn parse_text(text: &str) -> Result<proto::Record, LineError> {
     };
     let kind = match map.get("kind") {
         None | Some(Value::Null) => {
+            return Err(LineError {
+                code: ErrorCode::MissingField,
+                ..malformed(
+                    "kind",
+                    "kind is required: worker, order, declaration or accident",
+                )
+            });
+        }
+        Some(Value::String(k)) if k.trim().is_empty() => {
             return Err(LineError {
                 code: ErrorCode::MissingField,
                 ..malformed(
@@ -724,7 +746,23 @@ mod tests {
     }
 
     #[test]
+    fn line_end_and_layout_mistakes_are_named() {
+        let cr_only = format!("{ORDER}\r{ORDER}");
+        let e = parse(&cr_only).unwrap_err();
+        assert!(e.message.contains("carriage return"), "{}", e.message);
+        let e = parse("{").unwrap_err();
+        assert!(e.message.contains("JSON Lines"), "{}", e.message);
+        let e = parse(r#"  "kind": "order","#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::MalformedRecord);
+    }
+
+    #[test]
     fn kinds_and_keys() {
+        let e = parse(r#"{"kind":" "}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::MissingField, "kind")
+        );
         let e = parse(r#"{"order_id":"O-1"}"#).unwrap_err();
         assert_eq!(
             (e.code, e.field.as_str()),

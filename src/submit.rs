@@ -692,9 +692,12 @@ impl Report {
     /// Empties it, once the gateway has taken the call.
     async fn truncate(&mut self) -> anyhow::Result<()> {
         if let Some(f) = self.file.as_mut() {
-            f.set_len(0)
-                .await
-                .context("cannot write the report; nothing was sent")?;
+            // Only a regular file has a length (a report may be a device or a pipe).
+            if f.metadata().await.is_ok_and(|m| m.is_file()) {
+                f.set_len(0)
+                    .await
+                    .context("cannot write the report; nothing was sent")?;
+            }
         }
         Ok(())
     }

@@ -401,6 +401,27 @@ async fn a_utf16_file_is_refused_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("UTF-16") && err.contains("UTF-8"), "{err}");
+    // The same kind: files that are not UTF-8 text at all.
+    let no_bom: Vec<u8> = worker_line("W1")
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let cases: [(&[u8], &str); 4] = [
+        (&[0xFF, 0xFE, 0, 0, b'{', 0, 0, 0], "UTF-32"),
+        (&[0x1F, 0x8B, 8, 0], "gzip"),
+        (b"PK\x03\x04rest", "ZIP"),
+        (&no_bom, "NUL bytes"),
+    ];
+    for (bytes, says) in cases {
+        write_file(&file, bytes);
+        let out = run_submit(&gw.endpoint(), &file, &report, &[]);
+        assert_eq!(out.status.code(), Some(1), "{says}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says) && err.contains("nothing was sent"),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,4 +457,137 @@ async fn an_overlong_line_is_refused_without_stopping_the_file() {
         ["ACCEPTED", "REJECTED", "ACCEPTED"]
     );
     assert_eq!(got[1].3, "MALFORMED_RECORD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_never_overwrites_the_input_and_an_unwritable_one_stops_before_sending() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("in.jsonl");
+    let input = lines_of(
+        &[
+            worker_line("W1").into_bytes(),
+            worker_line("W2").into_bytes(),
+        ],
+        false,
+        false,
+    );
+    write_file(&file, &input);
+    // The same file, by another name.
+    let alias = gw.dir.path().join("sub/../in.jsonl");
+    std::fs::create_dir(gw.dir.path().join("sub")).expect("dir");
+    let out = run_submit(&gw.endpoint(), &file, &alias, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the input file"), "{err}");
+    assert_eq!(
+        std::fs::read(&file).expect("input"),
+        input,
+        "the input is intact"
+    );
+
+    let nowhere = gw.dir.path().join("no-such-dir/report.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &nowhere, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write report") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    let mut a = gw.client("platform-a").await;
+    let stored = a
+        .list_workers(oip_gateway::proto::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .workers;
+    assert!(stored.is_empty(), "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_fails_mid_run_names_every_line_it_left_out() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("in.jsonl");
+    let lines: Vec<Vec<u8>> = (0..300)
+        .map(|i| worker_line(&format!("W{i:03}")).into_bytes())
+        .collect();
+    write_file(&file, &lines_of(&lines, false, false));
+    // A device that is always full: every write fails.
+    let out = run_submit(
+        &gw.endpoint(),
+        &file,
+        Path::new("/dev/full"),
+        &["--batch-size", "100"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot write the report"), "{err}");
+    assert!(err.contains("not in the report"), "{err}");
+    let from = resume_line(&err);
+    assert_eq!(from, 1, "nothing is in the report: {err}");
+    // What was answered was applied: a resend answers DUPLICATE for it.
+    let report = gw.dir.path().join("r.jsonl");
+    let again = run_submit(&gw.endpoint(), &file, &report, &["--from-line", "1"]);
+    assert!(again.status.success());
+    let dups = report_brief(&report)
+        .iter()
+        .filter(|l| l.2 == "DUPLICATE")
+        .count();
+    assert!(dups >= 100, "{dups} duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_standard_output_does_not_fail_a_complete_run() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("in.jsonl");
+    write_file(
+        &file,
+        &lines_of(&[worker_line("W1").into_bytes()], false, false),
+    );
+    let report = gw.dir.path().join("r.jsonl");
+    let mut child = submit_command(&gw.endpoint(), &file, &report, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let status = child.wait().expect("wait");
+    let err = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(report_brief(&report).len(), 1);
+}
+
+#[test]
+fn a_hangup_stops_reading_like_an_interrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = GatewayProcess::spawn(dir.path(), &[]);
+    let endpoint = format!("https://{}", gw.addr);
+    let input = fifo(dir.path());
+    let report = dir.path().join("r.jsonl");
+    let mut child = submit_command(&endpoint, &input, &report, &["--batch-size", "10"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn submit");
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .expect("open fifo");
+    let mut lines = vec![worker_line("W1").into_bytes()];
+    lines.extend(numbered_orders(2, 10));
+    writer
+        .write_all(&lines_of(&lines, false, false))
+        .expect("10 lines");
+    writer.flush().expect("flush");
+    await_report(&report, 10);
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(sent.success());
+    let status = wait_exit(&mut child);
+    let stderr = stderr_of(&mut child);
+    drop(writer);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not read: line 11 to the end"), "{stderr}");
 }

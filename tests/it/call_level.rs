@@ -455,3 +455,89 @@ fn a_full_batch_of_maximal_records_fits_the_message_limit() {
         .encoded_len()
     ));
 }
+
+#[tokio::test]
+async fn a_unary_call_without_its_message_is_invalid_argument() {
+    let gw = TestGateway::spawn().await;
+    let channel = role_channel(gw.addr, "platform-a").await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let err = grpc
+        .client_streaming(
+            tonic::Request::new(tokio_stream::empty::<Vec<u8>>()),
+            http::uri::PathAndQuery::from_static("/oip.v1.PlatformService/RegisterWorkers"),
+            Raw,
+        )
+        .await
+        .expect_err("no message");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("no message"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_malformed_deadline_is_refused_not_ignored() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    let mut req = tonic::Request::new(proto::RegisterWorkersRequest {
+        workers: workers(1),
+    });
+    req.metadata_mut()
+        .insert("grpc-timeout", "abc".parse().expect("ascii"));
+    let err = a.register_workers(req).await.expect_err("malformed");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("grpc-timeout"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn administrators_values_must_be_plausible_too() {
+    let gw = TestGateway::spawn().await;
+    let mut admin = gw.admin().await;
+    let grant = |expires_at: &str| proto::GrantRequest {
+        identity: TAX_ID.into(),
+        role: "tax".into(),
+        scopes: vec!["320500".into()],
+        expires_at: expires_at.into(),
+    };
+    for bad in [
+        "1751425200",
+        " 2027-01-01T00:00:00+08:00",
+        "1999-12-31T00:00:00+08:00",
+    ] {
+        let err = admin.put_grant(grant(bad)).await.expect_err(bad);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err:?}");
+    }
+    admin
+        .put_grant(grant("2099-01-01T00:00:00+08:00"))
+        .await
+        .expect("a plausible expiry");
+    let base = |from: &str, fen: i64| proto::RateTables {
+        base_rates: vec![proto::BaseRateRow {
+            industry: "INSTANT_DELIVERY".into(),
+            tier: "A".into(),
+            effective_from: from.into(),
+            fen_per_order: Some(fen),
+            recorded_at: String::new(),
+        }],
+        floats: vec![],
+    };
+    for (from, fen) in [
+        (" 2099-01-01", 7),
+        ("1970-01-01", 7),
+        ("9999-12-31", 7),
+        ("2027-01-01", i64::MAX),
+        ("2027-01-01", -1),
+    ] {
+        let err = admin.append_rates(base(from, fen)).await.expect_err(from);
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{from} {fen}: {err:?}"
+        );
+    }
+    // A long value is echoed cut, never whole.
+    let err = admin
+        .append_rates(base(&"9".repeat(50_000), 7))
+        .await
+        .expect_err("long");
+    assert!(err.message().len() < 400, "{}", err.message().len());
+}
