@@ -452,7 +452,7 @@ async fn implausible_births_times_and_periods_are_refused() {
         at("O2", "1751425200000000"),
         at("O3", "1970-01-21T06:30:25+08:00"),
         at("O4", "2025-07-02T11:00:00"),
-        at("O5", "17514252000000000000000000000"),
+        at("O5", &"9".repeat(31)),
         rec_declaration(declaration(
             "D1",
             "2021-12",
