@@ -575,12 +575,7 @@ impl AdminService for AdminApi {
             .query_audit(&query)
             .await
             .map_err(ApiError::from)?;
-        let more = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|last| last.seq.to_string())
-        } else {
-            None
-        };
+        let more = paging::one_past(&mut rows, limit, |last| last.seq.to_string());
         let entries = rows
             .into_iter()
             .map(|e| {
@@ -647,12 +642,7 @@ impl AdminService for AdminApi {
             .dead_letters(destination(&r.destination)?, after, limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let more = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|last| last.seq.to_string())
-        } else {
-            None
-        };
+        let more = paging::one_past(&mut rows, limit, |last| last.seq.to_string());
         let dead_letters = rows
             .into_iter()
             .map(|d| {

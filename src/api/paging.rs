@@ -57,6 +57,17 @@ pub fn key_of(listing: &str, token: &str) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Of `rows` read one past `limit` (to tell whether another page follows), keeps
+/// `limit` and returns the key to continue after when there were more.
+pub fn one_past<T>(rows: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(key)
+    } else {
+        None
+    }
+}
+
 /// Cuts `items` (with their keys) to `max_bytes` of encoded size, keeping at least one
 /// item; returns them with the key to continue after: the last kept item's when the
 /// page was cut, else `next` (the store's, when it has more).

@@ -281,14 +281,15 @@ fn the_gateway_going_away_mid_file_loses_no_answer_and_the_rest_resends() {
     assert!(whole.iter().all(|l| l.2 == "DUPLICATE"));
 }
 
-#[test]
-fn a_signal_stops_reading_and_keeps_every_answer() {
+/// Feeds `lines` lines to `submit` through a FIFO that stays open, waits for their
+/// answers, sends `signal`, and returns the exit status, stderr and report lines.
+fn stopped_by(signal: &str, lines: usize, batch: &str) -> (Option<i32>, String, usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = GatewayProcess::spawn(dir.path(), &[]);
     let endpoint = format!("https://{}", gw.addr);
     let input = fifo(dir.path());
     let report = dir.path().join("r.jsonl");
-    let mut child = submit_command(&endpoint, &input, &report, &["--batch-size", "50"])
+    let mut child = submit_command(&endpoint, &input, &report, &["--batch-size", batch])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -297,27 +298,43 @@ fn a_signal_stops_reading_and_keeps_every_answer() {
         .write(true)
         .open(&input)
         .expect("open fifo");
-    let mut lines = vec![worker_line("W1").into_bytes()];
-    lines.extend(numbered_orders(2, 150));
+    let mut all = vec![worker_line("W1").into_bytes()];
+    all.extend(numbered_orders(2, lines));
     writer
-        .write_all(&lines_of(&lines, false, false))
-        .expect("150 lines");
+        .write_all(&lines_of(&all, false, false))
+        .expect("the lines");
     writer.flush().expect("flush");
-    await_report(&report, 150);
+    await_report(&report, lines);
     // The file stays open (more could come): the signal alone stops the run.
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    let sent = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
         .status()
-        .expect("kill -INT");
-    assert!(killed.success());
+        .expect("kill");
+    assert!(sent.success());
     let status = wait_exit(&mut child);
     let stderr = stderr_of(&mut child);
     drop(writer);
-    assert_eq!(status.code(), Some(3), "{stderr}");
+    (status.code(), stderr, report_brief(&report).len())
+}
+
+#[test]
+fn a_signal_stops_reading_and_keeps_every_answer() {
+    let (code, stderr, reported) = stopped_by("-INT", 150, "50");
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("stopped by a signal"), "{stderr}");
     assert!(stderr.contains("not read: line 151 to the end"), "{stderr}");
     assert_eq!(resume_line(&stderr), 151);
-    assert_eq!(report_brief(&report).len(), 150);
+    assert_eq!(reported, 150);
+}
+
+#[test]
+fn a_hangup_or_a_terminate_stops_reading_like_an_interrupt() {
+    for signal in ["-HUP", "-TERM"] {
+        let (code, stderr, reported) = stopped_by(signal, 10, "10");
+        assert_eq!(code, Some(3), "{signal}: {stderr}");
+        assert!(stderr.contains("not read: line 11 to the end"), "{stderr}");
+        assert_eq!(reported, 10);
+    }
 }
 
 /// Reads `good` bytes, then fails.
@@ -555,39 +572,4 @@ async fn a_closed_standard_output_does_not_fail_a_complete_run() {
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(report_brief(&report).len(), 1);
-}
-
-#[test]
-fn a_hangup_stops_reading_like_an_interrupt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = GatewayProcess::spawn(dir.path(), &[]);
-    let endpoint = format!("https://{}", gw.addr);
-    let input = fifo(dir.path());
-    let report = dir.path().join("r.jsonl");
-    let mut child = submit_command(&endpoint, &input, &report, &["--batch-size", "10"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn submit");
-    let mut writer = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&input)
-        .expect("open fifo");
-    let mut lines = vec![worker_line("W1").into_bytes()];
-    lines.extend(numbered_orders(2, 10));
-    writer
-        .write_all(&lines_of(&lines, false, false))
-        .expect("10 lines");
-    writer.flush().expect("flush");
-    await_report(&report, 10);
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(sent.success());
-    let status = wait_exit(&mut child);
-    let stderr = stderr_of(&mut child);
-    drop(writer);
-    assert_eq!(status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("not read: line 11 to the end"), "{stderr}");
 }
