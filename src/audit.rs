@@ -6,7 +6,9 @@
 //!
 //! Entries are chained by hash (`domain::audit`). One writer task owns the head of
 //! the chain; entries of calls that arrive together are written in one transaction
-//! (group commit), so auditing costs one commit per burst, not one per call.
+//! (group commit), so auditing costs one commit per burst, not one per call. The layer
+//! also applies the call edge's conventions (`edge`), so that the entry records the
+//! status the caller was told.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -17,9 +19,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::deadline::{CallDeadline, parse_grpc_timeout};
+use crate::deadline::CallDeadline;
 use crate::domain::audit::{self, AuditEntry, ChainBreak};
 use crate::domain::time::{Millis, now_millis};
+use crate::edge::{self, BoxError, CallBody, Checked, header_code};
 use crate::identity::Principal;
 use crate::store::{Store, StoreError};
 
@@ -29,8 +32,6 @@ const QUEUE: usize = 4096;
 const GROUP: usize = 512;
 /// Longest scope kept in an entry, in characters.
 pub const MAX_SCOPE_CHARS: usize = 1000;
-/// Longest status message sent to a caller, in characters.
-pub const MAX_STATUS_MESSAGE_CHARS: usize = 1000;
 
 /// An entry before it has a seq (the writer assigns seq and hash in order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -430,33 +431,7 @@ where
         }
         let action = path.trim_start_matches('/').to_string();
         let trace = trace_of(req.headers());
-        // What the call is refused for before any handler runs (the spec's statuses,
-        // audited like any other answer).
-        let mut refusal = None;
-        let deadline = match req.headers().get("grpc-timeout") {
-            None => None,
-            Some(v) => match v.to_str().ok().and_then(parse_grpc_timeout) {
-                Some(d) => Some(CallDeadline::after(d)),
-                None => {
-                    refusal = Some(tonic::Status::invalid_argument(
-                        "the grpc-timeout header is malformed (up to 8 digits and a unit H, M, S, m, u or n); nothing was applied",
-                    ));
-                    None
-                }
-            },
-        };
-        let content_type = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let subtype = content_type.split(';').next().unwrap_or_default().trim();
-        if !matches!(subtype, "application/grpc" | "application/grpc+proto") {
-            refusal = Some(tonic::Status::unimplemented(format!(
-                "content type {} is not supported: send application/grpc (protobuf); nothing was applied",
-                crate::domain::outcome::truncate(subtype, 64)
-            )));
-        }
+        let Checked { deadline, refusal } = edge::check(req.headers());
         if let Some(d) = &deadline {
             req.extensions_mut().insert(d.clone());
         }
@@ -491,22 +466,7 @@ where
                 None => inner.call(req).await.map_err(Into::into)?,
             };
             // What the caller is told for a request tonic could not read.
-            if let Some(status) = tonic::Status::from_header_map(res.headers()) {
-                let (code, message) = (status.code(), status.message().to_string());
-                let mut mapped = crate::error::inbound(status);
-                if mapped.message().chars().count() > MAX_STATUS_MESSAGE_CHARS {
-                    mapped = tonic::Status::new(
-                        mapped.code(),
-                        crate::domain::outcome::truncate(
-                            mapped.message(),
-                            MAX_STATUS_MESSAGE_CHARS,
-                        ),
-                    );
-                }
-                if mapped.code() != code || mapped.message() != message {
-                    res = mapped.into_http();
-                }
-            }
+            edge::restate(&mut res);
             let (scope, records) = note.take();
             let outcome = if expired.as_ref().is_some_and(CallDeadline::expired)
                 && header_code(&res).is_none_or(|c| c == tonic::Code::Ok)
@@ -563,140 +523,6 @@ where
                 }
                 Box::pin(async move { Ok(head) })
             }
-        }
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The status code in a trailers-only response's headers, if any.
-fn header_code<B>(res: &http::Response<B>) -> Option<tonic::Code> {
-    res.headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
-}
-
-type Answer<B> =
-    Pin<Box<dyn std::future::Future<Output = Result<http::Response<B>, BoxError>> + Send>>;
-
-/// The body of an audited call: the handler's body as it is, or, for a call with a
-/// deadline whose headers were sent at once, the handler's answer when it comes (its
-/// body, or its trailers-only status as trailers), or DEADLINE_EXCEEDED when the
-/// deadline wins the race with the commit (`deadline`).
-pub struct CallBody<B> {
-    state: BodyState<B>,
-}
-
-enum BodyState<B> {
-    Waiting {
-        answer: Answer<B>,
-        deadline: CallDeadline,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    },
-    Body(Pin<Box<B>>),
-    Trailers(Option<http::HeaderMap>),
-    Done,
-}
-
-impl<B> CallBody<B> {
-    fn direct(body: B) -> Self {
-        Self {
-            state: BodyState::Body(Box::pin(body)),
-        }
-    }
-
-    fn deferred(answer: Answer<B>, deadline: CallDeadline) -> Self {
-        let timer = Some(Box::pin(tokio::time::sleep_until(deadline.at())));
-        Self {
-            state: BodyState::Waiting {
-                answer,
-                deadline,
-                timer,
-            },
-        }
-    }
-}
-
-/// The gRPC status headers of `status`, to send as trailers.
-fn status_trailers(status: tonic::Status) -> http::HeaderMap {
-    let mut headers = status.into_http::<()>().into_parts().0.headers;
-    headers.remove(http::header::CONTENT_TYPE);
-    headers
-}
-
-impl<B> http_body::Body for CallBody<B>
-where
-    B: http_body::Body<Data = bytes::Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        loop {
-            match &mut self.state {
-                BodyState::Waiting {
-                    answer,
-                    deadline,
-                    timer,
-                } => {
-                    if let Poll::Ready(res) = answer.as_mut().poll(cx) {
-                        self.state = match res {
-                            Ok(res) => {
-                                let (parts, body) = res.into_parts();
-                                if parts.headers.contains_key("grpc-status") {
-                                    let mut trailers = parts.headers;
-                                    trailers.remove(http::header::CONTENT_TYPE);
-                                    BodyState::Trailers(Some(trailers))
-                                } else {
-                                    BodyState::Body(Box::pin(body))
-                                }
-                            }
-                            Err(e) => BodyState::Trailers(Some(status_trailers(
-                                tonic::Status::internal(format!("the call failed: {e}")),
-                            ))),
-                        };
-                        continue;
-                    }
-                    if let Some(t) = timer {
-                        if t.as_mut().poll(cx).is_ready() {
-                            *timer = None;
-                            if deadline.expire() {
-                                // The handler will commit nothing now; it goes on to
-                                // write the call's audit entry, which says so.
-                                self.state = BodyState::Trailers(Some(status_trailers(
-                                    tonic::Status::deadline_exceeded(
-                                        crate::deadline::DeadlineExceeded.to_string(),
-                                    ),
-                                )));
-                                continue;
-                            }
-                            // A commit is under way: its outcome is the answer.
-                        }
-                    }
-                    return Poll::Pending;
-                }
-                BodyState::Body(b) => return b.as_mut().poll_frame(cx).map_err(Into::into),
-                BodyState::Trailers(t) => {
-                    let t = t.take().unwrap_or_default();
-                    self.state = BodyState::Done;
-                    return Poll::Ready(Some(Ok(http_body::Frame::trailers(t))));
-                }
-                BodyState::Done => return Poll::Ready(None),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.state {
-            BodyState::Body(b) => b.is_end_stream(),
-            BodyState::Done => true,
-            _ => false,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod crosscheck;
 pub mod deadline;
 pub mod domain;
+pub mod edge;
 pub mod error;
 pub mod forward;
 pub mod identity;

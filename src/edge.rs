@@ -1,0 +1,211 @@
+//! The call edge: gRPC conventions applied to every `oip.v1` call before and after its
+//! handler, by the audit layer (`audit::AuditLayer`), so that what the caller is told
+//! is what the audit log records (records.md, call-level errors):
+//! - a call with a malformed `grpc-timeout` is INVALID_ARGUMENT, one with a content type
+//!   other than protobuf UNIMPLEMENTED, before any handler runs ([`check`]);
+//! - a status tonic produced for a request it could not read is restated in the spec's
+//!   terms (`error::inbound`) and every status message is bounded ([`restate`]);
+//! - a call with a deadline answers its headers at once and the rest when the handler
+//!   ends or the deadline wins the race with the commit ([`CallBody`], `deadline`):
+//!   tonic's own timer would otherwise cut the call off as CANCELLED while a commit may
+//!   still complete.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::deadline::{CallDeadline, parse_grpc_timeout};
+
+/// Longest status message sent to a caller, in characters.
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 1000;
+
+/// What [`check`] found in a call's headers.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// The caller's deadline, when it sent one.
+    pub deadline: Option<CallDeadline>,
+    /// The status to answer without running the handler, if any.
+    pub refusal: Option<tonic::Status>,
+}
+
+/// Checks a call's headers: its deadline (`grpc-timeout`) and content type.
+pub fn check(headers: &http::HeaderMap) -> Checked {
+    let mut checked = Checked::default();
+    if let Some(v) = headers.get("grpc-timeout") {
+        match v.to_str().ok().and_then(parse_grpc_timeout) {
+            Some(d) => checked.deadline = Some(CallDeadline::after(d)),
+            None => {
+                checked.refusal = Some(tonic::Status::invalid_argument(
+                    "the grpc-timeout header is malformed (up to 8 digits and a unit H, M, S, m, u or n); nothing was applied",
+                ));
+            }
+        }
+    }
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let subtype = content_type.split(';').next().unwrap_or_default().trim();
+    if !matches!(subtype, "application/grpc" | "application/grpc+proto") {
+        checked.refusal = Some(tonic::Status::unimplemented(format!(
+            "content type {} is not supported: send application/grpc (protobuf); nothing was applied",
+            crate::domain::outcome::quoted(subtype)
+        )));
+    }
+    checked
+}
+
+/// Restates a trailers-only status in the spec's terms and bounds its message.
+pub fn restate<B: Default>(res: &mut http::Response<B>) {
+    let Some(status) = tonic::Status::from_header_map(res.headers()) else {
+        return;
+    };
+    let (code, message) = (status.code(), status.message().to_string());
+    let mut mapped = crate::error::inbound(status);
+    if mapped.message().chars().count() > MAX_STATUS_MESSAGE_CHARS {
+        mapped = tonic::Status::new(
+            mapped.code(),
+            crate::domain::outcome::truncate(mapped.message(), MAX_STATUS_MESSAGE_CHARS),
+        );
+    }
+    if mapped.code() != code || mapped.message() != message {
+        *res = mapped.into_http();
+    }
+}
+
+/// The error type of the edge's services and bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The status code in a trailers-only response's headers, if any.
+pub fn header_code<B>(res: &http::Response<B>) -> Option<tonic::Code> {
+    res.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// A handler's answer to come.
+pub type Answer<B> =
+    Pin<Box<dyn std::future::Future<Output = Result<http::Response<B>, BoxError>> + Send>>;
+
+/// The body of an audited call: the handler's body as it is, or, for a call with a
+/// deadline whose headers were sent at once, the handler's answer when it comes (its
+/// body, or its trailers-only status as trailers), or DEADLINE_EXCEEDED when the
+/// deadline wins the race with the commit (`deadline`).
+pub struct CallBody<B> {
+    state: BodyState<B>,
+}
+
+enum BodyState<B> {
+    Waiting {
+        answer: Answer<B>,
+        deadline: CallDeadline,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    Body(Pin<Box<B>>),
+    Trailers(Option<http::HeaderMap>),
+    Done,
+}
+
+impl<B> CallBody<B> {
+    /// The handler's body as it is.
+    pub fn direct(body: B) -> Self {
+        Self {
+            state: BodyState::Body(Box::pin(body)),
+        }
+    }
+
+    /// The handler's answer when it comes, or DEADLINE_EXCEEDED at `deadline`.
+    pub fn deferred(answer: Answer<B>, deadline: CallDeadline) -> Self {
+        let timer = Some(Box::pin(tokio::time::sleep_until(deadline.at())));
+        Self {
+            state: BodyState::Waiting {
+                answer,
+                deadline,
+                timer,
+            },
+        }
+    }
+}
+
+/// The gRPC status headers of `status`, to send as trailers.
+fn status_trailers(status: tonic::Status) -> http::HeaderMap {
+    let mut headers = status.into_http::<()>().into_parts().0.headers;
+    headers.remove(http::header::CONTENT_TYPE);
+    headers
+}
+
+impl<B> http_body::Body for CallBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        loop {
+            match &mut self.state {
+                BodyState::Waiting {
+                    answer,
+                    deadline,
+                    timer,
+                } => {
+                    if let Poll::Ready(res) = answer.as_mut().poll(cx) {
+                        self.state = match res {
+                            Ok(res) => {
+                                let (parts, body) = res.into_parts();
+                                if parts.headers.contains_key("grpc-status") {
+                                    let mut trailers = parts.headers;
+                                    trailers.remove(http::header::CONTENT_TYPE);
+                                    BodyState::Trailers(Some(trailers))
+                                } else {
+                                    BodyState::Body(Box::pin(body))
+                                }
+                            }
+                            Err(e) => BodyState::Trailers(Some(status_trailers(
+                                tonic::Status::internal(format!("the call failed: {e}")),
+                            ))),
+                        };
+                        continue;
+                    }
+                    if let Some(t) = timer {
+                        if t.as_mut().poll(cx).is_ready() {
+                            *timer = None;
+                            if deadline.expire() {
+                                // The handler will commit nothing now; it goes on to
+                                // write the call's audit entry, which says so.
+                                self.state = BodyState::Trailers(Some(status_trailers(
+                                    tonic::Status::deadline_exceeded(
+                                        crate::deadline::DeadlineExceeded.to_string(),
+                                    ),
+                                )));
+                                continue;
+                            }
+                            // A commit is under way: its outcome is the answer.
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                BodyState::Body(b) => return b.as_mut().poll_frame(cx).map_err(Into::into),
+                BodyState::Trailers(t) => {
+                    let t = t.take().unwrap_or_default();
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Some(Ok(http_body::Frame::trailers(t))));
+                }
+                BodyState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            BodyState::Body(b) => b.is_end_stream(),
+            BodyState::Done => true,
+            _ => false,
+        }
+    }
+}
