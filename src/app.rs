@@ -374,13 +374,20 @@ impl Gateway {
 
     /// Runs until the server task ends (it does not on its own) or ctrl-c / SIGTERM.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        // SIGTERM (service managers) and SIGHUP (a closed terminal) stop it gracefully,
+        // like Ctrl-C.
         let term = async {
             #[cfg(unix)]
             {
-                if let Ok(mut s) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    s.recv().await;
+                use tokio::signal::unix::{SignalKind, signal};
+                if let (Ok(mut t), Ok(mut h)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = h.recv() => {}
+                    }
                     return;
                 }
             }

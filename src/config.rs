@@ -113,6 +113,9 @@ pub struct Limits {
     /// No declaration may be for an earlier month (INVALID_PERIOD); default 2022-07,
     /// the scheme's first month (domain.md, Timeline).
     pub earliest_period: Period,
+    /// Longest order from accepted_at to completed_at, in hours (INVALID_TIME_RANGE);
+    /// default 72 (intra-city work; the spec leaves it open).
+    pub max_order_hours: u32,
 }
 
 impl Limits {
@@ -122,6 +125,7 @@ impl Limits {
             max_future_ms: self.max_future_secs * 1000,
             earliest: self.earliest_time.timestamp_millis(),
             earliest_period: self.earliest_period,
+            max_order_ms: i64::from(self.max_order_hours) * 3_600_000,
         }
     }
 }
@@ -140,6 +144,7 @@ impl Default for Limits {
                 .unwrap_or_default()
                 .with_timezone(&crate::domain::time::shanghai()),
             earliest_period: bounds.earliest_period,
+            max_order_hours: u32::try_from(bounds.max_order_ms / 3_600_000).unwrap_or(72),
         }
     }
 }
@@ -499,6 +504,12 @@ impl Config {
         }
         if self.limits.earliest_time.timestamp_millis() > crate::domain::time::now_millis() {
             return Err(invalid("limits.earliest_time", "must not be in the future"));
+        }
+        if !(1..=24 * 365).contains(&self.limits.max_order_hours) {
+            return Err(invalid(
+                "limits.max_order_hours",
+                "must be between 1 and 8760",
+            ));
         }
         if !(0..=3600).contains(&self.limits.max_future_secs) {
             return Err(invalid(

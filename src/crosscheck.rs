@@ -290,8 +290,20 @@ pub struct Rules<'a> {
     pub accident_margin_ms: i64,
 }
 
+/// Every accepted revision of the batch, in order, for the backends.
+#[derive(Debug, Default, Clone)]
+pub struct Revisions {
+    pub workers: Vec<Write<Worker>>,
+    pub orders: Vec<Write<Order>>,
+    pub declarations: Vec<Write<Declaration>>,
+    /// The figures of each of `declarations`, at its position in the batch.
+    pub declaration_figures: Vec<Reconciliation>,
+    pub accidents: Vec<Write<Accident>>,
+}
+
 /// The outcome of every record, in input order, and the writes that realise them.
-/// Each id appears at most once per kind (the last accepted revision).
+/// Each id appears at most once per kind in the store's writes (the last accepted
+/// revision, in the order of last writes); `revisions` has every one.
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub outcomes: Vec<Outcome>,
@@ -303,6 +315,8 @@ pub struct Plan {
     pub orders: Vec<Write<Order>>,
     pub declarations: Vec<Write<Declaration>>,
     pub accidents: Vec<Write<Accident>>,
+    /// Every accepted revision, for the backends.
+    pub revisions: Revisions,
     pub rejections: Vec<RejectionRow>,
     /// Changes to billable counts of volume statements (zero entries removed).
     pub statement_deltas: BTreeMap<StatementKey, i64>,
@@ -328,32 +342,51 @@ impl Plan {
     }
 }
 
-/// Writes of one kind, one per id (a later revision in the same batch replaces the
-/// earlier one, and is a correction only if the first write was).
+/// Writes of one kind: one per id for the store, in the order of each id's last write
+/// (a later revision in the same batch replaces the earlier one, and is a correction
+/// only if the first write was), and every accepted revision in order, for the
+/// backends (each revision of a record is forwarded, whatever the chunking).
 struct Writes<T> {
-    list: Vec<Write<T>>,
+    latest: Vec<Option<Write<T>>>,
     pos: HashMap<String, usize>,
+    revisions: Vec<Write<T>>,
 }
 
-impl<T> Writes<T> {
+impl<T: Clone> Writes<T> {
     fn new() -> Self {
         Self {
-            list: Vec::new(),
+            latest: Vec::new(),
             pos: HashMap::new(),
+            revisions: Vec::new(),
         }
     }
 
     fn push(&mut self, id: &str, w: Write<T>) {
-        match self.pos.get(id) {
+        let first_correction = match self.pos.get(id) {
             Some(&i) => {
-                let correction = self.list[i].correction;
-                self.list[i] = Write { correction, ..w };
+                let earlier = self.latest[i].take();
+                // A second revision in the batch corrects the first.
+                self.revisions.push(Write {
+                    correction: true,
+                    ..w.clone()
+                });
+                earlier.map_or(w.correction, |e| e.correction)
             }
             None => {
-                self.pos.insert(id.to_string(), self.list.len());
-                self.list.push(w);
+                self.revisions.push(w.clone());
+                w.correction
             }
-        }
+        };
+        self.pos.insert(id.to_string(), self.latest.len());
+        self.latest.push(Some(Write {
+            correction: first_correction,
+            ..w
+        }));
+    }
+
+    /// The store's writes and every revision.
+    fn finish(self) -> (Vec<Write<T>>, Vec<Write<T>>) {
+        (self.latest.into_iter().flatten().collect(), self.revisions)
     }
 }
 
@@ -685,6 +718,7 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
                             correction,
                         },
                     );
+                    plan.revisions.declaration_figures.push(figures);
                     Outcome::Accepted { warnings }
                 })
             }
@@ -734,10 +768,10 @@ pub fn decide(rules: &Rules<'_>, candidates: Vec<Candidate>, known: &mut Known) 
     plan.statement_deltas.retain(|_, v| *v != 0);
     plan.statement_sends = statement_sends(rules, known, &plan.statement_deltas, &sent);
     plan.reconciliation_updates = reconciliation_updates(rules, known, &plan);
-    plan.workers = workers.list;
-    plan.orders = orders.list;
-    plan.declarations = declarations.list;
-    plan.accidents = accidents.list;
+    (plan.workers, plan.revisions.workers) = workers.finish();
+    (plan.orders, plan.revisions.orders) = orders.finish();
+    (plan.declarations, plan.revisions.declarations) = declarations.finish();
+    (plan.accidents, plan.revisions.accidents) = accidents.finish();
     plan.enrolment_deltas.retain(|_, v| *v != 0);
     plan
 }

@@ -26,6 +26,8 @@ pub struct CallDeadline(Arc<Inner>);
 struct Inner {
     at: Instant,
     state: AtomicU8,
+    /// The handler answers the deadline itself (a stream that says how far it got).
+    owned: std::sync::atomic::AtomicBool,
 }
 
 /// The deadline passed before the commit: nothing was applied.
@@ -53,7 +55,25 @@ impl CallDeadline {
         Self(Arc::new(Inner {
             at: Instant::now() + after,
             state: AtomicU8::new(OPEN),
+            owned: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The handler will answer the deadline itself (a stream, which can say how far it
+    /// got): the edge then waits for its answer instead of answering at the deadline.
+    pub fn own(&self) {
+        self.0.owned.store(true, Ordering::Release);
+    }
+
+    /// Whether the handler answers the deadline itself.
+    pub fn is_owned(&self) -> bool {
+        self.0.owned.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the deadline passes; the call is then expired unless a commit is
+    /// under way (see [`CallDeadline::expire`]).
+    pub async fn passed(&self) {
+        tokio::time::sleep_until(self.0.at).await;
     }
 
     /// When the deadline passes.

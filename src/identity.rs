@@ -45,7 +45,7 @@ pub enum IdentityError {
 impl Principal {
     /// Parses an identity URI such as `oip://platform/91320100MA1PLTA0X7`.
     pub fn from_uri(uri: &str) -> Result<Self, IdentityError> {
-        let malformed = || IdentityError::Malformed(crate::domain::outcome::echo(uri));
+        let malformed = || IdentityError::Malformed(crate::domain::outcome::quoted(uri));
         let rest = uri.strip_prefix(SCHEME).ok_or_else(malformed)?;
         let (role, subject) = rest.split_once('/').ok_or_else(malformed)?;
         let role = Role::parse(role).ok_or_else(malformed)?;

@@ -198,8 +198,8 @@ struct SubmitArgs {
     no_compress: bool,
     /// Skip the lines before this line number: resend the tail of a file after an
     /// interrupted run (the summary names the line).
-    #[arg(long, default_value_t = 1)]
-    from_line: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    from_line: u64,
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -223,7 +223,7 @@ async fn submit_command(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         window: a.window,
         progress: !a.quiet,
         compress: !a.no_compress,
-        from_line: a.from_line,
+        from_line: usize::try_from(a.from_line).unwrap_or(usize::MAX),
     };
     let summary = submit::run(&opts, stop_requests()).await?;
     submit::print_summary(&summary);

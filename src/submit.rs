@@ -349,7 +349,7 @@ impl Reader {
 
 /// Reads the input into chunks: each chunk's records go to the call and its lines to
 /// the report writer, until the end, a read error, a stop request or a halt.
-async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: Reader) {
+async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: Reader) -> usize {
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, input), MAX_LINE_BYTES);
     let (mut records, mut chunk, mut bytes) = (Vec::new(), Chunk::new(), 0usize);
     let mut number = 0usize;
@@ -432,6 +432,7 @@ async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: 
     if let Some(why) = stopped {
         let _ = io.chunks.send(Read::Stopped(number + 1, why));
     }
+    number
 }
 
 /// A stop receiver for callers without signals (benchmarks, library use).
@@ -458,17 +459,31 @@ pub async fn run(opts: &SubmitOptions, stop: watch::Receiver<u32>) -> anyhow::Re
         .await
         .with_context(|| format!("cannot read {}", opts.file.display()))?;
     let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    // Look at the first bytes without consuming them (the input may be a pipe).
-    let mut input = BufReader::new(file);
-    let head = input
-        .fill_buf()
-        .await
-        .with_context(|| format!("cannot read {}", opts.file.display()))?;
-    if let Some(what) = not_json_lines(head) {
+    // Read at least the first 4 bytes (however a pipe delivers them; up to 4 KiB from a
+    // file) to tell what the file is, then read on from there.
+    let mut file = file;
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    while head.len() < MAGIC_BYTES {
+        let mut buf = vec![0u8; SNIFF_BYTES - head.len()];
+        let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
+            .await
+            .with_context(|| format!("cannot read {}", opts.file.display()))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    if let Some(what) = not_json_lines(&head) {
         return Err(anyhow!("{} {what}; nothing was sent", opts.file.display()));
     }
+    let input = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(head), file);
     run_input(opts, input, total, stop).await
 }
+
+/// How much of a file is read at most to tell what it is...
+const SNIFF_BYTES: usize = 4096;
+/// ...and at least (the longest byte-order mark or magic number checked).
+const MAGIC_BYTES: usize = 4;
 
 /// Whether `a` and `b` name the same file (through links or `..`, too).
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
@@ -497,7 +512,7 @@ pub fn not_json_lines(head: &[u8]) -> Option<&'static str> {
         Some("is gzip-compressed: decompress it first (submit compresses what it sends)")
     } else if starts(b"PK\x03\x04") {
         Some("is a ZIP archive (a spreadsheet?): export it as UTF-8 JSON Lines")
-    } else if head.iter().take(4096).any(|b| *b == 0) {
+    } else if head.iter().take(SNIFF_BYTES).any(|b| *b == 0) {
         Some(
             "has NUL bytes: it looks like UTF-16 or UTF-32 without a byte-order mark, or a binary file; save it as UTF-8",
         )
@@ -612,9 +627,15 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         let rate = summary.records as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("{} records, {rate:.0} records/s", summary.records));
     }
-    reader
+    let lines_read = reader
         .await
         .map_err(|e| anyhow!("the file reader failed: {e}"))?;
+    if lines_read < opts.from_line && summary.records == 0 && summary.unanswered.is_empty() {
+        return Err(anyhow!(
+            "--from-line {} is past the end of the input ({lines_read} lines); nothing was sent",
+            opts.from_line
+        ));
+    }
     if let Err(e) = report.finish().await {
         failed.get_or_insert(format!("cannot write the report: {e:#}"));
     }
@@ -663,6 +684,8 @@ struct Report {
     file: Option<tokio::fs::File>,
     buf: Vec<u8>,
     failed: bool,
+    /// Bytes of whole lines written so far (a failed write is cut back to it).
+    written: u64,
 }
 
 impl Report {
@@ -686,6 +709,7 @@ impl Report {
             file,
             buf: Vec::with_capacity(1 << 16),
             failed: false,
+            written: 0,
         })
     }
 
@@ -720,8 +744,14 @@ impl Report {
         .await;
         if let Err(e) = written {
             self.failed = true;
+            // A torn last line would contradict the summary: cut the file back to the
+            // whole lines before it (best effort; a device has no length).
+            if file.metadata().await.is_ok_and(|m| m.is_file()) {
+                let _ = file.set_len(self.written).await;
+            }
             return Err(anyhow!("cannot write the report: {e}"));
         }
+        self.written += self.buf.len() as u64;
         Ok(())
     }
 

@@ -48,16 +48,19 @@ pub struct Bounds {
     pub earliest: Millis,
     /// No declaration for a month before this one.
     pub earliest_period: Period,
+    /// Longest order, from accepted_at to completed_at, in milliseconds.
+    pub max_order_ms: i64,
 }
 
 impl Default for Bounds {
     /// 5 minutes of skew; 2000-01-01T00:00:00+08:00; 2022-07 (the scheme's first
-    /// month, domain.md).
+    /// month, domain.md); orders of at most 72 hours.
     fn default() -> Self {
         Self {
             max_future_ms: 300_000,
             earliest: 946_656_000_000,
             earliest_period: Period::parse("2022-07").unwrap_or_else(|| unreachable!()),
+            max_order_ms: 72 * 3_600_000,
         }
     }
 }
@@ -450,6 +453,16 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
             "completed_at is before accepted_at",
         ));
     }
+    if completed_at.is_some_and(|c| c - accepted_at > ctx.bounds.max_order_ms) {
+        return Err(reject(
+            ErrorCode::InvalidTimeRange,
+            "completed_at",
+            format!(
+                "completed_at is more than {} hours after accepted_at",
+                ctx.bounds.max_order_ms / 3_600_000
+            ),
+        ));
+    }
     let vehicle_plate = optional(&o.vehicle_plate, "vehicle_plate", ErrorCode::InvalidPlate)?
         .map(|v| {
             Plate::parse(v).map_err(|_| {
@@ -474,14 +487,25 @@ pub fn order(o: &proto::Order, ctx: &Context<'_>) -> Result<Order> {
     })
 }
 
-/// A required whole number ≥ 0 (records.md: absent is never 0).
-fn amount(v: Option<i64>, field: &str) -> Result<i64> {
+/// Most billable orders one declaration may state (a trillion: far above any
+/// platform's month, far below where sums could overflow).
+pub const MAX_DECLARED_ORDERS: i64 = 1_000_000_000_000;
+/// Largest fee one declaration may state, in fen (a trillion yuan).
+pub const MAX_DECLARED_FEN: i64 = 100_000_000_000_000;
+
+/// A required whole number from 0 to `max` (records.md: absent is never 0).
+fn amount(v: Option<i64>, field: &str, max: i64) -> Result<i64> {
     match v {
         None => Err(Rejection::missing(field)),
         Some(v) if v < 0 => Err(reject(
             ErrorCode::InvalidAmount,
             field,
             format!("{field} must not be negative"),
+        )),
+        Some(v) if v > max => Err(reject(
+            ErrorCode::InvalidAmount,
+            field,
+            format!("{field} is implausibly large (at most {max})"),
         )),
         Some(v) => Ok(v),
     }
@@ -519,8 +543,8 @@ pub fn declaration(d: &proto::Declaration, ctx: &Context<'_>) -> Result<Declarat
     let division_code = division(&d.division_code, ctx, false)?;
     let industry = industry(&d.industry, "industry", ctx)?;
     let figures = Figures {
-        order_count: amount(d.order_count, "order_count")?,
-        amount_fen: amount(d.amount_fen, "amount_fen")?,
+        order_count: amount(d.order_count, "order_count", MAX_DECLARED_ORDERS)?,
+        amount_fen: amount(d.amount_fen, "amount_fen", MAX_DECLARED_FEN)?,
     };
     Ok(Declaration {
         declaration_id: declaration_id.to_string(),

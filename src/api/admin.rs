@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::access::{Access, Grant, Role};
 use crate::api::paging;
 use crate::audit;
+use crate::deadline::{CallDeadline, CommitGuard};
 use crate::domain::PlatformProfile;
 use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
 use crate::domain::ids::CreditCode;
@@ -36,6 +37,19 @@ pub struct AdminApi {
     pub auditor: audit::Auditor,
     /// Largest listing page, in encoded bytes (`limits.max_page_bytes`).
     pub max_page_bytes: usize,
+}
+
+/// Most scopes granted or revoked in one call.
+const MAX_SCOPES: usize = 1000;
+
+/// The commit gate of an administrator's change, taken right before it is written:
+/// Err (nothing applied) when the caller's deadline has passed; while the guard lives,
+/// the deadline cannot answer DEADLINE_EXCEEDED for a change being written.
+fn gate(deadline: Option<&CallDeadline>) -> Result<Option<CommitGuard>, ApiError> {
+    deadline
+        .map(CallDeadline::begin_commit)
+        .transpose()
+        .map_err(Into::into)
 }
 
 /// Longest platform name, in characters.
@@ -134,10 +148,11 @@ fn registration(
     }
     if r.name.chars().count() > MAX_PLATFORM_NAME_CHARS
         || r.name.chars().any(char::is_control)
+        || crate::domain::ids::has_invisible(&r.name)
         || r.name.trim() != r.name
     {
         return Err(bad(format!(
-            "name: 1..{MAX_PLATFORM_NAME_CHARS} characters, no control characters, no surrounding spaces"
+            "name: 1..{MAX_PLATFORM_NAME_CHARS} characters, no control or invisible characters, no surrounding spaces"
         )));
     }
     if r.industries.is_empty() {
@@ -310,6 +325,7 @@ impl AdminApi {
             }
         );
         let by = self.changer(&req, scope).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let r = req.into_inner();
         let by_seqs = !r.seqs.is_empty();
         if r.all == by_seqs {
@@ -322,6 +338,7 @@ impl AdminApi {
             destination: destination(&r.destination)?,
             seqs: r.seqs,
         };
+        let _gate = gate(deadline.as_ref())?;
         let changed = self
             .store
             .handle_dead_letters(&selection, action, &by, now_millis())
@@ -340,7 +357,9 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::PlatformRegistration>, Status> {
         self.changer(&req, req.get_ref().uscc.clone()).await?;
         audit::note(&req, req.get_ref().uscc.clone(), 1);
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
         let reg = registration(req.into_inner(), &self.reference)?;
+        let _gate = gate(deadline.as_ref())?;
         let profile = self
             .store
             .upsert_platform(&reg)
@@ -372,8 +391,8 @@ impl AdminService for AdminApi {
         audit::note(&req, scope, r.scopes.len() as i64);
         let role = role(&r.role)?;
         let expires_at = opt_time("expires_at", &r.expires_at)?;
-        if r.scopes.is_empty() {
-            return Err(bad("scopes: at least one").into());
+        if r.scopes.is_empty() || r.scopes.len() > MAX_SCOPES {
+            return Err(bad(format!("scopes: 1..{MAX_SCOPES} in one call")).into());
         }
         let grants = r
             .scopes
@@ -389,6 +408,7 @@ impl AdminService for AdminApi {
                 Ok(g)
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
+        let _gate = gate(req.extensions().get::<CallDeadline>())?;
         self.store
             .put_grants(&grants, &by, now_millis())
             .await
@@ -414,6 +434,10 @@ impl AdminService for AdminApi {
             )
             .await?;
         let role = role(&r.role)?;
+        if r.scopes.len() > MAX_SCOPES {
+            return Err(bad(format!("scopes: at most {MAX_SCOPES} in one call")).into());
+        }
+        let _gate = gate(req.extensions().get::<CallDeadline>())?;
         let revoked = self
             .store
             .revoke_grants(&r.identity, role, &r.scopes)
@@ -542,6 +566,7 @@ impl AdminService for AdminApi {
             scope.into_iter().collect::<Vec<_>>().join(","),
             (bases.len() + floats.len()) as i64,
         );
+        let _gate = gate(req.extensions().get::<CallDeadline>())?;
         self.store
             .append_rates(&bases, &floats)
             .await

@@ -330,13 +330,33 @@ impl PlatformApi {
             ..Default::default()
         };
         let mut seen = 0usize;
-        while let Some(msg) = stream.message().await.map_err(|s| {
-            let s = error::inbound(s);
-            Status::new(
-                s.code(),
-                format!("{}; records before index {seen} were applied", s.message()),
-            )
-        })? {
+        if let Some(d) = deadline {
+            d.own();
+        }
+        loop {
+            let next = match deadline {
+                None => stream.message().await,
+                Some(d) => tokio::select! {
+                    m = stream.message() => m,
+                    () = d.passed() => {
+                        d.expire();
+                        return Err(ApiError::DeadlineExceeded(format!(
+                            "the caller's deadline passed while the stream was open; records before index {seen} were applied (see ListRejections and the stored records), the rest were not"
+                        ))
+                        .into());
+                    }
+                },
+            };
+            let Some(msg) = next.map_err(|s| {
+                let s = error::inbound(s);
+                Status::new(
+                    s.code(),
+                    format!("{}; records before index {seen} were applied", s.message()),
+                )
+            })?
+            else {
+                break;
+            };
             let items = items_of(msg);
             if seen + items.len() > self.limits.max_stream_records {
                 return Err(ApiError::InvalidArgument(format!(
@@ -350,8 +370,8 @@ impl PlatformApi {
             self.apply(platform, &items, seen, &mut out, deadline)
                 .await
                 .map_err(|e| match e {
-                    ApiError::DeadlineExceeded(m) => ApiError::DeadlineExceeded(format!(
-                        "{m}; records before index {seen} were applied"
+                    ApiError::DeadlineExceeded(_) => ApiError::DeadlineExceeded(format!(
+                        "the caller's deadline passed before this chunk committed; records before index {seen} were applied, the rest were not"
                     )),
                     other => other,
                 })?;
@@ -714,10 +734,28 @@ impl PlatformService for PlatformApi {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
+        if let Some(d) = &deadline {
+            d.own();
+        }
         tokio::spawn(async move {
             let mut seen = 0usize;
             loop {
-                let records = match inbound.message().await {
+                let next = match &deadline {
+                    None => inbound.message().await,
+                    Some(d) => tokio::select! {
+                        m = inbound.message() => m,
+                        () = d.passed() => {
+                            d.expire();
+                            let _ = tx
+                                .send(Err(Status::deadline_exceeded(format!(
+                                    "the caller's deadline passed while the stream was open; the chunks before it were applied and answered (records before index {seen}), the rest were not"
+                                ))))
+                                .await;
+                            break;
+                        }
+                    },
+                };
+                let records = match next {
                     Ok(Some(m)) => m.records,
                     Ok(None) => break,
                     Err(status) => {
@@ -744,6 +782,14 @@ impl PlatformService for PlatformApi {
                     .await
                 {
                     Ok(out) => out,
+                    Err(ApiError::DeadlineExceeded(_)) => {
+                        let _ = tx
+                            .send(Err(Status::deadline_exceeded(format!(
+                                "the caller's deadline passed before this chunk committed; the chunks before it were applied and answered (records before index {seen}), this one and the rest were not"
+                            ))))
+                            .await;
+                        break;
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         break;

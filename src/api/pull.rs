@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{Access, DivisionScope, Role};
 use crate::audit::{self, Auditor, Event};
+use crate::deadline::CallDeadline;
 use crate::domain::ids::CreditCode;
 use crate::domain::outcome::quoted;
 use crate::domain::period::Period;
@@ -135,6 +136,8 @@ struct Pull {
     since: i64,
     end: i64,
     max_records: u32,
+    /// The caller's deadline: the pull stops at it, between pages.
+    deadline: Option<CallDeadline>,
 }
 
 /// Who pulls, for the page entries.
@@ -218,6 +221,7 @@ impl Puller {
             since,
             end,
             max_records: r.max_records,
+            deadline: req.extensions().get::<CallDeadline>().cloned(),
         })
     }
 
@@ -248,12 +252,24 @@ impl Puller {
             since,
             end,
             max_records,
+            deadline,
         } = pull;
+        if let Some(d) = &deadline {
+            d.own();
+        }
         tokio::spawn(async move {
             let mut cursor = since;
             let mut sent = 0u64;
             let limit = (max_records > 0).then_some(u64::from(max_records));
             while cursor < end && limit.is_none_or(|l| sent < l) {
+                if deadline.as_ref().is_some_and(|d| d.check().is_err()) {
+                    let _ = tx
+                        .send(Err(Status::deadline_exceeded(
+                            "the caller's deadline passed during the pull; resume from the last cursor received",
+                        )))
+                        .await;
+                    return;
+                }
                 // A grant revoked or expired during a long pull ends it.
                 if let Err(status) = still_granted(&access, &caller, &filter).await {
                     let _ = tx.send(Err(status)).await;

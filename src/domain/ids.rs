@@ -433,6 +433,11 @@ pub enum NameError {
     InvisibleCharacter,
 }
 
+/// Whether `s` holds an invisible formatting character (see [`NameError`]).
+pub fn has_invisible(s: &str) -> bool {
+    s.chars().any(is_invisible)
+}
+
 /// Invisible formatting characters (Unicode category Cf) that may hide in copied text.
 fn is_invisible(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')

@@ -235,20 +235,22 @@ pub fn items(
     enrolments_before: &HashMap<EnrolmentKey, i64>,
     batch: u64,
 ) -> Vec<OutboxItem> {
+    let r = &plan.revisions;
     let mut out = Vec::with_capacity(
-        plan.workers.len() + plan.orders.len() + plan.accidents.len() + plan.declarations.len(),
+        r.workers.len() + r.orders.len() + r.accidents.len() + r.declarations.len(),
     );
+    // Every accepted revision is forwarded, in order (one idempotency key each).
     out.extend(social_security(
         platform,
         "worker",
-        &plan.workers,
+        &r.workers,
         |w: &Worker| (&w.worker_id, w.revision),
         |w| social_security_item::Payload::Worker(worker(w)),
     ));
     out.extend(social_security(
         platform,
         "order",
-        &plan.orders,
+        &r.orders,
         |o: &Order| (&o.order_id, o.revision),
         |o| social_security_item::Payload::Order(order(o)),
     ));
@@ -256,7 +258,7 @@ pub fn items(
     out.extend(social_security(
         platform,
         "accident",
-        &plan.accidents,
+        &r.accidents,
         |a: &Accident| (&a.report_id, a.revision),
         |a| social_security_item::Payload::Accident(accident(a)),
     ));
@@ -267,7 +269,7 @@ pub fn items(
             .map(|s| (&s.statement, s.correction)),
         batch,
     ));
-    for w in &plan.declarations {
+    for (w, figures) in r.declarations.iter().zip(&r.declaration_figures) {
         let d = &w.record;
         let (record_key, header) = header(
             platform,
@@ -276,13 +278,7 @@ pub fn items(
             d.revision,
             w.correction,
         );
-        let reconciliation = plan.declaration_figures.get(&d.declaration_id);
-        out.push(tax(
-            record_key,
-            header,
-            declaration(d, reconciliation),
-            None,
-        ));
+        out.push(tax(record_key, header, declaration(d, Some(figures)), None));
     }
     // The same revision with new computed figures: a correction of what tax holds.
     for (d, reconciliation) in &plan.reconciliation_updates {

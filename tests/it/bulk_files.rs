@@ -573,3 +573,52 @@ async fn a_closed_standard_output_does_not_fail_a_complete_run() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(report_brief(&report).len(), 1);
 }
+
+#[test]
+fn a_pipe_is_sniffed_however_its_first_bytes_arrive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = GatewayProcess::spawn(dir.path(), &[]);
+    let endpoint = format!("https://{}", gw.addr);
+    let input = fifo(dir.path());
+    let report = dir.path().join("r.jsonl");
+    let mut child = submit_command(&endpoint, &input, &report, &[])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn submit");
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .expect("open fifo");
+    let mut utf16 = vec![0xFF, 0xFE];
+    for u in worker_line("W1").encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    // One byte, a pause, then the rest.
+    writer.write_all(&utf16[..1]).expect("one byte");
+    writer.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(300));
+    writer.write_all(&utf16[1..]).expect("the rest");
+    drop(writer);
+    let status = wait_exit(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("UTF-16"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_from_line_past_the_end_or_zero_is_refused() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("in.jsonl");
+    write_file(
+        &file,
+        &lines_of(&[worker_line("W1").into_bytes()], false, false),
+    );
+    let report = gw.dir.path().join("r.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &report, &["--from-line", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("past the end of the input (1 lines)"), "{err}");
+    let out = run_submit(&gw.endpoint(), &file, &report, &["--from-line", "0"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}

@@ -544,3 +544,124 @@ async fn administrators_values_must_be_plausible_too() {
         .expect_err("long");
     assert!(err.message().len() < 400, "{}", err.message().len());
 }
+
+#[tokio::test]
+async fn an_administrators_change_past_its_deadline_is_not_made() {
+    let gw = TestGateway::spawn().await;
+    let mut admin = gw.admin().await;
+    for i in 0..5 {
+        let identity = format!("oip://tax/late-{i}");
+        let mut req = tonic::Request::new(proto::GrantRequest {
+            identity: identity.clone(),
+            role: "tax".into(),
+            scopes: vec!["320500".into()],
+            expires_at: String::new(),
+        });
+        req.set_timeout(Duration::from_nanos(1));
+        let answer = admin.put_grant(req).await;
+        let granted = !admin
+            .list_grants(proto::ListGrantsRequest { identity })
+            .await
+            .expect("list")
+            .into_inner()
+            .grants
+            .is_empty();
+        match answer {
+            Ok(_) => assert!(granted, "answered OK: the grant is made"),
+            Err(e) => assert!(!granted, "answered {e:?}, yet the grant was made"),
+        }
+    }
+    // Too many scopes in one call is the caller's fault, not the storage's.
+    let err = admin
+        .put_grant(proto::GrantRequest {
+            identity: TAX_ID.into(),
+            role: "tax".into(),
+            scopes: vec!["320100".into(); 7000],
+            expires_at: String::new(),
+        })
+        .await
+        .expect_err("7000 scopes");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_its_deadline_says_how_far_it_got() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(proto::RegisterWorkersRequest {
+        workers: workers(3),
+    })
+    .await
+    .expect("first chunk");
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.set_timeout(Duration::from_millis(500));
+    let call = tokio::spawn(async move { a.stream_workers(req).await });
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let _ = tx
+        .send(proto::RegisterWorkersRequest {
+            workers: workers(5),
+        })
+        .await;
+    drop(tx);
+    let err = call.await.expect("task").expect_err("past the deadline");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message()
+            .contains("records before index 3 were applied"),
+        "{}",
+        err.message()
+    );
+    let mut a = gw.client("platform-a").await;
+    let stored = a
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .workers
+        .len();
+    assert_eq!(stored, 3, "the first chunk, and only it");
+
+    // A pull stops at its deadline too (between pages), with a cursor to resume.
+    let mut tax = gw.tax().await;
+    let mut admin = gw.admin().await;
+    grant(&mut admin, TAX_ID, "tax", &["320000"]).await;
+    let mut req = tonic::Request::new(proto::PullRequest::default());
+    req.set_timeout(Duration::from_nanos(1));
+    match tax.pull_contributions(req).await {
+        Ok(stream) => {
+            let err = drain(stream.into_inner())
+                .await
+                .expect_err("past the deadline");
+            assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        }
+        Err(e) => assert!(
+            matches!(
+                e.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            "{e:?}"
+        ),
+    }
+}
+
+#[test]
+fn serve_stops_gracefully_on_a_hangup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(dir.path(), &[]);
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(gw.captured_logs().contains("shutting down"));
+}

@@ -786,3 +786,106 @@ async fn echoed_codes_never_carry_personal_data() {
             .all(|r| !r.message.contains("1101051949"))
     );
 }
+
+#[tokio::test]
+async fn the_latest_declaration_and_every_revision_do_not_depend_on_the_chunking() {
+    let (period, _) = previous_month(10);
+    let (earlier, _) = {
+        use chrono::{Datelike, Duration};
+        let p = oip_gateway::domain::period::Period::parse(&period).expect("period");
+        let before = p.first_day() - Duration::days(1);
+        (format!("{:04}-{:02}", before.year(), before.month()), ())
+    };
+    let x1 = declaration("X", &earlier, "320300", "INSTANT_DELIVERY", 0, 0);
+    let y1 = declaration("Y", &period, "320300", "INSTANT_DELIVERY", 0, 0);
+    let x2 = proto::Declaration {
+        revision: Some(2),
+        ..declaration("X", &period, "320300", "INSTANT_DELIVERY", 0, 0)
+    };
+    let mut states = vec![];
+    for together in [true, false] {
+        let gw = TestGateway::spawn().await;
+        let mut a = gw.client("platform-a").await;
+        let mut w2 = worker("W1");
+        w2.revision = Some(2);
+        w2.mobile = "13900139000".into();
+        let records = vec![
+            rec_worker(worker("W1")),
+            rec_worker(w2),
+            rec_declaration(x1.clone()),
+            rec_declaration(y1.clone()),
+            rec_declaration(x2.clone()),
+        ];
+        if together {
+            submit(&mut a, records).await;
+        } else {
+            for r in records {
+                submit(&mut a, vec![r]).await;
+            }
+        }
+        let status = declaration_status(&mut a).await;
+        let current: Vec<_> = status
+            .iter()
+            .map(|(id, s)| (id.clone(), s.0.clone()))
+            .collect();
+        // Every accepted revision is forwarded, however the records were chunked.
+        await_delivery_states(&mut a, "worker", "W1", &["DELIVERED", "DELIVERED"]).await;
+        let keys: Vec<String> = a
+            .list_deliveries(proto::ListDeliveriesRequest {
+                kind: "declaration".into(),
+                id: "X".into(),
+            })
+            .await
+            .expect("deliveries")
+            .into_inner()
+            .deliveries
+            .into_iter()
+            .map(|d| d.idempotency_key)
+            .filter(|k| !k.contains("/reconciliation/"))
+            .collect();
+        assert_eq!(keys.len(), 2, "X/1 and X/2: {keys:?}");
+        states.push(current);
+    }
+    assert_eq!(states[0], states[1], "the same declaration is current");
+    assert!(
+        states[0].contains(&("Y".to_string(), "SUPERSEDED".to_string())),
+        "X's second revision, received last, is current: {:?}",
+        states[0]
+    );
+}
+
+#[tokio::test]
+async fn implausibly_large_figures_and_endless_orders_are_refused() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let (period, _) = previous_month(10);
+    let out = declare(
+        &mut a,
+        vec![
+            declaration("D1", &period, "320100", "INSTANT_DELIVERY", i64::MAX, 7),
+            declaration("D2", &period, "320100", "INSTANT_DELIVERY", 1, i64::MAX),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.outcomes.iter().map(one).collect::<Vec<_>>(),
+        vec![
+            rejected("INVALID_AMOUNT", "declarations[0].order_count"),
+            rejected("INVALID_AMOUNT", "declarations[1].amount_fen"),
+        ]
+    );
+    let mut long = order("O1", "W1");
+    long.completed_at = "2026-01-02T11:35:00+08:00".into();
+    long.accepted_at = "2025-07-02T11:00:00+08:00".into();
+    let out = report(&mut a, vec![long]).await;
+    assert_eq!(
+        one(&out.outcomes[0]),
+        rejected("INVALID_TIME_RANGE", "orders[0].completed_at")
+    );
+    assert!(
+        out.outcomes[0].message.contains("72 hours"),
+        "{}",
+        out.outcomes[0].message
+    );
+}
