@@ -191,6 +191,18 @@ fn id_key(kind: RecordKind) -> &'static str {
     }
 }
 
+/// The known key closest to an unknown one (a typo such as `workerid`), when it is
+/// close enough to be a likely meaning.
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let key = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 /// The keys a record of `kind` may have, besides `kind`.
 fn keys(kind: RecordKind) -> &'static [&'static str] {
     match kind {
@@ -426,10 +438,13 @@ fn parse_text(text: &str) -> Result<proto::Record, LineError> {
         .keys()
         .find(|k| k.as_str() != "kind" && !allowed.contains(&k.as_str()))
     {
+        let hint = closest(key, allowed)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
         return Err(named(malformed(
             &field_name(key),
             format!(
-                "unknown key {} for {}; its keys are kind, {}",
+                "unknown key {}{hint} for {}; its keys are kind, {}",
                 shown_key(key),
                 match kind {
                     RecordKind::Worker => "a worker",
@@ -786,6 +801,11 @@ mod tests {
             (e.code, e.field.as_str(), e.kind.as_str(), e.id.as_str()),
             (ErrorCode::MalformedRecord, "vehicle_plat", "order", "O-1")
         );
+        assert!(e.message.contains("did you mean `vehicle_plate`"), "{}", e.message);
+        let e = parse(r#"{"kind":"worker","workerid":"W1"}"#).unwrap_err();
+        assert!(e.message.contains("did you mean `worker_id`"), "{}", e.message);
+        let e = parse(r#"{"kind":"worker","colour":"red"}"#).unwrap_err();
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
     }
 
     #[test]
