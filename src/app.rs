@@ -148,6 +148,22 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         scope: "*".into(),
         expires_at: None,
     }));
+    for (i, g) in config.grants.iter().enumerate() {
+        let role = Role::parse(&g.role)
+            .with_context(|| format!("grants[{i}].role: unknown role {:?}", g.role))?;
+        for scope in &g.scopes {
+            let grant = Grant {
+                identity: g.identity.clone(),
+                role,
+                scope: scope.clone(),
+                expires_at: None,
+            };
+            grant
+                .check(&reference)
+                .map_err(|e| anyhow::anyhow!("grants[{i}]: {e}"))?;
+            seeds.push(grant);
+        }
+    }
     store.put_grants(&seeds, "configuration", now).await?;
     Ok(Arc::new(store))
 }
@@ -212,6 +228,36 @@ pub fn served_services() -> Vec<&'static str> {
     ]
 }
 
+/// Resolves at Ctrl-C, SIGTERM (service managers) or SIGHUP (a closed terminal). The
+/// handlers are installed when this is called, so call it before announcing readiness.
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (interrupt, term, hangup) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::hangup()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut interrupt, mut term, mut hangup) = (interrupt, term, hangup);
+            tokio::select! {
+                Some(()) = async { interrupt.as_mut()?.recv().await } => {}
+                Some(()) = async { term.as_mut()?.recv().await } => {}
+                Some(()) = async { hangup.as_mut()?.recv().await } => {}
+                else => std::future::pending::<()>().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Server reflection listing exactly [`served_services`]; built in both versions
 /// (v1alpha for Postman, Kreya, Evans and older grpcurl).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -229,6 +275,13 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 impl Gateway {
     /// Builds everything and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let demo = config.demo_parts();
+        if !demo.is_empty() {
+            tracing::warn!(
+                demo = %demo.join("; "),
+                "DEMO SETUP IN USE: never for real data. Replace the keys and certificates (README, \"Going to production\")"
+            );
+        }
         let reference = Arc::new(config.reference()?);
         let store = prepare_store(&config).await?;
         let rates = Arc::new(load_rates(&config, store.as_ref()).await?);
@@ -372,31 +425,12 @@ impl Gateway {
         Ok(())
     }
 
-    /// Runs until the server task ends (it does not on its own) or ctrl-c / SIGTERM.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        // SIGTERM (service managers) and SIGHUP (a closed terminal) stop it gracefully,
-        // like Ctrl-C.
-        let term = async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let (Ok(mut t), Ok(mut h)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::hangup()),
-                ) {
-                    tokio::select! {
-                        _ = t.recv() => {}
-                        _ = h.recv() => {}
-                    }
-                    return;
-                }
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+    /// Runs until `stop` resolves (see [`stop_signal`]), then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        stop.await;
         tracing::info!("shutting down");
         self.shutdown().await
     }

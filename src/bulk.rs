@@ -801,9 +801,17 @@ mod tests {
             (e.code, e.field.as_str(), e.kind.as_str(), e.id.as_str()),
             (ErrorCode::MalformedRecord, "vehicle_plat", "order", "O-1")
         );
-        assert!(e.message.contains("did you mean `vehicle_plate`"), "{}", e.message);
+        assert!(
+            e.message.contains("did you mean `vehicle_plate`"),
+            "{}",
+            e.message
+        );
         let e = parse(r#"{"kind":"worker","workerid":"W1"}"#).unwrap_err();
-        assert!(e.message.contains("did you mean `worker_id`"), "{}", e.message);
+        assert!(
+            e.message.contains("did you mean `worker_id`"),
+            "{}",
+            e.message
+        );
         let e = parse(r#"{"kind":"worker","colour":"red"}"#).unwrap_err();
         assert!(!e.message.contains("did you mean"), "{}", e.message);
     }

@@ -25,6 +25,13 @@ use crate::vault::Vault;
 /// The default configuration file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "config/oip-gateway.toml";
 
+/// The public demo keys of the shipped configuration (never for real data).
+const DEMO_PII_KEY: &str = "5f1c0e9a3b7d24c6a8e0f2b4d6c8a0e2f4b6d8c0a2e4f6b8d0c2a4e6f8b0d2c4";
+const DEMO_LOOKUP_KEY: &str = "a3c5e7f9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5";
+/// The example CA and server certificate of `certs-example/`.
+const DEMO_CA: &str = include_str!("../certs-example/ca.pem");
+const DEMO_SERVER_CERT: &str = include_str!("../certs-example/server.pem");
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -55,6 +62,25 @@ pub struct Config {
     /// Platforms registered (and granted) at start.
     #[serde(default)]
     pub platforms: Vec<PlatformSeed>,
+    /// Grants made at every start (the configuration owns them), e.g. the example tax
+    /// office and social-security agency of `certs-example/`.
+    #[serde(default)]
+    pub grants: Vec<GrantSeed>,
+    /// Listen beyond loopback although the demo personal-data keys or the demo
+    /// certificates are in use (never for real data). Default false: refused.
+    #[serde(default)]
+    pub allow_demo_beyond_loopback: bool,
+}
+
+/// A grant made at start: `identity` (`oip://<role>/<subject>`) holds `role` over each
+/// of `scopes` (division codes for tax and social security, the USCC for a platform,
+/// `*` for an administrator), with no expiry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSeed {
+    pub identity: String,
+    pub role: String,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -365,7 +391,7 @@ impl Config {
     /// The `OIP_*` variables that name configuration keys. Other `OIP_` variables
     /// (`OIP_CONFIG`, the client's `OIP_ENDPOINT`) are not configuration and are left alone.
     fn environment() -> Env {
-        const TOP_LEVEL: [&str; 12] = [
+        const TOP_LEVEL: [&str; 14] = [
             "audit",
             "pii",
             "listen",
@@ -378,6 +404,8 @@ impl Config {
             "forward",
             "admins",
             "platforms",
+            "grants",
+            "allow_demo_beyond_loopback",
         ];
         Env::prefixed("OIP_").split("__").filter(|key| {
             // The key may arrive as `limits__x` or, once split, as `limits.x`.
@@ -419,7 +447,39 @@ impl Config {
             pii: PiiConfig::for_test(),
             admins: vec!["oip://admin/root".into()],
             platforms,
+            grants: Vec::new(),
+            allow_demo_beyond_loopback: false,
         }
+    }
+
+    /// The parts of the demo setup in use (the public personal-data keys, the example
+    /// certificates): never for real data. Empty for a production configuration.
+    pub fn demo_parts(&self) -> Vec<&'static str> {
+        let mut parts = Vec::new();
+        if self.pii.keys.values().any(|k| k == DEMO_PII_KEY) {
+            parts.push("the demo personal-data key (pii.keys)");
+        }
+        if self.pii.lookup_key == DEMO_LOOKUP_KEY {
+            parts.push("the demo lookup key (pii.lookup_key)");
+        }
+        let same = |path: &Path, shipped: &str| {
+            std::fs::read_to_string(path).is_ok_and(|s| s.trim() == shipped.trim())
+        };
+        if same(&self.tls.ca, DEMO_CA) || same(&self.tls.cert, DEMO_SERVER_CERT) {
+            parts.push("the example certificates of certs-example/ (tls.*)");
+        }
+        parts
+    }
+
+    /// This configuration as TOML with every secret replaced by `<redacted>` (what
+    /// `serve --print-config` prints).
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for v in shown.pii.keys.values_mut() {
+            *v = "<redacted>".into();
+        }
+        shown.pii.lookup_key = "<redacted>".into();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
     /// The same configuration as a figment layer (to merge overrides onto).
@@ -517,6 +577,30 @@ impl Config {
                 "must be between 0 and 3600",
             ));
         }
+        if !self.listen.ip().is_loopback()
+            && !self.allow_demo_beyond_loopback
+            && !self.demo_parts().is_empty()
+        {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "{} is beyond loopback while {} in use; replace them (README, \"Going to production\") or set allow_demo_beyond_loopback = true for a test network",
+                    self.listen,
+                    self.demo_parts().join(" and ")
+                ),
+            ));
+        }
+        for (i, g) in self.grants.iter().enumerate() {
+            match Principal::from_uri(&g.identity) {
+                Ok(p) if p.role.as_str() == g.role && !g.scopes.is_empty() => {}
+                _ => {
+                    return Err(invalid(
+                        format!("grants[{i}]"),
+                        "identity must be oip://<role>/<subject> of the same role, with at least one scope",
+                    ));
+                }
+            }
+        }
         for (i, a) in self.admins.iter().enumerate() {
             match Principal::from_uri(a) {
                 Ok(p) if p.role == crate::access::Role::Admin => {}
@@ -570,7 +654,7 @@ impl Config {
     ) -> Result<Vec<PlatformRegistration>, ConfigError> {
         let served_cities: Vec<String> = reference
             .divisions()
-            .filter(|d| !d.is_province() && reference.serves(&d.code))
+            .filter(|d| !d.is_province() && d.code.ends_with("00") && reference.serves(&d.code))
             .map(|d| d.code.clone())
             .collect();
         self.platforms
@@ -672,6 +756,33 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(regs[0].pilot_starts.len(), 13, "all 13 Jiangsu cities");
         assert_eq!(regs[0].industries.len(), 3);
+        // Every example certificate's identity can work on the embedded default.
+        let granted: Vec<_> = c.grants.iter().map(|g| g.identity.as_str()).collect();
+        for (_, identity) in crate::certs::CLIENTS
+            .iter()
+            .filter(|(stem, _)| ["tax", "social-security"].contains(stem))
+        {
+            assert!(granted.contains(identity), "{identity} is granted");
+        }
+    }
+
+    #[test]
+    fn the_demo_setup_is_named_and_kept_on_loopback() {
+        let c = shipped_with("").unwrap_or_else(|e| panic!("{e}"));
+        let demo = c.demo_parts();
+        assert_eq!(demo.len(), 3, "{demo:?}");
+        let e = shipped_with("listen = \"0.0.0.0:50051\"")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(key_of(e).contains("listen"));
+        assert!(
+            shipped_with("listen = \"0.0.0.0:50051\"\nallow_demo_beyond_loopback = true").is_ok()
+        );
+        let printed = c.redacted_toml();
+        assert!(!printed.contains(DEMO_PII_KEY) && !printed.contains(DEMO_LOOKUP_KEY));
+        assert!(printed.contains("<redacted>") && printed.contains("[limits]"));
+        let reparsed: Result<toml::Value, _> = printed.parse();
+        assert!(reparsed.is_ok(), "{printed}");
     }
 
     #[test]

@@ -27,6 +27,10 @@ enum Command {
         /// Configuration file; every key can be overridden by an OIP_* variable.
         #[arg(long, env = "OIP_CONFIG", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// Print the effective configuration (file and OIP_* variables, secrets
+        /// redacted) as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
     },
     /// Write the example PKI (CA, server, one client certificate per role, bad cases).
     Certs {
@@ -236,9 +240,18 @@ async fn submit_command(a: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            telemetry::init();
+        Command::Serve {
+            config,
+            print_config,
+        } => {
             let config = config::Config::load(&config)?;
+            if print_config {
+                print!("{}", config.redacted_toml());
+                return Ok(());
+            }
+            telemetry::init();
+            // Signals are caught from before the gateway says it is ready.
+            let stop = app::stop_signal();
             let gateway = app::Gateway::start(config).await?;
             // Machine-readable lines for scripts and tests that start on port 0, in one
             // write.
@@ -247,7 +260,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 ready.push_str(&format!("\nbackend simulator on {}", sim.addr));
             }
             println!("{ready}");
-            gateway.run_until_signal().await
+            gateway.run_until(stop).await
         }
         Command::Certs { out } => {
             certs::generate(&out)?;

@@ -22,6 +22,49 @@ pub mod access;
 pub mod sim;
 pub mod sqlite;
 
+/// Prepares a SQLite database file readable by its owner only: its directory is
+/// created owner-only when missing, the file is created with mode 0600 when missing
+/// (SQLite gives its `-wal` and `-shm` files the same mode), and existing files of an
+/// older start are narrowed to 0600. The files hold sealed personal data and the audit
+/// log: they are nobody else's business.
+pub(crate) fn owner_only_database(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    Ok(())
+}
+
 pub use access::AccessStore;
 
 /// Storage failures. Every variant is the gateway's problem, not the caller's.

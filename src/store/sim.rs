@@ -33,12 +33,8 @@ fn err(e: sqlx::Error) -> StoreError {
 impl SimStore {
     pub async fn open(url: &str) -> Result<Self> {
         let path = url.strip_prefix("sqlite:").unwrap_or(url);
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        }
+        super::owner_only_database(Path::new(path))
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {path}: {e}")))?;
         let opts = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))
             .map_err(err)?
             .create_if_missing(true)

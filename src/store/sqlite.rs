@@ -116,14 +116,9 @@ impl SqliteStore {
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
         let path = path.split('?').next().unwrap_or(path);
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
+        super::owner_only_database(Path::new(path)).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create the database {path}: {e}"))
+        })?;
         let opts = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
             .create_if_missing(true)

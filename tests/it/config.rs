@@ -69,3 +69,26 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_the_owners_only_and_the_demo_setup_is_announced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("data");
+    let mut gw = GatewayProcess::spawn_in(dir.path(), &nested.join("oip.db"), &[]);
+    let mut c = client(gw.addr, "platform-a").await;
+    register(&mut c, vec![worker("W1")]).await;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    assert_eq!(mode(&nested), 0o700, "the directory it created");
+    for f in ["oip.db", "oip.db-wal", "oip.db-shm", "backend-sim.db"] {
+        assert_eq!(mode(&nested.join(f)), 0o600, "{f}");
+    }
+    let logs = gw.captured_logs();
+    assert!(logs.contains("DEMO SETUP IN USE"), "{logs}");
+    assert!(logs.contains("example certificates"), "{logs}");
+}

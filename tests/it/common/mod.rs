@@ -168,9 +168,14 @@ impl GatewayProcess {
     /// Starts `oip-gateway serve` on port 0 with a config file written into `dir`,
     /// waiting for its "listening on" line.
     pub fn spawn(dir: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::spawn_in(dir, &dir.join("oip.db"), envs)
+    }
+
+    /// As [`GatewayProcess::spawn`], with the database at `database`.
+    pub fn spawn_in(dir: &Path, database: &Path, envs: &[(&str, &str)]) -> Self {
         let config = dir.join("gateway.toml");
         let mut c = Config::for_test(
-            format!("sqlite:{}", dir.join("oip.db").display()),
+            format!("sqlite:{}", database.display()),
             tls_files(),
             test_platforms(),
         );
