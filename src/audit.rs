@@ -252,6 +252,22 @@ impl CallNote {
     /// STARTED) with the scope noted so far: a change whose intent cannot be audited
     /// is not made.
     pub async fn started(&self, auditor: &Auditor, records: i64) -> Result<(), StoreError> {
+        self.part(auditor, records, "STARTED").await
+    }
+
+    /// Audits what became of a part of the call (a chunk of a stream) after it was
+    /// applied or refused: `outcome` is `OK` or a gRPC code name. The call's own entry
+    /// follows when the call ends, with the total.
+    pub async fn finished(
+        &self,
+        auditor: &Auditor,
+        records: i64,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.part(auditor, records, outcome).await
+    }
+
+    async fn part(&self, auditor: &Auditor, records: i64, outcome: &str) -> Result<(), StoreError> {
         let (scope, _) = self.take();
         auditor
             .record(Event {
@@ -260,7 +276,7 @@ impl CallNote {
                 action: self.action.clone(),
                 scope,
                 records,
-                outcome: "STARTED".into(),
+                outcome: outcome.into(),
                 trace_id: self.trace_id.clone(),
             })
             .await
@@ -408,7 +424,7 @@ where
     ResBody: http_body::Body<Data = bytes::Bytes> + Default + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    type Response = http::Response<CallBody<ResBody>>;
+    type Response = http::Response<CallBody<AuditedBody<ResBody>>>;
     type Error = BoxError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -426,7 +442,7 @@ where
             let call = inner.call(req);
             return Box::pin(async move {
                 let res = call.await.map_err(Into::into)?;
-                Ok(res.map(CallBody::direct))
+                Ok(res.map(|b| CallBody::direct(AuditedBody::plain(b))))
             });
         }
         let action = path.trim_start_matches('/').to_string();
@@ -467,6 +483,22 @@ where
             };
             // What the caller is told for a request tonic could not read.
             edge::restate(&mut res);
+            let entry = CallEntry {
+                auditor: auditor.clone(),
+                note: note.clone(),
+                identity: identity.clone(),
+                role: role.clone(),
+                action: action.clone(),
+                trace_id: trace.clone(),
+            };
+            if STREAMED_ANSWERS.contains(&action.as_str()) && header_code(&res).is_none() {
+                // A streamed answer: its entry is written when the stream ends, after
+                // the entries of its parts, with the status it ended with.
+                if let Ok(v) = http::HeaderValue::from_str(&trace) {
+                    res.headers_mut().insert("x-trace-id", v);
+                }
+                return Ok::<_, BoxError>(res.map(|b| AuditedBody::streamed(b, entry)));
+            }
             let (scope, records) = note.take();
             let outcome = if expired.as_ref().is_some_and(CallDeadline::expired)
                 && header_code(&res).is_none_or(|c| c == tonic::Code::Ok)
@@ -496,7 +528,7 @@ where
             if let Ok(v) = http::HeaderValue::from_str(&trace) {
                 res.headers_mut().insert("x-trace-id", v);
             }
-            Ok::<_, BoxError>(res)
+            Ok::<_, BoxError>(res.map(AuditedBody::plain))
         });
         let answer = async move {
             match task.await {
@@ -524,6 +556,177 @@ where
                 Box::pin(async move { Ok(head) })
             }
         }
+    }
+}
+
+/// Calls whose answer is a stream (a bulk submit, the pulls): their call entry is
+/// written when the stream ends, after the entries of the chunks or pages, with the
+/// status it ended with and the total.
+const STREAMED_ANSWERS: [&str; 3] = [
+    "oip.v1.PlatformService/SubmitStream",
+    "oip.v1.TaxService/PullContributions",
+    "oip.v1.SocialSecurityService/PullSocialSecurity",
+];
+
+/// What writes a call's entry at the end of a streamed answer.
+struct CallEntry {
+    auditor: Auditor,
+    note: CallNote,
+    identity: String,
+    role: String,
+    action: String,
+    trace_id: String,
+}
+
+impl CallEntry {
+    fn event(&self, outcome: String) -> Event {
+        let (scope, records) = self.note.take();
+        Event {
+            identity: self.identity.clone(),
+            role: self.role.clone(),
+            action: self.action.clone(),
+            scope,
+            records,
+            outcome,
+            trace_id: self.trace_id.clone(),
+        }
+    }
+}
+
+/// The name of a gRPC code as the audit log writes it (`PERMISSION_DENIED`).
+pub fn code_name_of(code: tonic::Code) -> String {
+    if code == tonic::Code::Ok {
+        "OK".into()
+    } else {
+        format!("{code:?}").to_uppercase_snake()
+    }
+}
+
+/// The gRPC code name of a `grpc-status` value (`0` is `OK`).
+fn code_name(code: Option<&http::HeaderValue>) -> String {
+    match code.and_then(|v| v.to_str().ok()) {
+        None | Some("0") => "OK".to_string(),
+        Some(code) => {
+            let code = code.parse::<i32>().unwrap_or(2);
+            format!("{:?}", tonic::Code::from_i32(code)).to_uppercase_snake()
+        }
+    }
+}
+
+type Write = Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// An answer's body; for a streamed answer, its call entry is written before its
+/// trailers leave (UNAVAILABLE instead when the entry cannot be written), or as
+/// CANCELLED when the caller goes away first.
+pub struct AuditedBody<B> {
+    body: Pin<Box<B>>,
+    entry: Option<CallEntry>,
+    writing: Option<Write>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl<B> AuditedBody<B> {
+    fn plain(body: B) -> Self {
+        Self {
+            body: Box::pin(body),
+            entry: None,
+            writing: None,
+            trailers: None,
+        }
+    }
+
+    fn streamed(body: B, entry: CallEntry) -> Self {
+        Self {
+            body: Box::pin(body),
+            entry: Some(entry),
+            writing: None,
+            trailers: None,
+        }
+    }
+}
+
+impl<B: Default> Default for AuditedBody<B> {
+    fn default() -> Self {
+        Self::plain(B::default())
+    }
+}
+
+impl<B> Drop for AuditedBody<B> {
+    fn drop(&mut self) {
+        // An entry being written is finished; the caller went away before the end:
+        // the entry says so.
+        if let Some(w) = self.writing.take() {
+            tokio::spawn(w);
+        } else if let Some(entry) = self.entry.take() {
+            {
+                let event = entry.event("CANCELLED".into());
+                tokio::spawn(async move {
+                    if let Err(e) = entry.auditor.record(event).await {
+                        tracing::error!(error = %e, "audit write failed for a cancelled stream");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for AuditedBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        loop {
+            if let Some(w) = self.writing.as_mut() {
+                let written = std::task::ready!(w.as_mut().poll(cx));
+                self.writing = None;
+                self.entry = None;
+                let mut trailers = self.trailers.take().unwrap_or_default();
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "audit write failed: stream refused");
+                    trailers =
+                        tonic::Status::unavailable("the audit log cannot be written; retry later")
+                            .into_http::<()>()
+                            .into_parts()
+                            .0
+                            .headers;
+                    trailers.remove(http::header::CONTENT_TYPE);
+                }
+                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+            }
+            let frame = std::task::ready!(self.body.as_mut().poll_frame(cx));
+            let Some(entry) = self.entry.as_ref() else {
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            };
+            match frame {
+                Some(Ok(f)) if f.is_trailers() => {
+                    let trailers = f.into_trailers().unwrap_or_default();
+                    let event = entry.event(code_name(trailers.get("grpc-status")));
+                    let auditor = entry.auditor.clone();
+                    self.trailers = Some(trailers);
+                    self.writing = Some(Box::pin(async move { auditor.record(event).await }));
+                }
+                None => {
+                    // Ended without trailers: nothing more to say than OK.
+                    let event = entry.event("OK".into());
+                    let auditor = entry.auditor.clone();
+                    self.entry = None;
+                    tokio::spawn(async move { auditor.record(event).await });
+                    return Poll::Ready(None);
+                }
+                other => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.entry.is_none() && self.writing.is_none() && self.body.is_end_stream()
     }
 }
 

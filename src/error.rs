@@ -28,6 +28,20 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl ApiError {
+    /// The status code this failure is answered with (the table of `From<ApiError>`).
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Store(StoreError::Unavailable(_)) => Code::Unavailable,
+            ApiError::Store(_) => Code::Internal,
+        }
+    }
+}
+
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {

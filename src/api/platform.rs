@@ -367,9 +367,15 @@ impl PlatformApi {
                 .into());
             }
             self.started(note, items.len()).await?;
-            self.apply(platform, &items, seen, &mut out, deadline)
+            let applied = self.apply(platform, &items, seen, &mut out, deadline).await;
+            let outcome = match &applied {
+                Ok(()) => "OK".to_string(),
+                Err(e) => crate::audit::code_name_of(e.code()),
+            };
+            note.finished(&self.auditor, items.len() as i64, &outcome)
                 .await
-                .map_err(|e| match e {
+                .map_err(ApiError::from)?;
+            applied.map_err(|e| match e {
                     ApiError::DeadlineExceeded(_) => ApiError::DeadlineExceeded(format!(
                         "the caller's deadline passed before this chunk committed; records before index {seen} were applied, the rest were not"
                     )),
@@ -777,10 +783,23 @@ impl PlatformService for PlatformApi {
                     let _ = tx.send(Err(e.into())).await;
                     break;
                 }
-                let answer = match api
+                let answer = api
                     .batch_at(&platform, &records, seen, deadline.as_ref())
+                    .await;
+                // What became of the chunk, after its intent (the call's own entry
+                // follows when the stream ends).
+                let outcome = match &answer {
+                    Ok(_) => "OK".to_string(),
+                    Err(e) => crate::audit::code_name_of(e.code()),
+                };
+                if let Err(e) = note
+                    .finished(&api.auditor, records.len() as i64, &outcome)
                     .await
                 {
+                    let _ = tx.send(Err(ApiError::from(e).into())).await;
+                    break;
+                }
+                let answer = match answer {
                     Ok(out) => out,
                     Err(ApiError::DeadlineExceeded(_)) => {
                         let _ = tx
@@ -796,6 +815,7 @@ impl PlatformService for PlatformApi {
                     }
                 };
                 seen += records.len();
+                note.records(seen as i64);
                 if tx.send(Ok(answer)).await.is_err() {
                     break;
                 }

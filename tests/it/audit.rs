@@ -281,3 +281,107 @@ async fn retention_removes_old_entries_and_verification_starts_at_the_anchor() {
         Some(oip_gateway::domain::audit::ChainBreak::UnconfirmedAnchor { seq: 10 })
     );
 }
+
+/// Waits until `identity` has at least `n` entries of `action`, and returns
+/// (outcome, records) of each, oldest first.
+async fn entries_of(
+    gw: &TestGateway,
+    identity: &str,
+    action: &str,
+    n: usize,
+) -> Vec<(String, i64)> {
+    let pool = gw.sql().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got: Vec<(String, i64)> = audit_entries(&pool, identity)
+            .await
+            .into_iter()
+            .filter(|e| e.0 == action)
+            .map(|e| (e.1, e.4))
+            .collect();
+        if got.len() >= n || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_call_is_audited_in_causal_order_with_its_total_last() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    let chunk = |ids: &[&str]| proto::SubmitRequest {
+        records: ids.iter().map(|id| rec_worker(worker(id))).collect(),
+    };
+    let answers = a
+        .submit_stream(tokio_stream::iter(vec![
+            chunk(&["W1", "W2"]),
+            chunk(&["W3", "W4"]),
+            chunk(&["W5"]),
+        ]))
+        .await
+        .expect("stream")
+        .into_inner();
+    let answered = drain(answers).await.expect("answers");
+    assert_eq!(answered.len(), 3);
+    let s = |o: &str, n: i64| (o.to_string(), n);
+    assert_eq!(
+        entries_of(&gw, PLATFORM_A_ID, "oip.v1.PlatformService/SubmitStream", 7).await,
+        vec![
+            s("STARTED", 2),
+            s("OK", 2),
+            s("STARTED", 2),
+            s("OK", 2),
+            s("STARTED", 1),
+            s("OK", 1),
+            s("OK", 5),
+        ],
+        "each chunk's intent, then its outcome; the call's entry last with the total"
+    );
+
+    // A client stream: the same, with the call's entry (its answer) last.
+    let out = a
+        .stream_workers(tokio_stream::iter(vec![
+            proto::RegisterWorkersRequest {
+                workers: vec![worker("W6")],
+            },
+            proto::RegisterWorkersRequest {
+                workers: vec![worker("W7"), worker("W8")],
+            },
+        ]))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(out.outcomes.len(), 3);
+    assert_eq!(
+        entries_of(
+            &gw,
+            PLATFORM_A_ID,
+            "oip.v1.PlatformService/StreamWorkers",
+            5
+        )
+        .await,
+        vec![
+            s("STARTED", 1),
+            s("OK", 1),
+            s("STARTED", 2),
+            s("OK", 2),
+            s("OK", 3)
+        ]
+    );
+
+    // A pull's pages come before the call's entry, which says how it ended.
+    let mut tax = gw.tax().await;
+    let mut admin = gw.admin().await;
+    grant(&mut admin, TAX_ID, "tax", &["320000"]).await;
+    drain(
+        tax.pull_contributions(proto::PullRequest::default())
+            .await
+            .expect("pull")
+            .into_inner(),
+    )
+    .await
+    .expect("pulled");
+    let pull = entries_of(&gw, TAX_ID, "oip.v1.TaxService/PullContributions", 1).await;
+    assert_eq!(pull.last().map(|e| e.0.as_str()), Some("OK"), "{pull:?}");
+}

@@ -14,6 +14,52 @@ use crate::store::Result;
 use crate::vault::Vault;
 
 const BATCH: i64 = 500;
+/// Outbox rows read per page (most are orders and enrolments, which hold no personal
+/// data and are only looked at).
+const PAYLOAD_PAGE: i64 = 5000;
+
+/// Logs how far a long re-sealing is, at most every 10 seconds.
+struct Progress {
+    what: &'static str,
+    end: i64,
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, end: i64) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            what,
+            end,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn at(&mut self, position: i64, changed: u64) {
+        if self.last.elapsed() >= std::time::Duration::from_secs(10) {
+            self.last = std::time::Instant::now();
+            tracing::info!(
+                what = self.what,
+                position,
+                of = self.end,
+                resealed = changed,
+                elapsed_s = self.started.elapsed().as_secs(),
+                "re-sealing personal data under the current key"
+            );
+        }
+    }
+
+    fn done(&self, changed: u64) {
+        tracing::info!(
+            what = self.what,
+            resealed = changed,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "re-sealed"
+        );
+    }
+}
 
 /// A stored value in clear, whether it was sealed or not.
 fn clear_of(vault: &Vault, value: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
@@ -55,6 +101,10 @@ impl SqliteStore {
         if state.is_some_and(|(k,)| k == current) {
             return Ok(());
         }
+        tracing::info!(
+            key = %current,
+            "bringing personal data under the current key before serving (progress is logged every 10 s)"
+        );
         let (workers, clear_workers) = self.reseal_workers().await?;
         let (accidents, clear_accidents) = self.reseal_accidents().await?;
         let (payloads, clear_payloads) = self.reseal_payloads().await?;
@@ -218,22 +268,35 @@ impl SqliteStore {
     async fn reseal_payloads(&self) -> Result<(u64, u64)> {
         let mut after = 0i64;
         let (mut changed, mut clear) = (0, 0);
+        let (end,): (Option<i64>,) = sqlx::query_as("SELECT max(seq) FROM outbox")
+            .fetch_one(&self.writer)
+            .await
+            .map_err(db_err)?;
+        let end = end.unwrap_or(0);
+        let mut progress = Progress::new("outbox items", end);
         loop {
-            let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-                "SELECT seq, record_key, payload FROM outbox
-                 WHERE seq > ?1 AND destination = 'social-security' ORDER BY seq LIMIT ?2",
+            // Pages by primary key (`+destination` keeps the planner on it): each page
+            // costs the same however large the outbox is.
+            let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+                "SELECT seq, destination, record_key, payload FROM outbox
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .bind(after)
-            .bind(BATCH)
+            .bind(PAYLOAD_PAGE)
             .fetch_all(&self.writer)
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
+                progress.done(changed);
                 return Ok((changed, clear));
             };
             after = last.0;
+            progress.at(after, changed);
             let mut tx = self.begin().await?;
-            for (seq, record_key, payload) in rows {
+            for (seq, destination, record_key, payload) in rows {
+                if destination != "social-security" {
+                    continue;
+                }
                 let sealed = Vault::key_id(&payload).is_some();
                 if !sealed && !carries_personal_data(Destination::SocialSecurity, &record_key) {
                     continue;
