@@ -150,6 +150,21 @@ pub struct Access {
     store: Arc<dyn Store>,
 }
 
+/// PERMISSION_DENIED naming the grant that is missing and the command that makes it.
+/// A certificate of another role can never hold it: that is said instead.
+fn missing_grant(principal: &Principal, role: Role, scope: &str) -> ApiError {
+    if principal.role != role {
+        return ApiError::PermissionDenied(format!(
+            "{} is a {} identity; this call needs the {role} role, which only an oip://{role}/... certificate can hold",
+            principal.uri, principal.role
+        ));
+    }
+    ApiError::PermissionDenied(format!(
+        "{} has no live {role} grant over {scope}; an administrator grants it with: oip-gateway admin grants put --identity {} --role {role} --scope {scope}",
+        principal.uri, principal.uri
+    ))
+}
+
 impl Access {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
@@ -167,10 +182,7 @@ impl Access {
         if granted {
             Ok(())
         } else {
-            Err(ApiError::PermissionDenied(format!(
-                "{} has no admin grant",
-                principal.uri
-            )))
+            Err(missing_grant(principal, Role::Admin, "*"))
         }
     }
 
@@ -195,10 +207,7 @@ impl Access {
             DivisionScope::default()
         };
         if scope.divisions().is_empty() {
-            return Err(ApiError::PermissionDenied(format!(
-                "{} has no {role} grant",
-                principal.uri
-            )));
+            return Err(missing_grant(principal, role, "<division code>"));
         }
         Ok(scope)
     }
@@ -210,8 +219,7 @@ impl Access {
         principal: &Principal,
         now: Millis,
     ) -> Result<PlatformProfile, ApiError> {
-        let denied =
-            || ApiError::PermissionDenied(format!("{} has no platform grant", principal.uri));
+        let denied = || missing_grant(principal, Role::Platform, &principal.subject);
         if principal.role != Role::Platform {
             return Err(denied());
         }
@@ -227,8 +235,8 @@ impl Access {
             .await?
             .ok_or_else(|| {
                 ApiError::PermissionDenied(format!(
-                    "platform {} is not registered",
-                    principal.subject
+                    "platform {} is not registered; an administrator registers it with: oip-gateway admin platforms put --uscc {} --name <name> --industry <INDUSTRY> --division <code>=<pilot start>",
+                    principal.subject, principal.subject
                 ))
             })
     }

@@ -171,7 +171,9 @@ impl Puller {
         }
         let divisions = grant.narrow(&r.divisions).map_err(|outside| {
             ApiError::PermissionDenied(format!(
-                "{} has no {role} grant for division {}",
+                "{} has no {role} grant covering division {}; an administrator grants it with: oip-gateway admin grants put --identity {} --role {role} --scope {}",
+                principal.uri,
+                quoted(&outside.to_string()),
                 principal.uri,
                 quoted(&outside.to_string())
             ))

@@ -665,3 +665,44 @@ fn serve_stops_gracefully_on_a_hangup() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(gw.captured_logs().contains("shutting down"));
 }
+
+#[tokio::test]
+async fn a_denial_names_the_missing_grant_and_the_command_that_makes_it() {
+    let gw = TestGateway::spawn().await;
+    let mut tax = gw.tax().await;
+    let err = tax
+        .pull_contributions(proto::PullRequest::default())
+        .await
+        .expect_err("no tax grant yet");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains(
+            "oip-gateway admin grants put --identity oip://tax/js-tax-320000 --role tax --scope"
+        ),
+        "{}",
+        err.message()
+    );
+    // A certificate of another role: said so, not "no grant".
+    let mut as_platform = Tax::new(role_channel(gw.addr, "platform-a").await);
+    let err = as_platform
+        .pull_contributions(proto::PullRequest::default())
+        .await
+        .expect_err("a platform pulling tax records");
+    assert!(
+        err.message().contains("is a platform identity"),
+        "{}",
+        err.message()
+    );
+    // A platform without its grant.
+    let mut ungranted = gw.client("platform-ungranted").await;
+    let err = ungranted
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect_err("no platform grant");
+    assert!(
+        err.message()
+            .contains("--role platform --scope 91320200MA1DEMC03N"),
+        "{}",
+        err.message()
+    );
+}
