@@ -136,19 +136,14 @@ impl Summary {
 
 /// Opens an mTLS channel to the gateway.
 pub async fn connect(opts: &SubmitOptions) -> anyhow::Result<PlatformServiceClient<Channel>> {
-    let tls = tls::client_config(&opts.ca, &opts.cert, &opts.key, &opts.domain)?;
-    let channel = Channel::from_shared(opts.endpoint.clone())
-        .with_context(|| format!("bad endpoint {}", opts.endpoint))?
-        .tls_config(tls)?
-        .connect()
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "gateway unreachable at {}: {}",
-                opts.endpoint,
-                error_chain(&e)
-            )
-        })?;
+    let channel = tls::connect(
+        &opts.endpoint,
+        &opts.ca,
+        &opts.cert,
+        &opts.key,
+        &opts.domain,
+    )
+    .await?;
     let mut client = PlatformServiceClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024)
@@ -157,17 +152,6 @@ pub async fn connect(opts: &SubmitOptions) -> anyhow::Result<PlatformServiceClie
         client = client.send_compressed(CompressionEncoding::Gzip);
     }
     Ok(client)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// One input line on its way: answered locally, or waiting for the gateway.
@@ -558,11 +542,7 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         .await
         .map_err(|s| {
             reader.abort();
-            anyhow!(
-                "gateway refused the submission: {} ({}); nothing was sent",
-                s.message(),
-                s.code()
-            )
+            anyhow!("{}; nothing was sent", tls::explain_status(&s, &opts.cert))
         })?
         .into_inner();
 

@@ -42,16 +42,15 @@ impl Connection {
             .key
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("certs-example/{stem}.key")));
-        let tls = crate::tls::client_config(&self.ca, &cert, &key, &self.domain)?;
-        Channel::from_shared(self.endpoint.clone())?
-            .tls_config(tls)?
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("gateway unreachable at {}: {e}", self.endpoint))
+        crate::tls::connect(&self.endpoint, &self.ca, &cert, &key, &self.domain).await
     }
 }
 
-/// A gRPC failure as one line: the code and the gateway's message.
+/// A gRPC failure as one line: the code and the gateway's message (a broken
+/// connection explained, see `tls::explain_status`).
 pub fn status_line(s: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    anyhow::anyhow!(
+        "{}",
+        crate::tls::explain_status(s, std::path::Path::new("(the certificate given)"))
+    )
 }

@@ -114,7 +114,7 @@ async fn submit_fails_clearly_when_the_gateway_is_unreachable_or_the_file_missin
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: gateway unreachable"), "{err}");
+    assert!(err.starts_with("error: nothing listens at"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 
     let gw = TestGateway::spawn().await;
@@ -122,4 +122,61 @@ async fn submit_fails_clearly_when_the_gateway_is_unreachable_or_the_file_missin
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: cannot read"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_are_named_with_what_to_do_before_connecting() {
+    let gw = TestGateway::spawn().await;
+    let host = gw.endpoint().trim_start_matches("https://").to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["submit", "examples/quickstart.jsonl", "--quiet"])
+            .args(args)
+            .output()
+            .expect("run submit");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let http = format!("http://{host}");
+    let err = run(&["--endpoint", &http]);
+    assert!(err.contains("mutual TLS only; use https://"), "{err}");
+    let err = run(&["--endpoint", &host]);
+    assert!(err.contains("has no scheme; use https://"), "{err}");
+    let endpoint = gw.endpoint();
+    let err = run(&[
+        "--endpoint",
+        &endpoint,
+        "--cert",
+        "certs-example/expired.pem",
+        "--key",
+        "certs-example/expired.key",
+    ]);
+    assert!(
+        err.contains("expired on") && err.contains("administrator"),
+        "{err}"
+    );
+    let err = run(&[
+        "--endpoint",
+        &endpoint,
+        "--cert",
+        "certs-example/platform-a.pem",
+        "--key",
+        "certs-example/platform-b.key",
+    ]);
+    assert!(err.contains("does not belong to --cert"), "{err}");
+    let err = run(&["--endpoint", &endpoint, "--domain", "gateway.example"]);
+    assert!(err.contains("does not name gateway.example"), "{err}");
+    let err = run(&[
+        "--endpoint",
+        &endpoint,
+        "--cert",
+        "certs-example/untrusted.pem",
+        "--key",
+        "certs-example/untrusted.key",
+    ]);
+    assert!(err.contains("refused --cert"), "{err}");
+    for err in [&err] {
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
 }
