@@ -298,6 +298,40 @@ struct ReadOptions {
     from_line: usize,
 }
 
+/// What the gateway says a chunk may hold (`SubmitStream` response metadata).
+#[derive(Debug, Clone, Copy)]
+struct ServerLimits {
+    max_records: Option<usize>,
+    max_bytes: Option<usize>,
+}
+
+impl ServerLimits {
+    fn of(metadata: &tonic::metadata::MetadataMap) -> Self {
+        let read = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        Self {
+            max_records: read(crate::api::platform::MAX_BATCH_RECORDS_HEADER),
+            max_bytes: read(crate::api::platform::MAX_MESSAGE_BYTES_HEADER),
+        }
+    }
+
+    /// `opts` kept within these limits (a chunk at most half the message limit, so
+    /// that framing never tips it over).
+    fn apply(self, mut opts: ReadOptions) -> ReadOptions {
+        if let Some(n) = self.max_records {
+            opts.batch_size = opts.batch_size.min(n.max(1));
+        }
+        if let Some(b) = self.max_bytes {
+            opts.max_chunk_bytes = opts.max_chunk_bytes.min((b / 2).max(1024));
+        }
+        opts
+    }
+}
+
 /// The reader's ends of the channels.
 struct Reader {
     requests: mpsc::Sender<proto::SubmitRequest>,
@@ -333,7 +367,21 @@ impl Reader {
 
 /// Reads the input into chunks: each chunk's records go to the call and its lines to
 /// the report writer, until the end, a read error, a stop request or a halt.
-async fn read_chunks<R: AsyncRead + Unpin>(input: R, opts: ReadOptions, mut io: Reader) -> usize {
+async fn read_chunks<R: AsyncRead + Unpin>(
+    input: R,
+    opts: ReadOptions,
+    mut limits: watch::Receiver<Option<ServerLimits>>,
+    mut io: Reader,
+) -> usize {
+    // Chunks are sized by the gateway's limits, which come with the call's headers.
+    let opts = loop {
+        if let Some(l) = *limits.borrow_and_update() {
+            break l.apply(opts);
+        }
+        if limits.changed().await.is_err() {
+            return 0;
+        }
+    };
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, input), MAX_LINE_BYTES);
     let (mut records, mut chunk, mut bytes) = (Vec::new(), Chunk::new(), 0usize);
     let mut number = 0usize;
@@ -526,9 +574,11 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         max_chunk_bytes: MAX_CHUNK_BYTES,
         from_line: opts.from_line.max(1),
     };
+    let (limits_tx, limits_rx) = watch::channel(None);
     let reader = tokio::spawn(read_chunks(
         input,
         read_opts,
+        limits_rx,
         Reader {
             requests: req_tx,
             chunks: chunk_tx,
@@ -543,10 +593,19 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         .map_err(|s| {
             reader.abort();
             anyhow!("{}; nothing was sent", tls::explain_status(&s, &opts.cert))
-        })?
-        .into_inner();
+        })?;
+    let limits = ServerLimits::of(answers.metadata());
+    if let Some(n) = limits.max_records.filter(|n| opts.batch_size > *n) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: --batch-size {} is above the gateway's limit of {n} records a chunk: sending chunks of {n}",
+            opts.batch_size
+        );
+    }
+    let _ = limits_tx.send(Some(limits));
+    let mut answers = answers.into_inner();
 
-    report.truncate().await?;
     let bar = progress_bar(total, opts.progress);
     let mut summary = Summary::default();
     // Once the gateway stops answering, the rest is collected without waiting.
@@ -666,44 +725,54 @@ struct Report {
     failed: bool,
     /// Bytes of whole lines written so far (a failed write is cut back to it).
     written: u64,
+    /// (partial file, report) to rename when the run ends.
+    rename: Option<(PathBuf, PathBuf)>,
+}
+
+impl Drop for Report {
+    /// A run that stops before it could answer anything leaves no partial file.
+    fn drop(&mut self) {
+        if let Some((partial, _)) = self.rename.take() {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
 }
 
 impl Report {
-    /// Opens (creates) the report without truncating it yet.
+    /// Opens the report: a file beside it (`<report>.partial`) that becomes the report
+    /// when the run ends, however it ends, so that an earlier report is never lost to a
+    /// run that fails before answering anything. A device or pipe is written directly.
     async fn open(path: Option<&PathBuf>) -> anyhow::Result<Self> {
-        let file = match path {
-            Some(p) => Some(
-                tokio::fs::OpenOptions::new()
+        let (file, rename) = match path {
+            Some(p) => {
+                let direct = p.exists() && !p.is_file();
+                let target = if direct {
+                    p.clone()
+                } else {
+                    let mut name = p.as_os_str().to_owned();
+                    name.push(".partial");
+                    PathBuf::from(name)
+                };
+                let file = tokio::fs::OpenOptions::new()
                     .create(true)
                     .write(true)
-                    .truncate(false)
-                    .open(p)
+                    .truncate(!direct)
+                    .open(&target)
                     .await
                     .with_context(|| {
                         format!("cannot write report {}; nothing was sent", p.display())
-                    })?,
-            ),
-            None => None,
+                    })?;
+                (Some(file), (!direct).then(|| (target, p.clone())))
+            }
+            None => (None, None),
         };
         Ok(Self {
             file,
             buf: Vec::with_capacity(1 << 16),
             failed: false,
             written: 0,
+            rename,
         })
-    }
-
-    /// Empties it, once the gateway has taken the call.
-    async fn truncate(&mut self) -> anyhow::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            // Only a regular file has a length (a report may be a device or a pipe).
-            if f.metadata().await.is_ok_and(|m| m.is_file()) {
-                f.set_len(0)
-                    .await
-                    .context("cannot write the report; nothing was sent")?;
-            }
-        }
-        Ok(())
     }
 
     async fn write(&mut self, lines: &[ReportLine]) -> anyhow::Result<()> {
@@ -735,12 +804,20 @@ impl Report {
         Ok(())
     }
 
+    /// Flushes the report and puts it in place.
     async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(f) = self.file.as_mut() {
             if !self.failed {
                 f.flush().await?;
                 f.sync_all().await?;
             }
+        }
+        if let Some((partial, report)) = self.rename.take() {
+            tokio::fs::rename(&partial, &report)
+                .await
+                .with_context(|| {
+                    format!("cannot put the report in place at {}", report.display())
+                })?;
         }
         Ok(())
     }

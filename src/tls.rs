@@ -157,7 +157,9 @@ pub fn check_client_files(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<
 /// failure (the connection broke, typically because the gateway refused the client
 /// certificate after the handshake, as TLS 1.3 allows), what happened and what to do.
 pub fn explain_status(s: &tonic::Status, cert: &Path) -> String {
-    if s.code() != tonic::Code::Unknown || !s.message().contains("transport error") {
+    let broken = (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+        || (s.code() == tonic::Code::Cancelled && s.message().contains("operation was canceled"));
+    if !broken {
         return format!("{:?}: {}", s.code(), s.message());
     }
     let mut chain = s.message().to_string();
@@ -176,7 +178,7 @@ pub fn explain_status(s: &tonic::Status, cert: &Path) -> String {
     ]
     .iter()
     .any(|n| chain.contains(n));
-    if refused || chain.contains("Unknown error") {
+    if refused || chain.contains("Unknown error") || chain.contains("operation was canceled") {
         format!(
             "the gateway closed the connection: it most likely refused --cert {} (not issued by the CA it trusts, or expired); ask its administrator ({chain})",
             cert.display()

@@ -27,6 +27,11 @@ use crate::reference::Reference;
 use crate::store::{PageRequest, Store};
 use crate::validate;
 
+/// Response metadata of `SubmitStream`: the most records a chunk may carry.
+pub const MAX_BATCH_RECORDS_HEADER: &str = "x-oip-max-batch-records";
+/// Response metadata of `SubmitStream`: the largest message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES_HEADER: &str = "x-oip-max-message-bytes";
+
 /// Listing names, which tag their page tokens.
 const WORKERS: &str = "workers";
 const ORDERS: &str = "orders";
@@ -821,7 +826,17 @@ impl PlatformService for PlatformApi {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // The limits a chunk must keep, for clients to size their chunks by.
+        let mut res = Response::new(ReceiverStream::new(rx));
+        for (name, value) in [
+            (MAX_BATCH_RECORDS_HEADER, self.limits.max_batch_records),
+            (MAX_MESSAGE_BYTES_HEADER, self.limits.max_message_bytes),
+        ] {
+            if let Ok(v) = value.to_string().parse() {
+                res.metadata_mut().insert(name, v);
+            }
+        }
+        Ok(res)
     }
 
     async fn list_workers(

@@ -162,11 +162,16 @@ fn fifo(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// Waits until the report has `n` lines.
+/// Waits until the report (written as `<report>.partial` while the run lasts) has `n`
+/// lines.
 fn await_report(report: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut partial = report.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
     loop {
-        let have = std::fs::read_to_string(report)
+        let have = std::fs::read_to_string(&partial)
+            .or_else(|_| std::fs::read_to_string(report))
             .map(|s| s.lines().count())
             .unwrap_or(0);
         if have >= n {
@@ -621,4 +626,47 @@ async fn a_from_line_past_the_end_or_zero_is_refused() {
     assert!(err.contains("past the end of the input (1 lines)"), "{err}");
     let out = run_submit(&gw.endpoint(), &file, &report, &["--from-line", "0"]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_report_survives_a_run_that_answers_nothing() {
+    let gw = TestGateway::spawn().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("in.jsonl");
+    write_file(
+        &file,
+        &lines_of(&[worker_line("W1").into_bytes()], false, false),
+    );
+    let report = dir.path().join("r.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &report, &[]);
+    assert!(out.status.success());
+    let before = std::fs::read(&report).expect("report");
+    // The gateway is gone: nothing is answered, and the report stays as it was.
+    let endpoint = gw.endpoint();
+    gw.stop().await;
+    let out = run_submit(&endpoint, &file, &report, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read(&report).expect("report"), before);
+    let mut partial = report.as_os_str().to_owned();
+    partial.push(".partial");
+    assert!(
+        !std::path::Path::new(&partial).exists(),
+        "no partial file left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_size_above_the_gateways_limit_is_adapted_to_it() {
+    let gw = TestGateway::spawn_with(|c| c.limits.max_batch_records = 50).await;
+    let file = gw.dir.path().join("in.jsonl");
+    let lines: Vec<Vec<u8>> = (0..120)
+        .map(|i| worker_line(&format!("W{i:03}")).into_bytes())
+        .collect();
+    write_file(&file, &lines_of(&lines, false, false));
+    let report = gw.dir.path().join("r.jsonl");
+    let out = run_submit(&gw.endpoint(), &file, &report, &["--batch-size", "1000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("above the gateway's limit of 50"), "{err}");
+    assert_eq!(report_brief(&report).len(), 120);
 }
