@@ -32,11 +32,10 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
-    /// Write the example PKI (CA, server, one client certificate per role, bad cases).
-    Certs {
-        #[arg(long, default_value = "certs-example")]
-        out: PathBuf,
-    },
+    /// Certificates: without a subcommand, write the example PKI (CA with its key,
+    /// server, one client certificate per role, bad cases); `ca` makes a CA of your own
+    /// and `issue` issues client or server certificates with it.
+    Certs(certs::CertsArgs),
     /// Submit a JSON Lines bulk file and write the outcome report.
     Submit(SubmitArgs),
     /// The simulated social-security and tax backends (serve, read their counts, inject faults).
@@ -262,11 +261,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             println!("{ready}");
             gateway.run_until(stop).await
         }
-        Command::Certs { out } => {
-            certs::generate(&out)?;
-            println!("wrote example certificates to {}", out.display());
-            Ok(())
-        }
+        Command::Certs(a) => certs::run(a),
         Command::Submit(a) => submit_command(a).await.map(drop),
         Command::BackendSim { action } => match action {
             SimAction::Serve {

@@ -587,7 +587,7 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         },
     ));
 
-    let mut answers = client
+    let answers = client
         .submit_stream(ReceiverStream::new(req_rx))
         .await
         .map_err(|s| {

@@ -10,6 +10,7 @@ mod audit;
 mod backend_sim;
 mod bulk_files;
 mod call_level;
+mod certs_cli;
 mod chunking;
 mod config;
 mod dead_letters;

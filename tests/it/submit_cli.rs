@@ -176,7 +176,5 @@ async fn client_mistakes_are_named_with_what_to_do_before_connecting() {
         "certs-example/untrusted.key",
     ]);
     assert!(err.contains("refused --cert"), "{err}");
-    for err in [&err] {
-        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    }
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 }
