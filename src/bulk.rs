@@ -888,6 +888,53 @@ mod tests {
         );
     }
 
+    /// The README's "Bulk file format" names exactly the keys each kind has, and its
+    /// example line of each kind decodes.
+    #[test]
+    fn the_readme_documents_every_key_of_every_kind() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .unwrap_or_default();
+        let section = readme
+            .split("## Bulk file format")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_default();
+        for kind in [
+            RecordKind::Worker,
+            RecordKind::Order,
+            RecordKind::Declaration,
+            RecordKind::Accident,
+        ] {
+            let part = section
+                .split(&format!("**{}**", kind.as_str()))
+                .nth(1)
+                .unwrap_or_default();
+            let documented: Vec<&str> = part
+                .lines()
+                .skip_while(|l| !l.starts_with("| `"))
+                .take_while(|l| l.starts_with('|'))
+                .filter_map(|l| l.split('`').nth(1))
+                .collect();
+            assert_eq!(
+                documented,
+                keys(kind),
+                "{} keys in the README",
+                kind.as_str()
+            );
+            let example = part
+                .lines()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or_default();
+            assert!(
+                parse(example).is_ok(),
+                "{} example: {example}",
+                kind.as_str()
+            );
+        }
+    }
+
     /// The corpus of the fuzz target (`fuzz/seeds/bulk_line/`: one input of each fault
     /// kind, named; `fuzz/corpus/bulk_line/`: a fuzzing run's minimized corpus),
     /// replayed as a plain test on every run.
