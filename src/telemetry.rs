@@ -3,9 +3,15 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// The default filter: `info`, and the TLS handshakes tonic refuses (an expired,
+/// unknown or missing client certificate), which it reports at debug level with the
+/// reason (`tls accept error`).
+pub const DEFAULT_FILTER: &str = "info,tonic::transport::server::io_stream=debug";
+
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colour only on a terminal: a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()

@@ -119,3 +119,28 @@ async fn queue_depth_and_oldest_pending_age_are_logged() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_refused_handshake_is_logged_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(dir.path(), &[]);
+    for stem in ["expired", "untrusted"] {
+        let _ = channel(gw.addr, client_tls(Some(stem), "ca.pem")).await;
+        let mut c = oip_gateway::proto::platform_service_client::PlatformServiceClient::new(
+            tonic::transport::Channel::from_shared(format!("https://{}", gw.addr))
+                .expect("endpoint")
+                .tls_config(client_tls(Some(stem), "ca.pem"))
+                .expect("tls")
+                .connect_lazy(),
+        );
+        let _ = c
+            .list_workers(oip_gateway::proto::ListRequest::default())
+            .await;
+    }
+    let logs = gw.captured_logs();
+    assert!(logs.contains("tls accept error"), "{logs}");
+    assert!(
+        logs.to_lowercase().contains("expired"),
+        "the reason is named: {logs}"
+    );
+}
