@@ -1,156 +1,14 @@
 //! The `oip-gateway` command: run the gateway, regenerate the example certificates,
-//! submit a bulk file, administer (platforms, grants, rates, dead letters, audit), pull
-//! as tax or social security, run the backend simulator, generate load.
+//! submit a bulk file and read back a platform's records (`status`), administer
+//! (platforms, grants, rates, dead letters, audit), pull as tax or social security, run
+//! the backend simulator, generate load. The command tree is `oip_gateway::cli::args`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
+use oip_gateway::cli::args::{Cli, Command, SimAction, SimClient, SubmitArgs};
 use oip_gateway::{app, certs, cli, config, loadgen, submit, telemetry};
-
-#[derive(Parser)]
-#[command(
-    name = "oip-gateway",
-    version,
-    about = "Data-exchange gateway for occupational injury protection of gig workers"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gateway (defaults: 127.0.0.1:50051, certs-example/, ./data/oip.db).
-    Serve {
-        /// Configuration file; every key can be overridden by an OIP_* variable.
-        #[arg(long, env = "OIP_CONFIG", default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// Print the effective configuration (file and OIP_* variables, secrets
-        /// redacted) as TOML and exit.
-        #[arg(long)]
-        print_config: bool,
-    },
-    /// Certificates: without a subcommand, write the example PKI (CA with its key,
-    /// server, one client certificate per role, bad cases); `ca` makes a CA of your own
-    /// and `issue` issues client or server certificates with it.
-    Certs(certs::CertsArgs),
-    /// Submit a JSON Lines bulk file and write the outcome report.
-    Submit(SubmitArgs),
-    /// The simulated social-security and tax backends (serve, read their counts, inject faults).
-    BackendSim {
-        #[command(subcommand)]
-        action: SimAction,
-    },
-    /// Dead letters (items a backend kept refusing): list, replay or discard them, as
-    /// an administrator.
-    DeadLetters {
-        #[command(subcommand)]
-        action: cli::admin::DeadLetterCommand,
-        #[command(flatten)]
-        connection: cli::Connection,
-    },
-    /// Administration: platforms, grants, rates, dead letters, the audit log
-    /// (administrator certificate, default certs-example/admin.pem).
-    Admin {
-        #[command(subcommand)]
-        action: cli::admin::AdminCommand,
-        #[command(flatten)]
-        connection: cli::Connection,
-    },
-    /// The audit log's integrity.
-    Audit {
-        #[command(subcommand)]
-        action: AuditCommand,
-        #[command(flatten)]
-        connection: cli::Connection,
-    },
-    /// Pull records changed since a cursor into a file (tax or social-security
-    /// certificate), printing the cursor to resume from.
-    Pull {
-        #[command(subcommand)]
-        action: cli::pull::PullCommand,
-        #[command(flatten)]
-        connection: cli::Connection,
-    },
-    /// Write a synthetic bulk file of valid workers and orders (for benchmarks).
-    Loadgen {
-        #[arg(long, default_value_t = 10_000)]
-        workers: usize,
-        #[arg(long, default_value_t = 1_000_000)]
-        orders: usize,
-        /// Prefix of generated worker and order ids (use a new one per run).
-        #[arg(long, default_value = "L")]
-        id_prefix: String,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Checks the hash chain; exits non-zero naming the first altered or missing entry.
-    Verify,
-}
-
-#[derive(Subcommand)]
-enum SimAction {
-    /// Serve both backends over mTLS until stopped.
-    Serve {
-        #[arg(long, default_value = "127.0.0.1:50061")]
-        listen: std::net::SocketAddr,
-        #[arg(long, default_value = "sqlite:data/backend-sim.db")]
-        database_url: String,
-        #[command(flatten)]
-        tls: SimTls,
-    },
-    /// Print what the simulator holds: applied items per kind, repeats, faults.
-    Stats {
-        #[command(flatten)]
-        client: SimClient,
-    },
-    /// Replace the fault settings.
-    Faults {
-        #[command(flatten)]
-        client: SimClient,
-        /// Fraction of calls answered UNAVAILABLE (0..1).
-        #[arg(long, default_value_t = 0.0)]
-        fail_fraction: f64,
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u32,
-        /// Idempotency keys to answer INVALID (repeatable).
-        #[arg(long = "reject")]
-        reject_keys: Vec<String>,
-        /// Answer every call UNAVAILABLE until faults are set again without --pause.
-        #[arg(long)]
-        pause: bool,
-    },
-}
-
-#[derive(Args)]
-struct SimTls {
-    #[arg(long, default_value = "certs-example/ca.pem")]
-    ca: PathBuf,
-    #[arg(long, default_value = "certs-example/server.pem")]
-    cert: PathBuf,
-    #[arg(long, default_value = "certs-example/server.key")]
-    key: PathBuf,
-}
-
-#[derive(Args)]
-struct SimClient {
-    #[arg(long, default_value = "https://127.0.0.1:50061")]
-    endpoint: String,
-    #[arg(long, default_value = "certs-example/ca.pem")]
-    ca: PathBuf,
-    #[arg(long, default_value = "certs-example/admin.pem")]
-    cert: PathBuf,
-    #[arg(long, default_value = "certs-example/admin.key")]
-    key: PathBuf,
-}
 
 async fn sim_control(
     c: &SimClient,
@@ -166,43 +24,6 @@ async fn sim_control(
         .await
         .map_err(|e| anyhow::anyhow!("backend simulator unreachable at {}: {e}", c.endpoint))?;
     Ok(oip_gateway::proto::backend_sim_control_client::BackendSimControlClient::new(channel))
-}
-
-#[derive(Args)]
-struct SubmitArgs {
-    /// The JSON Lines file to submit.
-    file: PathBuf,
-    /// Write the outcome report (JSON Lines, one line per input record) here.
-    #[arg(long)]
-    report: Option<PathBuf>,
-    #[arg(long, env = "OIP_ENDPOINT", default_value = "https://127.0.0.1:50051")]
-    endpoint: String,
-    #[arg(long, default_value = "certs-example/ca.pem")]
-    ca: PathBuf,
-    /// Client certificate (default: demo platform A).
-    #[arg(long, default_value = "certs-example/platform-a.pem")]
-    cert: PathBuf,
-    #[arg(long, default_value = "certs-example/platform-a.key")]
-    key: PathBuf,
-    /// Server name to verify against the gateway's certificate.
-    #[arg(long, default_value = "localhost")]
-    domain: String,
-    /// Records per chunk at most (chunks are also kept under 4 MiB).
-    #[arg(long, default_value_t = 1000)]
-    batch_size: usize,
-    /// Chunks in flight ahead of their answers.
-    #[arg(long, default_value_t = 8)]
-    window: usize,
-    /// Hide the progress bar.
-    #[arg(long)]
-    quiet: bool,
-    /// Send chunks uncompressed (they are gzip-compressed by default).
-    #[arg(long)]
-    no_compress: bool,
-    /// Skip the lines before this line number: resend the tail of a file after an
-    /// interrupted run (the summary names the line).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    from_line: u64,
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -320,15 +141,12 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::DeadLetters { action, connection } => {
-            let mut admin = cli::admin::connect(&connection).await?;
-            cli::admin::dead_letters(action, &mut admin).await
-        }
-        Command::Admin { action, connection } => cli::admin::run(action, &connection).await,
-        Command::Audit {
-            action: AuditCommand::Verify,
+        Command::Status {
+            action,
             connection,
-        } => cli::admin::verify(&connection).await,
+            json,
+        } => cli::status::run(action, &connection, json).await,
+        Command::Admin { action, connection } => cli::admin::run(action, &connection).await,
         Command::Pull { action, connection } => cli::pull::run(action, &connection).await,
         Command::Loadgen {
             workers,

@@ -1,121 +1,154 @@
-//! `oip-gateway admin ...` and `oip-gateway audit verify`: the administrator's
-//! commands, each one call of `oip.v1.AdminService` (audited like any other call).
+//! `oip-gateway admin ...`: the administrator's commands (platforms, grants, rates,
+//! dead letters, the audit log), each one call of `oip.v1.AdminService` (audited like
+//! any other call) or, where a command must say what it could not do, a listing first.
+
+use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
-use super::{Connection, status_line};
+use super::{Connection, one_line, page_footer, status_line};
 use crate::proto::{self, admin_service_client::AdminServiceClient};
 
 type Client = AdminServiceClient<Channel>;
 
+/// The destinations a dead letter can have.
+const DESTINATIONS: [&str; 2] = ["social-security", "tax"];
+
+/// `admin ...`.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
     /// Registered platforms: list, or register / update one.
     Platforms {
+        /// What to do with platforms.
         #[command(subcommand)]
         action: PlatformAction,
     },
     /// Who may do what: list, grant, revoke.
     Grants {
+        /// What to do with grants.
         #[command(subcommand)]
         action: GrantAction,
     },
     /// Base amounts per order and float multipliers: list, or append a new version.
     Rates {
+        /// What to do with the rate tables.
         #[command(subcommand)]
         action: RateAction,
     },
     /// Items a backend kept refusing: list, replay or discard them.
     DeadLetters {
+        /// What to do with dead letters.
         #[command(subcommand)]
         action: DeadLetterCommand,
     },
-    /// Read the audit log.
+    /// The audit log: read entries, or check its hash chain.
     Audit {
+        /// What to do with the audit log.
         #[command(subcommand)]
         action: AuditAction,
     },
 }
 
+/// `admin platforms ...`.
 #[derive(Subcommand, Debug)]
 pub enum PlatformAction {
+    /// Every registered platform, one per line: USCC, name, industries, delivery tier
+    /// (and its overrides), divisions with their pilot starts.
     List,
-    /// Registers a platform or replaces its registration.
+    /// Registers a platform or replaces its registration (it also needs a `platform`
+    /// grant: `admin grants put`).
     Put {
+        /// The platform's unified social credit code (18 characters, checked).
         #[arg(long)]
         uscc: String,
+        /// The platform's name (1..100 characters).
         #[arg(long)]
         name: String,
         /// RIDE_HAILING, INSTANT_DELIVERY, INTRACITY_FREIGHT (repeatable).
-        #[arg(long = "industry", required = true)]
+        #[arg(long = "industry", required = true, value_name = "CODE")]
         industries: Vec<String>,
         /// DIVISION=PILOT_START, e.g. 320100=2025-07-01 (repeatable).
-        #[arg(long = "division", required = true)]
+        #[arg(long = "division", required = true, value_name = "CODE=YYYY-MM-DD")]
         divisions: Vec<String>,
         /// Instant-delivery tier, A or B.
         #[arg(long, default_value = "A")]
         tier: String,
         /// DIVISION=TIER where it differs (repeatable).
-        #[arg(long = "tier-override")]
+        #[arg(long = "tier-override", value_name = "CODE=TIER")]
         tier_overrides: Vec<String>,
     },
 }
 
+/// `admin grants ...`.
 #[derive(Subcommand, Debug)]
 pub enum GrantAction {
-    /// Every grant, or those of one identity.
+    /// Every grant, or those of one identity: identity, role, scope, expiry, when
+    /// granted.
     List {
-        #[arg(long)]
+        /// Only the grants of this identity URI.
+        #[arg(long, value_name = "URI")]
         identity: Option<String>,
     },
     /// Grants a role over scopes (division codes; the platform's USCC; * for admin).
     Put {
-        /// e.g. oip://tax/js-tax-320500
-        #[arg(long)]
+        /// The identity URI to grant to, e.g. oip://tax/js-tax-320500.
+        #[arg(long, value_name = "URI")]
         identity: String,
         /// platform, tax, social-security or admin.
         #[arg(long)]
         role: String,
+        /// A division code (tax, social-security), the platform's USCC (platform) or *
+        /// (admin) (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// RFC 3339; none: no expiry.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         expires_at: Option<String>,
     },
     /// Revokes scopes of a role (every scope when none is given).
     Revoke {
-        #[arg(long)]
+        /// The identity URI to revoke from.
+        #[arg(long, value_name = "URI")]
         identity: String,
+        /// The role whose scopes are revoked.
         #[arg(long)]
         role: String,
+        /// A scope to revoke (repeatable); none: every scope of the role.
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
 }
 
+/// `admin rates ...`.
 #[derive(Subcommand, Debug)]
 pub enum RateAction {
+    /// Every version of the base amounts and floats, with when each was recorded.
     List,
     /// Appends a base amount per order (a new version; nothing is overwritten).
     AddBase {
+        /// The industry code, e.g. INSTANT_DELIVERY.
         #[arg(long)]
         industry: String,
         /// A or B (instant delivery); none: every tier.
         #[arg(long)]
         tier: Option<String>,
-        /// YYYY-MM-DD
-        #[arg(long)]
+        /// First day it applies, YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
         effective_from: String,
+        /// The base amount in fen per order (0..10000).
         #[arg(long)]
         fen_per_order: i64,
     },
     /// Appends a float multiplier for a platform, division and year.
     AddFloat {
+        /// The platform's USCC.
         #[arg(long)]
         uscc: String,
+        /// The city or province code it applies in.
         #[arg(long)]
         division: String,
+        /// The calendar year it applies to.
         #[arg(long)]
         year: i32,
         /// Decimal, e.g. 1.05
@@ -124,52 +157,72 @@ pub enum RateAction {
     },
 }
 
+/// `admin dead-letters ...`.
 #[derive(Subcommand, Debug)]
 pub enum DeadLetterCommand {
-    /// Print every dead letter: seq, destination, idempotency key, attempts, reason.
+    /// Print every dead letter: seq, destination, idempotency key, attempts, reason;
+    /// then the count.
     List {
-        /// social-security or tax (default: both).
-        #[arg(long)]
+        /// Only those of this destination (default: both).
+        #[arg(long, value_parser = DESTINATIONS)]
         destination: Option<String>,
     },
-    /// Put dead letters back in their queue; they are delivered again in order.
+    /// Put dead letters back in their queue; they are delivered again in order. Seqs
+    /// that are not dead letters are named, and the command exits non-zero.
     Replay(DeadLetterPick),
-    /// Give up on dead letters (kept for the record, never delivered).
+    /// Give up on dead letters (kept for the record, never delivered). Seqs that are
+    /// not dead letters are named, and the command exits non-zero.
     Discard(DeadLetterPick),
 }
 
+/// Which dead letters: listed seqs, or all.
 #[derive(Args, Debug)]
 pub struct DeadLetterPick {
     /// Outbox seqs as listed (repeatable).
-    #[arg(long = "seq", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        long = "seq",
+        required_unless_present = "all",
+        conflicts_with = "all",
+        value_name = "SEQ"
+    )]
     seqs: Vec<i64>,
     /// Every dead letter (of --destination, if given).
     #[arg(long)]
     all: bool,
-    #[arg(long)]
+    /// Only dead letters of this destination (default: both).
+    #[arg(long, value_parser = DESTINATIONS)]
     destination: Option<String>,
 }
 
+/// `admin audit ...`.
 #[derive(Subcommand, Debug)]
 pub enum AuditAction {
     /// Entries oldest first, tab-separated: seq, time, identity, role, action, scope,
-    /// records, outcome, trace id.
+    /// records, outcome, trace id. Ends with how to continue when more entries exist,
+    /// or `0 entries`.
     Query {
-        #[arg(long)]
+        /// Only entries of this identity URI.
+        #[arg(long, value_name = "URI")]
         identity: Option<String>,
         /// RFC 3339, inclusive.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         from: Option<String>,
         /// RFC 3339, exclusive.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         to: Option<String>,
         /// e.g. oip.v1.AdminService/PutGrant, personal-data-read.
         #[arg(long)]
         action: Option<String>,
         /// Stop after this many entries.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Continue a query: the token printed when it stopped at --limit (pass the same
+        /// filters).
+        #[arg(long, value_name = "TOKEN")]
+        page_token: Option<String>,
     },
+    /// Check the hash chain; exits non-zero naming the first altered or missing entry.
+    Verify,
 }
 
 async fn client(c: &Connection) -> anyhow::Result<Client> {
@@ -392,52 +445,71 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                     to,
                     action,
                     limit,
+                    page_token,
                 },
         } => {
-            let mut page_token = String::new();
-            let mut n = 0usize;
-            while n < limit {
-                let page = admin
-                    .query_audit(proto::QueryAuditRequest {
-                        identity: identity.clone().unwrap_or_default(),
-                        from: from.clone().unwrap_or_default(),
-                        to: to.clone().unwrap_or_default(),
-                        action: action.clone().unwrap_or_default(),
-                        page_size: (limit - n).min(1000) as u32,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|s| status_line(&s))?
-                    .into_inner();
-                for e in &page.entries {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                        e.seq,
-                        e.at,
-                        e.identity,
-                        e.role,
-                        e.action,
-                        e.scope,
-                        e.records,
-                        e.outcome,
-                        e.trace_id
-                    );
-                }
-                n += page.entries.len();
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let filters = proto::QueryAuditRequest {
+                identity: identity.unwrap_or_default(),
+                from: from.unwrap_or_default(),
+                to: to.unwrap_or_default(),
+                action: action.unwrap_or_default(),
+                page_size: 0,
+                page_token: page_token.unwrap_or_default(),
+            };
+            query_audit(&mut admin, filters, limit).await?;
         }
+        AdminCommand::Audit {
+            action: AuditAction::Verify,
+        } => verify(&mut admin).await?,
     }
     Ok(())
 }
 
-/// `audit verify`: exits non-zero, naming the first bad entry, when the chain breaks.
-pub async fn verify(c: &Connection) -> anyhow::Result<()> {
-    let v = client(c)
-        .await?
+/// `admin audit query`: at most `limit` entries from `request.page_token` on, then
+/// how to continue when more exist, or `0 entries`.
+async fn query_audit(
+    admin: &mut Client,
+    mut request: proto::QueryAuditRequest,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let mut n = 0u32;
+    let next = loop {
+        request.page_size = (limit - n).min(1000);
+        let page = admin
+            .query_audit(request.clone())
+            .await
+            .map_err(|s| status_line(&s))?
+            .into_inner();
+        for e in &page.entries {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                e.seq,
+                e.at,
+                e.identity,
+                e.role,
+                e.action,
+                one_line(&e.scope),
+                e.records,
+                e.outcome,
+                e.trace_id
+            );
+        }
+        n = n.saturating_add(u32::try_from(page.entries.len()).unwrap_or(u32::MAX));
+        if page.next_page_token.is_empty() || n >= limit {
+            break page.next_page_token;
+        }
+        request.page_token = page.next_page_token;
+    };
+    if let Some(footer) = page_footer(n as usize, &next) {
+        println!("{footer}");
+    }
+    Ok(())
+}
+
+/// `admin audit verify`: exits non-zero, naming the first bad entry, when the chain
+/// breaks.
+async fn verify(admin: &mut Client) -> anyhow::Result<()> {
+    let v = admin
         .verify_audit(proto::VerifyAuditRequest {})
         .await
         .map_err(|s| status_line(&s))?
@@ -455,60 +527,216 @@ pub async fn verify(c: &Connection) -> anyhow::Result<()> {
     }
 }
 
-/// `dead-letters ...` (also reachable as `admin dead-letters ...`).
-pub async fn dead_letters(action: DeadLetterCommand, admin: &mut Client) -> anyhow::Result<()> {
-    let pick = |p: DeadLetterPick| proto::DeadLetterSelection {
-        seqs: p.seqs,
-        all: p.all,
-        destination: p.destination.unwrap_or_default(),
-    };
+/// Every dead letter (of `destination`, or of both when empty), by seq.
+async fn all_dead_letters(
+    admin: &mut Client,
+    destination: &str,
+) -> anyhow::Result<Vec<proto::DeadLetter>> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_dead_letters(proto::ListDeadLettersRequest {
+                destination: destination.to_string(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(|s| status_line(&s))?
+            .into_inner();
+        all.extend(page.dead_letters);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// How the seqs asked for stand: dead letters to act on, seqs that are no dead letter,
+/// and dead letters of another destination than the one given.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sorted {
+    act_on: Vec<i64>,
+    not_dead: Vec<i64>,
+    elsewhere: Vec<(i64, String)>,
+}
+
+/// Sorts `seqs` (repeats dropped, order kept) by the dead letters that exist.
+fn sort_seqs(seqs: &[i64], dead: &BTreeMap<i64, String>, destination: Option<&str>) -> Sorted {
+    let mut sorted = Sorted::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for &seq in seqs {
+        if !seen.insert(seq) {
+            continue;
+        }
+        match dead.get(&seq) {
+            None => sorted.not_dead.push(seq),
+            Some(d) if destination.is_some_and(|want| want != d) => {
+                sorted.elsewhere.push((seq, d.clone()))
+            }
+            Some(_) => sorted.act_on.push(seq),
+        }
+    }
+    sorted
+}
+
+/// `seq 7` or `seqs 7, 9`.
+fn seq_list(seqs: &[i64]) -> String {
+    let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+    format!(
+        "{} {}",
+        if seqs.len() == 1 { "seq" } else { "seqs" },
+        list.join(", ")
+    )
+}
+
+/// Why the seqs that were not acted on were not, as one line; None when every seq
+/// was a dead letter.
+fn not_acted_on(s: &Sorted, verb: &str, destination: Option<&str>) -> Option<String> {
+    let mut parts = Vec::new();
+    if !s.not_dead.is_empty() {
+        parts.push(format!(
+            "{} {} (see `oip-gateway admin dead-letters list`)",
+            seq_list(&s.not_dead),
+            if s.not_dead.len() == 1 {
+                "is not a dead letter"
+            } else {
+                "are not dead letters"
+            },
+        ));
+    }
+    for (seq, d) in &s.elsewhere {
+        parts.push(format!(
+            "seq {seq} is a dead letter of {d}, not of {}",
+            destination.unwrap_or_default()
+        ));
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(format!("not {verb}: {}", parts.join("; ")))
+    }
+}
+
+/// `admin dead-letters ...`.
+async fn dead_letters(action: DeadLetterCommand, admin: &mut Client) -> anyhow::Result<()> {
     match action {
         DeadLetterCommand::List { destination } => {
-            let mut page_token = String::new();
-            let mut n = 0;
-            loop {
-                let page = admin
-                    .list_dead_letters(proto::ListDeadLettersRequest {
-                        destination: destination.clone().unwrap_or_default(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|s| status_line(&s))?
-                    .into_inner();
-                for d in &page.dead_letters {
-                    println!(
-                        "{}\t{}\t{}\tattempts={}\t{}",
-                        d.seq, d.destination, d.idempotency_key, d.attempts, d.last_error
-                    );
-                }
-                n += page.dead_letters.len();
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
+            let letters = all_dead_letters(admin, destination.as_deref().unwrap_or("")).await?;
+            for d in &letters {
+                println!(
+                    "{}\t{}\t{}\tattempts={}\t{}",
+                    d.seq,
+                    d.destination,
+                    d.idempotency_key,
+                    d.attempts,
+                    one_line(&d.last_error)
+                );
             }
-            println!("{n} dead letters");
+            println!("{} dead letters", letters.len());
         }
-        DeadLetterCommand::Replay(p) => {
-            let r = admin
-                .replay_dead_letters(pick(p))
-                .await
-                .map_err(|s| status_line(&s))?;
-            println!("replayed {}", r.get_ref().changed);
-        }
-        DeadLetterCommand::Discard(p) => {
-            let r = admin
-                .discard_dead_letters(pick(p))
-                .await
-                .map_err(|s| status_line(&s))?;
-            println!("discarded {}", r.get_ref().changed);
-        }
+        DeadLetterCommand::Replay(p) => act(admin, p, true).await?,
+        DeadLetterCommand::Discard(p) => act(admin, p, false).await?,
     }
     Ok(())
 }
 
-/// The `admin` client for `dead-letters` at the top level.
-pub async fn connect(c: &Connection) -> anyhow::Result<Client> {
-    client(c).await
+/// Replays or discards the picked dead letters. With `--seq`, the dead letters are
+/// listed first, so that seqs that are not dead letters (or of another destination)
+/// are named and the command fails instead of quietly changing nothing; the others
+/// are acted on.
+async fn act(admin: &mut Client, p: DeadLetterPick, replay: bool) -> anyhow::Result<()> {
+    let verb = if replay { "replayed" } else { "discarded" };
+    let destination = p.destination.clone().unwrap_or_default();
+    let call = |admin: &mut Client, seqs: Vec<i64>, all: bool| {
+        let selection = proto::DeadLetterSelection {
+            seqs,
+            all,
+            destination: destination.clone(),
+        };
+        let mut admin = admin.clone();
+        async move {
+            let r = if replay {
+                admin.replay_dead_letters(selection).await
+            } else {
+                admin.discard_dead_letters(selection).await
+            };
+            r.map(|r| r.into_inner().changed)
+                .map_err(|s| status_line(&s))
+        }
+    };
+    if p.all {
+        let changed = call(admin, vec![], true).await?;
+        println!("{verb} {changed}");
+        return Ok(());
+    }
+    let dead: BTreeMap<i64, String> = all_dead_letters(admin, "")
+        .await?
+        .into_iter()
+        .map(|d| (d.seq, d.destination))
+        .collect();
+    let sorted = sort_seqs(&p.seqs, &dead, p.destination.as_deref());
+    let changed = if sorted.act_on.is_empty() {
+        0
+    } else {
+        call(admin, sorted.act_on.clone(), false).await?
+    };
+    println!("{verb} {changed}");
+    let asked = sorted.act_on.len() as u64;
+    if changed < asked {
+        let missed = asked - changed;
+        if replay {
+            println!(
+                "{missed} of the dead letters picked {} not replayed: superseded by a newer version of the record already delivered (see `oip-gateway status deliveries`), or no longer dead letters when the call ran",
+                if missed == 1 { "was" } else { "were" }
+            );
+        } else {
+            println!(
+                "{missed} of the dead letters picked {} no longer dead letters when the call ran",
+                if missed == 1 { "was" } else { "were" }
+            );
+        }
+    }
+    match not_acted_on(&sorted, verb, p.destination.as_deref()) {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!("{why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqs_that_are_no_dead_letters_are_named() {
+        let dead: BTreeMap<i64, String> = [(5, "tax".to_string()), (7, "social-security".into())]
+            .into_iter()
+            .collect();
+        let s = sort_seqs(&[5, 1234, 5, 7, 99], &dead, Some("tax"));
+        assert_eq!(
+            s,
+            Sorted {
+                act_on: vec![5],
+                not_dead: vec![1234, 99],
+                elsewhere: vec![(7, "social-security".into())],
+            }
+        );
+        assert_eq!(
+            not_acted_on(&s, "replayed", Some("tax")).as_deref(),
+            Some(
+                "not replayed: seqs 1234, 99 are not dead letters (see `oip-gateway admin dead-letters list`); seq 7 is a dead letter of social-security, not of tax"
+            )
+        );
+        let s = sort_seqs(&[1234], &dead, None);
+        assert_eq!(
+            not_acted_on(&s, "discarded", None).as_deref(),
+            Some(
+                "not discarded: seq 1234 is not a dead letter (see `oip-gateway admin dead-letters list`)"
+            )
+        );
+        assert_eq!(
+            not_acted_on(&sort_seqs(&[5, 7], &dead, None), "replayed", None),
+            None
+        );
+    }
 }

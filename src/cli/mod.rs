@@ -1,33 +1,52 @@
-//! Command-line clients for the government and administrator roles: `admin ...`,
-//! `audit verify`, `pull ...`. Each connects over mTLS with the role's certificate.
+//! The command line: its definition ([`args`], one tree, every option documented) and
+//! the clients of each role: `status ...` (a platform's read-back), `admin ...`
+//! (administrators, the audit log included), `pull ...` (tax bureau, social-security
+//! agency). Each connects over mTLS with the role's certificate.
 
 pub mod admin;
+pub mod args;
 pub mod pull;
+pub mod status;
 
 use std::path::PathBuf;
 
 use clap::Args;
 use tonic::transport::Channel;
 
-/// Where the gateway is and which certificate to present.
+/// Where the gateway is and which certificate to present: the connection flags of
+/// every client command (`status`, `admin`, `pull`), accepted before or after the
+/// subcommand.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub struct Connection {
+    /// The gateway's address, https://HOST:PORT (mutual TLS only).
     #[arg(
         long,
         global = true,
         env = "OIP_ENDPOINT",
-        default_value = "https://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051",
+        value_name = "URL"
     )]
     pub endpoint: String,
-    #[arg(long, global = true, default_value = "certs-example/ca.pem")]
+    /// CA certificate (PEM) that issued the gateway's certificate.
+    #[arg(
+        long,
+        global = true,
+        default_value = "certs-example/ca.pem",
+        value_name = "FILE"
+    )]
     pub ca: PathBuf,
-    /// Client certificate (default: the role's example certificate).
-    #[arg(long, global = true)]
+    /// Client certificate (PEM) to present; its oip:// identity is who calls. Default:
+    /// the role's example certificate, certs-example/platform-a.pem for `status`,
+    /// admin.pem for `admin`, tax.pem or social-security.pem for `pull`.
+    #[arg(long, global = true, value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    #[arg(long, global = true)]
+    /// Private key (PEM, PKCS#8) of --cert. Default: the example key beside the
+    /// role's example certificate (certs-example/<role>.key).
+    #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Server name to verify against the gateway's certificate.
-    #[arg(long, global = true, default_value = "localhost")]
+    #[arg(long, global = true, default_value = "localhost", value_name = "NAME")]
     pub domain: String,
 }
 
@@ -53,4 +72,42 @@ pub fn status_line(s: &tonic::Status) -> anyhow::Error {
         "{}",
         crate::tls::explain_status(s, std::path::Path::new("(the certificate given)"))
     )
+}
+
+/// The line that ends a page of a listing: `0 entries` when nothing was listed, and
+/// when more entries exist, how to continue (`more entries exist: continue with
+/// --page-token TOKEN`); None when the listing is complete and not empty.
+pub fn page_footer(listed: usize, next_page_token: &str) -> Option<String> {
+    if !next_page_token.is_empty() {
+        Some(format!(
+            "more entries exist: continue with --page-token {next_page_token}"
+        ))
+    } else if listed == 0 {
+        Some("0 entries".to_string())
+    } else {
+        None
+    }
+}
+
+/// Free text (a message, a backend's reason) on one line: control characters (line
+/// breaks, tabs) become spaces.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_says_when_it_is_empty_and_how_to_continue() {
+        assert_eq!(page_footer(0, "").as_deref(), Some("0 entries"));
+        assert_eq!(page_footer(3, ""), None);
+        assert_eq!(
+            page_footer(2, "abc").as_deref(),
+            Some("more entries exist: continue with --page-token abc")
+        );
+    }
 }

@@ -15,6 +15,7 @@ use crate::proto::{
     tax_item, tax_service_client::TaxServiceClient,
 };
 
+/// `pull ...`: what to pull.
 #[derive(Subcommand, Debug)]
 pub enum PullCommand {
     /// Volume statements, declarations and reconciliation (tax bureau certificate).
@@ -24,6 +25,7 @@ pub enum PullCommand {
     SocialSecurity(PullArgs),
 }
 
+/// What a pull reads (filters, where to resume) and where it writes.
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// Resume after this cursor (printed by the previous pull); none: from the start.
@@ -52,12 +54,16 @@ pub struct PullArgs {
     max_records: u32,
 }
 
+/// The format of a pulled file.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// Comma-separated values with a header line (fixed columns per pull).
     Csv,
+    /// JSON Lines: one object per record, only the fields the record has.
     Jsonl,
 }
 
+/// The CSV columns of `pull contributions`, in order.
 pub const TAX_COLUMNS: [&str; 19] = [
     "cursor",
     "kind",
@@ -80,6 +86,7 @@ pub const TAX_COLUMNS: [&str; 19] = [
     "computed_amount_fen",
 ];
 
+/// The CSV columns of `pull social-security`, in order.
 pub const SS_COLUMNS: [&str; 22] = [
     "cursor",
     "kind",
@@ -220,6 +227,9 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
+    /// Opens `path` (owner-only when created) for `format`, or the one its extension
+    /// names (`.csv`, else JSON Lines); appends with `append`, writing the CSV header
+    /// only into a new or empty file.
     pub fn create(
         path: &Path,
         format: Option<Format>,
@@ -261,6 +271,7 @@ impl RecordWriter {
         Ok(w)
     }
 
+    /// Writes one record (CSV: its values in the columns' order, empty where absent).
     pub fn write(&mut self, record: &Map<String, Value>) -> anyhow::Result<()> {
         match self.format {
             Format::Jsonl => {
@@ -279,6 +290,7 @@ impl RecordWriter {
         Ok(())
     }
 
+    /// Flushes and syncs the file to disk.
     pub fn finish(mut self) -> anyhow::Result<()> {
         self.out.flush()?;
         self.out.get_ref().sync_all()?;

@@ -78,11 +78,11 @@ async fn list(a: &mut Admin) -> Vec<proto::DeadLetter> {
 fn cli(gw: &TestGateway, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("dead-letters")
+        .args(["admin", "dead-letters"])
         .args(args)
         .args(["--endpoint", &gw.endpoint()])
         .output()
-        .expect("run dead-letters");
+        .expect("run admin dead-letters");
     assert!(
         out.status.success(),
         "{}",

@@ -241,7 +241,7 @@ async fn each_role_runs_its_commands() {
         audit.contains("oip.v1.TaxService/PullContributions"),
         "{audit}"
     );
-    assert!(ok(cli(&e, &["audit", "verify"])).contains("intact"));
+    assert!(ok(cli(&e, &["admin", "audit", "verify"])).contains("intact"));
     let pool = gw.sql().await;
     sqlx::query("UPDATE audit_log SET outcome = 'OK' WHERE seq = 3")
         .execute(&pool)
@@ -251,7 +251,7 @@ async fn each_role_runs_its_commands() {
         .execute(&pool)
         .await
         .expect("tamper");
-    let out = cli(&e, &["audit", "verify"]);
+    let out = cli(&e, &["admin", "audit", "verify"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken at entry 3"), "{err}");
