@@ -138,6 +138,10 @@ async fn a_refused_handshake_is_logged_with_its_reason() {
             .await;
     }
     let logs = gw.captured_logs();
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no colour escapes when not on a terminal"
+    );
     assert!(logs.contains("tls accept error"), "{logs}");
     assert!(
         logs.to_lowercase().contains("expired"),

@@ -178,3 +178,30 @@ async fn client_mistakes_are_named_with_what_to_do_before_connecting() {
     assert!(err.contains("refused --cert"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_command_checks_its_certificate_before_connecting() {
+    let gw = TestGateway::spawn().await;
+    for args in [
+        vec!["admin", "platforms", "list"],
+        vec!["status", "workers"],
+        vec!["pull", "contributions", "--out", "x.jsonl"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(&args)
+            .args([
+                "--endpoint",
+                &gw.endpoint(),
+                "--cert",
+                "certs-example/expired.pem",
+                "--key",
+                "certs-example/expired.key",
+            ])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("expired on"), "{args:?}: {err}");
+    }
+}
