@@ -267,6 +267,9 @@ fn print_platform(p: &proto::PlatformRegistration) {
 }
 
 fn print_grants(g: &proto::GrantsResponse) {
+    if g.grants.is_empty() {
+        println!("0 grants");
+    }
     for g in &g.grants {
         println!(
             "{}\t{}\t{}\texpires={}\tgranted={}",
