@@ -129,6 +129,7 @@ async fn run(
         ca: certs("ca.pem"),
         cert: certs("server.pem"),
         key: certs("server.key"),
+        also_trust: None,
     })
     .await?;
     let sim_endpoint = format!("https://{}", sim.addr);

@@ -45,6 +45,8 @@ pub struct Gateway {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     stop_background: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    /// Held while the gateway runs: one gateway per SQLite database.
+    _database_lock: crate::store::DatabaseLock,
 }
 
 /// `sqlite:dir/oip.db` → `sqlite:dir/backend-sim.db`.
@@ -63,9 +65,21 @@ async fn start_forwarding(
 ) -> anyhow::Result<(Option<BackendSim>, Vec<JoinHandle<()>>)> {
     let f = &config.forward;
     let mut sim = None;
-    let (ss_endpoint, tax_endpoint) = match (&f.social_security_endpoint, &f.tax_endpoint) {
-        (Some(ss), Some(tax)) => (ss.clone(), tax.clone()),
-        _ => {
+    let (ss_endpoint, tax_endpoint, tls) = match f.backends()? {
+        Some((ss, tax)) => {
+            let tls = tls::client_config(
+                &f.backend_ca,
+                &f.client_cert,
+                &f.client_key,
+                &f.backend_domain,
+            )?;
+            (ss, tax, tls)
+        }
+        None => {
+            // The simulator presents the gateway's own certificate (so that clients
+            // trusting tls.ca can watch and steer it); the dispatcher reaches it with
+            // a throw-away client certificate, trusting what issued tls.cert.
+            let link = crate::certs::loopback_link()?;
             let s = BackendSim::start(SimConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 database_url: f
@@ -75,20 +89,16 @@ async fn start_forwarding(
                 ca: config.tls.ca.clone(),
                 cert: config.tls.cert.clone(),
                 key: config.tls.key.clone(),
+                also_trust: Some(link.ca_pem.clone()),
             })
             .await?;
             let endpoint = format!("https://{}", s.addr);
             tracing::info!(%endpoint, "no backends configured: delivering to the embedded simulator");
             sim = Some(s);
-            (endpoint.clone(), endpoint)
+            let tls = tls::loopback_client_config(&config.tls.ca, &config.tls.cert, &link)?;
+            (endpoint.clone(), endpoint, tls)
         }
     };
-    let tls = tls::client_config(
-        &f.backend_ca,
-        &f.client_cert,
-        &f.client_key,
-        &f.backend_domain,
-    )?;
     let channel = |endpoint: &str| -> anyhow::Result<Channel> {
         Ok(Channel::from_shared(endpoint.to_string())
             .with_context(|| format!("forward endpoint {endpoint}"))?
@@ -164,7 +174,9 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             seeds.push(grant);
         }
     }
-    store.put_grants(&seeds, "configuration", now).await?;
+    store
+        .put_grants(&seeds, crate::store::access::CONFIGURATION, now)
+        .await?;
     Ok(Arc::new(store))
 }
 
@@ -275,6 +287,9 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 impl Gateway {
     /// Builds everything and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let demo = config.demo_parts();
         if !demo.is_empty() {
             tracing::warn!(
@@ -282,7 +297,18 @@ impl Gateway {
                 "DEMO SETUP IN USE: never for real data. Replace the keys and certificates (README, \"Going to production\")"
             );
         }
+        // Bound first: a port in use stops start-up before anything else is started.
+        let tls = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key, None)?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            let next = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process (another gateway?) listens there: stop it, or set listen (OIP_LISTEN) to a free address"
+            } else {
+                "set listen (OIP_LISTEN) to an address of this machine"
+            };
+            anyhow::anyhow!("listen: cannot bind {} ({e}): {next}", config.listen)
+        })?;
         let reference = Arc::new(config.reference()?);
+        let database_lock = crate::store::lock_database(&config.database_url)?;
         let store = prepare_store(&config).await?;
         let rates = Arc::new(load_rates(&config, store.as_ref()).await?);
         let policy = Policy {
@@ -374,10 +400,6 @@ impl Gateway {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let reflection = reflection().build_v1()?;
 
-        let tls = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
         let router = Server::builder()
@@ -406,6 +428,7 @@ impl Gateway {
             task,
             stop_background,
             background,
+            _database_lock: database_lock,
         })
     }
 

@@ -34,6 +34,9 @@ pub struct SimConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// PEM CA certificates trusted for clients besides `ca` (the embedded simulator's
+    /// link to its gateway, see [`crate::certs::loopback_link`]).
+    pub also_trust: Option<String>,
 }
 
 struct State {
@@ -267,7 +270,12 @@ impl BackendSim {
             faults: Mutex::new(proto::Faults::default()),
             rng: Mutex::new(seed),
         }));
-        let tls = tls::server_config(&config.ca, &config.cert, &config.key)?;
+        let tls = tls::server_config(
+            &config.ca,
+            &config.cert,
+            &config.key,
+            config.also_trust.as_deref(),
+        )?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("backend-sim: cannot bind {}", config.listen))?;

@@ -167,16 +167,15 @@ fn field_name(key: &str) -> String {
 
 /// The kind and id a line names, read leniently (for naming a line that is refused).
 fn name_leniently(text: &str, e: &mut LineError) {
-    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
-        if let Some(kind) = map
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text)
+        && let Some(kind) = map
             .get("kind")
             .and_then(Value::as_str)
             .and_then(RecordKind::parse)
-        {
-            e.kind = kind.as_str().into();
-            if let Some(id) = map.get(id_key(kind)).and_then(Value::as_str) {
-                e.id = echo(id);
-            }
+    {
+        e.kind = kind.as_str().into();
+        if let Some(id) = map.get(id_key(kind)).and_then(Value::as_str) {
+            e.id = echo(id);
         }
     }
 }

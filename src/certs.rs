@@ -624,7 +624,8 @@ fn random_serial() -> (SerialNumber, String) {
 }
 
 /// A DER certificate as PEM.
-fn pem_certificate(der: &[u8]) -> String {
+/// A DER certificate as a PEM block.
+pub(crate) fn pem_certificate(der: &[u8]) -> String {
     use base64::Engine;
 
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -792,6 +793,42 @@ fn leaf(
 
 fn uri(u: &str) -> anyhow::Result<SanType> {
     Ok(SanType::URI(u.try_into()?))
+}
+
+/// The credentials of the link between the gateway and its embedded backend simulator,
+/// made afresh at every start and never written: a throw-away CA (`ca_pem`) and a
+/// client certificate issued by it (`oip://gateway/embedded`, clientAuth) with its key.
+/// The simulator trusts the CA besides `tls.ca`, so the link works whatever CA the
+/// operator's certificates come from.
+pub struct LoopbackLink {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Makes a [`LoopbackLink`], valid from 5 minutes ago for 10 years (the process's life).
+pub fn loopback_link() -> anyhow::Result<LoopbackLink> {
+    let now = OffsetDateTime::now_utc();
+    let validity = (now - BACKDATE, now + time::Duration::days(3650));
+    let ca = new_ca(
+        "oip-gateway embedded simulator link",
+        None,
+        validity,
+        BasicConstraints::Constrained(0),
+    )?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "gateway");
+    p.subject_alt_names = vec![uri("oip://gateway/embedded")?];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    (p.not_before, p.not_after) = validity;
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &ca)?;
+    Ok(LoopbackLink {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Writes the whole example PKI into `dir` (created if missing): `ca.pem`, `ca.key`,

@@ -31,14 +31,23 @@ const DEMO_LOOKUP_KEY: &str = "a3c5e7f9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f
 /// The example CA and server certificate of `certs-example/`.
 const DEMO_CA: &str = include_str!("../certs-example/ca.pem");
 const DEMO_SERVER_CERT: &str = include_str!("../certs-example/server.pem");
+/// The example keys (published, so never worth a permission warning).
+const DEMO_SERVER_KEY: &str = include_str!("../certs-example/server.key");
+const DEMO_GATEWAY_KEY: &str = include_str!("../certs-example/gateway.key");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address of the gRPC listener (port 0 picks a free port).
+    /// Address of the gRPC listener (port 0 picks a free port); default
+    /// `127.0.0.1:50051`.
+    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// `sqlite:PATH` (the embedded default); created with its directory if missing.
+    /// Default `sqlite:data/oip.db`.
+    #[serde(default = "default_database_url")]
     pub database_url: String,
+    /// Default: the example certificates of `certs-example/` (announced at start).
+    #[serde(default)]
     pub tls: TlsFiles,
     #[serde(default)]
     pub reference: ReferenceConfig,
@@ -83,14 +92,32 @@ pub struct GrantSeed {
     pub scopes: Vec<String>,
 }
 
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_database_url() -> String {
+    "sqlite:data/oip.db".to_string()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsFiles {
     /// CA that client certificates must chain to.
     pub ca: PathBuf,
     /// The server's certificate chain and private key (PEM).
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+impl Default for TlsFiles {
+    fn default() -> Self {
+        Self {
+            ca: "certs-example/ca.pem".into(),
+            cert: "certs-example/server.pem".into(),
+            key: "certs-example/server.key".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -248,6 +275,49 @@ pub struct ForwardConfig {
     pub release_poll_secs: u64,
 }
 
+impl ForwardConfig {
+    /// The real backends' endpoints (social security, tax), or `None` when neither is
+    /// set (the embedded simulator then receives both). Errors: only one set (the
+    /// other would silently go to the simulator), or an endpoint not `https://host:port`.
+    pub fn backends(&self) -> Result<Option<(String, String)>, ConfigError> {
+        let check = |key: &str, endpoint: &str| -> Result<String, ConfigError> {
+            let uri: http::Uri = endpoint.parse().map_err(|_| {
+                invalid(
+                    key,
+                    format!("{endpoint:?} is not a URL; use https://host:port"),
+                )
+            })?;
+            if uri.scheme_str() != Some("https") {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{endpoint:?}: the backends are reached over mutual TLS only; use https://host:port"
+                    ),
+                ));
+            }
+            if uri.host().is_none_or(str::is_empty) || uri.port().is_none() {
+                return Err(invalid(key, format!("{endpoint:?}: use https://host:port")));
+            }
+            Ok(endpoint.to_string())
+        };
+        match (&self.social_security_endpoint, &self.tax_endpoint) {
+            (None, None) => Ok(None),
+            (Some(ss), Some(tax)) => Ok(Some((
+                check("forward.social_security_endpoint", ss)?,
+                check("forward.tax_endpoint", tax)?,
+            ))),
+            (Some(_), None) => Err(invalid(
+                "forward.tax_endpoint",
+                "is not set while forward.social_security_endpoint is: set both (real backends) or neither (the embedded simulator)",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "forward.social_security_endpoint",
+                "is not set while forward.tax_endpoint is: set both (real backends) or neither (the embedded simulator)",
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StatementRelease {
@@ -363,6 +433,45 @@ pub enum ConfigError {
     Parse(Box<figment::Error>),
     #[error("configuration key {key}: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("configuration file {0}")]
+    File(String),
+}
+
+/// A figment error as the key (`limits.max_future_secs`, without figment's profile
+/// name), where the value came from (the file or an `OIP_*` variable), why, and for
+/// addresses the form expected.
+fn parse_error(e: figment::Error) -> ConfigError {
+    let Some(first) = e.into_iter().next() else {
+        return invalid("configuration", "cannot be read");
+    };
+    let key = first
+        .path
+        .iter()
+        .filter(|p| p.as_str() != "default")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(".");
+    let from = first
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(figment::Source::File(f)) => format!(" (in {})", f.display()),
+            _ => format!(" (from the {})", m.name),
+        })
+        .unwrap_or_default();
+    let hint = if key == "listen" {
+        ": expected host:port, e.g. 127.0.0.1:50051 (port 1 to 65535; 0 picks a free one)"
+    } else {
+        ""
+    };
+    if key.is_empty() {
+        return ConfigError::Parse(Box::new(first));
+    }
+    invalid(key, format!("{}{from}{hint}", first.kind))
+}
+
+fn file_problem(p: crate::tls::FileProblem) -> ConfigError {
+    invalid(p.key, format!("{} {}", p.path.display(), p.reason))
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -376,10 +485,13 @@ impl Config {
     /// Reads `path` and the `OIP_*` environment, then validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         if !path.exists() {
-            return Err(invalid(
-                "--config",
-                format!("file {} not found", path.display()),
-            ));
+            let cwd = std::env::current_dir()
+                .map(|d| format!(" (relative paths start at {})", d.display()))
+                .unwrap_or_default();
+            return Err(ConfigError::File(format!(
+                "{} not found{cwd}: run from the repository's root, or name the file with --config FILE (or OIP_CONFIG)",
+                path.display()
+            )));
         }
         Self::from_figment(
             Figment::new()
@@ -424,9 +536,7 @@ impl Config {
     /// Extracts and validates from any figment (tests build one without touching the
     /// process environment).
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let config: Config = figment.extract().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -462,13 +572,60 @@ impl Config {
         if self.pii.lookup_key == DEMO_LOOKUP_KEY {
             parts.push("the demo lookup key (pii.lookup_key)");
         }
-        let same = |path: &Path, shipped: &str| {
-            std::fs::read_to_string(path).is_ok_and(|s| s.trim() == shipped.trim())
+        // Certificate by certificate: a bundle that also holds the demo CA trusts every
+        // published demo certificate.
+        let demo: Vec<_> = [DEMO_CA, DEMO_SERVER_CERT]
+            .iter()
+            .flat_map(|pem| {
+                let mut pem = pem.as_bytes();
+                rustls_pemfile::certs(&mut pem)
+                    .filter_map(Result::ok)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let holds_demo = |path: &Path| {
+            crate::tls::read_certificates("", path)
+                .is_ok_and(|certs| certs.iter().any(|c| demo.contains(c)))
         };
-        if same(&self.tls.ca, DEMO_CA) || same(&self.tls.cert, DEMO_SERVER_CERT) {
+        if holds_demo(&self.tls.ca) || holds_demo(&self.tls.cert) {
             parts.push("the example certificates of certs-example/ (tls.*)");
         }
         parts
+    }
+
+    /// What is allowed but probably wrong, one sentence each with what to do (logged as
+    /// warnings at every start): no administrator, a private key readable by others,
+    /// the server certificate expiring within 30 days.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.admins.is_empty() {
+            out.push("no administrator is configured (admins = []): nobody can grant, register or replay; add admins = [\"oip://admin/<name>\"]".to_string());
+        }
+        let mut keys = vec![("tls.key", &self.tls.key)];
+        if self.forward.enabled && matches!(self.forward.backends(), Ok(Some(_))) {
+            keys.push(("forward.client_key", &self.forward.client_key));
+        }
+        for (key, path) in keys {
+            // The demo keys are published anyway (and announced as such).
+            let published = std::fs::read_to_string(path)
+                .is_ok_and(|k| [DEMO_SERVER_KEY, DEMO_GATEWAY_KEY].contains(&k.as_str()));
+            if !published && let Some(why) = crate::tls::key_too_open(key, path) {
+                out.push(why);
+            }
+        }
+        if let Ok(pair) = crate::tls::check_pair(
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            crate::tls::Purpose::Server,
+        ) && pair.expires_in_secs < 30 * 24 * 3600
+        {
+            out.push(format!(
+                "tls.cert {} expires in {} days: renew it (README, \"Going to production\")",
+                self.tls.cert.display(),
+                pair.expires_in_secs / (24 * 3600)
+            ));
+        }
+        out
     }
 
     /// This configuration as TOML with every secret replaced by `<redacted>` (what
@@ -538,15 +695,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        for (key, path) in [
-            ("tls.ca", &self.tls.ca),
+        crate::tls::check_ca("tls.ca", &self.tls.ca).map_err(file_problem)?;
+        crate::tls::check_pair(
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
-        ] {
-            if !path.is_file() {
-                return Err(invalid(key, format!("file {} not found", path.display())));
-            }
-        }
+            crate::tls::Purpose::Server,
+        )
+        .map_err(file_problem)?;
         if !self.database_url.starts_with("sqlite:") {
             return Err(invalid(
                 "database_url",
@@ -627,14 +782,15 @@ impl Config {
         self.rates(0)?;
         self.vault()?;
         if self.forward.enabled {
-            for (key, path) in [
-                ("forward.backend_ca", &self.forward.backend_ca),
-                ("forward.client_cert", &self.forward.client_cert),
-                ("forward.client_key", &self.forward.client_key),
-            ] {
-                if !path.is_file() {
-                    return Err(invalid(key, format!("file {} not found", path.display())));
-                }
+            if self.forward.backends()?.is_some() {
+                crate::tls::check_ca("forward.backend_ca", &self.forward.backend_ca)
+                    .map_err(file_problem)?;
+                crate::tls::check_pair(
+                    ("forward.client_cert", &self.forward.client_cert),
+                    ("forward.client_key", &self.forward.client_key),
+                    crate::tls::Purpose::Client,
+                )
+                .map_err(file_problem)?;
             }
             if self.forward.batch_size == 0 || self.forward.max_attempts == 0 {
                 return Err(invalid(

@@ -172,22 +172,22 @@ where
                         };
                         continue;
                     }
-                    if let Some(t) = timer {
-                        if t.as_mut().poll(cx).is_ready() {
-                            *timer = None;
-                            // A handler that owns its deadline answers it itself.
-                            if !deadline.is_owned() && deadline.expire() {
-                                // The handler will commit nothing now; it goes on to
-                                // write the call's audit entry, which says so.
-                                self.state = BodyState::Trailers(Some(status_trailers(
-                                    tonic::Status::deadline_exceeded(
-                                        crate::deadline::DeadlineExceeded.to_string(),
-                                    ),
-                                )));
-                                continue;
-                            }
-                            // A commit is under way: its outcome is the answer.
+                    if let Some(t) = timer
+                        && t.as_mut().poll(cx).is_ready()
+                    {
+                        *timer = None;
+                        // A handler that owns its deadline answers it itself.
+                        if !deadline.is_owned() && deadline.expire() {
+                            // The handler will commit nothing now; it goes on to
+                            // write the call's audit entry, which says so.
+                            self.state = BodyState::Trailers(Some(status_trailers(
+                                tonic::Status::deadline_exceeded(
+                                    crate::deadline::DeadlineExceeded.to_string(),
+                                ),
+                            )));
+                            continue;
                         }
+                        // A commit is under way: its outcome is the answer.
                     }
                     return Poll::Pending;
                 }

@@ -98,6 +98,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                         ca: tls.ca,
                         cert: tls.cert,
                         key: tls.key,
+                        also_trust: None,
                     },
                 )
                 .await?;

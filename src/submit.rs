@@ -479,13 +479,13 @@ pub fn no_stop() -> watch::Receiver<u32> {
 /// `stop` counts stop requests (signals): the first stops reading and waits for the
 /// answers of the chunks already sent; the second stops waiting.
 pub async fn run(opts: &SubmitOptions, stop: watch::Receiver<u32>) -> anyhow::Result<Summary> {
-    if let Some(report) = &opts.report {
-        if same_file(&opts.file, report) {
-            return Err(anyhow!(
-                "--report {} is the input file: the report would overwrite it; nothing was sent",
-                report.display()
-            ));
-        }
+    if let Some(report) = &opts.report
+        && same_file(&opts.file, report)
+    {
+        return Err(anyhow!(
+            "--report {} is the input file: the report would overwrite it; nothing was sent",
+            report.display()
+        ));
     }
     let file = tokio::fs::File::open(&opts.file)
         .await
@@ -806,11 +806,11 @@ impl Report {
 
     /// Flushes the report and puts it in place.
     async fn finish(&mut self) -> anyhow::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            if !self.failed {
-                f.flush().await?;
-                f.sync_all().await?;
-            }
+        if let Some(f) = self.file.as_mut()
+            && !self.failed
+        {
+            f.flush().await?;
+            f.sync_all().await?;
         }
         if let Some((partial, report)) = self.rename.take() {
             tokio::fs::rename(&partial, &report)

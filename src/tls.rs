@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::pki_types::CertificateDer;
+
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +25,24 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     })
 }
 
-/// Server side: present `cert`/`key`, require a client certificate chained to `ca`.
-/// A missing, untrusted or expired client certificate fails the handshake.
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsFileError> {
+/// Server side: present `cert`/`key`, require a client certificate chained to `ca`
+/// (or, when given, to the CA certificates of `also_trust`, PEM). A missing, untrusted
+/// or expired client certificate fails the handshake.
+pub fn server_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    also_trust: Option<&str>,
+) -> Result<ServerTlsConfig, TlsFileError> {
     let identity = Identity::from_pem(read("tls.cert", cert)?, read("tls.key", key)?);
+    let mut roots = read("tls.ca", ca)?;
+    if let Some(extra) = also_trust {
+        roots.push(b'\n');
+        roots.extend_from_slice(extra.as_bytes());
+    }
     Ok(ServerTlsConfig::new()
         .identity(identity)
-        .client_ca_root(Certificate::from_pem(read("tls.ca", ca)?))
+        .client_ca_root(Certificate::from_pem(roots))
         .client_auth_optional(false))
 }
 
@@ -44,6 +57,50 @@ pub fn client_config(
         .ca_certificate(Certificate::from_pem(read("ca", ca)?))
         .identity(Identity::from_pem(read("cert", cert)?, read("key", key)?))
         .domain_name(domain))
+}
+
+/// The dispatcher's side of the link to the embedded simulator, which presents the
+/// gateway's own `cert`: trusts `ca` and the CA certificates of `cert`'s chain, checks
+/// the first name `cert` carries (DNS name or IP address; `localhost` if none), and
+/// presents the link's throw-away client certificate.
+pub fn loopback_client_config(
+    ca: &Path,
+    cert: &Path,
+    link: &crate::certs::LoopbackLink,
+) -> anyhow::Result<ClientTlsConfig> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let mut anchors = read("tls.ca", ca)?;
+    let chain = read_certificates("tls.cert", cert)?;
+    let mut name = None;
+    for (i, der) in chain.iter().enumerate() {
+        let Ok((_, parsed)) = X509Certificate::from_der(der) else {
+            continue;
+        };
+        if i == 0 {
+            if let Ok(Some(san)) = parsed.subject_alternative_name() {
+                name = san.value.general_names.iter().find_map(|n| match n {
+                    GeneralName::DNSName(d) => Some((*d).to_string()),
+                    GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
+                        16 => <[u8; 16]>::try_from(*ip)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+            }
+        } else if parsed.is_ca() {
+            anchors.push(b'\n');
+            anchors.extend_from_slice(crate::certs::pem_certificate(der).as_bytes());
+        }
+    }
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(anchors))
+        .identity(Identity::from_pem(&link.cert_pem, &link.key_pem))
+        .domain_name(name.unwrap_or_else(|| "localhost".to_string())))
 }
 
 /// Accepted connections of a bound listener, with TCP_NODELAY: without it a small
@@ -93,64 +150,262 @@ pub fn https_endpoint(endpoint: &str) -> anyhow::Result<String> {
     Ok(endpoint.to_string())
 }
 
-/// Checks the client's certificate, key and CA before connecting.
+/// Checks the client's certificate, key and CA before connecting (see [`check_ca`],
+/// [`check_pair`]); the certificate must also carry an `oip://` identity.
 pub fn check_client_files(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let ca_pem = read("--ca", ca)?;
-    if rustls_pemfile::certs(&mut ca_pem.as_slice())
-        .filter_map(Result::ok)
-        .next()
-        .is_none()
-    {
-        anyhow::bail!("--ca {} holds no PEM certificate", ca.display());
-    }
-    let cert_pem = read("--cert", cert)?;
-    let Some(leaf) = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .filter_map(Result::ok)
-        .next()
-    else {
-        anyhow::bail!("--cert {} holds no PEM certificate", cert.display());
-    };
-    let (_, parsed) = X509Certificate::from_der(&leaf)
-        .map_err(|_| anyhow::anyhow!("--cert {} cannot be parsed", cert.display()))?;
-    let validity = parsed.validity();
-    let now = x509_parser::time::ASN1Time::now();
-    if validity.not_after < now {
+    check_ca("--ca", ca)?;
+    let pair = check_pair(("--cert", cert), ("--key", key), Purpose::Client)?;
+    if crate::identity::Principal::from_certificate(&pair.leaf).is_err() {
         anyhow::bail!(
-            "--cert {} expired on {}: ask the gateway's administrator for a new certificate (README, \"Going to production\")",
-            cert.display(),
-            validity.not_after
-        );
-    }
-    if validity.not_before > now {
-        anyhow::bail!(
-            "--cert {} is not valid before {}",
-            cert.display(),
-            validity.not_before
-        );
-    }
-    if crate::identity::Principal::from_certificate(&leaf).is_err() {
-        anyhow::bail!(
-            "--cert {} carries no oip://<role>/<subject> identity (a SAN URI): the gateway will not know who is calling",
-            cert.display()
-        );
-    }
-    let key_pem = read("--key", key)?;
-    let key_text = String::from_utf8_lossy(&key_pem);
-    let pair = rcgen::KeyPair::from_pem(&key_text).map_err(|_| {
-        anyhow::anyhow!(
-            "--key {} is not a PEM private key this client can use (PKCS#8 ECDSA, Ed25519 or RSA)",
-            key.display()
-        )
-    })?;
-    if pair.public_key_raw() != parsed.public_key().subject_public_key.data.as_ref() {
-        anyhow::bail!(
-            "--key {} does not belong to --cert {}: pass the key made with that certificate",
-            key.display(),
+            "--cert {} carries no oip://<role>/<subject> identity a client can use (a SAN URI such as oip://platform/<USCC>): the gateway will not know who is calling",
             cert.display()
         );
     }
     Ok(())
+}
+
+/// A TLS file that cannot serve its purpose: the option or configuration key it came
+/// from, the file, and why (with what to do).
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {path}: {reason}")]
+pub struct FileProblem {
+    /// `tls.cert`, `forward.client_key`, `--cert`, ...
+    pub key: String,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+fn problem(key: &str, path: &Path, reason: impl Into<String>) -> FileProblem {
+    FileProblem {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// What a certificate is presented for: its extended key usage must allow it (RFC 5280
+/// 4.2.1.12; a certificate without the extension is good for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// TLS server authentication (`tls.cert`).
+    Server,
+    /// TLS client authentication (`--cert`, `forward.client_cert`).
+    Client,
+}
+
+/// A certificate and its key, checked by [`check_pair`].
+pub struct CheckedPair {
+    /// The end-entity certificate (DER).
+    pub leaf: CertificateDer<'static>,
+    /// The certificates after it in the file (its chain), DER.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its DNS names and IP addresses (subjectAltName), in order.
+    pub server_names: Vec<String>,
+    /// Seconds until it expires.
+    pub expires_in_secs: i64,
+}
+
+/// The PEM certificates of a file, in order.
+pub fn read_certificates(
+    key: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, FileProblem> {
+    let pem =
+        std::fs::read(path).map_err(|e| problem(key, path, format!("cannot be read ({e})")))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| problem(key, path, format!("is not valid PEM ({e})")))?;
+    if certs.is_empty() {
+        let hint = if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+            ": it holds a private key; give the certificate file (.pem) here"
+        } else {
+            ": expected -----BEGIN CERTIFICATE----- blocks"
+        };
+        return Err(problem(
+            key,
+            path,
+            format!("holds no PEM certificate{hint}"),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Checks a file of trusted CA certificates: at least one, each a CA certificate
+/// (basicConstraints cA, RFC 5280 4.2.1.9) that parses. Returns them (DER).
+pub fn check_ca(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, FileProblem> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let certs = read_certificates(key, path)?;
+    for (i, der) in certs.iter().enumerate() {
+        let (_, parsed) = X509Certificate::from_der(der)
+            .map_err(|_| problem(key, path, format!("certificate {} cannot be parsed", i + 1)))?;
+        if !parsed.is_ca() {
+            return Err(problem(
+                key,
+                path,
+                format!(
+                    "certificate {} ({}) is not a CA certificate but an end-entity one: give the certificate of the CA that issued it",
+                    i + 1,
+                    parsed.subject()
+                ),
+            ));
+        }
+    }
+    Ok(certs)
+}
+
+/// Checks a certificate file and its private key: the certificate parses, is valid now
+/// (not expired, not before its start), allows `purpose`; the key is PEM (PKCS#8,
+/// SEC1 `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`), unencrypted, and belongs to
+/// the certificate. `cert`/`key` are (option or configuration key, path).
+pub fn check_pair(
+    cert: (&str, &Path),
+    key: (&str, &Path),
+    purpose: Purpose,
+) -> Result<CheckedPair, FileProblem> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (cert_key, cert_path) = cert;
+    let (key_key, key_path) = key;
+    let mut certs = read_certificates(cert_key, cert_path)?;
+    let leaf = certs.remove(0);
+    let (_, parsed) = X509Certificate::from_der(&leaf)
+        .map_err(|_| problem(cert_key, cert_path, "its certificate cannot be parsed"))?;
+    if parsed.is_ca() {
+        return Err(problem(
+            cert_key,
+            cert_path,
+            "is a CA certificate; give the certificate issued by it (with its key)",
+        ));
+    }
+    let validity = parsed.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    let renew = match purpose {
+        Purpose::Server => "renew it (README, \"Going to production\")",
+        Purpose::Client => {
+            "ask the gateway's administrator for a new certificate (README, \"Going to production\")"
+        }
+    };
+    if validity.not_after < now {
+        return Err(problem(
+            cert_key,
+            cert_path,
+            format!("expired on {}: {renew}", validity.not_after),
+        ));
+    }
+    if validity.not_before > now {
+        return Err(problem(
+            cert_key,
+            cert_path,
+            format!(
+                "is not valid before {} (is this machine's clock right?)",
+                validity.not_before
+            ),
+        ));
+    }
+    if let Ok(Some(eku)) = parsed.extended_key_usage() {
+        let eku = eku.value;
+        let allowed = eku.any
+            || match purpose {
+                Purpose::Server => eku.server_auth,
+                Purpose::Client => eku.client_auth,
+            };
+        if !allowed {
+            let (wanted, is) = match purpose {
+                Purpose::Server => ("a server (serverAuth)", "a client certificate"),
+                Purpose::Client => ("a client (clientAuth)", "a server certificate"),
+            };
+            return Err(problem(
+                cert_key,
+                cert_path,
+                format!("is {is}; its extended key usage does not allow use as {wanted}"),
+            ));
+        }
+    }
+    let mut server_names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => server_names.push((*d).to_string()),
+                GeneralName::IPAddress(ip) => {
+                    let ip = match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    server_names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let spki = parsed.public_key().raw.to_vec();
+    let expires_in_secs = validity.not_after.timestamp() - now.timestamp();
+    let key_pem = std::fs::read(key_path)
+        .map_err(|e| problem(key_key, key_path, format!("cannot be read ({e})")))?;
+    if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(problem(
+            key_key,
+            key_path,
+            "is encrypted; give it unencrypted (`openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8`) and keep the file owner-only",
+        ));
+    }
+    let der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            let hint = if key_pem.windows(11).any(|w| w == b"CERTIFICATE") {
+                ": it holds a certificate; give the private key file (.key) here"
+            } else {
+                " (PKCS#8 BEGIN PRIVATE KEY, SEC1 BEGIN EC PRIVATE KEY or PKCS#1 BEGIN RSA PRIVATE KEY)"
+            };
+            problem(key_key, key_path, format!("holds no PEM private key{hint}"))
+        })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|_| {
+        problem(
+            key_key,
+            key_path,
+            "is a key of a kind TLS cannot use here (ECDSA P-256/P-384, Ed25519 or RSA are)",
+        )
+    })?;
+    if let Some(public) = signing.public_key()
+        && public.as_ref() != spki.as_slice()
+    {
+        return Err(problem(
+            key_key,
+            key_path,
+            format!(
+                "does not belong to {cert_key} {}: give the key made with that certificate",
+                cert_path.display()
+            ),
+        ));
+    }
+    Ok(CheckedPair {
+        leaf,
+        chain: certs,
+        server_names,
+        expires_in_secs,
+    })
+}
+
+/// Why a private-key file is too open: readable or writable by group or others (unix
+/// modes), with the command that fixes it; `None` when owner-only (or not unix).
+pub fn key_too_open(key: &str, path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{key} {} is readable by others (mode {mode:03o}): `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (key, path);
+        None
+    }
 }
 
 /// A call's failure as one line: the gateway's code and message, or, for a transport
@@ -212,11 +467,22 @@ fn explain_connect_error(
         format!(
             "the gateway's certificate does not name {domain}: pass the name it was issued for with --domain"
         )
-    } else if has("UnknownIssuer") || has("unknown issuer") || has("invalid peer certificate") {
-        format!(
-            "the gateway's certificate is not issued by --ca {}: pass the CA that issued it",
-            ca.display()
-        )
+    } else if has("invalid peer certificate") {
+        // The gateway's certificate, checked here, failed.
+        if has("UnknownIssuer") || has("unknown issuer") {
+            format!(
+                "the gateway's certificate is not issued by --ca {}: pass the CA that issued it",
+                ca.display()
+            )
+        } else if has("xpired") {
+            "the gateway's certificate has expired: its administrator must renew tls.cert (README, \"Going to production\")".to_string()
+        } else if has("not valid yet") || has("NotValidYet") {
+            "the gateway's certificate is not valid yet: check this machine's clock and the gateway's".to_string()
+        } else if has("Revoked") {
+            "the gateway's certificate is revoked: ask its administrator".to_string()
+        } else {
+            format!("the gateway's certificate was refused ({chain}): ask its administrator")
+        }
     } else if has("alert") || has("CertificateExpired") || has("BadCertificate") {
         format!(
             "the gateway refused --cert {} (not issued by the CA it trusts, revoked or expired): ask its administrator",
@@ -228,4 +494,162 @@ fn explain_connect_error(
         format!("cannot connect to {endpoint}: {chain}")
     };
     anyhow::anyhow!("{why}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("certs-example")
+            .join(name)
+    }
+
+    fn refused(r: Result<impl Sized, FileProblem>) -> String {
+        match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The same key as SEC1 (`EC PRIVATE KEY`): the ECPrivateKey inside PKCS#8's
+    /// privateKey OCTET STRING (RFC 5915, RFC 5208), as `openssl ecparam -genkey` writes.
+    fn sec1_of(pkcs8_pem: &str) -> String {
+        use base64::Engine as _;
+        let der = rustls_pemfile::private_key(&mut pkcs8_pem.as_bytes())
+            .ok()
+            .flatten()
+            .map(|k| k.secret_der().to_vec())
+            .unwrap_or_default();
+        // One DER element at `at`: (header length, content length).
+        let element = |at: usize| -> (usize, usize) {
+            let first = der[at + 1] as usize;
+            if first < 0x80 {
+                (2, first)
+            } else {
+                let n = first & 0x7f;
+                let len = der[at + 2..at + 2 + n]
+                    .iter()
+                    .fold(0, |acc, b| acc << 8 | *b as usize);
+                (2 + n, len)
+            }
+        };
+        let (outer, _) = element(0);
+        let mut at = outer;
+        for _ in 0..2 {
+            // version INTEGER, then the AlgorithmIdentifier SEQUENCE.
+            let (h, l) = element(at);
+            at += h + l;
+        }
+        let (h, l) = element(at);
+        let sec1 = &der[at + h..at + h + l];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sec1);
+        format!("-----BEGIN EC PRIVATE KEY-----\n{b64}\n-----END EC PRIVATE KEY-----\n")
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_ca_certificates() {
+        assert_eq!(
+            check_ca("tls.ca", &demo("ca.pem")).map(|c| c.len()).ok(),
+            Some(1)
+        );
+        let leaf = refused(check_ca("tls.ca", &demo("server.pem")));
+        assert!(
+            leaf.contains("tls.ca") && leaf.contains("not a CA certificate"),
+            "{leaf}"
+        );
+        let key = refused(check_ca("tls.ca", &demo("ca.key")));
+        assert!(key.contains("holds a private key"), "{key}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let e = refused(check_ca("tls.ca", &empty));
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let e = refused(check_ca("tls.ca", &dir.path().join("missing.pem")));
+        assert!(e.contains("cannot be read"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_must_be_current_fit_its_purpose_and_match_its_key() {
+        let pair = |cert: &str, key: &str, purpose| {
+            check_pair(("tls.cert", &demo(cert)), ("tls.key", &demo(key)), purpose)
+        };
+        let ok = pair("server.pem", "server.key", Purpose::Server).expect("the demo server");
+        assert_eq!(ok.server_names[0], "localhost");
+        assert!(ok.server_names.contains(&"127.0.0.1".to_string()));
+        assert!(ok.expires_in_secs > 0);
+        assert!(pair("platform-a.pem", "platform-a.key", Purpose::Client).is_ok());
+
+        let e = refused(pair("server.pem", "platform-a.key", Purpose::Server));
+        assert!(
+            e.starts_with("tls.key") && e.contains("does not belong to tls.cert"),
+            "{e}"
+        );
+        let e = refused(pair("platform-a.pem", "platform-a.key", Purpose::Server));
+        assert!(e.contains("is a client certificate"), "{e}");
+        let e = refused(pair("server.pem", "server.key", Purpose::Client));
+        assert!(e.contains("is a server certificate"), "{e}");
+        let e = refused(pair("expired.pem", "expired.key", Purpose::Client));
+        assert!(e.starts_with("tls.cert") && e.contains("expired on"), "{e}");
+        let e = refused(pair("ca.pem", "ca.key", Purpose::Server));
+        assert!(e.contains("is a CA certificate"), "{e}");
+        let e = refused(pair("server.pem", "server.pem", Purpose::Server));
+        assert!(e.contains("holds a certificate"), "{e}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let encrypted = dir.path().join("encrypted.key");
+        std::fs::write(
+            &encrypted,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let e = refused(check_pair(
+            ("--cert", &demo("platform-a.pem")),
+            ("--key", &encrypted),
+            Purpose::Client,
+        ));
+        assert!(
+            e.contains("is encrypted") && e.contains("openssl pkcs8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sec1_keys_are_accepted_and_still_matched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sec1 = dir.path().join("platform-a.sec1.key");
+        let pkcs8 = std::fs::read_to_string(demo("platform-a.key")).expect("read");
+        std::fs::write(&sec1, sec1_of(&pkcs8)).expect("write");
+        assert!(std::fs::read_to_string(&sec1).is_ok_and(|s| s.contains("BEGIN EC PRIVATE KEY")));
+        let cert = demo("platform-a.pem");
+        assert!(check_pair(("--cert", &cert), ("--key", &sec1), Purpose::Client).is_ok());
+        assert!(check_client_files(&demo("ca.pem"), &cert, &sec1).is_ok());
+        let other = dir.path().join("platform-b.sec1.key");
+        let pkcs8 = std::fs::read_to_string(demo("platform-b.key")).expect("read");
+        std::fs::write(&other, sec1_of(&pkcs8)).expect("write");
+        let e = refused(check_pair(
+            ("--cert", &cert),
+            ("--key", &other),
+            Purpose::Client,
+        ));
+        assert!(e.contains("does not belong"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_readable_by_others_is_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("server.key");
+        std::fs::write(&key, "x").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let why = key_too_open("tls.key", &key).expect("too open");
+        assert!(
+            why.contains("mode 644") && why.contains("chmod 600"),
+            "{why}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(key_too_open("tls.key", &key), None);
+    }
 }

@@ -269,6 +269,7 @@ fn wire_grants(rows: Vec<crate::store::access::GrantRow>) -> proto::GrantsRespon
                 scope: r.grant.scope,
                 expires_at: r.grant.expires_at.map(to_rfc3339).unwrap_or_default(),
                 granted_at: to_rfc3339(r.granted_at),
+                granted_by: r.granted_by,
             })
             .collect(),
     }
@@ -391,6 +392,27 @@ impl AdminService for AdminApi {
         audit::note(&req, scope, r.scopes.len() as i64);
         let role = role(&r.role)?;
         let expires_at = opt_time("expires_at", &r.expires_at)?;
+        if expires_at.is_some_and(|t| t <= now_millis()) {
+            // A past expiry ends grants held now (kept, listed as expired); for a
+            // scope not held it would make a grant that is never live.
+            let held: Vec<String> = self
+                .store
+                .list_grants(Some(&r.identity))
+                .await
+                .map_err(ApiError::from)?
+                .into_iter()
+                .filter(|g| g.grant.role == role)
+                .map(|g| g.grant.scope)
+                .collect();
+            if let Some(scope) = r.scopes.iter().find(|s| !held.contains(s)) {
+                return Err(bad(format!(
+                    "expires_at: {} is not in the future: a new grant over {} would never be live (a past expiry only ends grants held now)",
+                    quoted(&r.expires_at),
+                    quoted(scope)
+                ))
+                .into());
+            }
+        }
         if r.scopes.is_empty() || r.scopes.len() > MAX_SCOPES {
             return Err(bad(format!("scopes: 1..{MAX_SCOPES} in one call")).into());
         }
@@ -437,6 +459,18 @@ impl AdminService for AdminApi {
         if r.scopes.len() > MAX_SCOPES {
             return Err(bad(format!("scopes: at most {MAX_SCOPES} in one call")).into());
         }
+        let configured = self
+            .store
+            .list_grants(Some(&r.identity))
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|g| {
+                g.grant.role == role
+                    && g.granted_by == crate::store::access::CONFIGURATION
+                    && (r.scopes.is_empty() || r.scopes.contains(&g.grant.scope))
+            })
+            .count() as u64;
         let _gate = gate(req.extensions().get::<CallDeadline>())?;
         let revoked = self
             .store
@@ -449,7 +483,10 @@ impl AdminService for AdminApi {
             revoked as i64,
         );
         tracing::info!(admin = %by, identity = %r.identity, %role, revoked, "grant revoked");
-        Ok(Response::new(proto::RevokeResponse { revoked }))
+        Ok(Response::new(proto::RevokeResponse {
+            revoked,
+            configured: configured.min(revoked),
+        }))
     }
 
     async fn list_grants(

@@ -272,7 +272,7 @@ fn print_grants(g: &proto::GrantsResponse) {
     }
     for g in &g.grants {
         println!(
-            "{}\t{}\t{}\texpires={}\tgranted={}",
+            "{}\t{}\t{}\texpires={}\tgranted={}\tby={}",
             g.identity,
             g.role,
             g.scope,
@@ -281,7 +281,8 @@ fn print_grants(g: &proto::GrantsResponse) {
             } else {
                 &g.expires_at
             },
-            g.granted_at
+            g.granted_at,
+            g.granted_by
         );
     }
 }
@@ -383,15 +384,52 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                 role,
                 scopes,
             } => {
-                let r = admin
-                    .revoke_grant(proto::RevokeRequest {
-                        identity,
-                        role,
-                        scopes,
+                let held: Vec<String> = admin
+                    .list_grants(proto::ListGrantsRequest {
+                        identity: identity.clone(),
                     })
                     .await
-                    .map_err(|s| status_line(&s))?;
-                println!("revoked {}", r.get_ref().revoked);
+                    .map_err(|s| status_line(&s))?
+                    .into_inner()
+                    .grants
+                    .into_iter()
+                    .filter(|g| g.role == role)
+                    .map(|g| g.scope)
+                    .collect();
+                let r = admin
+                    .revoke_grant(proto::RevokeRequest {
+                        identity: identity.clone(),
+                        role: role.clone(),
+                        scopes: scopes.clone(),
+                    })
+                    .await
+                    .map_err(|s| status_line(&s))?
+                    .into_inner();
+                println!("revoked {}", r.revoked);
+                if r.configured > 0 {
+                    eprintln!(
+                        "warning: {} of them the configuration makes again at the next start (granted_by configuration): remove {identity} from admins, [[platforms]] or [[grants]] as well",
+                        r.configured
+                    );
+                }
+                let missing: Vec<&String> = scopes.iter().filter(|s| !held.contains(s)).collect();
+                if r.revoked == 0 || !missing.is_empty() {
+                    let what = if missing.is_empty() {
+                        format!("{identity} holds no {role} grant")
+                    } else {
+                        format!(
+                            "{identity} holds no {role} grant for {}",
+                            missing
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    anyhow::bail!(
+                        "not revoked: {what} (its grants: `oip-gateway admin grants list --identity {identity}`)"
+                    );
+                }
             }
         },
         AdminCommand::Rates { action } => {

@@ -17,9 +17,12 @@ use crate::domain::time::Millis;
 pub struct GrantRow {
     pub grant: Grant,
     pub granted_at: Millis,
-    /// The administrator who made it (empty for configuration seeds).
+    /// The administrator who made it ([`CONFIGURATION`] for configuration seeds).
     pub granted_by: String,
 }
+
+/// `granted_by` of the grants the configuration makes at every start.
+pub const CONFIGURATION: &str = "configuration";
 
 /// Which audit entries to read: every filter that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

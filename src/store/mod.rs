@@ -34,13 +34,13 @@ pub(crate) fn owner_only_database(path: &std::path::Path) -> std::io::Result<()>
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)?;
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
         std::fs::OpenOptions::new()
             .create(true)
@@ -63,6 +63,72 @@ pub(crate) fn owner_only_database(path: &std::path::Path) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// The file of a `sqlite:` URL (or plain path), without its query; `None` for an
+/// in-memory database.
+pub(crate) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// A running gateway's claim on its SQLite database: an exclusive lock on
+/// `<database>.lock` (holding the owner's process id), released when dropped or when
+/// the process ends. SQLite keeps one writer's sequences (the audit chain, the outbox)
+/// consistent only within one process; several replicas need PostgreSQL.
+#[derive(Debug)]
+pub struct DatabaseLock {
+    _file: Option<std::fs::File>,
+}
+
+/// Claims the database of `url` for this process. Errors: another process holds it
+/// (named with its process id and what to do), or the lock file cannot be made.
+pub fn lock_database(url: &str) -> anyhow::Result<DatabaseLock> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let Some(path) = sqlite_path(url) else {
+        return Ok(DatabaseLock { _file: None });
+    };
+    owner_only_database(&path)
+        .map_err(|e| anyhow::anyhow!("database_url: cannot create {}: {e}", path.display()))?;
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("database_url: cannot create {}: {e}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut owner = String::new();
+            let _ = file.read_to_string(&mut owner);
+            let owner = owner.trim();
+            let who = if owner.is_empty() {
+                "another gateway".to_string()
+            } else {
+                format!("another gateway (process {owner})")
+            };
+            anyhow::bail!(
+                "database_url: {} is in use by {who}: stop it first, or give this gateway its own database_url (several replicas on one database need PostgreSQL)",
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("database_url: cannot lock {}: {e}", lock_path.display());
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(DatabaseLock { _file: Some(file) })
 }
 
 pub use access::AccessStore;

@@ -41,6 +41,7 @@ async fn applies_each_key_once_and_injects_faults() {
         ca: tls.ca,
         cert: tls.cert,
         key: tls.key,
+        also_trust: None,
     })
     .await
     .expect("simulator starts");

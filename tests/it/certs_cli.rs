@@ -215,7 +215,7 @@ async fn an_issued_platform_certificate_is_accepted_by_the_gateway() {
 }
 
 /// A pilot without any demo material: a CA of its own, the gateway's server certificate
-/// and a platform certificate from it.
+/// and a platform certificate from it; records reach the embedded simulator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pilot_ca_issues_server_and_client_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -258,13 +258,9 @@ async fn a_pilot_ca_issues_server_and_client_certificates() {
         cert: pki.join("server.pem"),
         key: pki.join("server.key"),
     };
-    let gw = TestGateway::spawn_with(|c| {
-        c.tls = tls;
-        // The embedded simulator would serve the pilot's server certificate, which
-        // the forwarder (trusting certs-example/ca.pem) refuses.
-        c.forward.enabled = false;
-    })
-    .await;
+    // Forwarding stays on with the demo's forward.* files left in place: the embedded
+    // simulator is reached over the gateway's own link, whatever CA tls.* come from.
+    let gw = TestGateway::spawn_with(|c| c.tls = tls).await;
     let mut client = platform_client(
         &gw,
         &ca,
@@ -277,6 +273,7 @@ async fn a_pilot_ca_issues_server_and_client_certificates() {
         brief(&register(&mut client, vec![worker("W1")]).await),
         vec![accepted()]
     );
+    await_delivery_states(&mut client, "worker", "W1", &["DELIVERED"]).await;
 
     // The example platform A certificate is not from this CA: refused.
     let demo = platform_client(

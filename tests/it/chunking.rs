@@ -135,7 +135,7 @@ fn report_at(rt: &tokio::runtime::Runtime, file: &Path, batch_size: usize) -> Ve
         batch_size,
         window: 4,
         progress: false,
-        compress: batch_size % 2 == 0,
+        compress: batch_size.is_multiple_of(2),
         from_line: 1,
     };
     let summary = rt

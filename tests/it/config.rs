@@ -61,6 +61,50 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.to_lowercase().contains(key), "{var}: {err}");
     }
+    // TLS files that cannot serve: named by key, with the reason, before anything starts.
+    let certs = certs_dir();
+    let file = |name: &str| certs.join(name).display().to_string();
+    for (envs, key, says) in [
+        (
+            vec![("OIP_TLS__CA", file("server.pem"))],
+            "tls.ca",
+            "not a CA certificate",
+        ),
+        (
+            vec![("OIP_TLS__KEY", file("platform-a.key"))],
+            "tls.key",
+            "does not belong to tls.cert",
+        ),
+        (
+            vec![
+                ("OIP_TLS__CERT", file("platform-a.pem")),
+                ("OIP_TLS__KEY", file("platform-a.key")),
+            ],
+            "tls.cert",
+            "is a client certificate",
+        ),
+        (
+            vec![
+                ("OIP_TLS__CERT", file("expired.pem")),
+                ("OIP_TLS__KEY", file("expired.key")),
+            ],
+            "tls.cert",
+            "expired on",
+        ),
+    ] {
+        let db = format!("sqlite:{}", dir.path().join("tls.db").display());
+        let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["serve", "--config", config])
+            .env("OIP_DATABASE_URL", db)
+            .env("OIP_LISTEN", "127.0.0.1:0")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{envs:?}");
+        assert!(err.contains(key) && err.contains(says), "{envs:?}: {err}");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
         .current_dir(dir.path())
         .args(["serve", "--config", "missing.toml"])
@@ -91,4 +135,114 @@ async fn database_files_are_the_owners_only_and_the_demo_setup_is_announced() {
     let logs = gw.captured_logs();
     assert!(logs.contains("DEMO SETUP IN USE"), "{logs}");
     assert!(logs.contains("example certificates"), "{logs}");
+}
+
+/// One gateway per SQLite database, and a taken port is named with what to do; the
+/// second start fails before it starts anything (no simulator, no database writes).
+#[tokio::test]
+async fn a_second_gateway_on_the_same_database_or_port_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = GatewayProcess::spawn(dir.path(), &[]);
+    let serve = |envs: &[(&str, String)]| {
+        Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run serve")
+    };
+    let out = serve(&[("OIP_LISTEN", "127.0.0.1:0".into())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let pid = first.child.id().to_string();
+    assert!(
+        err.contains("database_url")
+            && err.contains("in use by another gateway")
+            && err.contains(&pid)
+            && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    assert!(!err.contains("backend simulator listening"), "{err}");
+
+    let other_db = format!("sqlite:{}", dir.path().join("other.db").display());
+    let out = serve(&[
+        ("OIP_LISTEN", first.addr.to_string()),
+        ("OIP_DATABASE_URL", other_db),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot bind {}", first.addr))
+            && err.contains("another process")
+            && err.contains("OIP_LISTEN"),
+        "{err}"
+    );
+    assert!(!err.contains("backend simulator listening"), "{err}");
+    assert!(
+        !dir.path().join("other.db").exists(),
+        "nothing created before the port is bound"
+    );
+
+    // The first is unharmed: it still answers.
+    let mut c = client(first.addr, "platform-a").await;
+    assert_eq!(register(&mut c, vec![worker("W1")]).await.outcomes.len(), 1);
+}
+
+/// Backends are both configured or neither, as https://host:port: one alone would send
+/// the other's records to the simulator.
+#[test]
+fn forward_endpoints_are_both_or_neither_and_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/oip-gateway.toml");
+    let ss = "OIP_FORWARD__SOCIAL_SECURITY_ENDPOINT";
+    let tax = "OIP_FORWARD__TAX_ENDPOINT";
+    for (envs, key, says) in [
+        (
+            vec![(ss, "https://ss.example.cn:443")],
+            "forward.tax_endpoint",
+            "set both",
+        ),
+        (
+            vec![(tax, "https://tax.example.cn:443")],
+            "forward.social_security_endpoint",
+            "set both",
+        ),
+        (
+            vec![
+                (ss, "http://ss.example.cn:443"),
+                (tax, "https://t.example.cn:1"),
+            ],
+            "forward.social_security_endpoint",
+            "mutual TLS",
+        ),
+        (
+            vec![(ss, "https://ss.example.cn:1"), (tax, "tax.example.cn:443")],
+            "forward.tax_endpoint",
+            "https://host:port",
+        ),
+        (
+            vec![
+                (ss, "https://ss.example.cn:1"),
+                (tax, "https://tax.example.cn"),
+            ],
+            "forward.tax_endpoint",
+            "https://host:port",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["serve", "--config", config])
+            .env(
+                "OIP_DATABASE_URL",
+                format!("sqlite:{}", dir.path().join("oip.db").display()),
+            )
+            .env("OIP_LISTEN", "127.0.0.1:0")
+            .envs(envs.iter().copied())
+            .output()
+            .expect("run serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{envs:?}: {err}");
+        assert!(err.contains(key) && err.contains(says), "{envs:?}: {err}");
+        assert!(!dir.path().join("oip.db").exists(), "refused before start");
+    }
 }

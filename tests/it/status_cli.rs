@@ -476,3 +476,113 @@ async fn the_python_example_client_runs_against_a_gateway() {
     assert_eq!(stored_order_ids(&mut a).await, ["PYT-O1", "PYT-O2"]);
     gw.stop().await;
 }
+
+/// Revoking what is not held fails naming it (a typo must not look like success);
+/// revoking a grant the configuration owns warns that it returns at the next start; a
+/// past expiry for a scope not held is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_nothing_fails_and_configured_grants_are_flagged() {
+    let gw = TestGateway::spawn().await;
+    let e = gw.endpoint();
+    let tax = "oip://tax/js-tax-320500";
+    let (stdout, err) = fails(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "revoke",
+            "--identity",
+            "oip://tax/js-tax-32050",
+            "--role",
+            "tax",
+        ],
+    ));
+    assert_eq!(stdout.trim(), "revoked 0");
+    assert!(
+        err.contains("not revoked: oip://tax/js-tax-32050 holds no tax grant")
+            && err.contains("admin grants list --identity oip://tax/js-tax-32050"),
+        "{err}"
+    );
+
+    ok(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "put",
+            "--identity",
+            tax,
+            "--role",
+            "tax",
+            "--scope",
+            "320500",
+        ],
+    ));
+    let (stdout, err) = fails(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "revoke",
+            "--identity",
+            tax,
+            "--role",
+            "tax",
+            "--scope",
+            "320500",
+            "--scope",
+            "320100",
+        ],
+    ));
+    assert_eq!(stdout.trim(), "revoked 1");
+    assert!(err.contains("holds no tax grant for 320100"), "{err}");
+
+    let listed = ok(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "list",
+            "--identity",
+            &format!("oip://platform/{DEMO_PLATFORM_A}"),
+        ],
+    ));
+    assert!(listed.contains("by=configuration"), "{listed}");
+    let out = cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "revoke",
+            "--identity",
+            &format!("oip://platform/{DEMO_PLATFORM_A}"),
+            "--role",
+            "platform",
+        ],
+    );
+    let stdout = ok(out.clone());
+    assert_eq!(stdout.trim(), "revoked 1");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the configuration makes again at the next start"),
+        "{err}"
+    );
+
+    let (_, err) = fails(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "put",
+            "--identity",
+            tax,
+            "--role",
+            "tax",
+            "--scope",
+            "320500",
+            "--expires-at",
+            "2020-01-01T00:00:00+08:00",
+        ],
+    ));
+    assert!(err.contains("would never be live"), "{err}");
+}

@@ -205,3 +205,48 @@ async fn every_client_command_checks_its_certificate_before_connecting() {
         assert!(err.contains("expired on"), "{args:?}: {err}");
     }
 }
+
+/// A gateway serving an expired certificate (its own start refuses one; an older
+/// process may outlive its certificate): the client names that, not the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_gateway_certificate_is_named_as_expired() {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+    let certs = certs_dir();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).expect("key"))
+        .expect("ca key");
+    let issuer = Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(certs.join("ca.pem")).expect("ca"),
+        ca_key,
+    )
+    .expect("issuer");
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.subject_alt_names = vec![SanType::DnsName("localhost".try_into().expect("name"))];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = KeyPair::generate().expect("key");
+    let cert = p.signed_by(&key, &issuer).expect("sign");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pem, key_file) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&pem, cert.pem()).expect("write");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
+    let gw = TestGateway::spawn_with(|c| {
+        c.tls.cert = pem;
+        c.tls.key = key_file;
+        c.forward.enabled = false;
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["status", "workers", "--endpoint", &gw.endpoint()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the gateway's certificate has expired") && err.contains("tls.cert"),
+        "{err}"
+    );
+    assert!(!err.contains("not issued by --ca"), "{err}");
+}
