@@ -70,6 +70,11 @@ impl Grant {
                 self.role
             ));
         }
+        if self.role == Role::Tax
+            && let Some(county) = reference.division(&self.scope).filter(|d| d.is_county())
+        {
+            return Err(county_for_tax(reference, county));
+        }
         let fits = match self.role {
             Role::Platform => self.scope == principal.subject,
             Role::Tax | Role::SocialSecurity => reference.division(&self.scope).is_some(),
@@ -90,6 +95,20 @@ impl Grant {
             ))
         }
     }
+}
+
+/// Why a county is no scope or filter for tax: statements and declarations are per city
+/// or province (domain.md, division codes: counties roll up to their city), so it would
+/// match nothing. Names the city to use instead.
+pub fn county_for_tax(reference: &Reference, county: &crate::reference::Division) -> String {
+    let city = reference
+        .city_of(&county.code)
+        .map(|c| format!("{} ({})", c.code, c.name))
+        .unwrap_or_else(|| "its city".to_string());
+    format!(
+        "division {} ({}) is a county: tax statements and declarations are per city or province (counties roll up to their city), so use {city}",
+        county.code, county.name
+    )
 }
 
 /// The significant prefix of a division code: `320000` → `32`, `320100` → `3201`.

@@ -124,6 +124,9 @@ fn malformed(field: &str, message: impl Into<String>) -> LineError {
     }
 }
 
+/// How the message of a line that is not UTF-8 begins.
+pub const NOT_UTF8: &str = "line is not valid UTF-8";
+
 /// A line with bytes that are not UTF-8: named by what a lossy reading finds (kind, id
 /// and the key whose value holds the bad bytes), never by its content.
 fn not_utf8(line: &[u8], e: std::str::Utf8Error) -> LineError {
@@ -131,7 +134,7 @@ fn not_utf8(line: &[u8], e: std::str::Utf8Error) -> LineError {
     let mut err = malformed(
         "",
         format!(
-            "line is not valid UTF-8 (byte {at}): save the file as UTF-8; GBK or GB18030 text, as Chinese spreadsheet tools write it, must be converted"
+            "{NOT_UTF8} (byte {at}): save the file as UTF-8; GBK or GB18030 text, as Chinese spreadsheet tools write it, must be converted"
         ),
     );
     let lossy = String::from_utf8_lossy(line);

@@ -26,6 +26,11 @@ impl Division {
     pub fn is_province(&self) -> bool {
         self.code.ends_with("0000")
     }
+
+    /// A county-level code (districts, county-level cities, counties: not `xxxx00`).
+    pub fn is_county(&self) -> bool {
+        !self.code.ends_with("00")
+    }
 }
 
 /// The loaded reference tables, plus which divisions this gateway serves.

@@ -74,6 +74,12 @@ pub struct Summary {
     pub unread_from: Option<usize>,
     /// Why the run stopped early.
     pub stopped: Option<String>,
+    /// Lines refused here, never sent (so the gateway does not list them among its
+    /// rejections); of them, lines that are not UTF-8.
+    pub local: usize,
+    pub not_utf8: usize,
+    /// Whether a report file was asked for (it holds the local refusals' reasons).
+    pub reported: bool,
 }
 
 impl Summary {
@@ -607,7 +613,10 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     let mut answers = answers.into_inner();
 
     let bar = progress_bar(total, opts.progress);
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        reported: opts.report.is_some(),
+        ..Summary::default()
+    };
     // Once the gateway stops answering, the rest is collected without waiting.
     let mut failed: Option<String> = None;
     while let Some(read) = chunk_rx.recv().await {
@@ -641,7 +650,13 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         let mut lines = Vec::with_capacity(chunk.entries.len());
         for entry in chunk.entries {
             match entry {
-                Entry::Local(l) => lines.push(l),
+                Entry::Local(l) => {
+                    summary.local += 1;
+                    if l.message.contains(bulk::NOT_UTF8) {
+                        summary.not_utf8 += 1;
+                    }
+                    lines.push(l)
+                }
                 Entry::Remote(n) => match outcomes.pop_front() {
                     Some(o) => lines.push(ReportLine::from_outcome(n, o)),
                     None => summary.unanswered(n),
@@ -900,5 +915,21 @@ pub fn print_summary(s: &Summary) {
         for (k, v) in &s.codes {
             let _ = writeln!(out, "  {k:<32} {v}");
         }
+    }
+    drop(out);
+    let mut err = std::io::stderr().lock();
+    if s.not_utf8 > 0 {
+        let _ = writeln!(
+            err,
+            "{} lines are not UTF-8: the file is probably GBK or GB18030 (as Chinese spreadsheet tools save it); convert it (`iconv -f GB18030 -t UTF-8 FILE > FILE.utf8`) and resend it: records already applied answer DUPLICATE",
+            s.not_utf8
+        );
+    }
+    if s.local > 0 && !s.reported {
+        let _ = writeln!(
+            err,
+            "{} lines were refused here and never reached the gateway (`status rejections` does not list them): rerun with --report FILE to keep each line's reason",
+            s.local
+        );
     }
 }

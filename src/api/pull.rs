@@ -162,11 +162,26 @@ impl Puller {
             .await?;
         let r = req.get_ref();
         for d in &r.divisions {
-            if self.reference.division(d).is_none() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "unknown division {}",
-                    quoted(d)
-                )));
+            match self.reference.division(d) {
+                None => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "unknown division {}",
+                        quoted(d)
+                    )));
+                }
+                Some(county) if role == Role::Tax && county.is_county() => {
+                    return Err(ApiError::InvalidArgument(crate::access::county_for_tax(
+                        &self.reference,
+                        county,
+                    )));
+                }
+                Some(_) if !self.reference.serves(d) => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "division {} is not served by this gateway (reference.served_divisions): nothing of it is here",
+                        quoted(d)
+                    )));
+                }
+                Some(_) => {}
             }
         }
         let divisions = grant.narrow(&r.divisions).map_err(|outside| {
@@ -204,7 +219,10 @@ impl Puller {
                 .ok()
                 .filter(|s| (0..=end).contains(s))
                 .ok_or_else(|| {
-                    ApiError::InvalidArgument(format!("unknown cursor {}", quoted(c)))
+                    ApiError::InvalidArgument(format!(
+                        "unknown cursor {}: cursors are the numbers pulls print as \"next cursor\", at most {end} now (no cursor starts from the beginning)",
+                        quoted(c)
+                    ))
                 })?,
         };
         audit::note(req, divisions.to_string(), 0);

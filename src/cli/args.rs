@@ -241,7 +241,7 @@ pub struct SubmitArgs {
         value_name = "FILE"
     )]
     pub cert: PathBuf,
-    /// Private key (PEM, PKCS#8) of --cert.
+    /// Private key (PEM: PKCS#8, SEC1 or PKCS#1) of --cert.
     #[arg(
         long,
         help_heading = "Connection",
@@ -257,12 +257,13 @@ pub struct SubmitArgs {
         value_name = "NAME"
     )]
     pub domain: String,
-    /// Records per chunk at most (chunks are also kept under 4 MiB).
-    #[arg(long, default_value_t = 1000)]
-    pub batch_size: usize,
-    /// Chunks in flight ahead of their answers.
-    #[arg(long, default_value_t = 8)]
-    pub window: usize,
+    /// Records per chunk at most, 1 to 100000 (chunks are also kept under 4 MiB and
+    /// under the gateway's advertised limits).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
+    pub batch_size: u32,
+    /// Chunks in flight ahead of their answers, 1 to 256.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256), value_name = "N")]
+    pub window: u32,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,

@@ -41,7 +41,7 @@ pub struct Connection {
     /// admin.pem for `admin`, tax.pem or social-security.pem for `pull`.
     #[arg(long, global = true, value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    /// Private key (PEM, PKCS#8) of --cert. Default: the example key beside the
+    /// Private key (PEM: PKCS#8, SEC1 or PKCS#1) of --cert. Default: the example key beside the
     /// role's example certificate (certs-example/<role>.key).
     #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,

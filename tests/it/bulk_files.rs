@@ -64,6 +64,15 @@ async fn a_bom_crlf_and_a_gbk_line_are_decoded_line_by_line_at_any_batch_size() 
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("1 lines are not UTF-8") && err.contains("iconv -f GB18030"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("never reached the gateway"),
+            "a report was kept: {err}"
+        );
         let got = report_brief(&report);
         let ok = |line: u64, id: &str| {
             (
@@ -669,4 +678,54 @@ async fn a_batch_size_above_the_gateways_limit_is_adapted_to_it() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("above the gateway's limit of 50"), "{err}");
     assert_eq!(report_brief(&report).len(), 120);
+}
+
+/// Without --report, lines refused here would be kept nowhere: the summary says so,
+/// and what to do. Nonsense chunk settings are refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_refused_here_without_a_report_are_announced_and_zero_settings_refused() {
+    let gw = TestGateway::spawn().await;
+    let file = gw.dir.path().join("in.jsonl");
+    write_file(
+        &file,
+        &lines_of(
+            &[
+                worker_line("W1").into_bytes(),
+                b"{\"kind\":\"invoice\"}".to_vec(),
+            ],
+            false,
+            false,
+        ),
+    );
+    let submit = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("submit")
+            .arg(&file)
+            .args(["--quiet", "--endpoint", &gw.endpoint()])
+            .args(args)
+            .output()
+            .expect("run submit")
+    };
+    let out = submit(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 lines were refused here and never reached the gateway")
+            && err.contains("--report FILE"),
+        "{err}"
+    );
+    for args in [
+        ["--batch-size", "0"],
+        ["--window", "0"],
+        ["--batch-size", "100001"],
+    ] {
+        let out = submit(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains("not in"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -500,3 +500,65 @@ async fn a_long_filtered_pull_crosses_scan_pages_without_gaps_or_repeats() {
     assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
     assert_eq!(got, all[..600].to_vec());
 }
+
+/// Tax sees statements and declarations per city or province: a county as filter or
+/// grant would match nothing, so it is refused naming its city; a division this
+/// gateway does not serve is named as such, not as a missing grant; an unknown cursor
+/// says which cursors exist.
+#[tokio::test]
+async fn tax_filters_and_grants_name_the_city_of_a_county_and_unserved_divisions() {
+    let gw = TestGateway::spawn().await;
+    let mut admin = gw.admin().await;
+    grant(&mut admin, TAX_ID, "tax", &["320500"]).await;
+    let mut tax = gw.tax().await;
+    let filtered = |division: &str| proto::PullRequest {
+        divisions: vec![division.into()],
+        ..Default::default()
+    };
+    let err = tax
+        .pull_contributions(filtered("320506"))
+        .await
+        .expect_err("a county");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("is a county") && err.message().contains("320500 (苏州市)"),
+        "{}",
+        err.message()
+    );
+    let err = tax
+        .pull_contributions(filtered("110000"))
+        .await
+        .expect_err("not served");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("not served"), "{}", err.message());
+    let err = tax
+        .pull_contributions(request("999999999"))
+        .await
+        .expect_err("unknown cursor");
+    assert!(err.message().contains("at most"), "{}", err.message());
+    assert!(!pull(&mut tax, filtered("320500")).await.is_empty());
+
+    let err = admin
+        .put_grant(proto::GrantRequest {
+            identity: TAX_ID.into(),
+            role: "tax".into(),
+            scopes: vec!["320506".into()],
+            expires_at: String::new(),
+        })
+        .await
+        .expect_err("a county grant for tax");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("320500 (苏州市)"),
+        "{}",
+        err.message()
+    );
+    // Social security works at county level: its grants may name a county.
+    grant(
+        &mut admin,
+        "oip://social-security/js-hrss-320506",
+        "social-security",
+        &["320506"],
+    )
+    .await;
+}
