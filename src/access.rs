@@ -77,7 +77,7 @@ impl Grant {
         }
         let fits = match self.role {
             Role::Platform => self.scope == principal.subject,
-            Role::Tax | Role::SocialSecurity => reference.division(&self.scope).is_some(),
+            Role::Tax | Role::SocialSecurity => reference.serves(&self.scope),
             Role::Admin => self.scope == "*",
         };
         if fits {
@@ -89,7 +89,8 @@ impl Grant {
                 self.role,
                 match self.role {
                     Role::Platform => "the platform's own USCC",
-                    Role::Tax | Role::SocialSecurity => "a known division code",
+                    Role::Tax | Role::SocialSecurity =>
+                        "a known division code this gateway serves (reference.served_divisions)",
                     Role::Admin => "\"*\"",
                 }
             ))
@@ -111,14 +112,7 @@ pub fn county_for_tax(reference: &Reference, county: &crate::reference::Division
     )
 }
 
-/// The significant prefix of a division code: `320000` → `32`, `320100` → `3201`.
-fn division_prefix(code: &str) -> &str {
-    let mut p = code;
-    while p.len() > 2 && p.ends_with("00") {
-        p = &p[..p.len() - 2];
-    }
-    p
-}
+use crate::domain::platform::division_prefix;
 
 /// Divisions a caller may read: each covers itself and everything under it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

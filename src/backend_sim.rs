@@ -223,6 +223,7 @@ impl BackendSimControl for Sim {
             repeated_items: counter("repeated_items"),
             failed_calls: counter("failed_calls"),
             invalid_items: counter("invalid_items"),
+            faults: Some(self.faults()),
         }))
     }
 

@@ -398,11 +398,22 @@ fn parse_text(text: &str) -> Result<proto::Record, LineError> {
     };
     let kind = match map.get("kind") {
         None | Some(Value::Null) => {
+            // A key that is almost `kind` (`Kind`, `kidn`, `type`) is the likely cause.
+            let hint = map
+                .keys()
+                .find(|k| {
+                    ["kind", "type", "record_type"]
+                        .iter()
+                        .any(|c| k.eq_ignore_ascii_case(c))
+                        || closest(k, &["kind"]).is_some()
+                })
+                .map(|k| format!(" (the line has {}: did you mean `kind`?)", shown_key(k)))
+                .unwrap_or_default();
             return Err(LineError {
                 code: ErrorCode::MissingField,
                 ..malformed(
                     "kind",
-                    "kind is required: worker, order, declaration or accident",
+                    format!("kind is required: worker, order, declaration or accident{hint}"),
                 )
             });
         }
@@ -785,6 +796,9 @@ mod tests {
             (e.code, e.field.as_str()),
             (ErrorCode::MissingField, "kind")
         );
+        let e = parse(r#"{"Kind":"order","order_id":"O-1"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::MissingField);
+        assert!(e.message.contains("did you mean `kind`"), "{}", e.message);
         let e = parse(r#"{"kind":"invoice"}"#).unwrap_err();
         assert_eq!(
             (e.code, e.field.as_str()),

@@ -310,11 +310,15 @@ fn identity_uri(uri: &str) -> anyhow::Result<Principal> {
             Some(Err(c)) => {
                 format!("a platform's subject must be its unified social credit code (USCC): {c}")
             }
-            _ => "the role is platform, tax, social-security or admin, and the subject 1 to 64 \
-                  of A-Z a-z 0-9 - _ ."
+            _ => "an identity is oip://<role>/<subject>, the role platform, tax, \
+                  social-security or admin, and the subject 1 to 64 of A-Z a-z 0-9 - _ ."
                 .to_string(),
         };
-        anyhow!("--identity: {e}: {why}")
+        let _ = e;
+        anyhow!(
+            "--identity {}: not an identity the gateway accepts: {why}",
+            crate::domain::outcome::quoted(uri)
+        )
     })
 }
 
@@ -985,7 +989,7 @@ mod tests {
             e(Some("oip://platform/91320100MA1DEMA011"), &[]).contains("check character"),
             "bad USCC"
         );
-        assert!(e(Some("oip://king/x"), &[]).contains("the role is platform"));
+        assert!(e(Some("oip://king/x"), &[]).contains("the role platform"));
         assert!(e(None, &["*.example.org"]).contains("--server-name"));
         assert!(e(None, &["-x.example.org"]).contains("--server-name"));
         assert_eq!(e(None, &["gw.example.org", "10.0.0.1", "::1"]), "");

@@ -739,7 +739,7 @@ impl Config {
             return Err(invalid(
                 "listen",
                 format!(
-                    "{} is beyond loopback while {} in use; replace them (README, \"Going to production\") or set allow_demo_beyond_loopback = true for a test network",
+                    "{} is beyond loopback while the demo setup is in use ({}); replace it (README, \"Going to production\") or set allow_demo_beyond_loopback = true for a test network",
                     self.listen,
                     self.demo_parts().join(" and ")
                 ),
@@ -854,6 +854,11 @@ impl Config {
                                 key("delivery_tier_overrides"),
                                 format!("unknown division {d}"),
                             ));
+                        }
+                        let pilot: Vec<&str> = divisions.iter().map(String::as_str).collect();
+                        if let Some(why) = crate::domain::platform::tier_override_problem(d, &pilot)
+                        {
+                            return Err(invalid(key("delivery_tier_overrides"), why));
                         }
                         let tier = DeliveryTier::parse(t).ok_or_else(|| {
                             invalid(key("delivery_tier_overrides"), "tiers are A or B")

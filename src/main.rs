@@ -118,6 +118,9 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 println!("{:<28} {}", "repeated items dropped", s.repeated_items);
                 println!("{:<28} {}", "failed calls (injected)", s.failed_calls);
                 println!("{:<28} {}", "invalid items", s.invalid_items);
+                if let Some(f) = &s.faults {
+                    print_faults(f);
+                }
                 Ok(())
             }
             SimAction::Faults {
@@ -138,7 +141,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                     .set_faults(f)
                     .await?
                     .into_inner();
-                println!("faults now: {set:?}");
+                print_faults(&set);
                 Ok(())
             }
         },
@@ -236,4 +239,20 @@ fn main() -> ExitCode {
     // by a signal) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// The simulator's fault settings, one per line.
+fn print_faults(f: &oip_gateway::proto::Faults) {
+    println!("{:<28} {}", "fault: fail fraction", f.fail_fraction);
+    println!("{:<28} {}", "fault: latency ms", f.latency_ms);
+    println!("{:<28} {}", "fault: paused", f.paused);
+    println!(
+        "{:<28} {}",
+        "fault: rejected keys",
+        if f.reject_keys.is_empty() {
+            "none".to_string()
+        } else {
+            f.reject_keys.join(", ")
+        }
+    );
 }

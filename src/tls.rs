@@ -134,7 +134,8 @@ pub async fn connect(
         .map_err(|e| explain_connect_error(&e, &endpoint, ca, cert, domain))
 }
 
-/// The endpoint as `https://host:port`, or why it is not one.
+/// The endpoint as `https://host:port`, or why it is not one (`--endpoint` or
+/// `OIP_ENDPOINT`).
 pub fn https_endpoint(endpoint: &str) -> anyhow::Result<String> {
     if let Some(rest) = endpoint.strip_prefix("http://") {
         anyhow::bail!(
@@ -147,6 +148,15 @@ pub fn https_endpoint(endpoint: &str) -> anyhow::Result<String> {
     if !endpoint.starts_with("https://") {
         anyhow::bail!("--endpoint {endpoint}: use https://host:port");
     }
+    let uri: http::Uri = endpoint.parse().map_err(|_| {
+        anyhow::anyhow!("--endpoint {endpoint} is not a URL; use https://host:port")
+    })?;
+    if uri.port().is_none() {
+        anyhow::bail!(
+            "--endpoint {endpoint} names no port; the gateway listens on 50051 unless configured otherwise (https://{}:50051)",
+            uri.host().unwrap_or("host")
+        );
+    }
     Ok(endpoint.to_string())
 }
 
@@ -156,6 +166,13 @@ pub fn check_client_files(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<
     check_ca("--ca", ca)?;
     let pair = check_pair(("--cert", cert), ("--key", key), Purpose::Client)?;
     if crate::identity::Principal::from_certificate(&pair.leaf).is_err() {
+        let gateway_own = String::from_utf8_lossy(&pair.leaf).contains("oip://gateway/");
+        if gateway_own {
+            anyhow::bail!(
+                "--cert {} carries oip://gateway/..., the gateway's own identity towards the backends, not a caller's: use a platform, tax, social-security or admin certificate",
+                cert.display()
+            );
+        }
         anyhow::bail!(
             "--cert {} carries no oip://<role>/<subject> identity a client can use (a SAN URI such as oip://platform/<USCC>): the gateway will not know who is calling",
             cert.display()

@@ -73,7 +73,13 @@ impl Vault {
         if !keys.contains_key(current) {
             return Err(VaultError::BadKey {
                 key: current.to_string(),
-                reason: "the current key is not among the keys".into(),
+                reason: format!(
+                    "the current key is not among the keys ({}; ids given by environment variable are lower case)",
+                    keys.keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             });
         }
         if let Some(id) = keys.keys().find(|id| id.is_empty() || id.len() > 32) {

@@ -103,7 +103,11 @@ fn opt_time(key: &str, s: &str) -> Result<Option<i64>, ApiError> {
             "is not 13-digit epoch milliseconds (10 digits are seconds)",
         ));
     }
-    let t = parse_wire_time(s).ok_or_else(|| invalid("is not an RFC 3339 time"))?;
+    let t = parse_wire_time(s).ok_or_else(|| {
+        invalid(
+            "is not an RFC 3339 time with an offset (e.g. 2026-11-30T00:00:00+08:00) or 13-digit epoch milliseconds",
+        )
+    })?;
     if t < crate::validate::Bounds::default().earliest {
         return Err(invalid("is before 2000-01-01T00:00:00+08:00"));
     }
@@ -196,6 +200,10 @@ fn registration(
                     "delivery_tier_overrides: unknown division {}",
                     quoted(d)
                 )));
+            }
+            let pilot: Vec<&str> = pilot_starts.iter().map(|(p, _)| p.as_str()).collect();
+            if let Some(why) = crate::domain::platform::tier_override_problem(d, &pilot) {
+                return Err(bad(format!("delivery_tier_overrides: {why}")));
             }
             Ok((d.clone(), tier("delivery_tier_overrides", t)?))
         })

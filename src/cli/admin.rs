@@ -175,19 +175,15 @@ pub enum DeadLetterCommand {
     Discard(DeadLetterPick),
 }
 
-/// Which dead letters: listed seqs, or all.
+/// Which dead letters: listed seqs, or all (one of the two is required).
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("pick").required(true).multiple(false)))]
 pub struct DeadLetterPick {
     /// Outbox seqs as listed (repeatable).
-    #[arg(
-        long = "seq",
-        required_unless_present = "all",
-        conflicts_with = "all",
-        value_name = "SEQ"
-    )]
+    #[arg(long = "seq", value_name = "SEQ", group = "pick")]
     seqs: Vec<i64>,
     /// Every dead letter (of --destination, if given).
-    #[arg(long)]
+    #[arg(long, group = "pick")]
     all: bool,
     /// Only dead letters of this destination (default: both).
     #[arg(long, value_parser = DESTINATIONS)]

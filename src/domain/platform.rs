@@ -72,3 +72,34 @@ impl PlatformProfile {
             .find_map(|d| self.pilot_starts.get(d).copied())
     }
 }
+
+/// The significant prefix of a GB/T 2260 division code: `320000` → `32`, `320100` →
+/// `3201`, `320506` → `320506`. A code covers every code that starts with its prefix.
+pub fn division_prefix(code: &str) -> &str {
+    let mut p = code;
+    while p.len() > 2 && p.ends_with("00") {
+        p = &p[..p.len() - 2];
+    }
+    p
+}
+
+/// Why `division` cannot carry a delivery-tier override of a platform in the pilot in
+/// `pilot` (division codes): an override is for a city or a province (`xxxx00`) that
+/// covers at least one of them, as the tier applies to a statement's city. `None` when
+/// it fits.
+pub fn tier_override_problem(division: &str, pilot: &[&str]) -> Option<String> {
+    if !division.ends_with("00") {
+        return Some(format!(
+            "{division} is a county: a tier applies to a city or province"
+        ));
+    }
+    let prefix = division_prefix(division);
+    if pilot.iter().any(|d| d.starts_with(prefix)) {
+        None
+    } else {
+        Some(format!(
+            "{division} covers none of the platform's pilot divisions ({})",
+            pilot.join(", ")
+        ))
+    }
+}

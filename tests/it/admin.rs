@@ -55,6 +55,20 @@ async fn platform_registrations_are_checked_and_replace_the_previous_one() {
                 r.delivery_tier_overrides = [("999999".to_string(), "A".to_string())].into()
             }),
         ),
+        // A tier for a city the platform is not in would never apply.
+        (
+            "delivery_tier_overrides",
+            Box::new(|r| {
+                r.delivery_tier_overrides = [("320500".to_string(), "A".to_string())].into()
+            }),
+        ),
+        // Tiers apply to a city or province, never a county.
+        (
+            "delivery_tier_overrides",
+            Box::new(|r| {
+                r.delivery_tier_overrides = [("320102".to_string(), "A".to_string())].into()
+            }),
+        ),
     ];
     for (field, mutate) in bad {
         let mut r = registration();

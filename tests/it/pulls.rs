@@ -553,6 +553,18 @@ async fn tax_filters_and_grants_name_the_city_of_a_county_and_unserved_divisions
         "{}",
         err.message()
     );
+    // A division this gateway does not serve is no scope: the grant would reach nothing.
+    let err = admin
+        .put_grant(proto::GrantRequest {
+            identity: "oip://tax/bj-tax-110000".into(),
+            role: "tax".into(),
+            scopes: vec!["110000".into()],
+            expires_at: String::new(),
+        })
+        .await
+        .expect_err("an unserved division");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("serves"), "{}", err.message());
     // Social security works at county level: its grants may name a county.
     grant(
         &mut admin,

@@ -291,6 +291,15 @@ async fn replaying_or_discarding_a_seq_that_is_no_dead_letter_fails_naming_it() 
     .await;
     let e = gw.endpoint();
 
+    // Neither --seq nor --all: a usage error naming both.
+    let out = cli(&e, &["admin", "dead-letters", "replay"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("<--seq <SEQ>|--all>"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // Nothing is dead: the seq is named, nothing is replayed, the exit is non-zero.
     let (stdout, err) = fails(cli(
         &e,

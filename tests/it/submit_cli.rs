@@ -143,7 +143,21 @@ async fn client_mistakes_are_named_with_what_to_do_before_connecting() {
     assert!(err.contains("mutual TLS only; use https://"), "{err}");
     let err = run(&["--endpoint", &host]);
     assert!(err.contains("has no scheme; use https://"), "{err}");
+    let err = run(&["--endpoint", "https://127.0.0.1"]);
+    assert!(
+        err.contains("names no port") && err.contains(":50051"),
+        "{err}"
+    );
     let endpoint = gw.endpoint();
+    let err = run(&[
+        "--endpoint",
+        &endpoint,
+        "--cert",
+        "certs-example/gateway.pem",
+        "--key",
+        "certs-example/gateway.key",
+    ]);
+    assert!(err.contains("the gateway's own identity"), "{err}");
     let err = run(&[
         "--endpoint",
         &endpoint,
