@@ -65,14 +65,40 @@ def generate_stubs(proto_root: Path, out_dir: str):
     return records, platform, platform_grpc
 
 
+def check_certificate(path):
+    """Stops with what to do when the client certificate has expired or is not yet
+    valid (the gateway would refuse the handshake, which gRPC reports only as a
+    connection that never becomes ready). Uses `cryptography` when it is installed."""
+    try:
+        from cryptography import x509
+    except ImportError:
+        return
+    import datetime
+
+    cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        sys.exit(
+            f"--cert {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}: ask the "
+            "gateway's administrator for a new certificate"
+        )
+    if cert.not_valid_before_utc > now:
+        sys.exit(f"--cert {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
+
+
 def connect(args):
     """A channel over mutual TLS: the CA that issued the gateway's certificate, and the
     platform's own certificate and key (its oip://platform/<USCC> identity is who
     calls)."""
-    target = args.endpoint
-    for scheme in ("https://", "http://"):
-        if target.startswith(scheme):
-            target = target[len(scheme):]
+    if not args.endpoint.startswith("https://"):
+        sys.exit(
+            f"--endpoint {args.endpoint}: the gateway speaks mutual TLS only; "
+            "use https://HOST:PORT"
+        )
+    target = args.endpoint[len("https://"):]
+    if ":" not in target.rsplit("]", 1)[-1]:
+        sys.exit(f"--endpoint {args.endpoint} names no port; e.g. https://{target}:50051")
+    check_certificate(args.cert)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=Path(args.ca).read_bytes(),
         private_key=Path(args.key).read_bytes(),

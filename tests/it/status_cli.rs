@@ -483,6 +483,45 @@ async fn the_python_example_client_runs_against_a_gateway() {
     let status = declaration_status(&mut a).await;
     assert_eq!(status["PYT-D1"].0, "MATCHED", "{status:?}");
     assert_eq!(stored_order_ids(&mut a).await, ["PYT-O1", "PYT-O2"]);
+
+    // Its mistakes are named before connecting, as the CLI's are.
+    let python = |args: &[&str]| {
+        Command::new("python3")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("examples/python/client.py")
+            .args(args)
+            .env_remove("OIP_ENDPOINT")
+            .output()
+            .expect("run python3")
+    };
+    let host = gw.endpoint().trim_start_matches("https://").to_string();
+    let out = python(&["--endpoint", &format!("http://{host}")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("mutual TLS only"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = python(&["--endpoint", "https://127.0.0.1"]);
+    assert!(
+        text(&out.stderr).contains("names no port"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = python(&[
+        "--endpoint",
+        &gw.endpoint(),
+        "--cert",
+        "certs-example/expired.pem",
+        "--key",
+        "certs-example/expired.key",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("expired on"),
+        "{}",
+        text(&out.stderr)
+    );
     gw.stop().await;
 }
 
