@@ -45,6 +45,10 @@ pub struct Gateway {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     stop_background: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    /// Who may call now, and their refusals.
+    pub admission: Arc<crate::admission::Admission>,
+    /// What the accept loop has seen (connections in the handshake, established, refused).
+    pub connections: Arc<crate::connections::ConnectionStats>,
     /// Held while the gateway runs: one gateway per SQLite database.
     _database_lock: crate::store::DatabaseLock,
 }
@@ -298,7 +302,24 @@ impl Gateway {
             );
         }
         // Bound first: a port in use stops start-up before anything else is started.
-        let tls = tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key, None)?;
+        let tls: crate::connections::TlsSource = Arc::new(std::sync::RwLock::new(Arc::new(
+            tls::gateway_server_config(
+                &config.tls.ca,
+                &config.tls.cert,
+                &config.tls.key,
+                &config.tls.crls,
+            )?,
+        )));
+        let open_files = crate::connections::raise_open_file_limit();
+        let limits = config.connections.clone();
+        if let Some(n) = open_files
+            && (n as usize) < limits.max_connections + limits.max_handshakes + 256
+        {
+            tracing::warn!(
+                open_files = n,
+                "the open-file limit is below connections.max_connections + max_handshakes: raise it (ulimit -n, LimitNOFILE) or lower them"
+            );
+        }
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             let next = if e.kind() == std::io::ErrorKind::AddrInUse {
                 "another process (another gateway?) listens there: stop it, or set listen (OIP_LISTEN) to a free address"
@@ -339,6 +360,7 @@ impl Gateway {
             ingest.wake(),
             stop_rx.clone(),
         ));
+        let mut stop_eviction = stop_rx.clone();
         let stop_rx_audit = stop_rx;
         let (auditor, audit_writer) = Auditor::spawn(store.clone());
         background.push(audit_writer);
@@ -356,7 +378,20 @@ impl Gateway {
             auditor: auditor.clone(),
             max_page_bytes: config.limits.max_page_bytes,
         });
+        let admission =
+            crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
+        let evicting = admission.clone();
+        background.push(tokio::spawn(async move {
+            // Rate state of callers not seen for a while is dropped (bounded state).
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => evicting.evict_idle(),
+                    _ = stop_eviction.changed() => return,
+                }
+            }
+        }));
         let puller = Puller {
+            admission: admission.clone(),
             access: Access::new(store.clone()),
             store: store.clone(),
             auditor: auditor.clone(),
@@ -373,6 +408,7 @@ impl Gateway {
             reference,
             limits: config.limits.clone(),
             auditor: auditor.clone(),
+            admission: admission.clone(),
         };
         let max = config.limits.max_message_bytes;
         // Requests may come gzip-compressed (bulk chunks reach megabytes); answers go
@@ -402,9 +438,27 @@ impl Gateway {
 
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
-        let router = Server::builder()
-            .tls_config(tls)?
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let mut server = Server::builder()
             .http2_max_header_list_size(config.limits.max_header_bytes)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(secs(limits.keepalive_interval_secs))
+            .http2_keepalive_timeout(secs(limits.keepalive_timeout_secs));
+        if let Some(age) = secs(limits.max_connection_age_secs) {
+            server = server
+                .max_connection_age(age)
+                .max_connection_age_grace(Duration::from_secs(
+                    limits.max_connection_age_grace_secs,
+                ));
+        }
+        let connection_stats = Arc::new(crate::connections::ConnectionStats::default());
+        let incoming =
+            crate::connections::accept(listener, tls.clone(), &limits, connection_stats.clone());
+        let router = server
+            .layer(crate::edge::AdmissionLayer::new(
+                admission.clone(),
+                Duration::from_millis(limits.idle_stream_timeout_ms),
+            ))
             .layer(AuditLayer::new(auditor))
             .add_service(health)
             .add_service(reflection)
@@ -415,7 +469,7 @@ impl Gateway {
             .add_service(social_security);
         let task = tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(tls::incoming(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
                 })
                 .await
@@ -428,6 +482,8 @@ impl Gateway {
             task,
             stop_background,
             background,
+            connections: connection_stats,
+            admission,
             _database_lock: database_lock,
         })
     }

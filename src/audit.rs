@@ -17,13 +17,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::deadline::CallDeadline;
 use crate::domain::audit::{self, AuditEntry, ChainBreak};
 use crate::domain::time::{Millis, now_millis};
 use crate::edge::{self, BoxError, CallBody, Checked, header_code};
-use crate::identity::Principal;
 use crate::store::{Store, StoreError};
 
 /// Audit entries queued at most; beyond it callers wait (backpressure).
@@ -282,6 +280,11 @@ impl CallNote {
             .await
     }
 
+    /// The caller's identity URI (`unknown` when its certificate names none).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
     pub fn set(&self, scope: impl Into<String>, records: i64) {
         if let Ok(mut n) = self.noted.lock() {
             *n = (scope.into(), records);
@@ -451,15 +454,8 @@ where
         if let Some(d) = &deadline {
             req.extensions_mut().insert(d.clone());
         }
-        let (identity, role) = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|certs| {
-                certs
-                    .first()
-                    .and_then(|c| Principal::from_certificate(c.as_ref()).ok())
-            })
+        let (identity, role) = crate::identity::Caller::of(&req)
+            .0
             .map(|p| (p.uri, p.role.as_str().to_string()))
             .unwrap_or_else(|| ("unknown".into(), String::new()));
         let note = CallNote {

@@ -53,6 +53,12 @@ pub struct Config {
     pub reference: ReferenceConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Connection, stream and per-caller call limits of the gateway port.
+    #[serde(default)]
+    pub connections: crate::connections::ConnectionLimits,
+    /// Default rates per caller identity (administrators may set others per identity).
+    #[serde(default)]
+    pub rate_limits: crate::admission::RateLimits,
     #[serde(default)]
     pub fees: FeesConfig,
     #[serde(default)]
@@ -108,6 +114,10 @@ pub struct TlsFiles {
     /// The server's certificate chain and private key (PEM).
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Certificate revocation lists (PEM or DER files) checked on every handshake,
+    /// for the whole client chain; reloaded without a restart on SIGHUP and when a
+    /// file changes. Default none.
+    pub crls: Vec<PathBuf>,
 }
 
 impl Default for TlsFiles {
@@ -116,6 +126,7 @@ impl Default for TlsFiles {
             ca: "certs-example/ca.pem".into(),
             cert: "certs-example/server.pem".into(),
             key: "certs-example/server.key".into(),
+            crls: Vec::new(),
         }
     }
 }
@@ -550,6 +561,8 @@ impl Config {
             tls,
             reference: ReferenceConfig::default(),
             limits: Limits::default(),
+            connections: crate::connections::ConnectionLimits::default(),
+            rate_limits: crate::admission::RateLimits::default(),
             fees: FeesConfig::default(),
             accidents: AccidentsConfig::default(),
             forward: ForwardConfig::default(),
@@ -707,6 +720,20 @@ impl Config {
                 "database_url",
                 "must start with sqlite: (PostgreSQL support comes next)",
             ));
+        }
+        if let Some(p) = self
+            .connections
+            .problems()
+            .into_iter()
+            .chain(self.rate_limits.problems())
+            .next()
+        {
+            let (key, reason) = p.split_once(' ').unwrap_or((&p, ""));
+            return Err(invalid(key, reason));
+        }
+        for (i, crl) in self.tls.crls.iter().enumerate() {
+            crate::tls::read_crls(crl)
+                .map_err(|e| invalid(format!("tls.crls[{i}]"), e.to_string()))?;
         }
         if self.limits.max_batch_records == 0 || self.limits.max_stream_records == 0 {
             return Err(invalid("limits", "record limits must be at least 1"));

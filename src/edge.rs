@@ -210,3 +210,199 @@ where
         }
     }
 }
+
+/// Admits each `oip.v1` call (`admission`): a call over the caller's limits or the
+/// gateway's is answered at once (RESOURCE_EXHAUSTED or UNAVAILABLE, with retry
+/// advice) without reaching the audit layer or a handler; an admitted call holds its
+/// place until its answer is sent. The request body of an admitted call is watched for
+/// idleness (`connections.idle_stream_timeout_ms`). Health and reflection pass
+/// through (a health check must answer under any load).
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    admission: std::sync::Arc<crate::admission::Admission>,
+    idle: std::time::Duration,
+    log: std::sync::Arc<crate::connections::LogBudget>,
+}
+
+impl AdmissionLayer {
+    /// The layer over `admission`, ending request streams idle for `idle`.
+    pub fn new(
+        admission: std::sync::Arc<crate::admission::Admission>,
+        idle: std::time::Duration,
+    ) -> Self {
+        Self {
+            admission,
+            idle,
+            log: std::sync::Arc::new(crate::connections::LogBudget::new()),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = AdmissionService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AdmissionService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`AdmissionLayer`].
+#[derive(Clone)]
+pub struct AdmissionService<S> {
+    inner: S,
+    layer: AdmissionLayer,
+}
+
+impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for AdmissionService<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<AdmittedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = Answer<AdmittedBody<ResBody>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !req.uri().path().starts_with("/oip.v1.") {
+            let call = inner.call(req);
+            return Box::pin(async move {
+                let res = call.await.map_err(Into::into)?;
+                Ok(res.map(|b| AdmittedBody::Admitted(Box::pin(b), None)))
+            });
+        }
+        let caller = crate::identity::Caller::of(&req);
+        let permit = match self.layer.admission.admit(caller.identity()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                let (log, suppressed) = self.layer.log.take();
+                if suppressed > 0 {
+                    tracing::warn!(suppressed, "more calls were refused than logged");
+                }
+                if log {
+                    tracing::warn!(
+                        identity = caller.identity(),
+                        method = req.uri().path(),
+                        "call refused: {refusal}"
+                    );
+                }
+                let res = tonic::Status::from(refusal).into_http::<()>();
+                return Box::pin(async move { Ok(res.map(|()| AdmittedBody::Refused)) });
+            }
+        };
+        req.extensions_mut().insert(caller);
+        let idle = self.layer.idle;
+        let req = req.map(|b| tonic::body::Body::new(IdleBody::new(b, idle)));
+        let call = inner.call(req);
+        Box::pin(async move {
+            let res = call.await.map_err(Into::into)?;
+            Ok(res.map(|b| AdmittedBody::Admitted(Box::pin(b), Some(permit))))
+        })
+    }
+}
+
+/// The answer of a call through [`AdmissionLayer`]: the handler's body, holding the
+/// call's place until it ends, or nothing (a refusal is all headers).
+pub enum AdmittedBody<B> {
+    Admitted(Pin<Box<B>>, Option<crate::admission::CallPermit>),
+    Refused,
+}
+
+impl<B> http_body::Body for AdmittedBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match &mut *self {
+            AdmittedBody::Admitted(b, permit) => {
+                let polled = b.as_mut().poll_frame(cx).map_err(Into::into);
+                if let Poll::Ready(None) = polled {
+                    // The answer is complete: the call's place is free.
+                    permit.take();
+                }
+                polled
+            }
+            AdmittedBody::Refused => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AdmittedBody::Admitted(b, _) => b.is_end_stream(),
+            AdmittedBody::Refused => true,
+        }
+    }
+}
+
+/// A request body that fails with DEADLINE_EXCEEDED when the caller sends nothing for
+/// `idle` while the handler waits for it (the timer runs only while the handler is
+/// waiting, so a slow commit never counts against the caller).
+pub struct IdleBody {
+    inner: tonic::body::Body,
+    idle: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleBody {
+    /// `inner`, failing after `idle` without a frame.
+    pub fn new(inner: tonic::body::Body, idle: std::time::Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl http_body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.timer = None;
+                    return Poll::Ready(Some(Err(crate::error::idle_stream(idle))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

@@ -26,6 +26,42 @@ pub enum ApiError {
     DeadlineExceeded(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The caller is over one of its limits (rate or calls at once); nothing was
+    /// applied. Answered RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after_ms: u64,
+    },
+    /// The gateway is at its global call limit (load shedding); nothing was applied.
+    /// Answered UNAVAILABLE with `grpc-retry-pushback-ms`.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_ms: u64,
+    },
+}
+
+/// The response metadata key carrying retry advice, in milliseconds (gRPC A6, "Retry
+/// throttling and pushback"): the earliest a caller should try again.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// The status a call ends with when its caller sent nothing for `idle`
+/// (`connections.idle_stream_timeout_ms`): DEADLINE_EXCEEDED; what it committed
+/// before stands.
+pub fn idle_stream(idle: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "nothing was received on this call for {} ms (connections.idle_stream_timeout_ms); it was ended",
+        idle.as_millis()
+    ))
+}
+
+/// `status` with [`RETRY_PUSHBACK`] set to `ms`.
+fn with_pushback(mut status: Status, ms: u64) -> Status {
+    if let Ok(v) = ms.to_string().parse() {
+        status.metadata_mut().insert(RETRY_PUSHBACK, v);
+    }
+    status
 }
 
 impl ApiError {
@@ -36,6 +72,8 @@ impl ApiError {
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Throttled { .. } => Code::ResourceExhausted,
+            ApiError::Overloaded { .. } => Code::Unavailable,
             ApiError::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             ApiError::Store(_) => Code::Internal,
         }
@@ -64,6 +102,14 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
             ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            ApiError::Throttled {
+                message,
+                retry_after_ms,
+            } => with_pushback(Status::resource_exhausted(message), retry_after_ms),
+            ApiError::Overloaded {
+                message,
+                retry_after_ms,
+            } => with_pushback(Status::unavailable(message), retry_after_ms),
             ApiError::Store(StoreError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "storage unavailable");
                 Status::new(

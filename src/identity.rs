@@ -84,11 +84,49 @@ impl Principal {
         Self::from_uri(uri)
     }
 
-    /// The caller of a tonic request (the peer certificates are set by the TLS layer).
+    /// The caller of a tonic request: as the call edge found it ([`Caller`]), or from
+    /// the peer certificates the TLS layer set (which also says why there is none).
     pub fn of_request<T>(req: &tonic::Request<T>) -> Result<Self, IdentityError> {
+        if let Some(Caller(Some(found))) = req.extensions().get::<Caller>() {
+            return Ok(found.clone());
+        }
         let certs = req.peer_certs().ok_or(IdentityError::NoCertificate)?;
         let first = certs.first().ok_or(IdentityError::NoCertificate)?;
         Self::from_certificate(first.as_ref())
+    }
+}
+
+/// The caller of a call, parsed once from its client certificate by
+/// [`AdmissionLayer`] and kept in the request extensions for the layers and handlers
+/// after it. `None` inside when the certificate carries no valid `oip://` identity
+/// (the handler answers UNAUTHENTICATED).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<crate::identity::Principal>);
+
+impl Caller {
+    /// The caller of `req` as the edge found it, or parsed now (calls that did not pass
+    /// the edge, such as in unit tests).
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        if let Some(c) = req.extensions().get::<Caller>() {
+            return c.clone();
+        }
+        Caller(
+            req.extensions()
+                .get::<tonic::transport::server::TlsConnectInfo<
+                    tonic::transport::server::TcpConnectInfo,
+                >>()
+                .and_then(|i| i.peer_certs())
+                .and_then(|certs| {
+                    certs.first().and_then(|c| {
+                        Principal::from_certificate(c.as_ref()).ok()
+                    })
+                }),
+        )
+    }
+
+    /// The identity URI, or `unknown`.
+    pub fn identity(&self) -> &str {
+        self.0.as_ref().map_or("unknown", |p| p.uri.as_str())
     }
 }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod certs;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod connections;
 pub mod crosscheck;
 pub mod deadline;
 pub mod domain;

@@ -3,10 +3,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// The default filter: `info`, and the TLS handshakes tonic refuses (an expired,
-/// unknown or missing client certificate), which it reports at debug level with the
-/// reason (`tls accept error`).
-pub const DEFAULT_FILTER: &str = "info,tonic::transport::server::io_stream=debug";
+/// The default filter: `info` (refused TLS handshakes are logged at warn by
+/// `connections`, with their reason).
+pub const DEFAULT_FILTER: &str = "info";
 
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {

@@ -3,6 +3,7 @@
 //! the command-line client and the tests.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
@@ -44,6 +45,74 @@ pub fn server_config(
         .identity(identity)
         .client_ca_root(Certificate::from_pem(roots))
         .client_auth_optional(false))
+}
+
+/// The gateway port's rustls configuration (served by `connections`): present
+/// `cert`/`key`, require a client certificate chained to `ca` and not revoked by any
+/// of the CRL files `crls` (PEM or DER, checked on every handshake, the whole chain),
+/// offer HTTP/2 only (ALPN `h2`). A missing, untrusted, expired or revoked client
+/// certificate fails the handshake. Errors name the configuration key of the file.
+pub fn gateway_server_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    crls: &[PathBuf],
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::server::WebPkiClientVerifier;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(read_certificates("tls.ca", ca)?);
+    if added == 0 {
+        anyhow::bail!(
+            "tls.ca file {} holds no usable CA certificate",
+            ca.display()
+        );
+    }
+    let mut revocations = Vec::new();
+    for path in crls {
+        revocations.extend(read_crls(path)?);
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(revocations)
+        .build()
+        .map_err(|e| anyhow::anyhow!("tls.crls: {e}"))?;
+    let chain = read_certificates("tls.cert", cert)?;
+    let key_pem = read("tls.key", key)?;
+    let der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            anyhow::anyhow!("tls.key file {} holds no PEM private key", key.display())
+        })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, der)
+        .map_err(|e| anyhow::anyhow!("tls.cert/tls.key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The certificate revocation lists of one `tls.crls` file: PEM (`BEGIN X509 CRL`,
+/// several allowed) or a single DER CRL.
+pub fn read_crls(
+    path: &Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("tls.crls file {} cannot be read: {e}", path.display()))?;
+    if bytes.starts_with(b"-----") || bytes.windows(8).any(|w| w == b"X509 CRL") {
+        let crls: Vec<_> = rustls_pemfile::crls(&mut bytes.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("tls.crls file {}: {e}", path.display()))?;
+        if crls.is_empty() {
+            anyhow::bail!(
+                "tls.crls file {} holds no CRL (BEGIN X509 CRL)",
+                path.display()
+            );
+        }
+        return Ok(crls);
+    }
+    Ok(vec![bytes.into()])
 }
 
 /// Client side: trust `ca` for the server named `domain`, present `cert`/`key`.

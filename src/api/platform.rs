@@ -47,6 +47,8 @@ pub struct PlatformApi {
     pub limits: Limits,
     /// Writes the intent entries of changes (see `started`).
     pub auditor: crate::audit::Auditor,
+    /// The callers' records-a-second rates (see `started`).
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// How a record of a call is named in outcomes: its kind, id, revision and the
@@ -231,7 +233,10 @@ impl PlatformApi {
 
     /// Audits the intent to apply `records` records before they are applied: records
     /// whose intent cannot be audited are not stored.
+    /// The records are first taken from the caller's records-a-second rate
+    /// (RESOURCE_EXHAUSTED with retry advice, nothing applied, when over it).
     async fn started(&self, note: &CallNote, records: usize) -> Result<(), ApiError> {
+        self.admission.take_records(note.identity(), records)?;
         Ok(note.started(&self.auditor, records as i64).await?)
     }
 
@@ -741,6 +746,11 @@ impl PlatformService for PlatformApi {
         req: Request<Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let (platform, note) = self.caller(&req).await?;
+        // The most a chunk may hold: the call limit, or less under the caller's rate.
+        let at_once = self
+            .limits
+            .max_batch_records
+            .min(self.admission.max_records_at_once(note.identity()));
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
@@ -829,7 +839,7 @@ impl PlatformService for PlatformApi {
         // The limits a chunk must keep, for clients to size their chunks by.
         let mut res = Response::new(ReceiverStream::new(rx));
         for (name, value) in [
-            (MAX_BATCH_RECORDS_HEADER, self.limits.max_batch_records),
+            (MAX_BATCH_RECORDS_HEADER, at_once),
             (MAX_MESSAGE_BYTES_HEADER, self.limits.max_message_bytes),
         ] {
             if let Ok(v) = value.to_string().parse() {

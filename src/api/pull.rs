@@ -126,6 +126,8 @@ pub struct Puller {
     pub store: Arc<dyn Store>,
     pub auditor: Auditor,
     pub reference: Arc<Reference>,
+    /// Paces what each office receives (records a second).
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// One authorised pull.
@@ -265,6 +267,7 @@ impl Puller {
         let store = self.store.clone();
         let auditor = self.auditor.clone();
         let access = self.access.clone();
+        let admission = self.admission.clone();
         let Pull {
             caller,
             destination,
@@ -326,6 +329,10 @@ impl Puller {
                     }
                 }
                 if !selected.is_empty() {
+                    // The office's records-a-second rate: the pull slows, it is not refused.
+                    admission
+                        .pace_records(&caller.identity, selected.len())
+                        .await;
                     let (messages, action) = match page(store.clone(), selected).await {
                         Ok(x) => x,
                         Err(e) => {

@@ -142,7 +142,7 @@ async fn a_refused_handshake_is_logged_with_its_reason() {
         !logs.contains('\u{1b}'),
         "no colour escapes when not on a terminal"
     );
-    assert!(logs.contains("tls accept error"), "{logs}");
+    assert!(logs.contains("tls handshake refused"), "{logs}");
     assert!(
         logs.to_lowercase().contains("expired"),
         "the reason is named: {logs}"

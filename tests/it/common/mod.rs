@@ -31,6 +31,7 @@ pub fn tls_files() -> TlsFiles {
         ca: d.join("ca.pem"),
         cert: d.join("server.pem"),
         key: d.join("server.key"),
+        crls: Vec::new(),
     }
 }
 
