@@ -514,23 +514,17 @@ impl Config {
     /// The `OIP_*` variables that name configuration keys. Other `OIP_` variables
     /// (`OIP_CONFIG`, the client's `OIP_ENDPOINT`) are not configuration and are left alone.
     fn environment() -> Env {
-        const TOP_LEVEL: [&str; 14] = [
-            "audit",
-            "pii",
-            "listen",
-            "database_url",
-            "tls",
-            "reference",
-            "limits",
-            "fees",
-            "accidents",
-            "forward",
-            "admins",
-            "platforms",
-            "grants",
-            "allow_demo_beyond_loopback",
-        ];
-        Env::prefixed("OIP_").split("__").filter(|key| {
+        // The top-level keys, read off the struct itself so that a new section is
+        // settable by environment without a list to keep up to date.
+        let top_level: Vec<String> = serde_json::to_value(Config::for_test(
+            String::new(),
+            TlsFiles::default(),
+            Vec::new(),
+        ))
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default();
+        Env::prefixed("OIP_").split("__").filter(move |key| {
             // The key may arrive as `limits__x` or, once split, as `limits.x`.
             let first = key
                 .as_str()
@@ -540,7 +534,7 @@ impl Config {
                 .split('.')
                 .next()
                 .unwrap_or("");
-            TOP_LEVEL.iter().any(|k| first.eq_ignore_ascii_case(k))
+            top_level.iter().any(|k| first.eq_ignore_ascii_case(k))
         })
     }
 

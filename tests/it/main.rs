@@ -16,6 +16,7 @@ mod cli_tree;
 mod config;
 mod dead_letters;
 mod durability;
+mod edge_limits;
 mod fees;
 mod forwarding;
 mod grants;

@@ -1,0 +1,269 @@
+//! Hostile connections and callers at the edge (issue 12): connections that never
+//! start TLS, floods of idle streams, callers over their rates. Real gateway processes
+//! where memory is measured, loopback only, bounded loops.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use oip_gateway::proto;
+use tokio::io::AsyncReadExt as _;
+
+use crate::common::*;
+
+/// Resident memory of process `pid`, in bytes (Linux `/proc`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+async fn health_within(addr: std::net::SocketAddr, limit: Duration) -> Duration {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let started = Instant::now();
+    let answer = tokio::time::timeout(limit, async {
+        let ch = channel(addr, client_tls(Some("platform-a"), "ca.pem"))
+            .await
+            .expect("a valid client connects");
+        HealthClient::new(ch)
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health answers")
+    })
+    .await;
+    assert!(
+        answer.is_ok(),
+        "a valid client's health check did not answer within {limit:?}"
+    );
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn connections_that_never_start_tls_are_closed_and_lock_no_one_out() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timeout_ms = 2000u64;
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[("OIP_CONNECTIONS__HANDSHAKE_TIMEOUT_MS", "2000")],
+    );
+    let started = Instant::now();
+    let mut silent = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        silent.push(
+            tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("tcp connect"),
+        );
+    }
+    let opened = Instant::now();
+    eprintln!("2,000 connections opened in {:?}", started.elapsed());
+    // While they are held, a real client is served at once.
+    let took = health_within(gw.addr, Duration::from_secs(2)).await;
+    eprintln!("health check with 2,000 silent connections held: {took:?}");
+
+    // Every silent connection is closed by the server by the handshake timeout (the
+    // oldest ones earlier, to make room: connections.max_handshakes is 1,024).
+    let reads = silent.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(timeout_ms + 3000), s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    });
+    let closed = futures::future::join_all(reads).await;
+    let still_open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(still_open, 0, "connections never closed by the server");
+    eprintln!(
+        "all closed {:?} after the last was opened",
+        opened.elapsed()
+    );
+    assert!(
+        opened.elapsed() < Duration::from_millis(timeout_ms + 2000),
+        "closed within the handshake timeout"
+    );
+    // And the gateway still serves.
+    health_within(gw.addr, Duration::from_secs(2)).await;
+    let logs = gw.captured_logs();
+    assert!(
+        logs.lines().count() < 200,
+        "refusals are logged on a budget, not one line each: {} lines",
+        logs.lines().count()
+    );
+}
+
+/// A client stream of orders that sends its headers and then nothing.
+fn silent_stream() -> impl futures::Stream<Item = proto::ReportOrdersRequest> + Send + 'static {
+    futures::stream::pending()
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_streams_is_refused_beyond_the_limits_and_costs_little_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[("OIP_CONNECTIONS__IDLE_STREAM_TIMEOUT_MS", "4000")],
+    );
+    let pid = gw.child.id();
+    // Warm up: one call of each kind used below.
+    let mut b = client(gw.addr, "platform-b").await;
+    let _ = report(&mut b, vec![order("O-warm", "W-none")]).await;
+    let before = rss_bytes(pid);
+
+    let mut connections = Vec::new();
+    for _ in 0..10 {
+        connections.push(
+            channel(gw.addr, client_tls(Some("platform-a"), "ca.pem"))
+                .await
+                .expect("connect"),
+        );
+    }
+    let started = Instant::now();
+    let flooding = connections.clone();
+    let calls = (0..10_000).map(move |i| {
+        let mut c =
+            proto::platform_service_client::PlatformServiceClient::new(flooding[i % 10].clone());
+        async move { c.stream_orders(silent_stream()).await.map(|_| ()) }
+    });
+    let flood = tokio::spawn(
+        futures::stream::iter(calls)
+            .buffer_unordered(10_000)
+            .collect::<Vec<_>>(),
+    );
+    // While the flood is under way, another platform is served.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let peak = rss_bytes(pid);
+    let answered = tokio::time::timeout(
+        Duration::from_secs(3),
+        report(&mut b, vec![order("O-b-1", "W-none")]),
+    )
+    .await
+    .expect("platform B is answered during the flood");
+    assert_eq!(answered.outcomes.len(), 1);
+
+    let results = tokio::time::timeout(Duration::from_secs(60), flood)
+        .await
+        .expect("every stream is answered")
+        .expect("flood task");
+    let count = |code: tonic::Code| {
+        results
+            .iter()
+            .filter(|r| r.as_ref().err().map(|s| s.code()) == Some(code))
+            .count()
+    };
+    let (refused, idle) = (
+        count(tonic::Code::ResourceExhausted),
+        count(tonic::Code::DeadlineExceeded),
+    );
+    eprintln!(
+        "10,000 idle streams: {refused} refused, {idle} ended idle, in {:?}; rss {} MB before, {} MB at peak",
+        started.elapsed(),
+        before >> 20,
+        peak >> 20
+    );
+    assert_eq!(
+        refused + idle,
+        10_000,
+        "each stream refused or ended: {:?}",
+        results.iter().find(|r| {
+            !matches!(
+                r.as_ref().err().map(|s| s.code()),
+                Some(tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded)
+            )
+        })
+    );
+    assert!(
+        idle <= 64,
+        "at most connections.max_calls_per_identity held"
+    );
+    assert!(
+        peak.saturating_sub(before) < 64 << 20,
+        "memory grew by {} MB",
+        (peak - before) >> 20
+    );
+    drop(connections);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes(pid);
+    eprintln!("rss {} MB after they closed", after >> 20);
+    assert!(
+        after.saturating_sub(before) < 32 << 20,
+        "memory returned: {} MB before, {} MB after",
+        before >> 20,
+        after >> 20
+    );
+    gw.kill();
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_gets_retry_advice_and_nothing_is_applied() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.rate_limits.records_per_second = 100;
+    })
+    .await;
+    let mut a = gw.client("platform-a").await;
+    let mut b = gw.client("platform-b").await;
+    let workers: Vec<_> = (0..100).map(|i| worker(&format!("W{i:03}"))).collect();
+    let first = register(&mut a, workers).await;
+    assert_eq!(first.outcomes.len(), 100);
+    // The second's budget is spent: the next 50 records (half a second's worth) are
+    // refused with advice.
+    let refused = a
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: (0..50).map(|i| worker(&format!("W-extra{i:02}"))).collect(),
+        })
+        .await
+        .expect_err("over the rate");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let pushback: u64 = refused
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry advice");
+    assert!((1..=1001).contains(&pushback), "{pushback}");
+    assert!(pushback >= 100, "about half a second to wait: {pushback}");
+    assert!(
+        refused.message().contains("nothing"),
+        "{}",
+        refused.message()
+    );
+    // Another platform at the same moment is unaffected.
+    let other = register(&mut b, vec![worker("W-b")]).await;
+    assert_eq!(brief(&other)[0], accepted());
+    // Nothing of the refused call was stored.
+    let listed = a
+        .list_workers(proto::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.workers.iter().all(|w| {
+        w.worker
+            .as_ref()
+            .is_none_or(|w| !w.worker_id.starts_with("W-extra"))
+    }));
+    // After the advised wait it goes through.
+    tokio::time::sleep(Duration::from_millis(pushback)).await;
+    let later = register(&mut a, vec![worker("W-extra00")]).await;
+    assert_eq!(brief(&later)[0], accepted());
+    // More than a second's worth at once can never pass: it says so.
+    let too_many = a
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: (0..101).map(|i| worker(&format!("X{i:03}"))).collect(),
+        })
+        .await
+        .expect_err("over the burst");
+    assert_eq!(too_many.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        too_many.message().contains("at most 100 records"),
+        "{}",
+        too_many.message()
+    );
+    gw.stop().await;
+}
