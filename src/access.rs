@@ -164,18 +164,50 @@ pub struct Access {
 }
 
 /// PERMISSION_DENIED naming the grant that is missing and the command that makes it.
-/// A certificate of another role can never hold it: that is said instead.
-fn missing_grant(principal: &Principal, role: Role, scope: &str) -> ApiError {
+/// A certificate of another role can never hold it: that is said instead. A grant of
+/// the role that has expired (among `held`) is named with its expiry. `scope` is None
+/// for a division grant of any division.
+fn missing_grant(
+    principal: &Principal,
+    role: Role,
+    scope: Option<&str>,
+    held: &[Grant],
+) -> ApiError {
     if principal.role != role {
         return ApiError::PermissionDenied(format!(
             "{} is a {} identity; this call needs the {role} role, which only an oip://{role}/... certificate can hold",
             principal.uri, principal.role
         ));
     }
-    ApiError::PermissionDenied(format!(
-        "{} has no live {role} grant over {scope}; an administrator grants it with: oip-gateway admin grants put --identity {} --role {role} --scope {scope}",
-        principal.uri, principal.uri
-    ))
+    let expired = held
+        .iter()
+        .filter(|g| g.role == role && scope.is_none_or(|s| g.scope == s))
+        .filter_map(|g| g.expires_at.map(|at| (g.scope.as_str(), at)))
+        .max_by_key(|(_, at)| *at);
+    let command = |scope: &str| {
+        format!(
+            "oip-gateway admin grants put --identity {} --role {role} --scope {scope}",
+            principal.uri
+        )
+    };
+    match (expired, scope) {
+        (Some((s, at)), _) => ApiError::PermissionDenied(format!(
+            "{}'s {role} grant over {s} expired at {}; an administrator renews it with: {} [--expires-at TIME]",
+            principal.uri,
+            crate::domain::time::to_rfc3339(at),
+            command(s)
+        )),
+        (None, Some(scope)) => ApiError::PermissionDenied(format!(
+            "{} has no live {role} grant over {scope}; an administrator grants it with: {}",
+            principal.uri,
+            command(scope)
+        )),
+        (None, None) => ApiError::PermissionDenied(format!(
+            "{} has no live {role} grant over any division; an administrator grants it with: {} (a division code: 320000 for all of Jiangsu, 320500 for one city)",
+            principal.uri,
+            command("DIVISION")
+        )),
+    }
 }
 
 impl Access {
@@ -185,17 +217,18 @@ impl Access {
 
     /// An administrator: a live admin grant with scope `*`.
     pub async fn admin(&self, principal: &Principal, now: Millis) -> Result<(), ApiError> {
-        let granted = principal.role == Role::Admin
-            && self
-                .store
-                .grants(&principal.uri)
-                .await?
-                .iter()
-                .any(|g| g.role == Role::Admin && g.scope == "*" && g.is_live(now));
-        if granted {
+        let held = if principal.role == Role::Admin {
+            self.store.grants(&principal.uri).await?
+        } else {
+            Vec::new()
+        };
+        if held
+            .iter()
+            .any(|g| g.role == Role::Admin && g.scope == "*" && g.is_live(now))
+        {
             Ok(())
         } else {
-            Err(missing_grant(principal, Role::Admin, "*"))
+            Err(missing_grant(principal, Role::Admin, Some("*"), &held))
         }
     }
 
@@ -207,20 +240,18 @@ impl Access {
         role: Role,
         now: Millis,
     ) -> Result<DivisionScope, ApiError> {
-        let scope = if principal.role == role {
-            DivisionScope::new(
-                self.store
-                    .grants(&principal.uri)
-                    .await?
-                    .into_iter()
-                    .filter(|g| g.role == role && g.is_live(now))
-                    .map(|g| g.scope),
-            )
+        let held = if principal.role == role {
+            self.store.grants(&principal.uri).await?
         } else {
-            DivisionScope::default()
+            Vec::new()
         };
+        let scope = DivisionScope::new(
+            held.iter()
+                .filter(|g| g.role == role && g.is_live(now))
+                .map(|g| g.scope.clone()),
+        );
         if scope.divisions().is_empty() {
-            return Err(missing_grant(principal, role, "<division code>"));
+            return Err(missing_grant(principal, role, None, &held));
         }
         Ok(scope)
     }
@@ -232,11 +263,16 @@ impl Access {
         principal: &Principal,
         now: Millis,
     ) -> Result<PlatformProfile, ApiError> {
-        let denied = || missing_grant(principal, Role::Platform, &principal.subject);
         if principal.role != Role::Platform {
-            return Err(denied());
+            return Err(missing_grant(
+                principal,
+                Role::Platform,
+                Some(&principal.subject),
+                &[],
+            ));
         }
         let grants = self.store.grants(&principal.uri).await?;
+        let denied = || missing_grant(principal, Role::Platform, Some(&principal.subject), &grants);
         let granted = grants
             .iter()
             .any(|g| g.role == Role::Platform && g.scope == principal.subject && g.is_live(now));

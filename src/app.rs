@@ -45,6 +45,9 @@ pub struct Gateway {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     stop_background: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    /// gRPC health of the gateway port.
+    health: tonic_health::server::HealthReporter,
+    shutdown_grace_secs: u64,
     /// Who may call now, and their refusals.
     pub admission: Arc<crate::admission::Admission>,
     /// What the accept loop has seen (connections in the handshake, established, refused).
@@ -484,12 +487,23 @@ impl Gateway {
             background,
             connections: connection_stats,
             admission,
+            health: health_reporter,
+            shutdown_grace_secs: limits.shutdown_grace_secs,
             _database_lock: database_lock,
         })
     }
 
-    /// Stops accepting calls, lets running calls finish, and returns.
+    /// Stops accepting calls, lets running calls finish, and returns. gRPC health
+    /// answers NOT_SERVING from the start (load balancers stop sending calls).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        for name in served_services().into_iter().take(4) {
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -504,13 +518,40 @@ impl Gateway {
         Ok(())
     }
 
-    /// Runs until `stop` resolves (see [`stop_signal`]), then shuts down gracefully.
+    /// Runs until `stop` resolves (see [`stop_signal`]), then shuts down gracefully:
+    /// gRPC health turns NOT_SERVING, no new calls are taken, and the calls in progress
+    /// get `connections.shutdown_grace_secs` to finish; past that, or at a second
+    /// signal, the gateway stops with them unfinished (nothing they had not committed
+    /// was acknowledged).
     pub async fn run_until(
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         stop.await;
-        tracing::info!("shutting down");
-        self.shutdown().await
+        let grace = Duration::from_secs(self.shutdown_grace_secs);
+        let admission = self.admission.clone();
+        tracing::info!(
+            calls_in_progress = admission.calls_in_progress(),
+            grace_secs = grace.as_secs(),
+            "shutting down: no new calls; calls in progress may finish (a second signal stops at once)"
+        );
+        let second = stop_signal();
+        tokio::select! {
+            done = self.shutdown() => done,
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(
+                    calls_in_progress = admission.calls_in_progress(),
+                    "stopping after connections.shutdown_grace_secs with calls unfinished: what they committed stands, nothing else was acknowledged"
+                );
+                Ok(())
+            }
+            () = second => {
+                tracing::warn!(
+                    calls_in_progress = admission.calls_in_progress(),
+                    "second signal: stopping now with calls unfinished: what they committed stands, nothing else was acknowledged"
+                );
+                Ok(())
+            }
+        }
     }
 }

@@ -471,7 +471,7 @@ fn parse_error(e: figment::Error) -> ConfigError {
         })
         .unwrap_or_default();
     let hint = if key == "listen" {
-        ": expected host:port, e.g. 127.0.0.1:50051 (port 1 to 65535; 0 picks a free one)"
+        ": expected an IP address and port, e.g. 127.0.0.1:50051 or [::1]:50051 (host names such as localhost are not resolved; port 1 to 65535, 0 picks a free one)"
     } else {
         ""
     };
@@ -984,12 +984,45 @@ mod tests {
             ("[tls]\nca = \"/nonexistent/ca.pem\"", "tls.ca"),
             ("[reference]\nserved_divisions = [\"990000\"]", "reference"),
             ("unknown_key = 1", "unknown_key"),
+            ("[connections]\nmax_calls = 0", "connections.max_calls"),
+            (
+                "[rate_limits]\ncalls_per_second = 0",
+                "rate_limits.calls_per_second",
+            ),
+            ("[tls]\ncrls = [\"/nonexistent/crl.pem\"]", "tls.crls[0]"),
         ];
         for (toml, key) in cases {
             let err = shipped_with(toml).map(|_| ()).map_err(key_of);
             let msg = err.expect_err(toml);
             assert!(msg.contains(key), "{toml}: {msg}");
         }
+    }
+
+    #[test]
+    fn mistakes_with_listen_and_keys_say_what_is_expected() {
+        let msg = shipped_with("listen = \"localhost:47355\"")
+            .map(|_| ())
+            .map_err(key_of)
+            .expect_err("a host name");
+        assert!(
+            msg.contains("host names such as localhost are not resolved"),
+            "{msg}"
+        );
+        let msg = shipped_with("[pii]\nkeys = { k2026 = \"abcd\" }\ncurrent_key = \"k2026\"")
+            .and_then(|c| c.vault().map(|_| ()))
+            .map_err(|e| e.to_string())
+            .expect_err("a short key");
+        assert!(
+            msg.contains("4 hex digits") && msg.contains("64 hexadecimal digits"),
+            "{msg}"
+        );
+        let msg = shipped_with(
+            "[pii]\nkeys = { k2026 = \"5f1c0e9a3b7d24c6a8e0f2b4d6c8a0e2f4b6d8c0a2e4f6b8d0c2a4e6f8b0d2c5\" }\ncurrent_key = \"\"",
+        )
+        .and_then(|c| c.vault().map(|_| ()))
+        .map_err(|e| e.to_string())
+        .expect_err("no current key");
+        assert!(msg.contains("not set") && msg.contains("k2026"), "{msg}");
     }
 
     #[test]

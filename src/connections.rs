@@ -81,6 +81,11 @@ pub struct ConnectionLimits {
     /// Calls still running on a connection past its age get this long to finish, in
     /// seconds (default 600).
     pub max_connection_age_grace_secs: u64,
+    /// On SIGTERM, SIGINT or SIGHUP the gateway stops accepting calls and gives the
+    /// calls in progress this long to finish, in seconds (default 30); then it stops
+    /// (a second signal stops it at once). What a cut call committed stands; what it
+    /// had not committed was never acknowledged.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -97,6 +102,7 @@ impl Default for ConnectionLimits {
             keepalive_timeout_secs: 20,
             max_connection_age_secs: 7200,
             max_connection_age_grace_secs: 600,
+            shutdown_grace_secs: 30,
         }
     }
 }

@@ -21,6 +21,10 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// The change would leave the system in a state it must not be in (e.g. with no
+    /// administrator); nothing was changed.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The caller's deadline passed before the commit; nothing was applied.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Throttled { .. } => Code::ResourceExhausted,
             ApiError::Overloaded { .. } => Code::Unavailable,
@@ -101,6 +106,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(e) => Status::unauthenticated(e.to_string()),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ApiError::Throttled {
                 message,

@@ -40,6 +40,9 @@ pub enum IdentityError {
     NoIdentity,
     #[error("identity URI {0} is not of the form oip://<role>/<subject>")]
     Malformed(String),
+    /// A platform identity whose subject is not a valid USCC (GB 32100-2015).
+    #[error("identity URI {0}: the subject is not a valid unified social credit code: {1}")]
+    BadCreditCode(String, String),
 }
 
 impl Principal {
@@ -54,8 +57,16 @@ impl Principal {
             && subject
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !valid_subject || (role == Role::Platform && CreditCode::parse(subject).is_err()) {
+        if !valid_subject {
             return Err(malformed());
+        }
+        if role == Role::Platform
+            && let Err(e) = CreditCode::parse(subject)
+        {
+            return Err(IdentityError::BadCreditCode(
+                crate::domain::outcome::quoted(uri),
+                e.to_string(),
+            ));
         }
         Ok(Self {
             uri: uri.to_string(),

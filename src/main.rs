@@ -17,12 +17,10 @@ async fn sim_control(
         tonic::transport::Channel,
     >,
 > {
-    let tls = oip_gateway::tls::client_config(&c.ca, &c.cert, &c.key, "localhost")?;
-    let channel = tonic::transport::Channel::from_shared(c.endpoint.clone())?
-        .tls_config(tls)?
-        .connect()
+    // The same local checks and explained failures as the gateway's clients.
+    let channel = oip_gateway::tls::connect(&c.endpoint, &c.ca, &c.cert, &c.key, "localhost")
         .await
-        .map_err(|e| anyhow::anyhow!("backend simulator unreachable at {}: {e}", c.endpoint))?;
+        .map_err(|e| anyhow::anyhow!("backend simulator at {}: {e:#}", c.endpoint))?;
     Ok(oip_gateway::proto::backend_sim_control_client::BackendSimControlClient::new(channel))
 }
 
@@ -110,7 +108,8 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 let s = sim_control(&client)
                     .await?
                     .stats(oip_gateway::proto::StatsRequest {})
-                    .await?
+                    .await
+                    .map_err(|s| cli::status_line(&s))?
                     .into_inner();
                 for k in &s.applied {
                     println!("{:<28} {}", k.kind, k.count);
@@ -139,7 +138,8 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 let set = sim_control(&client)
                     .await?
                     .set_faults(f)
-                    .await?
+                    .await
+                    .map_err(|s| cli::status_line(&s))?
                     .into_inner();
                 print_faults(&set);
                 Ok(())

@@ -686,8 +686,9 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         .map_err(|e| anyhow!("the file reader failed: {e}"))?;
     if lines_read < opts.from_line && summary.records == 0 && summary.unanswered.is_empty() {
         return Err(anyhow!(
-            "--from-line {} is past the end of the input ({lines_read} lines); nothing was sent",
-            opts.from_line
+            "--from-line {} is past the end of the input ({}); nothing was sent",
+            opts.from_line,
+            crate::cli::count(lines_read, "line", "lines")
         ));
     }
     if let Err(e) = report.finish().await {
@@ -921,15 +922,21 @@ pub fn print_summary(s: &Summary) {
     if s.not_utf8 > 0 {
         let _ = writeln!(
             err,
-            "{} lines are not UTF-8: the file is probably GBK or GB18030 (as Chinese spreadsheet tools save it); convert it (`iconv -f GB18030 -t UTF-8 FILE > FILE.utf8`) and resend it: records already applied answer DUPLICATE",
-            s.not_utf8
+            "{} not UTF-8: the file is probably GBK or GB18030 (as Chinese spreadsheet tools save it); convert it (`iconv -f GB18030 -t UTF-8 FILE > FILE.utf8`) and resend it: records already applied answer DUPLICATE",
+            crate::cli::count(s.not_utf8, "line is", "lines are")
         );
     }
     if s.local > 0 && !s.reported {
         let _ = writeln!(
             err,
-            "{} lines were refused here and never reached the gateway (`status rejections` does not list them): rerun with --report FILE to keep each line's reason",
-            s.local
+            "{} refused here and never reached the gateway (`status rejections` does not list them): rerun with --report FILE to keep each line's reason",
+            crate::cli::count(s.local, "line was", "lines were")
+        );
+    }
+    if s.records > 0 && s.local == s.records && s.not_utf8 == 0 {
+        let _ = writeln!(
+            err,
+            "no line of the file is a JSON record, so nothing was sent: submit reads JSON Lines, one JSON object per line (README, \"Bulk file format\"); convert a CSV, spreadsheet or other file first"
         );
     }
 }

@@ -10,19 +10,20 @@ use rustls::pki_types::CertificateDer;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {key} file {path}: {source}")]
+#[error("cannot read {key} file {path}: {error}{hint}", hint = if error.kind() == std::io::ErrorKind::NotFound { " (a relative path is read from the working directory)" } else { "" })]
 pub struct TlsFileError {
     pub key: &'static str,
     pub path: PathBuf,
-    pub source: std::io::Error,
+    /// Not a `source`: the message holds it already (no repetition in `{:#}`).
+    pub error: std::io::Error,
 }
 
 /// Reads a TLS file, naming the option or key it came from.
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError {
+    std::fs::read(path).map_err(|error| TlsFileError {
         key,
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -500,6 +501,11 @@ pub fn key_too_open(key: &str, path: &Path) -> Option<String> {
 pub fn explain_status(s: &tonic::Status, cert: &Path) -> String {
     let broken = (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
         || (s.code() == tonic::Code::Cancelled && s.message().contains("operation was canceled"));
+    if s.code() == tonic::Code::Unimplemented
+        && (s.message().is_empty() || s.message().contains("not implemented"))
+    {
+        return "Unimplemented: the endpoint answered but does not serve this call: is --endpoint the gateway's port (not the backend simulator's or another service's)?".to_string();
+    }
     if !broken {
         return format!("{:?}: {}", s.code(), s.message());
     }

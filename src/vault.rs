@@ -57,10 +57,12 @@ pub fn key_bytes(name: &str, hex_key: &str) -> Result<[u8; 32], VaultError> {
         key: name.to_string(),
         reason: reason.to_string(),
     };
-    let bytes = hex::decode(hex_key.trim()).map_err(|_| bad("not hexadecimal"))?;
+    const HOW: &str = "a key is 64 hexadecimal digits (32 bytes), e.g. from `openssl rand -hex 32`";
+    let bytes = hex::decode(hex_key.trim()).map_err(|_| bad(&format!("not hexadecimal: {HOW}")))?;
+    let n = bytes.len();
     bytes
         .try_into()
-        .map_err(|_| bad("must be 32 bytes (64 hex digits)"))
+        .map_err(|_| bad(&format!("{} hex digits: {HOW}", n * 2)))
 }
 
 impl Vault {
@@ -70,6 +72,18 @@ impl Vault {
         current: &str,
         lookup: [u8; 32],
     ) -> Result<Self, VaultError> {
+        if current.is_empty() {
+            return Err(VaultError::BadKey {
+                key: "current_key".to_string(),
+                reason: format!(
+                    "not set: name the key that seals new values, one of {} (OIP_PII__CURRENT_KEY=<id>)",
+                    keys.keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         if !keys.contains_key(current) {
             return Err(VaultError::BadKey {
                 key: current.to_string(),

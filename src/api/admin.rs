@@ -479,6 +479,36 @@ impl AdminService for AdminApi {
                     && (r.scopes.is_empty() || r.scopes.contains(&g.grant.scope))
             })
             .count() as u64;
+        if role == Role::Admin {
+            // Never the last administrator: nobody could grant anything again until a
+            // restart re-read `admins`.
+            let now = crate::domain::time::now_millis();
+            let others = self
+                .store
+                .list_grants(None)
+                .await
+                .map_err(ApiError::from)?
+                .into_iter()
+                .any(|g| {
+                    g.grant.role == Role::Admin
+                        && g.grant.identity != r.identity
+                        && g.grant.is_live(now)
+                });
+            let held = self
+                .store
+                .grants(&r.identity)
+                .await
+                .map_err(ApiError::from)?
+                .into_iter()
+                .any(|g| g.role == Role::Admin && g.is_live(now));
+            if held && !others {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "{} holds the only live admin grant: revoking it would leave no administrator; grant another first (oip-gateway admin grants put --identity oip://admin/<name> --role admin --scope '*'). Nothing was revoked",
+                    r.identity
+                ))
+                .into());
+            }
+        }
         let _gate = gate(req.extensions().get::<CallDeadline>())?;
         let revoked = self
             .store

@@ -411,22 +411,26 @@ impl TaxService for TaxApi {
         req: Request<proto::PullRequest>,
     ) -> Result<Response<Self::PullContributionsStream>, Status> {
         let pull = self.0.start(&req, Role::Tax, Destination::Tax).await?;
-        Ok(Response::new(self.0.run(
-            pull,
-            |entry, filter| {
-                Ok(select_tax(entry, filter)?.map(|(d, item)| {
-                    (
-                        d,
-                        proto::ContributionChange {
-                            cursor: entry.seq.to_string(),
-                            item: Some(item),
-                        },
-                    )
-                }))
-            },
-            |_store, selected| async move { Ok((selected, "pull-page")) },
-            |cursor| proto::ContributionChange { cursor, item: None },
-        )))
+        Ok(Response::new(
+            self.0.run(
+                pull,
+                |entry, filter| {
+                    Ok(select_tax(entry, filter)?.map(|(d, item)| {
+                        (
+                            d,
+                            proto::ContributionChange {
+                                cursor: entry.seq.to_string(),
+                                item: Some(item),
+                            },
+                        )
+                    }))
+                },
+                |_store, selected| async move {
+                    Ok((selected, crate::domain::audit::SPECIAL_ACTIONS[0]))
+                },
+                |cursor| proto::ContributionChange { cursor, item: None },
+            ),
+        ))
     }
 }
 
@@ -459,7 +463,7 @@ async fn with_persons(
             });
         }
     }
-    Ok((selected, "personal-data-read"))
+    Ok((selected, crate::domain::audit::SPECIAL_ACTIONS[1]))
 }
 
 #[tonic::async_trait]

@@ -266,12 +266,15 @@ fn print_grants(g: &proto::GrantsResponse) {
     if g.grants.is_empty() {
         println!("0 grants");
     }
+    let now = chrono::Utc::now();
     for g in &g.grants {
+        let expired = chrono::DateTime::parse_from_rfc3339(&g.expires_at).is_ok_and(|t| t <= now);
         println!(
-            "{}\t{}\t{}\texpires={}\tgranted={}\tby={}",
+            "{}\t{}\t{}\t{}={}\tgranted={}\tby={}",
             g.identity,
             g.role,
             g.scope,
+            if expired { "EXPIRED" } else { "expires" },
             if g.expires_at.is_empty() {
                 "never"
             } else {
@@ -316,6 +319,9 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                     .list_platforms(proto::ListPlatformsRequest {})
                     .await
                     .map_err(|s| status_line(&s))?;
+                if r.get_ref().platforms.is_empty() {
+                    println!("0 platforms");
+                }
                 for p in &r.get_ref().platforms {
                     print_platform(p);
                 }
@@ -404,7 +410,7 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                 println!("revoked {}", r.revoked);
                 if r.configured > 0 {
                     eprintln!(
-                        "warning: {} of them the configuration makes again at the next start (granted_by configuration): remove {identity} from admins, [[platforms]] or [[grants]] as well",
+                        "warning: {} of them the configuration grants again at the next start (granted_by configuration); to end them for good, also remove {identity} from admins, [[platforms]] or [[grants]] before that start",
                         r.configured
                     );
                 }
@@ -540,6 +546,12 @@ async fn query_audit(
     if let Some(footer) = page_footer(n as usize, &next) {
         println!("{footer}");
     }
+    if n == 0 && (!request.action.is_empty() || !request.identity.is_empty()) {
+        eprintln!(
+            "note: --action and --identity match exactly. Actions are full method names (oip.v1.PlatformService/Submit, oip.v1.TaxService/PullContributions, ...) and {}; identities are full URIs (oip://tax/js-tax-320000)",
+            crate::domain::audit::SPECIAL_ACTIONS.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -670,7 +682,10 @@ async fn dead_letters(action: DeadLetterCommand, admin: &mut Client) -> anyhow::
                     one_line(&d.last_error)
                 );
             }
-            println!("{} dead letters", letters.len());
+            println!(
+                "{}",
+                super::count(letters.len(), "dead letter", "dead letters")
+            );
         }
         DeadLetterCommand::Replay(p) => act(admin, p, true).await?,
         DeadLetterCommand::Discard(p) => act(admin, p, false).await?,

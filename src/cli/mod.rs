@@ -61,8 +61,18 @@ impl Connection {
             .key
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("certs-example/{stem}.key")));
+        let _ = CERT_IN_USE.set(cert.clone());
         crate::tls::connect(&self.endpoint, &self.ca, &cert, &key, &self.domain).await
     }
+}
+
+/// The certificate this command presents (one connection per command), for
+/// [`status_line`] to name when the gateway refuses it after the handshake.
+static CERT_IN_USE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// `n` and the noun in the number it needs: `1 record`, `2 records`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// A gRPC failure as one line: the code and the gateway's message (a broken
@@ -70,7 +80,14 @@ impl Connection {
 pub fn status_line(s: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "{}",
-        crate::tls::explain_status(s, std::path::Path::new("(the certificate given)"))
+        crate::tls::explain_status(
+            s,
+            CERT_IN_USE
+                .get()
+                .map_or(std::path::Path::new("(the certificate given)"), |p| {
+                    p.as_path()
+                })
+        )
     )
 }
 

@@ -370,7 +370,11 @@ pub async fn run(command: PullCommand, c: &Connection) -> anyhow::Result<()> {
         }
     };
     let (written, next, error) = outcome;
-    println!("wrote {written} records to {}", args.out.display());
+    println!(
+        "wrote {} to {}",
+        super::count(written as usize, "record", "records"),
+        args.out.display()
+    );
     println!("next cursor: {next}");
     match error {
         None => Ok(()),

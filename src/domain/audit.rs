@@ -71,6 +71,10 @@ pub enum ChainBreak {
 /// The action of the entry retention appends after removing old entries.
 pub const RETENTION_ACTION: &str = "audit-retention";
 
+/// The actions of entries that are not calls: a page of a tax pull, a page of personal
+/// data read (social-security pulls), a retention removal.
+pub const SPECIAL_ACTIONS: [&str; 3] = ["pull-page", "personal-data-read", RETENTION_ACTION];
+
 /// The scope of a retention entry: the new anchor (the last removed entry).
 pub fn retention_scope(seq: i64, hash: &[u8; 32]) -> String {
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();

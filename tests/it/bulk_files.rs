@@ -66,7 +66,7 @@ async fn a_bom_crlf_and_a_gbk_line_are_decoded_line_by_line_at_any_batch_size() 
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("1 lines are not UTF-8") && err.contains("iconv -f GB18030"),
+            err.contains("1 line is not UTF-8") && err.contains("iconv -f GB18030"),
             "{err}"
         );
         assert!(
@@ -632,7 +632,7 @@ async fn a_from_line_past_the_end_or_zero_is_refused() {
     let out = run_submit(&gw.endpoint(), &file, &report, &["--from-line", "100"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("past the end of the input (1 lines)"), "{err}");
+    assert!(err.contains("past the end of the input (1 line)"), "{err}");
     let out = run_submit(&gw.endpoint(), &file, &report, &["--from-line", "0"]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
 }
@@ -711,7 +711,7 @@ async fn lines_refused_here_without_a_report_are_announced_and_zero_settings_ref
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("1 lines were refused here and never reached the gateway")
+        err.contains("1 line was refused here and never reached the gateway")
             && err.contains("--report FILE"),
         "{err}"
     );

@@ -267,3 +267,69 @@ async fn a_caller_over_its_rate_gets_retry_advice_and_nothing_is_applied() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_and_does_not_wait_past_its_grace() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw =
+        GatewayProcess::spawn(dir.path(), &[("OIP_CONNECTIONS__SHUTDOWN_GRACE_SECS", "2")]);
+    let ch = channel(gw.addr, client_tls(Some("platform-a"), "ca.pem"))
+        .await
+        .expect("connect");
+    let mut watch = HealthClient::new(ch.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("status").expect("a status");
+    assert_eq!(first.status, 1, "SERVING");
+    // A client stream that keeps its call open (sending nothing more).
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::ReportOrdersRequest>(1);
+    let mut platform = proto::platform_service_client::PlatformServiceClient::new(ch);
+    let open = tokio::spawn(async move {
+        platform
+            .stream_orders(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(proto::ReportOrdersRequest {
+        orders: vec![order("O-open", "W-none")],
+    })
+    .await
+    .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    let next = tokio::time::timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("health changes at once")
+        .expect("status")
+        .expect("a status");
+    assert_eq!(next.status, 2, "NOT_SERVING while draining");
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "serve waited past its grace for an open call"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("stopped {:?} after the signal", signalled.elapsed());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the grace was given"
+    );
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(tx);
+    let _ = open.await;
+    let logs = gw.captured_logs();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(logs.contains("calls unfinished"), "{logs}");
+}

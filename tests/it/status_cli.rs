@@ -337,7 +337,7 @@ async fn replaying_or_discarding_a_seq_that_is_no_dead_letter_fails_naming_it() 
     await_delivery_states(&mut a, "order", "O1", &["DEAD_LETTERED"]).await;
     let listed = ok(cli(&e, &["admin", "dead-letters", "list"]));
     assert!(
-        listed.contains(&key) && listed.contains("1 dead letters"),
+        listed.contains(&key) && listed.contains("1 dead letter\n"),
         "{listed}"
     );
     let seq = listed
@@ -612,7 +612,7 @@ async fn revoking_nothing_fails_and_configured_grants_are_flagged() {
     assert_eq!(stdout.trim(), "revoked 1");
     let err = text(&out.stderr);
     assert!(
-        err.contains("the configuration makes again at the next start"),
+        err.contains("the configuration grants again at the next start"),
         "{err}"
     );
 
@@ -633,4 +633,170 @@ async fn revoking_nothing_fails_and_configured_grants_are_flagged() {
         ],
     ));
     assert!(err.contains("would never be live"), "{err}");
+}
+
+/// Findings of a new user's review: each mistake named with its cause and next step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_findings_are_named_with_cause_and_next_step() {
+    let gw = TestGateway::spawn().await;
+    let e = gw.endpoint();
+
+    // The only administrator cannot revoke itself (nobody could grant again).
+    let (_, err) = fails(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "revoke",
+            "--identity",
+            "oip://admin/root",
+            "--role",
+            "admin",
+        ],
+    ));
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("would leave no administrator"),
+        "{err}"
+    );
+    assert!(
+        ok(cli(
+            &e,
+            &["admin", "grants", "list", "--identity", "oip://admin/root"]
+        ))
+        .contains("oip://admin/root")
+    );
+
+    // An expired grant is named as expired, with its time, and listed as EXPIRED.
+    let tax = "oip://tax/js-tax-320000";
+    let _ = fails(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "put",
+            "--identity",
+            tax,
+            "--role",
+            "tax",
+            "--scope",
+            "320400",
+            "--expires-at",
+            "2020-01-01T00:00:00+08:00",
+        ],
+    ));
+    // A past expiry only ends a held grant: grant, then end it.
+    ok(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "put",
+            "--identity",
+            tax,
+            "--role",
+            "tax",
+            "--scope",
+            "320400",
+        ],
+    ));
+    let now = chrono::Utc::now()
+        .with_timezone(&oip_gateway::domain::time::shanghai())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+    ok(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "put",
+            "--identity",
+            tax,
+            "--role",
+            "tax",
+            "--scope",
+            "320400",
+            "--expires-at",
+            &now,
+        ],
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let listed = ok(cli(&e, &["admin", "grants", "list", "--identity", tax]));
+    assert!(listed.contains("EXPIRED="), "{listed}");
+    let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "pull",
+            "contributions",
+            "--out",
+            "/dev/null",
+            "--endpoint",
+            &e,
+        ])
+        .output()
+        .expect("pull");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("grant over 320400 expired at") && err.contains("renews it with"),
+        "{err}"
+    );
+    assert!(!err.contains("<division code>"), "{err}");
+
+    // A platform identity with a wrong check character is named as such.
+    let (_, err) = fails(cli(
+        &e,
+        &[
+            "admin",
+            "grants",
+            "put",
+            "--identity",
+            "oip://platform/91320400MA7PLT110X",
+            "--role",
+            "platform",
+            "--scope",
+            "91320400MA7PLT110X",
+        ],
+    ));
+    assert!(err.contains("unified social credit code"), "{err}");
+
+    // A client pointed at the simulator's port is told so.
+    let sim = format!("https://{}", gw.sim_addr.expect("simulator"));
+    let (_, err) = fails(cli(&sim, &["status", "workers"]));
+    assert!(err.contains("does not serve this call"), "{err}");
+
+    // An audit filter that matches nothing says that matching is exact.
+    let out = cli(
+        &e,
+        &["admin", "audit", "query", "--action", "personal_data_read"],
+    );
+    assert_eq!(ok(out.clone()), "0 entries\n");
+    assert!(
+        text(&out.stderr).contains("personal-data-read"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A file that is not JSON Lines says so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("tax.csv");
+    std::fs::write(&csv, "a,b,c\n1,2,3\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["submit", "--quiet", "--endpoint", &e])
+        .arg(&csv)
+        .output()
+        .expect("submit");
+    assert!(
+        text(&out.stderr).contains("no line of the file is a JSON record"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A missing CA file is named once, with the working-directory hint.
+    let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .current_dir(dir.path())
+        .args(["status", "workers", "--endpoint", &e])
+        .output()
+        .expect("status");
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    gw.stop().await;
 }
