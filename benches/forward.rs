@@ -130,6 +130,7 @@ async fn run(
         cert: certs("server.pem"),
         key: certs("server.key"),
         also_trust: None,
+        delivery_identities: vec!["oip://gateway/oip-gateway".into()],
     })
     .await?;
     let sim_endpoint = format!("https://{}", sim.addr);
@@ -154,6 +155,7 @@ async fn run(
     let mut config = Config::load(Path::new(oip_gateway::config::DEFAULT_PATH))?;
     config.listen = ([127, 0, 0, 1], 0).into();
     config.database_url = db.clone();
+    config.forward.simulate = false;
     config.forward.social_security_endpoint = Some(sim_endpoint.clone());
     config.forward.tax_endpoint = Some(sim_endpoint);
     config.forward.batch_size = batch_size;

@@ -97,6 +97,7 @@ async fn start_forwarding(
                 cert: config.tls.cert.clone(),
                 key: config.tls.key.clone(),
                 also_trust: Some(link.ca_pem.clone()),
+                delivery_identities: vec![link.identity.clone()],
             })
             .await?;
             let endpoint = format!("https://{}", s.addr);

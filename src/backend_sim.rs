@@ -37,6 +37,47 @@ pub struct SimConfig {
     /// PEM CA certificates trusted for clients besides `ca` (the embedded simulator's
     /// link to its gateway, see [`crate::certs::loopback_link`]).
     pub also_trust: Option<String>,
+    /// The only identities (`oip://gateway/...` URIs) whose certificates may deliver
+    /// items (`TaxBackend`, `SocialSecurityBackend`): the gateway's own. Everyone else
+    /// is PERMISSION_DENIED, whatever CA issued them. `BackendSimControl` takes only
+    /// administrators (`oip://admin/...`).
+    pub delivery_identities: Vec<String>,
+}
+
+/// The `oip://` identity of a call's client certificate, if any.
+fn caller_uri<T>(req: &Request<T>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    crate::identity::Principal::uri_of_certificate(certs.first()?.as_ref()).ok()
+}
+
+/// Lets through delivery calls from the gateway's identities only.
+#[derive(Clone)]
+struct DeliveryGate(Arc<Vec<String>>);
+
+impl tonic::service::Interceptor for DeliveryGate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        match caller_uri(&req) {
+            Some(uri) if self.0.contains(&uri) => Ok(req),
+            who => Err(Status::permission_denied(format!(
+                "backend simulator: {} may not deliver; only the gateway's identity ({}) may",
+                who.as_deref()
+                    .unwrap_or("a certificate without an oip:// identity"),
+                self.0.join(", ")
+            ))),
+        }
+    }
+}
+
+/// Lets through control calls from administrators only.
+fn control_gate(req: Request<()>) -> Result<Request<()>, Status> {
+    match caller_uri(&req) {
+        Some(uri) if uri.starts_with("oip://admin/") => Ok(req),
+        who => Err(Status::permission_denied(format!(
+            "backend simulator: {} may not control the simulator; only an administrator (oip://admin/...) may",
+            who.as_deref()
+                .unwrap_or("a certificate without an oip:// identity")
+        ))),
+    }
 }
 
 struct State {
@@ -282,13 +323,18 @@ impl BackendSim {
             .with_context(|| format!("backend-sim: cannot bind {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
+        let gate = DeliveryGate(Arc::new(config.delivery_identities.clone()));
         let router = Server::builder()
             .tls_config(tls)?
-            .add_service(
+            .add_service(tonic::service::interceptor::InterceptedService::new(
                 SocialSecurityBackendServer::new(sim.clone()).max_decoding_message_size(64 << 20),
-            )
-            .add_service(TaxBackendServer::new(sim.clone()).max_decoding_message_size(64 << 20))
-            .add_service(BackendSimControlServer::new(sim));
+                gate.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                TaxBackendServer::new(sim.clone()).max_decoding_message_size(64 << 20),
+                gate,
+            ))
+            .add_service(BackendSimControlServer::with_interceptor(sim, control_gate));
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(tls::incoming(listener), async {

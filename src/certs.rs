@@ -808,6 +808,9 @@ pub struct LoopbackLink {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The link certificate's identity, `oip://gateway/embedded-<random>`: the only
+    /// one the embedded simulator takes deliveries from.
+    pub identity: String,
 }
 
 /// Makes a [`LoopbackLink`], valid from 5 minutes ago for 10 years (the process's life).
@@ -822,13 +825,19 @@ pub fn loopback_link() -> anyhow::Result<LoopbackLink> {
     )?;
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, "gateway");
-    p.subject_alt_names = vec![uri("oip://gateway/embedded")?];
+    // Unguessable: no certificate of the shared CA can claim it.
+    let identity = format!(
+        "oip://gateway/embedded-{}",
+        random_serial().1.to_ascii_lowercase()
+    );
+    p.subject_alt_names = vec![uri(&identity)?];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     (p.not_before, p.not_after) = validity;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &ca)?;
     Ok(LoopbackLink {
+        identity,
         ca_pem: ca.pem(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),

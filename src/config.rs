@@ -256,8 +256,12 @@ impl Default for AccidentsConfig {
 pub struct ForwardConfig {
     /// Deliver to the backends at all.
     pub enabled: bool,
-    /// `https://host:port` of the social-security backend; unset: the gateway starts the
-    /// backend simulator itself and delivers to it.
+    /// Start the backend simulator inside the gateway and deliver to it (demo and
+    /// tests; the shipped configuration sets it). Default false: with forwarding
+    /// enabled, the two endpoints must be set, and there is no fallback.
+    pub simulate: bool,
+    /// `https://host:port` of the social-security backend (both or neither with
+    /// `simulate`).
     pub social_security_endpoint: Option<String>,
     pub tax_endpoint: Option<String>,
     /// Server name the backends' certificates are checked against.
@@ -312,18 +316,31 @@ impl ForwardConfig {
             Ok(endpoint.to_string())
         };
         match (&self.social_security_endpoint, &self.tax_endpoint) {
-            (None, None) => Ok(None),
-            (Some(ss), Some(tax)) => Ok(Some((
-                check("forward.social_security_endpoint", ss)?,
-                check("forward.tax_endpoint", tax)?,
-            ))),
+            (None, None) if self.simulate => Ok(None),
+            (None, None) => Err(invalid(
+                "forward",
+                "no backends are set: set forward.social_security_endpoint and forward.tax_endpoint (https://host:port), or forward.simulate = true for the embedded simulator (demo and tests), or forward.enabled = false",
+            )),
+            (Some(ss), Some(tax)) => {
+                let both = (
+                    check("forward.social_security_endpoint", ss)?,
+                    check("forward.tax_endpoint", tax)?,
+                );
+                if self.simulate {
+                    return Err(invalid(
+                        "forward.simulate",
+                        "is true while the backend endpoints are set: choose one (remove the endpoints, or set simulate = false)",
+                    ));
+                }
+                Ok(Some(both))
+            }
             (Some(_), None) => Err(invalid(
                 "forward.tax_endpoint",
-                "is not set while forward.social_security_endpoint is: set both (real backends) or neither (the embedded simulator)",
+                "is not set while forward.social_security_endpoint is: set both (real backends) or neither (with forward.simulate = true)",
             )),
             (None, Some(_)) => Err(invalid(
                 "forward.social_security_endpoint",
-                "is not set while forward.tax_endpoint is: set both (real backends) or neither (the embedded simulator)",
+                "is not set while forward.tax_endpoint is: set both (real backends) or neither (with forward.simulate = true)",
             )),
         }
     }
@@ -340,6 +357,7 @@ impl Default for ForwardConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            simulate: false,
             social_security_endpoint: None,
             tax_endpoint: None,
             backend_domain: "localhost".into(),
@@ -559,7 +577,10 @@ impl Config {
             rate_limits: crate::admission::RateLimits::default(),
             fees: FeesConfig::default(),
             accidents: AccidentsConfig::default(),
-            forward: ForwardConfig::default(),
+            forward: ForwardConfig {
+                simulate: true,
+                ..ForwardConfig::default()
+            },
             audit: AuditConfig::default(),
             pii: PiiConfig::for_test(),
             admins: vec!["oip://admin/root".into()],
@@ -607,6 +628,9 @@ impl Config {
         let mut out = Vec::new();
         if self.admins.is_empty() {
             out.push("no administrator is configured (admins = []): nobody can grant, register or replay; add admins = [\"oip://admin/<name>\"]".to_string());
+        }
+        if self.forward.enabled && self.forward.simulate {
+            out.push("forward.simulate = true: deliveries go to the embedded backend simulator, not to the tax and social-security backends (set forward.*_endpoint for real ones)".to_string());
         }
         let mut keys = vec![("tls.key", &self.tls.key)];
         if self.forward.enabled && matches!(self.forward.backends(), Ok(Some(_))) {
@@ -985,6 +1009,7 @@ mod tests {
             ("[reference]\nserved_divisions = [\"990000\"]", "reference"),
             ("unknown_key = 1", "unknown_key"),
             ("[connections]\nmax_calls = 0", "connections.max_calls"),
+            ("[forward]\nsimulate = false", "forward.simulate = true"),
             (
                 "[rate_limits]\ncalls_per_second = 0",
                 "rate_limits.calls_per_second",

@@ -75,6 +75,25 @@ impl Principal {
         })
     }
 
+    /// The `oip://` URI of the end-entity certificate (DER) whatever its role, also
+    /// the gateway's own (`oip://gateway/...`, which is no caller role).
+    pub fn uri_of_certificate(der: &[u8]) -> Result<String, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|_| IdentityError::BadCertificate)?
+            .ok_or(IdentityError::NoIdentity)?;
+        san.value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                GeneralName::URI(u) if u.starts_with(SCHEME) => Some((*u).to_string()),
+                _ => None,
+            })
+            .ok_or(IdentityError::NoIdentity)
+    }
+
     /// The identity of the end-entity certificate (DER), the first of the chain.
     pub fn from_certificate(der: &[u8]) -> Result<Self, IdentityError> {
         let (_, cert) =

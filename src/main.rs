@@ -87,6 +87,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 listen,
                 database_url,
                 tls,
+                gateway_identities,
             } => {
                 telemetry::init();
                 let sim = oip_gateway::backend_sim::BackendSim::start(
@@ -97,6 +98,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                         cert: tls.cert,
                         key: tls.key,
                         also_trust: None,
+                        delivery_identities: gateway_identities,
                     },
                 )
                 .await?;

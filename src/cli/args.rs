@@ -144,6 +144,15 @@ pub enum SimAction {
         /// The simulator's own SQLite database (created if missing).
         #[arg(long, default_value = "sqlite:data/backend-sim.db", value_name = "URL")]
         database_url: String,
+        /// Identity (SAN URI) of the gateway that delivers here; repeat for several.
+        /// Only these may deliver; the control service takes administrators only.
+        /// Default: the example gateway client certificate, certs-example/gateway.pem.
+        #[arg(
+            long = "gateway-identity",
+            default_value = "oip://gateway/oip-gateway",
+            value_name = "URI"
+        )]
+        gateway_identities: Vec<String>,
         /// The simulator's TLS files.
         #[command(flatten)]
         tls: SimTls,

@@ -10,6 +10,68 @@ use oip_gateway::proto::{
 
 use crate::common::*;
 
+/// The embedded simulator trusts the shared CA's certificates for nothing: a platform
+/// (even an ungranted one) can neither deliver a forged item nor pause deliveries, and
+/// an administrator of the shared CA cannot deliver either; the gateway's own link does
+/// deliver.
+#[tokio::test]
+async fn the_embedded_simulator_takes_deliveries_from_its_gateway_only() {
+    let gw = TestGateway::spawn().await;
+    let sim = gw.sim_addr.expect("simulator");
+    for stem in ["platform-ungranted", "platform-a", "admin", "gateway"] {
+        let ch = channel(sim, client_tls(Some(stem), "ca.pem"))
+            .await
+            .expect("connect");
+        let forged = SocialSecurityBackendClient::new(ch.clone())
+            .deliver(proto::DeliverSocialSecurityRequest {
+                items: vec![ss_order("91320500MA1DEMB02D/order/FORGED/1")],
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            forged.code(),
+            tonic::Code::PermissionDenied,
+            "{stem}: {forged:?}"
+        );
+        assert!(
+            forged.message().contains("may not deliver"),
+            "{}",
+            forged.message()
+        );
+        let tax = TaxBackendClient::new(ch.clone())
+            .deliver(proto::DeliverTaxRequest { items: vec![] })
+            .await
+            .expect_err("refused");
+        assert_eq!(tax.code(), tonic::Code::PermissionDenied, "{stem}");
+        let control = BackendSimControlClient::new(ch)
+            .set_faults(proto::Faults {
+                paused: true,
+                ..Default::default()
+            })
+            .await;
+        if stem == "admin" {
+            assert!(control.is_ok(), "an administrator steers the simulator");
+            let mut c = BackendSimControlClient::new(
+                channel(sim, client_tls(Some("admin"), "ca.pem"))
+                    .await
+                    .expect("connect"),
+            );
+            c.set_faults(proto::Faults::default())
+                .await
+                .expect("resume");
+        } else {
+            let e = control.expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{stem}");
+        }
+    }
+    // The gateway itself still delivers.
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    report(&mut a, vec![order("O1", "W1")]).await;
+    await_delivery_states(&mut a, "order", "O1", &["DELIVERED"]).await;
+    gw.stop().await;
+}
+
 fn header(key: &str) -> Option<proto::ItemHeader> {
     Some(proto::ItemHeader {
         idempotency_key: key.into(),
@@ -42,15 +104,20 @@ async fn applies_each_key_once_and_injects_faults() {
         cert: tls.cert,
         key: tls.key,
         also_trust: None,
+        delivery_identities: vec!["oip://gateway/oip-gateway".into()],
     })
     .await
     .expect("simulator starts");
-    let ch = channel(sim.addr, client_tls(Some("admin"), "ca.pem"))
+    // Deliveries with the gateway's certificate, control with an administrator's.
+    let gateway = channel(sim.addr, client_tls(Some("gateway"), "ca.pem"))
         .await
         .expect("connect");
-    let mut ss = SocialSecurityBackendClient::new(ch.clone());
-    let mut tax = TaxBackendClient::new(ch.clone());
-    let mut control = BackendSimControlClient::new(ch);
+    let admin = channel(sim.addr, client_tls(Some("admin"), "ca.pem"))
+        .await
+        .expect("connect");
+    let mut ss = SocialSecurityBackendClient::new(gateway.clone());
+    let mut tax = TaxBackendClient::new(gateway);
+    let mut control = BackendSimControlClient::new(admin);
     use proto::DeliveryResult::{Delivered, Invalid, Repeated};
 
     let worker_item = proto::SocialSecurityItem {

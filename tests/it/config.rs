@@ -228,6 +228,14 @@ fn forward_endpoints_are_both_or_neither_and_https() {
             "forward.tax_endpoint",
             "https://host:port",
         ),
+        (
+            vec![
+                (ss, "https://ss.example.cn:1"),
+                (tax, "https://tax.example.cn:1"),
+            ],
+            "forward.simulate",
+            "choose one",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -298,9 +298,10 @@ fn toml_of(c: &Config) -> String {
         })
         .collect();
     format!(
-        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{pii}{platforms}",
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[forward]\nsimulate = {}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{pii}{platforms}",
         c.database_url,
         c.admins,
+        c.forward.simulate,
         c.tls.ca.display(),
         c.tls.cert.display(),
         c.tls.key.display()
