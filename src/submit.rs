@@ -80,6 +80,10 @@ pub struct Summary {
     pub not_utf8: usize,
     /// Whether a report file was asked for (it holds the local refusals' reasons).
     pub reported: bool,
+    /// Times the gateway asked to back off (over its rate or at capacity), and the
+    /// time spent waiting; the chunks concerned were resent.
+    pub backoffs: u32,
+    pub backed_off: Duration,
 }
 
 impl Summary {
@@ -171,6 +175,10 @@ struct Chunk {
     entries: Vec<Entry>,
     remote: usize,
     end_offset: u64,
+    /// The request that carried the chunk's records (None when it has none), with its
+    /// number among the requests: kept until answered, to resend it on a new call
+    /// when the gateway asks to back off.
+    request: Option<(u64, proto::SubmitRequest)>,
 }
 
 impl Chunk {
@@ -179,6 +187,7 @@ impl Chunk {
             entries: Vec::new(),
             remote: 0,
             end_offset: 0,
+            request: None,
         }
     }
 }
@@ -340,7 +349,9 @@ impl ServerLimits {
 
 /// The reader's ends of the channels.
 struct Reader {
-    requests: mpsc::Sender<proto::SubmitRequest>,
+    requests: mpsc::Sender<(u64, proto::SubmitRequest)>,
+    /// Requests sent so far (their numbers).
+    sent: u64,
     chunks: mpsc::UnboundedSender<Read>,
     stop: watch::Receiver<u32>,
     halt: watch::Receiver<bool>,
@@ -361,8 +372,10 @@ impl Reader {
         let mut sent = !*self.halt.borrow();
         if sent && !records.is_empty() {
             let request = proto::SubmitRequest { records };
+            self.sent += 1;
+            done.request = Some((self.sent, request.clone()));
             sent = tokio::select! {
-                r = self.requests.send(request) => r.is_ok(),
+                r = self.requests.send((self.sent, request)) => r.is_ok(),
                 () = halted(&mut self.halt) => false,
             };
         }
@@ -572,7 +585,8 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     let mut client = connect(opts).await?;
     let started = Instant::now();
 
-    let (req_tx, req_rx) = mpsc::channel::<proto::SubmitRequest>(opts.window.max(1));
+    let window = opts.window.max(1);
+    let (req_tx, req_rx) = mpsc::channel::<(u64, proto::SubmitRequest)>(window);
     let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<Read>();
     let (halt, halt_rx) = watch::channel(false);
     let read_opts = ReadOptions {
@@ -587,17 +601,24 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
         limits_rx,
         Reader {
             requests: req_tx,
+            sent: 0,
             chunks: chunk_tx,
             stop: stop.clone(),
             halt: halt_rx,
         },
     ));
 
+    // The requests reach the call through a relay, so that a new call can take over
+    // (resending what was not answered) when the gateway asks to back off.
+    let (call_tx, call_rx) = mpsc::channel::<proto::SubmitRequest>(window);
+    let (swap_tx, swap_rx) = mpsc::channel::<Swap>(1);
+    let relay = tokio::spawn(relay(req_rx, swap_rx, call_tx));
     let answers = client
-        .submit_stream(ReceiverStream::new(req_rx))
+        .submit_stream(ReceiverStream::new(call_rx))
         .await
         .map_err(|s| {
             reader.abort();
+            relay.abort();
             anyhow!("{}; nothing was sent", tls::explain_status(&s, &opts.cert))
         })?;
     let limits = ServerLimits::of(answers.metadata());
@@ -619,7 +640,16 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     };
     // Once the gateway stops answering, the rest is collected without waiting.
     let mut failed: Option<String> = None;
-    while let Some(read) = chunk_rx.recv().await {
+    // Chunks taken from the reader ahead of their turn (to resend their requests).
+    let mut ahead: std::collections::VecDeque<Read> = std::collections::VecDeque::new();
+    loop {
+        let read = match ahead.pop_front() {
+            Some(r) => r,
+            None => match chunk_rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
         let chunk = match read {
             Read::Chunk(c) => c,
             Read::Stopped(line, why) => {
@@ -637,10 +667,81 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
             }
         };
         let mut outcomes = std::collections::VecDeque::new();
-        if chunk.remote > 0 && failed.is_none() {
+        let mut refusals = 0u32;
+        while chunk.remote > 0 && failed.is_none() {
             match answer(&mut answers, &mut stop).await {
-                Ok(o) => outcomes.extend(o),
-                Err(why) => {
+                Ok(o) => {
+                    outcomes.extend(o);
+                    break;
+                }
+                Err(Answerless::BackOff(ms, why)) if refusals < MAX_BACKOFFS => {
+                    // Nothing of this chunk or the ones after it was applied: wait as
+                    // advised, then resend them all on a new call.
+                    refusals += 1;
+                    summary.backoffs += 1;
+                    let wait = Duration::from_millis(ms.clamp(1, MAX_BACKOFF_MS));
+                    summary.backed_off += wait;
+                    bar.set_message(format!(
+                        "{} records; the gateway asks to slow down: resending in {} ms ({why})",
+                        summary.records,
+                        wait.as_millis()
+                    ));
+                    let stopping = tokio::select! {
+                        () = tokio::time::sleep(wait) => false,
+                        () = requested(&mut stop) => true,
+                    };
+                    if stopping {
+                        failed = Some("stopped by a signal while backing off".into());
+                        let _ = halt.send(true);
+                        break;
+                    }
+                    while let Ok(r) = chunk_rx.try_recv() {
+                        ahead.push_back(r);
+                    }
+                    let resend: Vec<(u64, proto::SubmitRequest)> = chunk
+                        .request
+                        .iter()
+                        .chain(ahead.iter().filter_map(|r| match r {
+                            Read::Chunk(c) => c.request.as_ref(),
+                            Read::Stopped(..) => None,
+                        }))
+                        .cloned()
+                        .collect();
+                    let (tx, rx) = mpsc::channel::<proto::SubmitRequest>(window);
+                    match client.submit_stream(ReceiverStream::new(rx)).await {
+                        Ok(a) => answers = a.into_inner(),
+                        Err(s) => {
+                            failed = Some(format!(
+                                "the gateway refused a new call after backing off: {}",
+                                tls::explain_status(&s, &opts.cert)
+                            ));
+                            let _ = halt.send(true);
+                            break;
+                        }
+                    }
+                    let through = resend.last().map_or(0, |(n, _)| *n);
+                    let requests = resend.into_iter().map(|(_, r)| r).collect();
+                    if swap_tx
+                        .send(Swap {
+                            tx,
+                            requests,
+                            through,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        failed = Some("the request relay stopped".into());
+                        let _ = halt.send(true);
+                        break;
+                    }
+                }
+                Err(Answerless::BackOff(_, why)) => {
+                    failed = Some(format!(
+                        "the gateway refused the same chunk {MAX_BACKOFFS} times in a row: {why}"
+                    ));
+                    let _ = halt.send(true);
+                }
+                Err(Answerless::Failed(why)) => {
                     failed = Some(why);
                     // Stop the reader: what it has not read is reported as unread.
                     let _ = halt.send(true);
@@ -684,6 +785,7 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     let lines_read = reader
         .await
         .map_err(|e| anyhow!("the file reader failed: {e}"))?;
+    relay.abort();
     if lines_read < opts.from_line && summary.records == 0 && summary.unanswered.is_empty() {
         return Err(anyhow!(
             "--from-line {} is past the end of the input ({}); nothing was sent",
@@ -700,22 +802,59 @@ pub async fn run_input<R: AsyncRead + Unpin + Send + 'static>(
     Ok(summary)
 }
 
+/// Consecutive back-offs on one chunk before the run gives up.
+const MAX_BACKOFFS: u32 = 50;
+/// Longest single wait, whatever the gateway advises.
+const MAX_BACKOFF_MS: u64 = 60_000;
+
+/// Why a chunk got no answer.
+enum Answerless {
+    /// The gateway refused it for now (RESOURCE_EXHAUSTED or UNAVAILABLE with
+    /// `grpc-retry-pushback-ms`): nothing of it or what followed was applied; wait this
+    /// many milliseconds and resend.
+    BackOff(u64, String),
+    /// The call ended otherwise.
+    Failed(String),
+}
+
+/// A call's end as an [`Answerless`]: advice to back off, or a failure.
+fn answerless(s: &tonic::Status) -> Answerless {
+    let pushback = s
+        .metadata()
+        .get(crate::error::RETRY_PUSHBACK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match (s.code(), pushback) {
+        (tonic::Code::ResourceExhausted | tonic::Code::Unavailable, Some(ms)) => {
+            Answerless::BackOff(ms, format!("{:?}: {}", s.code(), s.message()))
+        }
+        _ => Answerless::Failed(format!(
+            "the gateway stopped answering: {} ({})",
+            s.message(),
+            s.code()
+        )),
+    }
+}
+
 /// The next answer of the call, or why there is none; a second stop request gives up
 /// waiting.
 async fn answer(
     answers: &mut tonic::Streaming<proto::BatchOutcome>,
     stop: &mut watch::Receiver<u32>,
-) -> Result<Vec<proto::RecordOutcome>, String> {
+) -> Result<Vec<proto::RecordOutcome>, Answerless> {
+    let closed = || Answerless::Failed("the gateway closed the call".into());
     loop {
         if *stop.borrow() >= 2 {
-            return Err("stopped by a second signal without waiting for answers".into());
+            return Err(Answerless::Failed(
+                "stopped by a second signal without waiting for answers".into(),
+            ));
         }
         tokio::select! {
             m = answers.message() => {
                 return match m {
                     Ok(Some(b)) => Ok(b.outcomes),
-                    Ok(None) => Err("the gateway closed the call".into()),
-                    Err(s) => Err(format!("the gateway stopped answering: {} ({})", s.message(), s.code())),
+                    Ok(None) => Err(closed()),
+                    Err(s) => Err(answerless(&s)),
                 };
             }
             changed = stop.changed() => {
@@ -723,11 +862,76 @@ async fn answer(
                     // No more signals can come: wait for the answer alone.
                     return match answers.message().await {
                         Ok(Some(b)) => Ok(b.outcomes),
-                        Ok(None) => Err("the gateway closed the call".into()),
-                        Err(s) => Err(format!("the gateway stopped answering: {} ({})", s.message(), s.code())),
+                        Ok(None) => Err(closed()),
+                        Err(s) => Err(answerless(&s)),
                     };
                 }
             }
+        }
+    }
+}
+
+/// A new call taking over from one the gateway ended with advice to back off: the
+/// requests to resend first (numbered up to `through`), then the reader's next ones.
+struct Swap {
+    tx: mpsc::Sender<proto::SubmitRequest>,
+    requests: Vec<proto::SubmitRequest>,
+    through: u64,
+}
+
+/// Passes the reader's numbered requests to the current call; on a [`Swap`], sends its
+/// requests to the new call and goes on with the reader's requests after `through`
+/// (those up to it were in the swap). Ends the call when the reader is done.
+async fn relay(
+    mut from: mpsc::Receiver<(u64, proto::SubmitRequest)>,
+    mut swaps: mpsc::Receiver<Swap>,
+    first: mpsc::Sender<proto::SubmitRequest>,
+) {
+    let mut out = Some(first);
+    let mut through = 0u64;
+    let mut reader_done = false;
+    // A request the ended call did not take (its chunk may not be among the resent).
+    let mut stash: Option<(u64, proto::SubmitRequest)> = None;
+    loop {
+        tokio::select! {
+            biased;
+            swap = swaps.recv() => {
+                let Some(swap) = swap else { return };
+                let mut ok = true;
+                for r in swap.requests {
+                    if swap.tx.send(r).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                through = through.max(swap.through);
+                if ok && let Some((n, r)) = stash.take() && n > through {
+                    ok = swap.tx.send(r).await.is_ok();
+                    through = n;
+                }
+                // After the reader is done, the new call ends once it has its resends.
+                out = (ok && !reader_done).then_some(swap.tx);
+            }
+            next = from.recv(), if out.is_some() && !reader_done => match next {
+                None => {
+                    reader_done = true;
+                    out = None;
+                }
+                Some((n, r)) if n <= through => drop(r),
+                Some((n, r)) => {
+                    if let Some(tx) = &out {
+                        match tx.send(r).await {
+                            Ok(()) => through = n,
+                            Err(mpsc::error::SendError(r)) => {
+                                // The call ended: kept for the next call (unless the
+                                // swap resends it with its chunk).
+                                stash = Some((n, r));
+                                out = None;
+                            }
+                        }
+                    }
+                }
+            },
         }
     }
 }
@@ -931,6 +1135,14 @@ pub fn print_summary(s: &Summary) {
             err,
             "{} refused here and never reached the gateway (`status rejections` does not list them): rerun with --report FILE to keep each line's reason",
             crate::cli::count(s.local, "line was", "lines were")
+        );
+    }
+    if s.backoffs > 0 {
+        let _ = writeln!(
+            err,
+            "the gateway asked to slow down {} (over this platform's rate, or at capacity): waited {:.1} s in all and resent every chunk concerned",
+            crate::cli::count(s.backoffs as usize, "time", "times"),
+            s.backed_off.as_secs_f64()
         );
     }
     if s.records > 0 && s.local == s.records && s.not_utf8 == 0 {

@@ -333,3 +333,73 @@ async fn shutdown_turns_health_not_serving_and_does_not_wait_past_its_grace() {
     assert!(logs.contains("shutting down"), "{logs}");
     assert!(logs.contains("calls unfinished"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_completes_a_file_under_a_low_rate_by_backing_off() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.rate_limits.records_per_second = 300;
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_oip-gateway");
+    // Large chunks few at a time, and small chunks many at a time (more in flight to
+    // resend after each refusal).
+    for (batch, window, prefix) in [("100", "8", "a"), ("7", "64", "b")] {
+        let file = dir.path().join(format!("load-{prefix}.jsonl"));
+        let report = dir.path().join(format!("report-{prefix}.jsonl"));
+        let made = std::process::Command::new(bin)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["loadgen", "--workers", "100", "--orders", "1100"])
+            .args(["--id-prefix", prefix, "--out"])
+            .arg(&file)
+            .output()
+            .expect("loadgen");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let started = Instant::now();
+        let out = std::process::Command::new(bin)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "submit",
+                "--quiet",
+                "--batch-size",
+                batch,
+                "--window",
+                window,
+            ])
+            .args(["--endpoint", &gw.endpoint()])
+            .arg(&file)
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .expect("submit");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        eprintln!("{stdout}{stderr}took {:?}", started.elapsed());
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.starts_with("1200 records"), "{stdout}");
+        assert!(
+            stderr.contains("the gateway asked to slow down"),
+            "{stderr}"
+        );
+        // A complete report: every line once, in order, each applied once.
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+            .expect("report")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 1200);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["line"].as_u64(), Some(i as u64 + 1), "{l}");
+            assert_eq!(l["outcome"], "ACCEPTED", "{l}");
+        }
+        // At least three seconds' worth of waiting: 1,200 records at 300 a second.
+        assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+    gw.stop().await;
+}
