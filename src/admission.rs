@@ -169,6 +169,28 @@ impl Admission {
         *map = next;
     }
 
+    /// Replaces the per-identity rates with what the store holds.
+    pub fn load(&self, rows: &[crate::store::access::RateLimitRow]) {
+        let overrides: Vec<(String, RateOverride)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.identity.clone(),
+                    RateOverride {
+                        calls_per_second: r.calls_per_second,
+                        records_per_second: r.records_per_second,
+                    },
+                )
+            })
+            .collect();
+        self.set_overrides(&overrides);
+    }
+
+    /// The configured default rates.
+    pub fn defaults(&self) -> &RateLimits {
+        &self.defaults
+    }
+
     fn overridden(&self, identity: &str) -> Option<Arc<Limiters>> {
         self.overrides.read().ok()?.get(identity).cloned()
     }

@@ -366,6 +366,9 @@ impl Gateway {
         ));
         let mut stop_eviction = stop_rx.clone();
         let stop_rx_audit = stop_rx;
+        let admission =
+            crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
+        admission.load(&store.rate_limits().await?);
         let (auditor, audit_writer) = Auditor::spawn(store.clone());
         background.push(audit_writer);
         background.push(audit::spawn_retention(
@@ -381,9 +384,8 @@ impl Gateway {
             ingest: ingest.clone(),
             auditor: auditor.clone(),
             max_page_bytes: config.limits.max_page_bytes,
+            admission: admission.clone(),
         });
-        let admission =
-            crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
         let evicting = admission.clone();
         background.push(tokio::spawn(async move {
             // Rate state of callers not seen for a while is dropped (bounded state).

@@ -37,7 +37,12 @@ pub struct AdminApi {
     pub auditor: audit::Auditor,
     /// Largest listing page, in encoded bytes (`limits.max_page_bytes`).
     pub max_page_bytes: usize,
+    /// Takes rate changes live (PutRateLimit, ClearRateLimit).
+    pub admission: Arc<crate::admission::Admission>,
 }
+
+/// Highest rate an administrator may set (calls or records a second).
+const MAX_RATE: u32 = 10_000_000;
 
 /// Most scopes granted or revoked in one call.
 const MAX_SCOPES: usize = 1000;
@@ -306,6 +311,30 @@ impl AdminApi {
     /// An administrator about to change something: the intent is audited (outcome
     /// STARTED) before the change, so a change is never made unaudited even if the
     /// call's own entry later cannot be written.
+    /// Reloads the stored rates into admission and lists them with the defaults.
+    async fn rate_limits_now(&self) -> Result<proto::RateLimitsResponse, ApiError> {
+        let rows = self.store.rate_limits().await?;
+        self.admission.load(&rows);
+        let d = self.admission.defaults();
+        Ok(proto::RateLimitsResponse {
+            defaults: Some(proto::RateLimit {
+                calls_per_second: Some(d.calls_per_second),
+                records_per_second: Some(d.records_per_second),
+                ..Default::default()
+            }),
+            overrides: rows
+                .into_iter()
+                .map(|r| proto::RateLimit {
+                    identity: r.identity,
+                    calls_per_second: Some(r.calls_per_second),
+                    records_per_second: Some(r.records_per_second),
+                    set_by: r.set_by,
+                    set_at: to_rfc3339(r.set_at),
+                })
+                .collect(),
+        })
+    }
+
     async fn changer<T>(&self, req: &Request<T>, scope: String) -> Result<String, ApiError> {
         let by = self.admin(req).await?;
         let note = req
@@ -360,6 +389,71 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn put_rate_limit(
+        &self,
+        req: Request<proto::RateLimit>,
+    ) -> Result<Response<proto::RateLimitsResponse>, Status> {
+        let r = req.get_ref();
+        let scope = format!(
+            "{} calls={} records={}",
+            r.identity,
+            r.calls_per_second.map_or("-".into(), |v| v.to_string()),
+            r.records_per_second.map_or("-".into(), |v| v.to_string())
+        );
+        let by = self.changer(&req, scope).await?;
+        Principal::from_uri(&r.identity).map_err(|e| bad(format!("identity: {e}")))?;
+        let rate = |key: &str, v: Option<u32>| match v {
+            None => Err(bad(format!("{key} is required"))),
+            Some(0) => Err(bad(format!("{key}: at least 1"))),
+            Some(v) if v > MAX_RATE => Err(bad(format!("{key}: at most {MAX_RATE}"))),
+            Some(v) => Ok(v),
+        };
+        let row = crate::store::access::RateLimitRow {
+            identity: r.identity.clone(),
+            calls_per_second: rate("calls_per_second", r.calls_per_second)?,
+            records_per_second: rate("records_per_second", r.records_per_second)?,
+            set_by: by.clone(),
+            set_at: now_millis(),
+        };
+        let _gate = gate(req.extensions().get::<CallDeadline>())?;
+        self.store
+            .put_rate_limit(&row)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(admin = %by, identity = %row.identity, calls_per_second = row.calls_per_second, records_per_second = row.records_per_second, "rate limit set");
+        Ok(Response::new(self.rate_limits_now().await?))
+    }
+
+    async fn clear_rate_limit(
+        &self,
+        req: Request<proto::ClearRateLimitRequest>,
+    ) -> Result<Response<proto::RateLimitsResponse>, Status> {
+        let identity = req.get_ref().identity.clone();
+        let by = self.changer(&req, identity.clone()).await?;
+        let _gate = gate(req.extensions().get::<CallDeadline>())?;
+        let cleared = self
+            .store
+            .clear_rate_limit(&identity)
+            .await
+            .map_err(ApiError::from)?;
+        if !cleared {
+            return Err(Status::not_found(format!(
+                "{} has no rates of its own (it has the defaults); see `oip-gateway admin limits list`",
+                quoted(&identity)
+            )));
+        }
+        tracing::info!(admin = %by, identity = %identity, "rate limit cleared");
+        Ok(Response::new(self.rate_limits_now().await?))
+    }
+
+    async fn list_rate_limits(
+        &self,
+        req: Request<proto::ListRateLimitsRequest>,
+    ) -> Result<Response<proto::RateLimitsResponse>, Status> {
+        self.admin(&req).await?;
+        Ok(Response::new(self.rate_limits_now().await?))
+    }
+
     async fn put_platform(
         &self,
         req: Request<proto::PlatformRegistration>,

@@ -36,6 +36,12 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: RateAction,
     },
+    /// Rate limits per caller identity: list, set or clear (live, no restart).
+    Limits {
+        /// What to do with rate limits.
+        #[command(subcommand)]
+        action: LimitAction,
+    },
     /// Items a backend kept refusing: list, replay or discard them.
     DeadLetters {
         /// What to do with dead letters.
@@ -77,6 +83,34 @@ pub enum PlatformAction {
         /// DIVISION=TIER where it differs (repeatable).
         #[arg(long = "tier-override", value_name = "CODE=TIER")]
         tier_overrides: Vec<String>,
+    },
+}
+
+/// `admin limits ...`.
+#[derive(Subcommand, Debug)]
+pub enum LimitAction {
+    /// The default rates and every identity's own: identity, calls a second, records a
+    /// second, who set them and when.
+    List,
+    /// Sets one identity's rates, replacing the defaults for it (takes effect on its
+    /// next call).
+    Put {
+        /// The identity URI, e.g. oip://platform/<USCC> or oip://tax/js-tax-320500.
+        #[arg(long, value_name = "URI")]
+        identity: String,
+        /// Calls a second, any service (at least 1).
+        #[arg(long, value_name = "N")]
+        calls_per_second: u32,
+        /// Records a second, submitted or pulled (at least 1); also the most records
+        /// one call or chunk may hold for this identity.
+        #[arg(long, value_name = "N")]
+        records_per_second: u32,
+    },
+    /// Removes one identity's rates: the defaults apply again at once.
+    Clear {
+        /// The identity URI.
+        #[arg(long, value_name = "URI")]
+        identity: String,
     },
 }
 
@@ -286,6 +320,26 @@ fn print_grants(g: &proto::GrantsResponse) {
     }
 }
 
+fn print_rate_limits(r: &proto::RateLimitsResponse) {
+    if let Some(d) = &r.defaults {
+        println!(
+            "default\tcalls={}/s\trecords={}/s",
+            d.calls_per_second.unwrap_or_default(),
+            d.records_per_second.unwrap_or_default()
+        );
+    }
+    for o in &r.overrides {
+        println!(
+            "{}\tcalls={}/s\trecords={}/s\tset={}\tby={}",
+            o.identity,
+            o.calls_per_second.unwrap_or_default(),
+            o.records_per_second.unwrap_or_default(),
+            o.set_at,
+            o.set_by
+        );
+    }
+}
+
 fn print_rates(r: &proto::RateTables) {
     for b in &r.base_rates {
         println!(
@@ -313,6 +367,36 @@ fn print_rates(r: &proto::RateTables) {
 pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
     let mut admin = client(c).await?;
     match command {
+        AdminCommand::Limits { action } => {
+            let r = match action {
+                LimitAction::List => {
+                    admin
+                        .list_rate_limits(proto::ListRateLimitsRequest {})
+                        .await
+                }
+                LimitAction::Put {
+                    identity,
+                    calls_per_second,
+                    records_per_second,
+                } => {
+                    admin
+                        .put_rate_limit(proto::RateLimit {
+                            identity,
+                            calls_per_second: Some(calls_per_second),
+                            records_per_second: Some(records_per_second),
+                            ..Default::default()
+                        })
+                        .await
+                }
+                LimitAction::Clear { identity } => {
+                    admin
+                        .clear_rate_limit(proto::ClearRateLimitRequest { identity })
+                        .await
+                }
+            }
+            .map_err(|s| status_line(&s))?;
+            print_rate_limits(r.get_ref());
+        }
         AdminCommand::Platforms { action } => match action {
             PlatformAction::List => {
                 let r = admin

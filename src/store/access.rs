@@ -21,6 +21,17 @@ pub struct GrantRow {
     pub granted_by: String,
 }
 
+/// The rates an administrator set for one caller identity (`admin limits put`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitRow {
+    pub identity: String,
+    pub calls_per_second: u32,
+    pub records_per_second: u32,
+    /// The administrator who set them.
+    pub set_by: String,
+    pub set_at: Millis,
+}
+
 /// `granted_by` of the grants the configuration makes at every start.
 pub const CONFIGURATION: &str = "configuration";
 
@@ -76,6 +87,13 @@ pub trait AccessStore: Send + Sync {
     async fn revoke_grants(&self, identity: &str, role: Role, scopes: &[String]) -> Result<u64>;
     /// Every grant (of `identity` when given), expired ones included.
     async fn list_grants(&self, identity: Option<&str>) -> Result<Vec<GrantRow>>;
+
+    /// Sets (or replaces) one identity's rates.
+    async fn put_rate_limit(&self, row: &RateLimitRow) -> Result<()>;
+    /// Removes one identity's rates; whether it had any.
+    async fn clear_rate_limit(&self, identity: &str) -> Result<bool>;
+    /// Every identity's rates, ordered by identity.
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>>;
 
     /// Every registered platform.
     async fn platforms(&self) -> Result<Vec<PlatformProfile>>;

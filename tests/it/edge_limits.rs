@@ -403,3 +403,135 @@ async fn submit_completes_a_file_under_a_low_rate_by_backing_off() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_sets_a_platforms_rate_live_audited_and_kept() {
+    let keep = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", keep.path().join("oip.db").display());
+    let gw = TestGateway::spawn_with(|c| c.database_url = url.clone()).await;
+    let e = gw.endpoint();
+    let bin = env!("CARGO_BIN_EXE_oip-gateway");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .args(["--endpoint", &e])
+            .output()
+            .expect("cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let a_id = format!("oip://platform/{}", oip_gateway::certs::DEMO_PLATFORM_A);
+    let (ok, out, err) = cli(&[
+        "admin",
+        "limits",
+        "put",
+        "--identity",
+        &a_id,
+        "--calls-per-second",
+        "1000",
+        "--records-per-second",
+        "5",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("default\tcalls=5000/s\trecords=100000/s"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{a_id}\tcalls=1000/s\trecords=5/s")),
+        "{out}"
+    );
+    assert!(out.contains("by=oip://admin/root"), "{out}");
+
+    // At once, without a restart: platform A may send 5 records a second, B is unaffected.
+    let mut a = gw.client("platform-a").await;
+    let mut b = gw.client("platform-b").await;
+    let six: Vec<_> = (0..6).map(|i| worker(&format!("W{i}"))).collect();
+    let refused = a
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: six.clone(),
+        })
+        .await
+        .expect_err("over A's own rate");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("5 records a second"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(register(&mut b, six).await.outcomes.len(), 6);
+
+    // A bad rate changes nothing and says why.
+    let (ok, _, err) = cli(&[
+        "admin",
+        "limits",
+        "put",
+        "--identity",
+        "oip://platform/NOT-A-USCC",
+        "--calls-per-second",
+        "1",
+        "--records-per-second",
+        "1",
+    ]);
+    assert!(!ok && err.contains("InvalidArgument"), "{err}");
+
+    // Audited: the intent, then the outcome.
+    let (_, audit, _) = cli(&[
+        "admin",
+        "audit",
+        "query",
+        "--action",
+        "oip.v1.AdminService/PutRateLimit",
+    ]);
+    let outcomes: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains(&a_id))
+        .filter_map(|l| l.split('\t').nth(7))
+        .collect();
+    assert_eq!(outcomes, ["STARTED", "OK"], "{audit}");
+
+    // Kept across a restart.
+    gw.stop().await;
+    let gw = TestGateway::spawn_with(|c| c.database_url = url.clone()).await;
+    let mut a = gw.client("platform-a").await;
+    let refused = a
+        .register_workers(proto::RegisterWorkersRequest {
+            workers: (0..6).map(|i| worker(&format!("W{i}"))).collect(),
+        })
+        .await
+        .expect_err("the rate survives a restart");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    // Cleared: the default again at once; clearing again is NOT_FOUND.
+    let e = gw.endpoint();
+    let clear = |expect: bool| {
+        let out = std::process::Command::new(bin)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "admin",
+                "limits",
+                "clear",
+                "--identity",
+                &a_id,
+                "--endpoint",
+                &e,
+            ])
+            .output()
+            .expect("cli");
+        assert_eq!(
+            out.status.success(),
+            expect,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    clear(true);
+    assert!(clear(false).contains("NotFound"));
+    let six: Vec<_> = (0..6).map(|i| worker(&format!("W{i}"))).collect();
+    assert_eq!(register(&mut a, six).await.outcomes.len(), 6);
+    gw.stop().await;
+}

@@ -2,6 +2,7 @@
 //! journal (the outbox read in seq order, which is commit order: SQLite has one
 //! writer, so a seq is never committed after a higher one).
 
+use crate::store::access::RateLimitRow;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -122,6 +123,56 @@ impl AccessStore for SqliteStore {
                     })
                 },
             )
+            .collect()
+    }
+
+    async fn put_rate_limit(&self, row: &RateLimitRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rate_limits (identity, calls_per_second, records_per_second, set_by, set_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (identity) DO UPDATE SET calls_per_second = ?2,
+               records_per_second = ?3, set_by = ?4, set_at = ?5",
+        )
+        .bind(&row.identity)
+        .bind(i64::from(row.calls_per_second))
+        .bind(i64::from(row.records_per_second))
+        .bind(&row.set_by)
+        .bind(row.set_at)
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn clear_rate_limit(&self, identity: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM rate_limits WHERE identity = ?1")
+            .bind(identity)
+            .execute(&self.writer)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>> {
+        let rows: Vec<(String, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT identity, calls_per_second, records_per_second, set_by, set_at
+             FROM rate_limits ORDER BY identity",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(identity, calls, records, set_by, set_at)| {
+                Ok(RateLimitRow {
+                    identity,
+                    calls_per_second: u32::try_from(calls)
+                        .map_err(|_| corrupt("rate out of range in rate_limits"))?,
+                    records_per_second: u32::try_from(records)
+                        .map_err(|_| corrupt("rate out of range in rate_limits"))?,
+                    set_by,
+                    set_at,
+                })
+            })
             .collect()
     }
 
