@@ -47,6 +47,9 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     /// gRPC health of the gateway port.
     health: tonic_health::server::HealthReporter,
+    /// The operations listener's address (`/live`, `/ready`, `/metrics`), when enabled.
+    pub ops_addr: Option<SocketAddr>,
+    readiness: Arc<crate::ops::Readiness>,
     shutdown_grace_secs: u64,
     /// Who may call now, and their refusals.
     pub admission: Arc<crate::admission::Admission>,
@@ -334,6 +337,23 @@ impl Gateway {
         })?;
         let reference = Arc::new(config.reference()?);
         let database_lock = crate::store::lock_database(&config.database_url)?;
+        // The operations listener answers from here on (/ready: 503 while starting,
+        // which may take minutes after a key rotation).
+        let (stop_background, stop_rx) = watch::channel(false);
+        let ops = crate::ops::Ops {
+            readiness: Arc::default(),
+            sources: Arc::default(),
+        };
+        let mut background = Vec::new();
+        let ops_addr = if config.operations.enabled {
+            let (addr, task) =
+                crate::ops::serve(&config.operations, ops.clone(), stop_rx.clone()).await?;
+            background.push(task);
+            tracing::info!(%addr, "operations listener (/live, /ready, /metrics)");
+            Some(addr)
+        } else {
+            None
+        };
         let store = prepare_store(&config).await?;
         let rates = Arc::new(load_rates(&config, store.as_ref()).await?);
         let policy = Policy {
@@ -341,11 +361,13 @@ impl Gateway {
             accident_margin_ms: config.accidents.window_margin_minutes * 60_000,
         };
         let ingest = Ingest::new(store.clone(), rates, policy);
-        let (stop_background, stop_rx) = watch::channel(false);
-        let (backend_sim, mut background) = if config.forward.enabled {
-            start_forwarding(&config, store.clone(), ingest.wake(), stop_rx.clone()).await?
+        let backend_sim = if config.forward.enabled {
+            let (sim, tasks) =
+                start_forwarding(&config, store.clone(), ingest.wake(), stop_rx.clone()).await?;
+            background.extend(tasks);
+            sim
         } else {
-            (None, Vec::new())
+            None
         };
         let f = &config.forward;
         let release = match f.statement_release {
@@ -365,11 +387,13 @@ impl Gateway {
             stop_rx.clone(),
         ));
         let mut stop_eviction = stop_rx.clone();
+        let stop_rx_probe = stop_rx.clone();
         let stop_rx_audit = stop_rx;
         let admission =
             crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
         admission.load(&store.rate_limits().await?);
-        let (auditor, audit_writer) = Auditor::spawn(store.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (auditor, audit_writer) = Auditor::spawn(store.clone(), metrics.clone());
         background.push(audit_writer);
         background.push(audit::spawn_retention(
             store.clone(),
@@ -415,6 +439,7 @@ impl Gateway {
             limits: config.limits.clone(),
             auditor: auditor.clone(),
             admission: admission.clone(),
+            metrics: metrics.clone(),
         };
         let max = config.limits.max_message_bytes;
         // Requests may come gzip-compressed (bulk chunks reach megabytes); answers go
@@ -464,8 +489,9 @@ impl Gateway {
             .layer(crate::edge::AdmissionLayer::new(
                 admission.clone(),
                 Duration::from_millis(limits.idle_stream_timeout_ms),
+                metrics.clone(),
             ))
-            .layer(AuditLayer::new(auditor))
+            .layer(AuditLayer::new(auditor, metrics.clone()))
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -480,6 +506,21 @@ impl Gateway {
                 })
                 .await
         });
+        let _ = ops.sources.set(crate::ops::Sources {
+            metrics,
+            connections: connection_stats.clone(),
+            admission: admission.clone(),
+            store: store.clone(),
+        });
+        ops.readiness.serving();
+        background.push(crate::ops::spawn_probe(
+            ops.clone(),
+            store.clone(),
+            health_reporter.clone(),
+            served_services().into_iter().take(4).collect(),
+            Duration::from_millis(config.operations.probe_interval_ms.max(100)),
+            stop_rx_probe,
+        ));
         tracing::info!(%addr, "gateway listening");
         Ok(Self {
             addr,
@@ -491,6 +532,8 @@ impl Gateway {
             connections: connection_stats,
             admission,
             health: health_reporter,
+            ops_addr,
+            readiness: ops.readiness.clone(),
             shutdown_grace_secs: limits.shutdown_grace_secs,
             _database_lock: database_lock,
         })
@@ -499,6 +542,7 @@ impl Gateway {
     /// Stops accepting calls, lets running calls finish, and returns. gRPC health
     /// answers NOT_SERVING from the start (load balancers stop sending calls).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.readiness.draining();
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;

@@ -53,9 +53,12 @@ pub struct Auditor {
 
 impl Auditor {
     /// Starts the writer. It stops once every `Auditor` clone is dropped.
-    pub fn spawn(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(store, rx));
+        let task = tokio::spawn(write_loop(store, rx, metrics));
         (Self { tx }, task)
     }
 
@@ -75,7 +78,11 @@ impl Auditor {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Event, Millis, Ack)>) {
+async fn write_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(Event, Millis, Ack)>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut head: Option<(i64, [u8; 32])> = None;
     let mut batch = Vec::with_capacity(GROUP);
     let mut acks = Vec::with_capacity(GROUP);
@@ -84,7 +91,9 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Event, Millis
             acks.push(ack);
             (event, at)
         });
+        let started = std::time::Instant::now();
         let result = write_group(store.as_ref(), &mut head, events.collect()).await;
+        metrics.audit_write(started.elapsed());
         if result.is_err() {
             // Re-read the head next time: the failed group may or may not be stored.
             head = None;
@@ -353,15 +362,18 @@ fn new_trace_id() -> String {
     format!("{:016x}{:08x}", std::hash::Hasher::finish(&h), n as u32)
 }
 
-/// Audits every call to an `oip.v1` service (health and reflection are not audited).
+/// Audits every call to an `oip.v1` service (health and reflection are not audited),
+/// and counts it in the metrics (`grpc_server_handled_total`, with its duration) with
+/// the status its entry records.
 #[derive(Clone)]
 pub struct AuditLayer {
     auditor: Auditor,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AuditLayer {
-    pub fn new(auditor: Auditor) -> Self {
-        Self { auditor }
+    pub fn new(auditor: Auditor, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { auditor, metrics }
     }
 }
 
@@ -371,6 +383,7 @@ impl<S> tower::Layer<S> for AuditLayer {
         AuditService {
             inner,
             auditor: self.auditor.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -379,6 +392,7 @@ impl<S> tower::Layer<S> for AuditLayer {
 pub struct AuditService<S> {
     inner: S,
     auditor: Auditor,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The gRPC status code name of a response whose handler failed (trailers-only), or
@@ -449,6 +463,8 @@ where
             });
         }
         let action = path.trim_start_matches('/').to_string();
+        let arrived = std::time::Instant::now();
+        let metrics = self.metrics.clone();
         let trace = trace_of(req.headers());
         let Checked { deadline, refusal } = edge::check(req.headers());
         if let Some(d) = &deadline {
@@ -486,6 +502,8 @@ where
                 role: role.clone(),
                 action: action.clone(),
                 trace_id: trace.clone(),
+                metrics: metrics.clone(),
+                arrived,
             };
             if STREAMED_ANSWERS.contains(&action.as_str()) && header_code(&res).is_none() {
                 // A streamed answer: its entry is written when the stream ends, after
@@ -505,6 +523,7 @@ where
             } else {
                 outcome_of(&res)
             };
+            metrics.call(&action, &outcome, arrived.elapsed());
             let event = Event {
                 identity,
                 role,
@@ -572,10 +591,16 @@ struct CallEntry {
     role: String,
     action: String,
     trace_id: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    arrived: std::time::Instant,
 }
 
 impl CallEntry {
+    /// The call's entry with `outcome` (made once, when the call ends; counted in the
+    /// metrics then).
     fn event(&self, outcome: String) -> Event {
+        self.metrics
+            .call(&self.action, &outcome, self.arrived.elapsed());
         let (scope, records) = self.note.take();
         Event {
             identity: self.identity.clone(),

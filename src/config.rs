@@ -59,6 +59,9 @@ pub struct Config {
     /// Default rates per caller identity (administrators may set others per identity).
     #[serde(default)]
     pub rate_limits: crate::admission::RateLimits,
+    /// The operations listener (`/live`, `/ready`, `/metrics`).
+    #[serde(default)]
+    pub operations: crate::ops::OperationsConfig,
     #[serde(default)]
     pub fees: FeesConfig,
     #[serde(default)]
@@ -575,6 +578,10 @@ impl Config {
             limits: Limits::default(),
             connections: crate::connections::ConnectionLimits::default(),
             rate_limits: crate::admission::RateLimits::default(),
+            operations: crate::ops::OperationsConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..crate::ops::OperationsConfig::default()
+            },
             fees: FeesConfig::default(),
             accidents: AccidentsConfig::default(),
             forward: ForwardConfig {

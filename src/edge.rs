@@ -222,6 +222,7 @@ pub struct AdmissionLayer {
     admission: std::sync::Arc<crate::admission::Admission>,
     idle: std::time::Duration,
     log: std::sync::Arc<crate::connections::LogBudget>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl AdmissionLayer {
@@ -229,11 +230,13 @@ impl AdmissionLayer {
     pub fn new(
         admission: std::sync::Arc<crate::admission::Admission>,
         idle: std::time::Duration,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             admission,
             idle,
             log: std::sync::Arc::new(crate::connections::LogBudget::new()),
+            metrics,
         }
     }
 }
@@ -299,7 +302,13 @@ where
                         "call refused: {refusal}"
                     );
                 }
-                let res = tonic::Status::from(refusal).into_http::<()>();
+                let status = tonic::Status::from(refusal);
+                self.layer.metrics.call(
+                    req.uri().path(),
+                    &crate::audit::code_name_of(status.code()),
+                    std::time::Duration::ZERO,
+                );
+                let res = status.into_http::<()>();
                 return Box::pin(async move { Ok(res.map(|()| AdmittedBody::Refused)) });
             }
         };

@@ -30,6 +30,8 @@ pub mod forward;
 pub mod identity;
 pub mod ingest;
 pub mod loadgen;
+pub mod metrics;
+pub mod ops;
 pub mod proto;
 pub mod reconcile;
 pub mod reference;

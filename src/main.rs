@@ -77,6 +77,9 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             if let Some(sim) = &gateway.backend_sim {
                 ready.push_str(&format!("\nbackend simulator on {}", sim.addr));
             }
+            if let Some(ops) = gateway.ops_addr {
+                ready.push_str(&format!("\noperations on {ops}"));
+            }
             println!("{ready}");
             gateway.run_until(stop).await
         }

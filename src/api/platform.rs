@@ -49,6 +49,8 @@ pub struct PlatformApi {
     pub auditor: crate::audit::Auditor,
     /// The callers' records-a-second rates (see `started`).
     pub admission: Arc<crate::admission::Admission>,
+    /// Counts answered records (`oip_records_total`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How a record of a call is named in outcomes: its kind, id, revision and the
@@ -272,6 +274,7 @@ impl PlatformApi {
             })
             .collect();
         let mut plan = self.ingest.apply(platform, candidates, deadline).await?;
+        let first = out.outcomes.len();
         let summary = out.summary.get_or_insert_with(Default::default);
         out.outcomes.extend(
             names
@@ -288,6 +291,15 @@ impl PlatformApi {
                     wire
                 }),
         );
+        for o in &out.outcomes[first..] {
+            let kind = if o.kind.is_empty() {
+                "unknown"
+            } else {
+                &o.kind
+            };
+            self.metrics
+                .record(kind, o.outcome().as_str_name(), &o.code);
+        }
         Ok(())
     }
 

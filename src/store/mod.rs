@@ -362,6 +362,10 @@ pub struct DeclarationRow {
 
 #[async_trait]
 pub trait Store: AccessStore + Send + Sync + 'static {
+    /// Whether the store takes writes now (readiness, `/ready`): its migrations are all
+    /// applied, its files can be written, and a write commits. The error says which
+    /// failed (no personal data).
+    async fn probe(&self) -> Result<()>;
     /// Creates or replaces a platform (its divisions are replaced as a whole).
     async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile>;
     async fn platform(&self, uscc: &str) -> Result<Option<PlatformProfile>>;

@@ -48,6 +48,8 @@ const ROWS_PER_STATEMENT: usize = 1000;
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// The database file (its `-wal` beside it).
+    path: std::path::PathBuf,
     /// Seals personal data on write, opens it on read.
     vault: Arc<Vault>,
 }
@@ -146,6 +148,7 @@ impl SqliteStore {
         let store = Self {
             reader,
             writer,
+            path: Path::new(path).to_path_buf(),
             vault: Arc::new(vault),
         };
         store.reseal().await?;
@@ -203,6 +206,46 @@ fn page_of<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn probe(&self) -> Result<()> {
+        let expected = sqlx::migrate!("migrations/sqlite").migrations.len() as i64;
+        let (applied,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db_err)?;
+        if applied < expected {
+            return Err(StoreError::Unavailable(format!(
+                "{applied} of {expected} migrations applied"
+            )));
+        }
+        // Open connections keep writing to a file whose permissions changed; what a
+        // new connection (or the next checkpoint) would meet is seen here.
+        let wal = {
+            let mut p = self.path.clone().into_os_string();
+            p.push("-wal");
+            std::path::PathBuf::from(p)
+        };
+        for file in [&self.path, &wal] {
+            if file.exists()
+                && let Err(e) = std::fs::OpenOptions::new().append(true).open(file)
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "the database file {} cannot be written: {e}",
+                    file.display()
+                )));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO ops_probe (id, at) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(crate::domain::time::now_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let now = crate::domain::time::now_millis();

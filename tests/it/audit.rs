@@ -240,7 +240,10 @@ async fn retention_removes_old_entries_and_verification_starts_at_the_anchor() {
     // Entries 1..=9 are 191..199 days old, entry 10 is 190 days old: 180 days keep
     // none of them but the newest, which stays as the chain's head.
     let store: std::sync::Arc<dyn oip_gateway::store::Store> = std::sync::Arc::new(store);
-    let (auditor, _writer) = oip_gateway::audit::Auditor::spawn(store.clone());
+    let (auditor, _writer) = oip_gateway::audit::Auditor::spawn(
+        store.clone(),
+        std::sync::Arc::new(oip_gateway::metrics::Metrics::new()),
+    );
     let removed = oip_gateway::audit::apply_retention(
         store.as_ref(),
         &auditor,

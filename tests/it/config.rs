@@ -54,6 +54,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
             .args(["serve", "--config", config])
             .env("OIP_DATABASE_URL", db)
             .env("OIP_LISTEN", "127.0.0.1:0")
+            .env("OIP_OPERATIONS__LISTEN", "127.0.0.1:0")
             .env(var, value)
             .output()
             .expect("run serve");
@@ -98,6 +99,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
             .args(["serve", "--config", config])
             .env("OIP_DATABASE_URL", db)
             .env("OIP_LISTEN", "127.0.0.1:0")
+            .env("OIP_OPERATIONS__LISTEN", "127.0.0.1:0")
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
             .expect("run serve");
@@ -245,6 +247,7 @@ fn forward_endpoints_are_both_or_neither_and_https() {
                 format!("sqlite:{}", dir.path().join("oip.db").display()),
             )
             .env("OIP_LISTEN", "127.0.0.1:0")
+            .env("OIP_OPERATIONS__LISTEN", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .output()
             .expect("run serve");

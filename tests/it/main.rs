@@ -22,6 +22,7 @@ mod forwarding;
 mod grants;
 mod input_rules;
 mod logs;
+mod operations;
 mod pii;
 mod proto_docs;
 mod pulls;

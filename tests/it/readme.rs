@@ -8,7 +8,8 @@
 //! them (`cargo run --release -- …` or `oip-gateway …`, the installed binary); ` ```text `
 //! blocks hold templates with placeholders, which are not run. `cargo test` and
 //! `cargo bench` lines are not run here (the suite is what runs this; benchmarks run
-//! for minutes). The well-known ports 50051 (gateway) and 50061 (simulator) become free
+//! for minutes). The well-known ports 50051 (gateway), 50052 (operations) and 50061
+//! (simulator) become free
 //! ones, so that the test can run beside others.
 
 use std::path::{Path, PathBuf};
@@ -227,10 +228,11 @@ fn every_readme_command_works_as_written() {
     assert!(steps.len() >= 20, "{} commands found", steps.len());
     let home = fresh_copy();
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_oip-gateway"));
-    let (gateway_port, sim_port) = (free_port(), free_port());
+    let (gateway_port, sim_port, ops_port) = (free_port(), free_port(), free_port());
     let ports = |s: &str| {
         s.replace("127.0.0.1:50051", &format!("127.0.0.1:{gateway_port}"))
             .replace("127.0.0.1:50061", &format!("127.0.0.1:{sim_port}"))
+            .replace("127.0.0.1:50052", &format!("127.0.0.1:{ops_port}"))
     };
     let mut background = Vec::new();
     let mut log = Vec::new();
@@ -240,6 +242,7 @@ fn every_readme_command_works_as_written() {
         cmd.args(&args)
             .current_dir(home.path())
             .env("OIP_LISTEN", format!("127.0.0.1:{gateway_port}"))
+            .env("OIP_OPERATIONS__LISTEN", format!("127.0.0.1:{ops_port}"))
             .env("OIP_ENDPOINT", format!("https://127.0.0.1:{gateway_port}"))
             .env_remove("RUST_LOG")
             .envs(step.env.iter().map(|(k, v)| (k.clone(), ports(v))));

@@ -78,6 +78,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// The embedded backend simulator's address.
     pub sim_addr: Option<SocketAddr>,
+    /// The operations listener's address.
+    pub ops_addr: Option<SocketAddr>,
     pub dir: TempDir,
     gateway: Option<Gateway>,
 }
@@ -99,6 +101,7 @@ impl TestGateway {
         Self {
             addr: gateway.addr,
             sim_addr: gateway.backend_sim.as_ref().map(|s| s.addr),
+            ops_addr: gateway.ops_addr,
             dir,
             gateway: Some(gateway),
         }
@@ -159,6 +162,8 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     /// The embedded backend simulator's address.
     pub sim_addr: Option<SocketAddr>,
+    /// The operations listener's address (`/live`, `/ready`, `/metrics`).
+    pub ops_addr: Option<SocketAddr>,
     pub child: Child,
     /// Everything the process wrote to stderr so far (drained by a thread, so a
     /// chatty log level never blocks the gateway).
@@ -209,14 +214,18 @@ impl GatewayProcess {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("address");
-        let sim_addr = rx
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .ok()
-            .and_then(|l| {
-                l.trim()
-                    .strip_prefix("backend simulator on ")
-                    .and_then(|a| a.parse().ok())
-            });
+        // The other ready lines, in one write with the first.
+        let (mut sim_addr, mut ops_addr) = (None, None);
+        while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            if let Some(a) = l.trim().strip_prefix("backend simulator on ") {
+                sim_addr = a.parse().ok();
+            } else if let Some(a) = l.trim().strip_prefix("operations on ") {
+                ops_addr = a.parse().ok();
+            }
+            if sim_addr.is_some() && ops_addr.is_some() {
+                break;
+            }
+        }
         let logs = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut stderr) = child.stderr.take() {
             let sink = logs.clone();
@@ -235,6 +244,7 @@ impl GatewayProcess {
         Self {
             addr,
             sim_addr,
+            ops_addr,
             child,
             logs,
         }
@@ -298,7 +308,7 @@ fn toml_of(c: &Config) -> String {
         })
         .collect();
     format!(
-        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[forward]\nsimulate = {}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{pii}{platforms}",
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\nadmins = {:?}\n[operations]\nlisten = \"127.0.0.1:0\"\n[forward]\nsimulate = {}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{pii}{platforms}",
         c.database_url,
         c.admins,
         c.forward.simulate,

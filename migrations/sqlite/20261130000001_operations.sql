@@ -7,3 +7,9 @@ CREATE TABLE rate_limits (
     set_by TEXT NOT NULL,
     set_at INTEGER NOT NULL
 );
+
+-- One row rewritten by the readiness probe (/ready): proof that a write commits.
+CREATE TABLE ops_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
