@@ -251,26 +251,25 @@ pub fn served_services() -> Vec<&'static str> {
     ]
 }
 
-/// Resolves at Ctrl-C, SIGTERM (service managers) or SIGHUP (a closed terminal). The
-/// handlers are installed when this is called, so call it before announcing readiness.
+/// Resolves at Ctrl-C or SIGTERM (service managers). The handlers are installed when
+/// this is called, so call it before announcing readiness. (SIGHUP reloads the TLS
+/// material instead: [`spawn_tls_reload`].)
 pub fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let (interrupt, term, hangup) = {
+    let (interrupt, term) = {
         use tokio::signal::unix::{SignalKind, signal};
         (
             signal(SignalKind::interrupt()).ok(),
             signal(SignalKind::terminate()).ok(),
-            signal(SignalKind::hangup()).ok(),
         )
     };
     async move {
         #[cfg(unix)]
         {
-            let (mut interrupt, mut term, mut hangup) = (interrupt, term, hangup);
+            let (mut interrupt, mut term) = (interrupt, term);
             tokio::select! {
                 Some(()) = async { interrupt.as_mut()?.recv().await } => {}
                 Some(()) = async { term.as_mut()?.recv().await } => {}
-                Some(()) = async { hangup.as_mut()?.recv().await } => {}
                 else => std::future::pending::<()>().await,
             }
         }
@@ -279,6 +278,96 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// SIGHUP, caught from the start of [`Gateway::start`] (its default would end the
+/// process) and handed to [`spawn_tls_reload`].
+#[cfg(unix)]
+pub type Hangups = Option<tokio::signal::unix::Signal>;
+/// No SIGHUP here.
+#[cfg(not(unix))]
+pub type Hangups = ();
+
+/// Catches SIGHUP from now on.
+pub fn hangups() -> Hangups {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+}
+
+/// What identifies a file's content for change detection: its length and mtime.
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reloads the gateway port's TLS material (`tls.ca`, `tls.cert`, `tls.key`,
+/// `tls.crls`) on SIGHUP and when one of its files changes (checked every
+/// `tls.reload_check_secs`): new handshakes use it at once, established connections
+/// keep theirs (until `connections.max_connection_age_secs`). A reload that fails keeps
+/// the material in force and logs why.
+pub fn spawn_tls_reload(
+    files: crate::config::TlsFiles,
+    source: crate::connections::TlsSource,
+    hangups: Hangups,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    #[cfg(unix)]
+    let mut hangup = hangups;
+    #[cfg(not(unix))]
+    let () = hangups;
+    tokio::spawn(async move {
+        let paths: Vec<std::path::PathBuf> = [&files.ca, &files.cert, &files.key]
+            .into_iter()
+            .chain(files.crls.iter())
+            .cloned()
+            .collect();
+        let stamps =
+            |paths: &[std::path::PathBuf]| paths.iter().map(|p| stamp(p)).collect::<Vec<_>>();
+        let mut seen = stamps(&paths);
+        let every = Duration::from_secs(files.reload_check_secs.max(1));
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<Option<()>>();
+            let why = tokio::select! {
+                _ = stop.changed() => return,
+                Some(()) = signalled => "SIGHUP",
+                () = tokio::time::sleep(every) => {
+                    let now = stamps(&paths);
+                    if now == seen {
+                        continue;
+                    }
+                    "a file changed"
+                }
+            };
+            seen = stamps(&paths);
+            match tls::gateway_server_config(&files.ca, &files.cert, &files.key, &files.crls) {
+                Ok(config) => {
+                    if let Ok(mut current) = source.write() {
+                        *current = Arc::new(config);
+                    }
+                    tracing::info!(
+                        cause = why,
+                        crls = files.crls.len(),
+                        "tls material reloaded"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    cause = why,
+                    error = %format!("{e:#}"),
+                    "tls material not reloaded: the previous stays in force"
+                ),
+            }
+        }
+    })
 }
 
 /// Server reflection listing exactly [`served_services`]; built in both versions
@@ -298,6 +387,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 impl Gateway {
     /// Builds everything and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let hangups = hangups();
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
@@ -388,6 +478,7 @@ impl Gateway {
         ));
         let mut stop_eviction = stop_rx.clone();
         let stop_rx_probe = stop_rx.clone();
+        let stop_rx_tls = stop_rx.clone();
         let stop_rx_audit = stop_rx;
         let admission =
             crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
@@ -485,6 +576,12 @@ impl Gateway {
         let connection_stats = Arc::new(crate::connections::ConnectionStats::default());
         let incoming =
             crate::connections::accept(listener, tls.clone(), &limits, connection_stats.clone());
+        background.push(spawn_tls_reload(
+            config.tls.clone(),
+            tls.clone(),
+            hangups,
+            stop_rx_tls,
+        ));
         let router = server
             .layer(crate::edge::AdmissionLayer::new(
                 admission.clone(),

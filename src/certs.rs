@@ -92,6 +92,35 @@ pub enum CertsCommand {
     /// certificate, then the CA's); prints the identity or names, the serial and the
     /// expiry.
     Sign(SignArgs),
+    /// Write a certificate revocation list signed by the CA, naming the serials of
+    /// certificates no longer to be accepted (what `tls.crls` names). The whole list is
+    /// written each time: repeat --revoke for every serial still revoked. The gateway
+    /// reloads it without a restart (when the file changes, or on SIGHUP).
+    Crl(CrlArgs),
+}
+
+/// `certs crl`.
+#[derive(Args, Debug)]
+pub struct CrlArgs {
+    /// The CA's certificate (PEM), the one that issued the revoked certificates.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: PathBuf,
+    /// The CA's private key (PKCS#8 PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca_key: PathBuf,
+    /// Serial number of a revoked certificate, hex as `certs issue` prints it
+    /// (repeatable; none: an empty list, nothing revoked).
+    #[arg(long = "revoke", value_name = "SERIAL")]
+    pub serials: Vec<String>,
+    /// The CRL's number: higher than the one it replaces (default: now, in seconds).
+    #[arg(long, value_name = "N")]
+    pub number: Option<u64>,
+    /// Days until the next list is due (its nextUpdate).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// The file to write (replaced if it exists: a CRL is always rewritten whole).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `certs ca`.
@@ -221,6 +250,28 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                 "wrote {} (certificate, then the CA's) and {} (private key, owner-only)",
                 cert.display(),
                 key.display()
+            );
+        }
+        Some(CertsCommand::Crl(a)) => {
+            let ca = Ca::load(&a.ca_cert, &a.ca_key)?;
+            let now = OffsetDateTime::now_utc();
+            let number = a.number.unwrap_or(now.unix_timestamp().max(1) as u64);
+            let pem = ca.crl(&a.serials, number, a.days)?;
+            if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            // Written beside and renamed: the gateway never reads half a list.
+            let partial = a.out.with_extension("partial");
+            std::fs::write(&partial, pem)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            std::fs::rename(&partial, &a.out)
+                .with_context(|| format!("cannot write {}", a.out.display()))?;
+            println!(
+                "wrote {} (CRL number {number}, {} revoked, next update in {} days)",
+                a.out.display(),
+                a.serials.len(),
+                a.days
             );
         }
         Some(CertsCommand::Sign(a)) => {
@@ -390,6 +441,8 @@ pub struct Ca {
     /// The CA certificate carries a subject key identifier (then issued certificates
     /// name it as their authority key identifier).
     has_key_id: bool,
+    /// That key identifier.
+    key_id: Option<Vec<u8>>,
     cert_path: PathBuf,
 }
 
@@ -454,7 +507,7 @@ impl Ca {
         params.distinguished_name =
             distinguished_name(ca.subject()).with_context(|| format!("{at}: the CA's name"))?;
         let has_key_id = key_id.is_some();
-        if let Some(id) = key_id {
+        if let Some(id) = key_id.clone() {
             params.key_identifier_method = KeyIdMethod::PreSpecified(id);
         }
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -463,8 +516,46 @@ impl Ca {
             chain: chain.into_iter().map(|c| c.into_owned()).collect(),
             not_after,
             has_key_id,
+            key_id,
             cert_path: cert_path.to_path_buf(),
         })
+    }
+
+    /// A CRL (PEM) of this CA revoking `serials` (hex, `:` allowed), numbered `number`,
+    /// due again in `days`. Errors: a serial that is not hex.
+    pub fn crl(&self, serials: &[String], number: u64, days: u32) -> anyhow::Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let revoked = serials
+            .iter()
+            .map(|s| {
+                let bytes = hex::decode(s.replace(':', "")).map_err(|_| {
+                    anyhow!("--revoke {s}: not a serial number in hex (as `certs issue` prints it)")
+                })?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + time::Duration::days(i64::from(days)),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            // The CRL names its issuer by the CA's own key identifier (RFC 5280 §5.2.1).
+            key_identifier_method: match &self.key_id {
+                Some(id) => KeyIdMethod::PreSpecified(id.clone()),
+                None => KeyIdMethod::Sha256,
+            },
+        };
+        params
+            .signed_by(&self.issuer)
+            .map_err(|e| anyhow!("cannot sign the CRL: {e}"))?
+            .pem()
+            .map_err(|e| anyhow!("cannot encode the CRL: {e}"))
     }
 
     /// Issues a certificate with a new ECDSA P-256 key: valid from 5 minutes ago for

@@ -121,6 +121,9 @@ pub struct TlsFiles {
     /// for the whole client chain; reloaded without a restart on SIGHUP and when a
     /// file changes. Default none.
     pub crls: Vec<PathBuf>,
+    /// How often `ca`, `cert`, `key` and `crls` are checked for changes, in seconds
+    /// (default 5; a changed file is reloaded without a restart, as on SIGHUP).
+    pub reload_check_secs: u64,
 }
 
 impl Default for TlsFiles {
@@ -130,6 +133,7 @@ impl Default for TlsFiles {
             cert: "certs-example/server.pem".into(),
             key: "certs-example/server.key".into(),
             crls: Vec::new(),
+            reload_check_secs: 5,
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn gateway_server_config(
         .with_crls(revocations)
         .build()
         .map_err(|e| anyhow::anyhow!("tls.crls: {e}"))?;
+    let verifier = Arc::new(LoggingVerifier { inner: verifier });
     let chain = read_certificates("tls.cert", cert)?;
     let key_pem = read("tls.key", key)?;
     let der = rustls_pemfile::private_key(&mut key_pem.as_slice())
@@ -92,6 +93,76 @@ pub fn gateway_server_config(
         .map_err(|e| anyhow::anyhow!("tls.cert/tls.key: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The client certificate check of the gateway port (webpki, with the CRLs), logging
+/// each refusal with the certificate's serial number and the reason, never its subject
+/// (a name may be personal data).
+#[derive(Debug)]
+struct LoggingVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+/// Refusal lines of [`LoggingVerifier`] (a flood is counted, not logged line by line).
+static REFUSALS_LOGGED: std::sync::LazyLock<crate::connections::LogBudget> =
+    std::sync::LazyLock::new(crate::connections::LogBudget::new);
+
+impl rustls::server::danger::ClientCertVerifier for LoggingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &verified {
+            use x509_parser::prelude::{FromDer, X509Certificate};
+            let serial = X509Certificate::from_der(end_entity)
+                .map(|(_, c)| c.raw_serial_as_string().replace(':', "").to_uppercase())
+                .unwrap_or_else(|_| "unreadable".into());
+            let (log, suppressed) = REFUSALS_LOGGED.take();
+            if suppressed > 0 {
+                tracing::warn!(
+                    suppressed,
+                    "more client certificates were refused than logged"
+                );
+            }
+            if log {
+                tracing::warn!(%serial, reason = %e, "client certificate refused");
+            }
+        }
+        verified
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The certificate revocation lists of one `tls.crls` file: PEM (`BEGIN X509 CRL`,

@@ -645,27 +645,6 @@ async fn a_stream_past_its_deadline_says_how_far_it_got() {
     }
 }
 
-#[test]
-fn serve_stops_gracefully_on_a_hangup() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut gw = GatewayProcess::spawn(dir.path(), &[]);
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &gw.child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(sent.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    assert!(gw.captured_logs().contains("shutting down"));
-}
-
 #[tokio::test]
 async fn a_denial_names_the_missing_grant_and_the_command_that_makes_it() {
     let gw = TestGateway::spawn().await;

@@ -258,6 +258,7 @@ async fn a_pilot_ca_issues_server_and_client_certificates() {
         cert: pki.join("server.pem"),
         key: pki.join("server.key"),
         crls: Vec::new(),
+        reload_check_secs: 5,
     };
     // Forwarding stays on with the demo's forward.* files left in place: the embedded
     // simulator is reached over the gateway's own link, whatever CA tls.* come from.

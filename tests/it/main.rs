@@ -29,6 +29,7 @@ mod pulls;
 mod readme;
 mod records;
 mod revisions;
+mod revocation;
 mod roles_cli;
 mod statements;
 mod status_cli;

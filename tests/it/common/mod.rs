@@ -32,6 +32,7 @@ pub fn tls_files() -> TlsFiles {
         cert: d.join("server.pem"),
         key: d.join("server.key"),
         crls: Vec::new(),
+        reload_check_secs: 5,
     }
 }
 

@@ -1,0 +1,158 @@
+//! Certificate revocation: CRL files (`tls.crls`) checked on every handshake and
+//! reloaded without a restart, on SIGHUP and when a file changes; the refusal logged
+//! with the certificate's serial number.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use oip_gateway::proto;
+
+use crate::common::*;
+
+/// The serial number of `certs-example/<stem>.pem`, upper-case hex.
+fn serial(stem: &str) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let pem = std::fs::read(certs_dir().join(format!("{stem}.pem"))).expect("cert");
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .expect("a certificate")
+        .expect("pem");
+    let (_, c) = X509Certificate::from_der(&der).expect("parse");
+    c.raw_serial_as_string().replace(':', "").to_uppercase()
+}
+
+/// `certs crl` with the example CA, revoking `serials`.
+fn write_crl(out: &Path, serials: &[&str]) {
+    let ca = certs_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-gateway"));
+    cmd.args(["certs", "crl", "--ca-cert"])
+        .arg(ca.join("ca.pem"))
+        .arg("--ca-key")
+        .arg(ca.join("ca.key"))
+        .arg("--out")
+        .arg(out);
+    for s in serials {
+        cmd.args(["--revoke", s]);
+    }
+    let done = cmd.output().expect("certs crl");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+/// Whether a new connection presenting `stem` is served.
+async fn served(addr: std::net::SocketAddr, stem: &str) -> bool {
+    match channel(addr, client_tls(Some(stem), "ca.pem")).await {
+        Err(_) => false,
+        Ok(ch) => proto::platform_service_client::PlatformServiceClient::new(ch)
+            .list_workers(proto::ListRequest::default())
+            .await
+            .is_ok(),
+    }
+}
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_after_a_hangup_while_others_keep_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crl = dir.path().join("crl.pem");
+    write_crl(&crl, &[]);
+    let crls = format!("[\"{}\"]", crl.display());
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[
+            ("OIP_TLS__CRLS", crls.as_str()),
+            ("OIP_TLS__RELOAD_CHECK_SECS", "3600"),
+        ],
+    );
+    assert!(served(gw.addr, "platform-a").await, "not revoked yet");
+    // A connection made before the revocation.
+    let before = channel(gw.addr, client_tls(Some("platform-a"), "ca.pem"))
+        .await
+        .expect("connect");
+
+    let a = serial("platform-a");
+    write_crl(&crl, &[&a]);
+    // Not before the reload (the file is only checked hourly here)...
+    assert!(
+        served(gw.addr, "platform-a").await,
+        "reloaded on SIGHUP only"
+    );
+    let sent = Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(sent.success());
+    let logs = gw.logs.clone();
+    until("the reload is logged", async || {
+        String::from_utf8_lossy(&logs.lock().expect("logs")).contains("tls material reloaded")
+    })
+    .await;
+    assert!(!served(gw.addr, "platform-a").await, "revoked: refused");
+    assert!(served(gw.addr, "platform-b").await, "others keep working");
+    assert!(
+        proto::platform_service_client::PlatformServiceClient::new(before)
+            .list_workers(proto::ListRequest::default())
+            .await
+            .is_ok(),
+        "an established connection keeps its handshake (until max_connection_age_secs)"
+    );
+    assert!(
+        gw.child.try_wait().expect("wait").is_none(),
+        "SIGHUP does not stop serve"
+    );
+    let logs = gw.captured_logs();
+    let refused = logs
+        .lines()
+        .find(|l| l.contains("client certificate refused"))
+        .unwrap_or_else(|| panic!("the refusal is logged: {logs}"));
+    assert!(refused.contains(&a), "with the serial: {refused}");
+    assert!(refused.contains("Revoked"), "and the reason: {refused}");
+    assert!(!refused.contains("oip://"), "never the identity: {refused}");
+}
+
+#[tokio::test]
+async fn a_changed_crl_file_is_reloaded_without_a_signal() {
+    let keep = tempfile::tempdir().expect("tempdir");
+    let crl = keep.path().join("crl.pem");
+    write_crl(&crl, &[]);
+    let path = crl.clone();
+    let gw = TestGateway::spawn_with(move |c| {
+        c.tls.crls = vec![path];
+        c.tls.reload_check_secs = 1;
+    })
+    .await;
+    assert!(served(gw.addr, "platform-a").await);
+    write_crl(&crl, &[&serial("platform-a")]);
+    let addr = gw.addr;
+    until("refused once the file changed", async || {
+        !served(addr, "platform-a").await
+    })
+    .await;
+    assert!(served(gw.addr, "platform-b").await);
+    // A bad file is not taken: what is in force stays.
+    std::fs::write(&crl, "not a crl").expect("write");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !served(gw.addr, "platform-a").await,
+        "the previous list stays in force"
+    );
+    assert!(served(gw.addr, "platform-b").await);
+    // Lifted: served again.
+    write_crl(&crl, &[]);
+    until("served once lifted", async || {
+        served(addr, "platform-a").await
+    })
+    .await;
+    gw.stop().await;
+}
