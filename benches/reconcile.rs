@@ -114,7 +114,9 @@ async fn setup() -> anyhow::Result<Bench> {
         })
         .collect();
     let workers = candidates(&b, &workers);
-    b.ingest.apply(&b.platform, workers, None).await?;
+    b.ingest
+        .apply(&b.platform, workers, None, &Default::default())
+        .await?;
     Ok(b)
 }
 
@@ -150,7 +152,10 @@ async fn fill(b: &Bench, from: usize, to: usize) -> anyhow::Result<()> {
             })
             .collect();
         let c = candidates(b, &records);
-        let plan = b.ingest.apply(&b.platform, c, None).await?;
+        let plan = b
+            .ingest
+            .apply(&b.platform, c, None, &Default::default())
+            .await?;
         anyhow::ensure!(
             plan.rejections.is_empty(),
             "generated orders are valid: {:?}",
@@ -201,7 +206,10 @@ async fn measure(b: &Bench, size: usize, round: usize) -> anyhow::Result<(Durati
         };
         let c = candidates(b, &[d]);
         let t = Instant::now();
-        let plan = b.ingest.apply(&b.platform, c, None).await?;
+        let plan = b
+            .ingest
+            .apply(&b.platform, c, None, &Default::default())
+            .await?;
         declares.push(t.elapsed());
         anyhow::ensure!(
             matches!(

@@ -252,6 +252,8 @@ pub struct CallNote {
     role: String,
     action: String,
     trace_id: String,
+    /// The caller's W3C `traceparent`, when valid (empty otherwise).
+    traceparent: String,
 }
 
 impl CallNote {
@@ -294,6 +296,14 @@ impl CallNote {
         &self.identity
     }
 
+    /// The call's trace, as the items it queues for the backends carry it.
+    pub fn trace(&self) -> crate::forward::outbox::Trace {
+        crate::forward::outbox::Trace {
+            id: self.trace_id.clone(),
+            parent: self.traceparent.clone(),
+        }
+    }
+
     pub fn set(&self, scope: impl Into<String>, records: i64) {
         if let Ok(mut n) = self.noted.lock() {
             *n = (scope.into(), records);
@@ -330,11 +340,34 @@ pub fn trace_id<T>(req: &tonic::Request<T>) -> String {
         .unwrap_or_default()
 }
 
-/// The gateway's own trace id, unique per call; a caller's plain `x-trace-id` (up to 64
-/// characters) is appended after a `.` for correlation, never used alone (a caller
-/// could otherwise reuse another call's id).
+/// A caller's W3C trace context (`traceparent: 00-<32 hex>-<16 hex>-<2 hex>`, Trace
+/// Context Level 1), when well-formed and not all-zero; lower-case hex only.
+pub fn traceparent(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0');
+    ok.then(|| v.to_string())
+}
+
+/// The gateway's own trace id, unique per call. A caller's W3C `traceparent` trace id,
+/// or else its plain `x-trace-id` (up to 64 characters), is appended after a `.` for
+/// correlation, never used alone (a caller could otherwise reuse another call's id).
 fn trace_of(headers: &http::HeaderMap) -> String {
     let ours = new_trace_id();
+    if let Some(tp) = traceparent(headers) {
+        return format!("{ours}.{}", &tp[3..35]);
+    }
     match headers
         .get("x-trace-id")
         .and_then(|v| v.to_str().ok())
@@ -480,6 +513,7 @@ where
             role: role.clone(),
             action: action.clone(),
             trace_id: trace.clone(),
+            traceparent: traceparent(req.headers()).unwrap_or_default(),
         };
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(TraceId(trace.clone()));

@@ -62,6 +62,9 @@ pub struct Config {
     /// The operations listener (`/live`, `/ready`, `/metrics`).
     #[serde(default)]
     pub operations: crate::ops::OperationsConfig,
+    /// Log format (`text` or `json`).
+    #[serde(default)]
+    pub logging: crate::telemetry::LoggingConfig,
     #[serde(default)]
     pub fees: FeesConfig,
     #[serde(default)]
@@ -582,6 +585,7 @@ impl Config {
             limits: Limits::default(),
             connections: crate::connections::ConnectionLimits::default(),
             rate_limits: crate::admission::RateLimits::default(),
+            logging: crate::telemetry::LoggingConfig::default(),
             operations: crate::ops::OperationsConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 ..crate::ops::OperationsConfig::default()

@@ -85,6 +85,7 @@ impl Ingest {
         platform: &PlatformProfile,
         candidates: Vec<Candidate>,
         deadline: Option<&CallDeadline>,
+        trace: &outbox::Trace,
     ) -> Result<Plan, IngestError> {
         if let Some(d) = deadline {
             d.check()?;
@@ -112,7 +113,7 @@ impl Ingest {
             let keys: Vec<_> = plan.enrolment_deltas.keys().collect();
             let before = tx.enrolment_counts(&keys).await?;
             let batch = tx.next_batch().await?;
-            let outbox = outbox::items(&plan, platform, &before, batch);
+            let outbox = outbox::items(&plan, platform, &before, batch, trace);
             tx.write(&plan, &outbox, now).await?;
             // Dropping `tx` on the error path rolls the batch back.
             let _guard = deadline.map(CallDeadline::begin_commit).transpose()?;
@@ -158,8 +159,13 @@ impl Ingest {
             .collect();
         statements.sort_by(|a, b| a.key.cmp(&b.key));
         let batch = tx.next_batch().await?;
-        let items: Vec<_> =
-            outbox::statements(platform, statements.iter().map(|s| (s, false)), batch).collect();
+        let items: Vec<_> = outbox::statements(
+            platform,
+            statements.iter().map(|s| (s, false)),
+            batch,
+            &outbox::Trace::default(),
+        )
+        .collect();
         tx.release(period, now, &items).await?;
         tx.commit().await?;
         self.wake.notify_waiters();

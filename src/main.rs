@@ -67,7 +67,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 print!("{}", config.redacted_toml());
                 return Ok(());
             }
-            telemetry::init();
+            telemetry::init_as(config.logging.format);
             // Signals are caught from before the gateway says it is ready.
             let stop = app::stop_signal();
             let gateway = app::Gateway::start(config).await?;

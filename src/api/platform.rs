@@ -246,6 +246,7 @@ impl PlatformApi {
     async fn apply<R: WireRecord>(
         &self,
         platform: &PlatformProfile,
+        note: &CallNote,
         items: &[R],
         offset: usize,
         out: &mut proto::BatchOutcome,
@@ -273,7 +274,10 @@ impl PlatformApi {
                 c
             })
             .collect();
-        let mut plan = self.ingest.apply(platform, candidates, deadline).await?;
+        let mut plan = self
+            .ingest
+            .apply(platform, candidates, deadline, &note.trace())
+            .await?;
         let first = out.outcomes.len();
         let summary = out.summary.get_or_insert_with(Default::default);
         out.outcomes.extend(
@@ -306,16 +310,18 @@ impl PlatformApi {
     async fn batch<R: WireRecord>(
         &self,
         platform: &PlatformProfile,
+        note: &CallNote,
         items: Vec<R>,
         deadline: Option<&CallDeadline>,
     ) -> Result<proto::BatchOutcome, ApiError> {
-        self.batch_at(platform, &items, 0, deadline).await
+        self.batch_at(platform, note, &items, 0, deadline).await
     }
 
     /// One batch whose records are numbered from `offset`, within the batch size limit.
     async fn batch_at<R: WireRecord>(
         &self,
         platform: &PlatformProfile,
+        note: &CallNote,
         items: &[R],
         offset: usize,
         deadline: Option<&CallDeadline>,
@@ -332,7 +338,7 @@ impl PlatformApi {
             summary: Some(Default::default()),
             ..Default::default()
         };
-        self.apply(platform, items, offset, &mut out, deadline)
+        self.apply(platform, note, items, offset, &mut out, deadline)
             .await?;
         Ok(out)
     }
@@ -389,7 +395,9 @@ impl PlatformApi {
                 .into());
             }
             self.started(note, items.len()).await?;
-            let applied = self.apply(platform, &items, seen, &mut out, deadline).await;
+            let applied = self
+                .apply(platform, note, &items, seen, &mut out, deadline)
+                .await;
             let outcome = match &applied {
                 Ok(()) => "OK".to_string(),
                 Err(e) => crate::audit::code_name_of(e.code()),
@@ -445,7 +453,9 @@ impl PlatformService for PlatformApi {
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().workers;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items, deadline.as_ref()).await?;
+        let out = self
+            .batch(&platform, &note, items, deadline.as_ref())
+            .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -477,7 +487,9 @@ impl PlatformService for PlatformApi {
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().orders;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items, deadline.as_ref()).await?;
+        let out = self
+            .batch(&platform, &note, items, deadline.as_ref())
+            .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -509,7 +521,9 @@ impl PlatformService for PlatformApi {
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().records;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items, deadline.as_ref()).await?;
+        let out = self
+            .batch(&platform, &note, items, deadline.as_ref())
+            .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -522,7 +536,9 @@ impl PlatformService for PlatformApi {
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().declarations;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items, deadline.as_ref()).await?;
+        let out = self
+            .batch(&platform, &note, items, deadline.as_ref())
+            .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -554,7 +570,9 @@ impl PlatformService for PlatformApi {
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = req.into_inner().accidents;
         self.started(&note, items.len()).await?;
-        let out = self.batch(&platform, items, deadline.as_ref()).await?;
+        let out = self
+            .batch(&platform, &note, items, deadline.as_ref())
+            .await?;
         note.records(out.outcomes.len() as i64);
         Ok(Response::new(out))
     }
@@ -811,7 +829,7 @@ impl PlatformService for PlatformApi {
                     break;
                 }
                 let answer = api
-                    .batch_at(&platform, &records, seen, deadline.as_ref())
+                    .batch_at(&platform, &note, &records, seen, deadline.as_ref())
                     .await;
                 // What became of the chunk, after its intent (the call's own entry
                 // follows when the stream ends).

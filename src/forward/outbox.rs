@@ -15,19 +15,42 @@ use crate::proto::{self, social_security_item, tax_item};
 use crate::reconcile::RatedStatement;
 use crate::store::{Destination, OutboxItem};
 
+/// The call that stored what an item delivers, carried in its header
+/// (`ItemHeader.trace_id`, `traceparent`): the gateway's trace id and the caller's W3C
+/// `traceparent` (empty when none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub id: String,
+    pub parent: String,
+}
+
+impl Trace {
+    fn header(
+        &self,
+        idempotency_key: String,
+        platform: &PlatformProfile,
+        correction: bool,
+    ) -> proto::ItemHeader {
+        proto::ItemHeader {
+            idempotency_key,
+            platform: platform.uscc.to_string(),
+            correction,
+            trace_id: self.id.clone(),
+            traceparent: self.parent.clone(),
+        }
+    }
+}
+
 fn header(
     platform: &PlatformProfile,
     kind: &str,
     id: &str,
     revision: u32,
     correction: bool,
+    trace: &Trace,
 ) -> (String, proto::ItemHeader) {
     let record_key = format!("{}/{kind}/{id}", platform.uscc);
-    let header = proto::ItemHeader {
-        idempotency_key: format!("{record_key}/{revision}"),
-        platform: platform.uscc.to_string(),
-        correction,
-    };
+    let header = trace.header(format!("{record_key}/{revision}"), platform, correction);
     (record_key, header)
 }
 
@@ -84,16 +107,17 @@ fn figures(f: Figures) -> proto::Figures {
     }
 }
 
-fn social_security<T>(
-    platform: &PlatformProfile,
-    kind: &str,
-    writes: &[Write<T>],
-    id: impl Fn(&T) -> (&str, u32),
-    payload: impl Fn(&T) -> social_security_item::Payload,
-) -> impl Iterator<Item = OutboxItem> {
+fn social_security<'a, T>(
+    platform: &'a PlatformProfile,
+    trace: &'a Trace,
+    kind: &'a str,
+    writes: &'a [Write<T>],
+    id: impl Fn(&T) -> (&str, u32) + 'a,
+    payload: impl Fn(&T) -> social_security_item::Payload + 'a,
+) -> impl Iterator<Item = OutboxItem> + 'a {
     writes.iter().map(move |w| {
         let (record_id, revision) = id(&w.record);
-        let (record_key, header) = header(platform, kind, record_id, revision, w.correction);
+        let (record_key, header) = header(platform, kind, record_id, revision, w.correction, trace);
         let idempotency_key = header.idempotency_key.clone();
         OutboxItem {
             destination: Destination::SocialSecurity,
@@ -116,17 +140,14 @@ fn enrolments<'a>(
     platform: &'a PlatformProfile,
     before: &'a HashMap<EnrolmentKey, i64>,
     batch: u64,
+    trace: &'a Trace,
 ) -> impl Iterator<Item = OutboxItem> + 'a {
     plan.enrolment_deltas.iter().map(move |(key, delta)| {
         let old = before.get(key).copied().unwrap_or(0);
         let id = format!("{}/{}/{}", key.worker_id, key.day, key.division_code);
         let record_key = format!("{}/enrolment/{id}", platform.uscc);
         let idempotency_key = format!("{record_key}/{batch}");
-        let header = proto::ItemHeader {
-            idempotency_key: idempotency_key.clone(),
-            platform: platform.uscc.to_string(),
-            correction: old > 0,
-        };
+        let header = trace.header(idempotency_key.clone(), platform, old > 0);
         let payload = proto::SocialSecurityItem {
             header: Some(header),
             payload: Some(social_security_item::Payload::Enrolment(
@@ -195,6 +216,7 @@ pub fn statements<'a>(
     platform: &'a PlatformProfile,
     sends: impl IntoIterator<Item = (&'a RatedStatement, bool)> + 'a,
     batch: u64,
+    trace: &'a Trace,
 ) -> impl Iterator<Item = OutboxItem> + 'a {
     sends.into_iter().map(move |(s, correction)| {
         let k = &s.key;
@@ -202,11 +224,7 @@ pub fn statements<'a>(
             "{}/statement/{}/{}/{}",
             platform.uscc, k.period, k.division_code, k.industry
         );
-        let header = proto::ItemHeader {
-            idempotency_key: format!("{record_key}/{batch}"),
-            platform: platform.uscc.to_string(),
-            correction,
-        };
+        let header = trace.header(format!("{record_key}/{batch}"), platform, correction);
         let supersedes = Some(format!("{record_key}/"));
         tax(
             record_key,
@@ -228,12 +246,13 @@ pub fn statements<'a>(
 /// The items that deliver what `plan` stores, in the order the backends should see them.
 /// `enrolments_before`: the stored counts of the enrolments the plan changes; `batch`:
 /// the platform's batch number, which versions derived items (daily enrolments,
-/// statements, reconciliation updates).
+/// statements, reconciliation updates); `trace`: the call that stored them.
 pub fn items(
     plan: &Plan,
     platform: &PlatformProfile,
     enrolments_before: &HashMap<EnrolmentKey, i64>,
     batch: u64,
+    trace: &Trace,
 ) -> Vec<OutboxItem> {
     let r = &plan.revisions;
     let mut out = Vec::with_capacity(
@@ -242,6 +261,7 @@ pub fn items(
     // Every accepted revision is forwarded, in order (one idempotency key each).
     out.extend(social_security(
         platform,
+        trace,
         "worker",
         &r.workers,
         |w: &Worker| (&w.worker_id, w.revision),
@@ -249,14 +269,16 @@ pub fn items(
     ));
     out.extend(social_security(
         platform,
+        trace,
         "order",
         &r.orders,
         |o: &Order| (&o.order_id, o.revision),
         |o| social_security_item::Payload::Order(order(o)),
     ));
-    out.extend(enrolments(plan, platform, enrolments_before, batch));
+    out.extend(enrolments(plan, platform, enrolments_before, batch, trace));
     out.extend(social_security(
         platform,
+        trace,
         "accident",
         &r.accidents,
         |a: &Accident| (&a.report_id, a.revision),
@@ -268,6 +290,7 @@ pub fn items(
             .iter()
             .map(|s| (&s.statement, s.correction)),
         batch,
+        trace,
     ));
     for (w, figures) in r.declarations.iter().zip(&r.declaration_figures) {
         let d = &w.record;
@@ -277,13 +300,20 @@ pub fn items(
             &d.declaration_id,
             d.revision,
             w.correction,
+            trace,
         );
         out.push(tax(record_key, header, declaration(d, Some(figures)), None));
     }
     // The same revision with new computed figures: a correction of what tax holds.
     for (d, reconciliation) in &plan.reconciliation_updates {
-        let (record_key, mut header) =
-            header(platform, "declaration", &d.declaration_id, d.revision, true);
+        let (record_key, mut header) = header(
+            platform,
+            "declaration",
+            &d.declaration_id,
+            d.revision,
+            true,
+            trace,
+        );
         // Earlier pending updates of this revision are obsolete.
         let updates = format!("{}/reconciliation/", header.idempotency_key);
         header.idempotency_key = format!("{updates}{batch}");

@@ -77,6 +77,7 @@ fn header(key: &str) -> Option<proto::ItemHeader> {
         idempotency_key: key.into(),
         platform: oip_gateway::certs::DEMO_PLATFORM_A.into(),
         correction: false,
+        ..Default::default()
     })
 }
 

@@ -6,8 +6,31 @@ use crate::common::*;
 
 #[tokio::test]
 async fn personal_data_never_reaches_the_logs() {
+    personal_data_never_reaches_logs_in("text").await;
+}
+
+/// The JSON format: one object per line, and no personal data either.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_without_personal_data() {
+    let logs = personal_data_never_reaches_logs_in("json").await;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(
+        logs.contains("\"message\":\"gateway listening\""),
+        "{}",
+        &logs[..logs.len().min(500)]
+    );
+}
+
+async fn personal_data_never_reaches_logs_in(format: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut gw = GatewayProcess::spawn(dir.path(), &[("RUST_LOG", "trace")]);
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[("RUST_LOG", "trace"), ("OIP_LOGGING__FORMAT", format)],
+    );
     let mut c = client(gw.addr, "platform-a").await;
 
     let id = resident_id("32058319880808771");
@@ -55,6 +78,7 @@ async fn personal_data_never_reaches_the_logs() {
     ] {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
+    logs
 }
 
 /// Each destination's queue depth and oldest pending age are logged periodically.
@@ -147,4 +171,77 @@ async fn a_refused_handshake_is_logged_with_its_reason() {
         logs.to_lowercase().contains("expired"),
         "the reason is named: {logs}"
     );
+}
+
+/// A caller's W3C `traceparent` is recorded with the call's audit entry and travels
+/// with the items the call queued, to the backend, with the gateway's own trace id.
+#[tokio::test]
+async fn a_callers_traceparent_is_audited_and_reaches_the_backend() {
+    use prost::Message as _;
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut req = tonic::Request::new(proto::ReportOrdersRequest {
+        orders: vec![order("O-traced", "W1")],
+    });
+    req.metadata_mut()
+        .insert("traceparent", parent.parse().expect("metadata"));
+    let answer = a.report_orders(req).await.expect("report");
+    let trace = answer
+        .metadata()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-trace-id")
+        .to_string();
+    assert!(
+        trace.ends_with(".4bf92f3577b34da6a3ce929d0e0e4736"),
+        "the caller's trace id is kept after the gateway's own: {trace}"
+    );
+    // A malformed traceparent is ignored, not an error.
+    let mut bad = tonic::Request::new(proto::ListRequest::default());
+    bad.metadata_mut()
+        .insert("traceparent", "00-zz-11-01".parse().expect("metadata"));
+    a.list_workers(bad).await.expect("still answered");
+
+    let mut admin = oip_gateway::proto::admin_service_client::AdminServiceClient::new(
+        role_channel(gw.addr, "admin").await,
+    );
+    let entries = admin
+        .query_audit(proto::QueryAuditRequest {
+            action: "oip.v1.PlatformService/ReportOrders".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.trace_id == trace && e.outcome == "OK"),
+        "{entries:?}"
+    );
+    await_delivery_states(&mut a, "order", "O-traced", &["DELIVERED"]).await;
+    let store = oip_gateway::store::sim::SimStore::open(&format!(
+        "sqlite:{}",
+        gw.dir.path().join("backend-sim.db").display()
+    ))
+    .await
+    .expect("simulator store");
+    let delivered: Vec<proto::SocialSecurityItem> = store
+        .payloads("social-security", "order")
+        .await
+        .expect("payloads")
+        .iter()
+        .map(|(_, p)| proto::SocialSecurityItem::decode(p.as_slice()).expect("item"))
+        .collect();
+    let header = delivered
+        .iter()
+        .filter_map(|i| i.header.as_ref())
+        .find(|h| h.idempotency_key.ends_with("/order/O-traced/1"))
+        .expect("the order reached the backend");
+    assert_eq!(header.trace_id, trace);
+    assert_eq!(header.traceparent, parent);
+    gw.stop().await;
 }

@@ -167,7 +167,13 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             );
             tx.write(
                 &plan,
-                &oip_gateway::forward::outbox::items(&plan, &p, &Default::default(), 1),
+                &oip_gateway::forward::outbox::items(
+                    &plan,
+                    &p,
+                    &Default::default(),
+                    1,
+                    &Default::default(),
+                ),
                 1,
             )
             .await
@@ -189,7 +195,13 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
         assert_eq!(plan.rejections.len(), 1);
         tx.write(
             &plan,
-            &oip_gateway::forward::outbox::items(&plan, &p, &Default::default(), 1),
+            &oip_gateway::forward::outbox::items(
+                &plan,
+                &p,
+                &Default::default(),
+                1,
+                &Default::default(),
+            ),
             1,
         )
         .await
