@@ -569,10 +569,8 @@ where
             };
             if let Err(e) = auditor.record(event).await {
                 tracing::error!(error = %e, trace_id = %trace, "audit write failed: call refused");
-                res = tonic::Status::unavailable(
-                    "the audit log cannot be written; nothing was answered, retry later",
-                )
-                .into_http();
+                res = crate::error::audit_unavailable("nothing was answered, retry later")
+                    .into_http();
             }
             if let Ok(v) = http::HeaderValue::from_str(&trace) {
                 res.headers_mut().insert("x-trace-id", v);
@@ -584,7 +582,7 @@ where
                 Ok(result) => result,
                 Err(e) => {
                     tracing::error!(error = %e, "call task failed");
-                    Ok(tonic::Status::internal("the call failed inside the gateway").into_http())
+                    Ok(crate::error::call_failed("its task ended").into_http())
                 }
             }
         };
@@ -745,12 +743,11 @@ where
                 let mut trailers = self.trailers.take().unwrap_or_default();
                 if let Err(e) = written {
                     tracing::error!(error = %e, "audit write failed: stream refused");
-                    trailers =
-                        tonic::Status::unavailable("the audit log cannot be written; retry later")
-                            .into_http::<()>()
-                            .into_parts()
-                            .0
-                            .headers;
+                    trailers = crate::error::audit_unavailable("retry later")
+                        .into_http::<()>()
+                        .into_parts()
+                        .0
+                        .headers;
                     trailers.remove(http::header::CONTENT_TYPE);
                 }
                 return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));

@@ -60,13 +60,8 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
 
 /// Decodes one message; INVALID_ARGUMENT naming where it breaks when it is malformed.
 pub fn decode_message<U: Message + Default>(bytes: Bytes) -> Result<U, Status> {
-    U::decode(bytes.clone()).map_err(|e| {
-        Status::invalid_argument(format!(
-            "the request is not a valid {} message{}: {e}; nothing was applied",
-            short_name::<U>(),
-            locate::<U>(&bytes)
-        ))
-    })
+    U::decode(bytes.clone())
+        .map_err(|e| crate::error::undecodable(short_name::<U>(), &locate::<U>(&bytes), e))
 }
 
 /// `RegisterWorkersRequest` of `oip_gateway::proto::oip::v1::RegisterWorkersRequest`.

@@ -34,9 +34,7 @@ pub fn check(headers: &http::HeaderMap) -> Checked {
         match v.to_str().ok().and_then(parse_grpc_timeout) {
             Some(d) => checked.deadline = Some(CallDeadline::after(d)),
             None => {
-                checked.refusal = Some(tonic::Status::invalid_argument(
-                    "the grpc-timeout header is malformed (up to 8 digits and a unit H, M, S, m, u or n); nothing was applied",
-                ));
+                checked.refusal = Some(crate::error::malformed_timeout());
             }
         }
     }
@@ -46,10 +44,7 @@ pub fn check(headers: &http::HeaderMap) -> Checked {
         .unwrap_or_default();
     let subtype = content_type.split(';').next().unwrap_or_default().trim();
     if !matches!(subtype, "application/grpc" | "application/grpc+proto") {
-        checked.refusal = Some(tonic::Status::unimplemented(format!(
-            "content type {} is not supported: send application/grpc (protobuf); nothing was applied",
-            crate::domain::outcome::quoted(subtype)
-        )));
+        checked.refusal = Some(crate::error::unsupported_content_type(subtype));
     }
     checked
 }
@@ -62,10 +57,7 @@ pub fn restate<B: Default>(res: &mut http::Response<B>) {
     let (code, message) = (status.code(), status.message().to_string());
     let mut mapped = crate::error::inbound(status);
     if mapped.message().chars().count() > MAX_STATUS_MESSAGE_CHARS {
-        mapped = tonic::Status::new(
-            mapped.code(),
-            crate::domain::outcome::truncate(mapped.message(), MAX_STATUS_MESSAGE_CHARS),
-        );
+        mapped = crate::error::bounded(&mapped, MAX_STATUS_MESSAGE_CHARS);
     }
     if mapped.code() != code || mapped.message() != message {
         *res = mapped.into_http();
@@ -167,7 +159,7 @@ where
                                 }
                             }
                             Err(e) => BodyState::Trailers(Some(status_trailers(
-                                tonic::Status::internal(format!("the call failed: {e}")),
+                                crate::error::call_failed(e),
                             ))),
                         };
                         continue;
@@ -180,11 +172,10 @@ where
                         if !deadline.is_owned() && deadline.expire() {
                             // The handler will commit nothing now; it goes on to
                             // write the call's audit entry, which says so.
-                            self.state = BodyState::Trailers(Some(status_trailers(
-                                tonic::Status::deadline_exceeded(
-                                    crate::deadline::DeadlineExceeded.to_string(),
-                                ),
-                            )));
+                            self.state =
+                                BodyState::Trailers(Some(status_trailers(tonic::Status::from(
+                                    crate::error::ApiError::from(crate::deadline::DeadlineExceeded),
+                                ))));
                             continue;
                         }
                         // A commit is under way: its outcome is the answer.

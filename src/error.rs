@@ -25,6 +25,12 @@ pub enum ApiError {
     /// administrator); nothing was changed.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What the call names does not exist; nothing was changed.
+    #[error("{0}")]
+    NotFound(String),
+    /// Stored data cannot be read; the call stops there rather than skip it.
+    #[error("{0}")]
+    DataLoss(String),
     /// The caller's deadline passed before the commit; nothing was applied.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -49,6 +55,52 @@ pub enum ApiError {
 /// The response metadata key carrying retry advice, in milliseconds (gRPC A6, "Retry
 /// throttling and pushback"): the earliest a caller should try again.
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// The audit log cannot be written: UNAVAILABLE, with what the caller should do
+/// (`then`: e.g. "retry later"). Nothing was answered.
+pub fn audit_unavailable(then: &str) -> Status {
+    Status::unavailable(format!("the audit log cannot be written; {then}"))
+}
+
+/// A fault inside the gateway while answering (never for anything a caller sent).
+pub fn call_failed(detail: impl std::fmt::Display) -> Status {
+    Status::internal(format!("the call failed inside the gateway: {detail}"))
+}
+
+/// A malformed `grpc-timeout` header: INVALID_ARGUMENT before any handler runs.
+pub fn malformed_timeout() -> Status {
+    Status::invalid_argument(
+        "the grpc-timeout header is malformed (up to 8 digits and a unit H, M, S, m, u or n); nothing was applied",
+    )
+}
+
+/// A content type other than protobuf gRPC: UNIMPLEMENTED before any handler runs.
+pub fn unsupported_content_type(subtype: &str) -> Status {
+    Status::unimplemented(format!(
+        "content type {} is not supported: send application/grpc (protobuf); nothing was applied",
+        crate::domain::outcome::quoted(subtype)
+    ))
+}
+
+/// A request message that does not decode as `message` (INVALID_ARGUMENT).
+pub fn undecodable(message: &str, at: &str, e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!(
+        "the request is not a valid {message} message{at}: {e}; nothing was applied"
+    ))
+}
+
+/// `status` with its message cut to `max` characters (the code kept).
+pub fn bounded(status: &Status, max: usize) -> Status {
+    Status::new(
+        status.code(),
+        crate::domain::outcome::truncate(status.message(), max),
+    )
+}
+
+/// `status` with what a stream had applied before it failed added to its message.
+pub fn with_progress(status: &Status, progress: &str) -> Status {
+    Status::new(status.code(), format!("{}; {progress}", status.message()))
+}
 
 /// The status a call ends with when its caller sent nothing for `idle`
 /// (`connections.idle_stream_timeout_ms`): DEADLINE_EXCEEDED; what it committed
@@ -76,6 +128,8 @@ impl ApiError {
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::DataLoss(_) => Code::DataLoss,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Throttled { .. } => Code::ResourceExhausted,
             ApiError::Overloaded { .. } => Code::Unavailable,
@@ -107,6 +161,8 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::DataLoss(m) => Status::data_loss(m),
             ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ApiError::Throttled {
                 message,
@@ -196,6 +252,71 @@ fn too_large(found: Option<u64>, limit: u64) -> Status {
 
 #[cfg(test)]
 mod tests {
+    /// This file holds the only constructors of `tonic::Status` on the gateway's side
+    /// (the simulator stands for foreign backends and the CLI is a client; tests aside).
+    #[test]
+    fn statuses_are_made_here_only() {
+        let ctor = status_constructors();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![root.clone()];
+        let mut found = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(&root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == "error.rs" || rel == "backend_sim.rs" || rel.starts_with("cli") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for (n, line) in code.lines().enumerate() {
+                    if ctor.iter().any(|c| line.contains(c)) {
+                        found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "statuses made outside error.rs:\n{}",
+            found.join("\n")
+        );
+    }
+
+    fn status_constructors() -> Vec<String> {
+        [
+            "new",
+            "internal",
+            "unavailable",
+            "invalid_argument",
+            "permission_denied",
+            "deadline_exceeded",
+            "resource_exhausted",
+            "not_found",
+            "unimplemented",
+            "unauthenticated",
+            "failed_precondition",
+            "cancelled",
+            "data_loss",
+            "aborted",
+            "out_of_range",
+            "already_exists",
+            "unknown",
+            "with_details",
+        ]
+        .iter()
+        .map(|c| format!("Status::{c}("))
+        .collect()
+    }
+
     use super::*;
 
     #[test]

@@ -160,6 +160,38 @@ impl Caller {
     }
 }
 
+/// The invariants of reading an untrusted certificate (DER) or identity URI, for the
+/// fuzz target `fuzz/fuzz_targets/certificate.rs` and the test that replays its corpus:
+/// never a panic; an identity found is an `oip://` URI of at most 100 bytes whose role
+/// and subject parse back to it; the certificate's identity and the URI read from it
+/// agree.
+///
+/// # Panics
+/// When an invariant does not hold (that is the point).
+pub fn check_certificate(bytes: &[u8]) {
+    let uri = Principal::uri_of_certificate(bytes);
+    if let Ok(p) = Principal::from_certificate(bytes) {
+        assert_eq!(
+            uri.as_ref().ok(),
+            Some(&p.uri),
+            "the URI read twice differs"
+        );
+        assert!(p.uri.starts_with(SCHEME) && p.uri.len() <= 100, "{}", p.uri);
+        assert_eq!(Principal::from_uri(&p.uri).ok(), Some(p));
+    }
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && let Ok(p) = Principal::from_uri(text)
+    {
+        assert_eq!(p.uri, text);
+        assert!(
+            !p.subject.is_empty() && p.subject.len() <= 64,
+            "{}",
+            p.subject
+        );
+        assert_eq!(format!("{SCHEME}{}/{}", p.role, p.subject), text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +205,29 @@ mod tests {
         assert!(Principal::from_uri("oip://king/x").is_err());
         assert!(Principal::from_uri("oip://admin/").is_err());
         assert!(Principal::from_uri("oip://admin/a b").is_err());
+    }
+
+    /// The fuzz targets' corpora (`fuzz/seeds/<target>/`: named inputs;
+    /// `fuzz/corpus/<target>/`: a fuzzing run's minimized corpus), replayed as a plain
+    /// test on every run: certificates and identity URIs, and platform requests
+    /// (`validate::check_request`).
+    #[test]
+    fn the_fuzz_corpora_of_certificates_and_requests_pass() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        for (target, check, at_least) in [
+            ("certificate", check_certificate as fn(&[u8]), 10),
+            ("request", crate::validate::check_request as fn(&[u8]), 7),
+        ] {
+            let dirs = [
+                root.join("seeds").join(target),
+                root.join("corpus").join(target),
+            ];
+            let mut n = 0;
+            for entry in dirs.iter().flat_map(std::fs::read_dir).flatten().flatten() {
+                check(&std::fs::read(entry.path()).unwrap_or_default());
+                n += 1;
+            }
+            assert!(n >= at_least, "{target}: the corpus has {n} inputs");
+        }
     }
 }

@@ -646,3 +646,103 @@ pub fn record(r: &proto::Record, ctx: &Context<'_>) -> Result<Record> {
 pub fn order_age(birth: Option<NaiveDate>, accepted_at: Millis) -> Result<()> {
     check_age(birth, accepted_at, "worker_id", "accepted_at")
 }
+
+/// The invariants of validating untrusted request bytes, for the fuzz target
+/// `fuzz/fuzz_targets/request.rs` and the test that replays its corpus: `bytes`
+/// decoded as each platform request (`SubmitRequest`, `RegisterWorkersRequest`,
+/// `ReportOrdersRequest`, `SubmitDeclarationsRequest`, `ReportAccidentsRequest`), and
+/// every record validated against the demo platform in Jiangsu: never a panic, and a
+/// rejection says why in at most 1,000 characters, names a field path of at most 100,
+/// and never repeats a value of the record that could be personal data (8 characters
+/// or more, with a digit or a character beyond ASCII).
+///
+/// # Panics
+/// When an invariant does not hold (that is the point).
+pub fn check_request(bytes: &[u8]) {
+    use prost::Message as _;
+    use std::sync::LazyLock;
+    static REFERENCE: LazyLock<Option<Reference>> =
+        LazyLock::new(|| Reference::load(None, None, &["320000".to_string()]).ok());
+    static PLATFORM: LazyLock<Option<PlatformProfile>> = LazyLock::new(|| {
+        let uscc = crate::domain::ids::CreditCode::parse(crate::certs::DEMO_PLATFORM_A).ok()?;
+        let start = NaiveDate::from_ymd_opt(2025, 7, 1)?;
+        Some(PlatformProfile {
+            id: 1,
+            uscc,
+            name: "fuzz".into(),
+            industries: ["RIDE_HAILING", "INSTANT_DELIVERY", "INTRACITY_FREIGHT"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            pilot_starts: ["320100", "320200", "320500"]
+                .into_iter()
+                .map(|d| (d.to_string(), start))
+                .collect(),
+            delivery_tier: crate::domain::platform::DeliveryTier::A,
+            delivery_tiers: Default::default(),
+        })
+    });
+    let (Some(reference), Some(platform)) = (REFERENCE.as_ref(), PLATFORM.as_ref()) else {
+        panic!("the shipped reference data and the demo platform load");
+    };
+    let ctx = Context {
+        // 2026-01-01T00:00:00+08:00: records of 2025 are in the past.
+        now: 1_767_196_800_000,
+        bounds: Bounds::default(),
+        reference,
+        platform,
+    };
+    let check = |result: Result<Record>, values: Vec<&str>| {
+        let Err(r) = result else { return };
+        assert!(!r.message.is_empty(), "a rejection says why");
+        assert!(r.message.chars().count() <= 1000, "message: {}", r.message);
+        assert!(r.field.chars().count() <= 100, "field: {}", r.field);
+        let personal = |v: &str| {
+            v.chars().count() >= 8 && v.chars().any(|c| c.is_ascii_digit() || !c.is_ascii())
+        };
+        for v in values.into_iter().filter(|v| personal(v)) {
+            assert!(!r.message.contains(v), "{v:?} echoed in {:?}", r.message);
+        }
+    };
+    fn worker_values(w: &proto::Worker) -> Vec<&str> {
+        vec![w.id_number.as_str(), w.name.as_str(), w.mobile.as_str()]
+    }
+    if let Ok(req) = proto::SubmitRequest::decode(bytes) {
+        for r in &req.records {
+            let values = match &r.kind {
+                Some(proto::record::Kind::Worker(w)) => worker_values(w),
+                Some(proto::record::Kind::Accident(a)) => vec![a.description.as_str()],
+                _ => Vec::new(),
+            };
+            let c = candidate(r, &ctx);
+            assert!(c.id.chars().count() <= 200, "id: {}", c.id);
+            check(c.record, values);
+        }
+    }
+    if let Ok(req) = proto::RegisterWorkersRequest::decode(bytes) {
+        for w in &req.workers {
+            check(worker(w, &ctx).map(Record::Worker), worker_values(w));
+        }
+    }
+    if let Ok(req) = proto::ReportOrdersRequest::decode(bytes) {
+        for o in &req.orders {
+            check(
+                order(o, &ctx).map(Record::Order),
+                vec![o.vehicle_plate.as_str()],
+            );
+        }
+    }
+    if let Ok(req) = proto::SubmitDeclarationsRequest::decode(bytes) {
+        for d in &req.declarations {
+            check(declaration(d, &ctx).map(Record::Declaration), Vec::new());
+        }
+    }
+    if let Ok(req) = proto::ReportAccidentsRequest::decode(bytes) {
+        for a in &req.accidents {
+            check(
+                accident(a, &ctx).map(Record::Accident),
+                vec![a.description.as_str()],
+            );
+        }
+    }
+}

@@ -437,10 +437,11 @@ impl AdminService for AdminApi {
             .await
             .map_err(ApiError::from)?;
         if !cleared {
-            return Err(Status::not_found(format!(
+            return Err(ApiError::NotFound(format!(
                 "{} has no rates of its own (it has the defaults); see `oip-gateway admin limits list`",
                 quoted(&identity)
-            )));
+            ))
+            .into());
         }
         tracing::info!(admin = %by, identity = %identity, "rate limit cleared");
         Ok(Response::new(self.rate_limits_now().await?))

@@ -376,10 +376,9 @@ impl PlatformApi {
                 },
             };
             let Some(msg) = next.map_err(|s| {
-                let s = error::inbound(s);
-                Status::new(
-                    s.code(),
-                    format!("{}; records before index {seen} were applied", s.message()),
+                error::with_progress(
+                    &error::inbound(s),
+                    &format!("records before index {seen} were applied"),
                 )
             })?
             else {
@@ -417,6 +416,46 @@ impl PlatformApi {
         Ok(out)
     }
 
+    /// A unary batch call, whatever its record kind: the caller, the intent audited
+    /// (and its records taken from its rate), the batch applied, the outcomes counted in
+    /// the call's entry. `items_of` takes the records out of the request.
+    async fn unary<M, R: WireRecord>(
+        &self,
+        req: Request<M>,
+        items_of: impl FnOnce(M) -> Vec<R>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
+        let items = items_of(req.into_inner());
+        self.started(&note, items.len()).await?;
+        let out = self
+            .batch(&platform, &note, items, deadline.as_ref())
+            .await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
+    }
+
+    /// A client stream of batches, whatever its record kind (see [`Self::stream`]).
+    async fn streamed<M, R: WireRecord>(
+        &self,
+        req: Request<Streaming<M>>,
+        items_of: impl Fn(M) -> Vec<R>,
+    ) -> Result<Response<proto::BatchOutcome>, Status> {
+        let (platform, note) = self.caller(&req).await?;
+        let deadline = req.extensions().get::<CallDeadline>().cloned();
+        let out = self
+            .stream(
+                &platform,
+                &note,
+                req.into_inner(),
+                items_of,
+                deadline.as_ref(),
+            )
+            .await?;
+        note.records(out.outcomes.len() as i64);
+        Ok(Response::new(out))
+    }
+
     /// The page a listing request asks for (`listing` names the token's owner).
     fn page(listing: &str, req: &proto::ListRequest) -> Result<PageRequest, ApiError> {
         Ok(PageRequest {
@@ -449,151 +488,63 @@ impl PlatformService for PlatformApi {
         &self,
         req: Request<proto::RegisterWorkersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let items = req.into_inner().workers;
-        self.started(&note, items.len()).await?;
-        let out = self
-            .batch(&platform, &note, items, deadline.as_ref())
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.unary(req, |m| m.workers).await
     }
 
     async fn stream_workers(
         &self,
         req: Request<Streaming<proto::RegisterWorkersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let out = self
-            .stream(
-                &platform,
-                &note,
-                req.into_inner(),
-                |m| m.workers,
-                deadline.as_ref(),
-            )
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.streamed(req, |m| m.workers).await
     }
 
     async fn report_orders(
         &self,
         req: Request<proto::ReportOrdersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let items = req.into_inner().orders;
-        self.started(&note, items.len()).await?;
-        let out = self
-            .batch(&platform, &note, items, deadline.as_ref())
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.unary(req, |m| m.orders).await
     }
 
     async fn stream_orders(
         &self,
         req: Request<Streaming<proto::ReportOrdersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let out = self
-            .stream(
-                &platform,
-                &note,
-                req.into_inner(),
-                |m| m.orders,
-                deadline.as_ref(),
-            )
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.streamed(req, |m| m.orders).await
     }
 
     async fn submit(
         &self,
         req: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let items = req.into_inner().records;
-        self.started(&note, items.len()).await?;
-        let out = self
-            .batch(&platform, &note, items, deadline.as_ref())
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.unary(req, |m| m.records).await
     }
 
     async fn submit_declarations(
         &self,
         req: Request<proto::SubmitDeclarationsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let items = req.into_inner().declarations;
-        self.started(&note, items.len()).await?;
-        let out = self
-            .batch(&platform, &note, items, deadline.as_ref())
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.unary(req, |m| m.declarations).await
     }
 
     async fn stream_declarations(
         &self,
         req: Request<Streaming<proto::SubmitDeclarationsRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let out = self
-            .stream(
-                &platform,
-                &note,
-                req.into_inner(),
-                |m| m.declarations,
-                deadline.as_ref(),
-            )
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.streamed(req, |m| m.declarations).await
     }
 
     async fn report_accidents(
         &self,
         req: Request<proto::ReportAccidentsRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let items = req.into_inner().accidents;
-        self.started(&note, items.len()).await?;
-        let out = self
-            .batch(&platform, &note, items, deadline.as_ref())
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.unary(req, |m| m.accidents).await
     }
 
     async fn stream_accidents(
         &self,
         req: Request<Streaming<proto::ReportAccidentsRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let (platform, note) = self.caller(&req).await?;
-        let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let out = self
-            .stream(
-                &platform,
-                &note,
-                req.into_inner(),
-                |m| m.accidents,
-                deadline.as_ref(),
-            )
-            .await?;
-        note.records(out.outcomes.len() as i64);
-        Ok(Response::new(out))
+        self.streamed(req, |m| m.accidents).await
     }
 
     async fn list_declarations(
@@ -798,9 +749,10 @@ impl PlatformService for PlatformApi {
                         () = d.passed() => {
                             d.expire();
                             let _ = tx
-                                .send(Err(Status::deadline_exceeded(format!(
+                                .send(Err(ApiError::DeadlineExceeded(format!(
                                     "the caller's deadline passed while the stream was open; the chunks before it were applied and answered (records before index {seen}), the rest were not"
-                                ))))
+                                ))
+                                .into()))
                                 .await;
                             break;
                         }
@@ -810,12 +762,10 @@ impl PlatformService for PlatformApi {
                     Ok(Some(m)) => m.records,
                     Ok(None) => break,
                     Err(status) => {
-                        let s = error::inbound(status);
-                        let s = tonic::Status::new(
-                            s.code(),
-                            format!(
-                                "{}; the chunks before it were applied and answered (records before index {seen})",
-                                s.message()
+                        let s = error::with_progress(
+                            &error::inbound(status),
+                            &format!(
+                                "the chunks before it were applied and answered (records before index {seen})"
                             ),
                         );
                         let _ = tx.send(Err(s)).await;
@@ -848,9 +798,10 @@ impl PlatformService for PlatformApi {
                     Ok(out) => out,
                     Err(ApiError::DeadlineExceeded(_)) => {
                         let _ = tx
-                            .send(Err(Status::deadline_exceeded(format!(
+                            .send(Err(ApiError::DeadlineExceeded(format!(
                                 "the caller's deadline passed before this chunk committed; the chunks before it were applied and answered (records before index {seen}), this one and the rest were not"
-                            ))))
+                            ))
+                            .into()))
                             .await;
                         break;
                     }

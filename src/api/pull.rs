@@ -55,10 +55,11 @@ impl Filter {
 /// A journal entry the gateway cannot read: the pull stops rather than skip it.
 fn unreadable(entry: &JournalEntry) -> Status {
     tracing::error!(seq = entry.seq, "journal entry cannot be decoded");
-    Status::data_loss(format!(
+    ApiError::DataLoss(format!(
         "journal entry {} cannot be read; resume after it only once it is repaired",
         entry.seq
     ))
+    .into()
 }
 
 /// The division and period of a tax item, when it passes `filter`.
@@ -287,9 +288,10 @@ impl Puller {
             while cursor < end && limit.is_none_or(|l| sent < l) {
                 if deadline.as_ref().is_some_and(|d| d.check().is_err()) {
                     let _ = tx
-                        .send(Err(Status::deadline_exceeded(
-                            "the caller's deadline passed during the pull; resume from the last cursor received",
-                        )))
+                        .send(Err(ApiError::DeadlineExceeded(
+                            "the caller's deadline passed during the pull; resume from the last cursor received".into(),
+                        )
+                        .into()))
                         .await;
                     return;
                 }
@@ -352,8 +354,8 @@ impl Puller {
                     if let Err(e) = auditor.record(event).await {
                         tracing::error!(error = %e, "audit write failed: pull stopped");
                         let _ = tx
-                            .send(Err(Status::unavailable(
-                                "the audit log cannot be written; resume from the last cursor later",
+                            .send(Err(crate::error::audit_unavailable(
+                                "resume from the last cursor later",
                             )))
                             .await;
                         return;
@@ -392,9 +394,10 @@ async fn still_granted(access: &Access, caller: &Caller, filter: &Filter) -> Res
         .narrow(filter.divisions.divisions())
         .map(|_| ())
         .map_err(|outside| {
-            Status::permission_denied(format!(
+            ApiError::PermissionDenied(format!(
                 "the grant for division {outside} ended during the pull"
             ))
+            .into()
         })
 }
 

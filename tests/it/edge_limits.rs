@@ -133,8 +133,22 @@ async fn a_flood_of_idle_streams_is_refused_beyond_the_limits_and_costs_little_m
             .buffer_unordered(10_000)
             .collect::<Vec<_>>(),
     );
-    // While the flood is under way, another platform is served.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // While the flood is under way, another platform is served, and the calls the
+    // gateway holds at once stay within connections.max_calls_per_identity (64, plus
+    // platform B's).
+    let ops = gw.ops_addr.expect("operations listener");
+    let mut held_at_once = 0.0f64;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, _, body) = http_get(ops, "/metrics").await;
+        if let Some(v) = body
+            .lines()
+            .find_map(|l| l.strip_prefix("oip_calls_in_progress "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            held_at_once = held_at_once.max(v);
+        }
+    }
     let peak = rss_bytes(pid);
     let answered = tokio::time::timeout(
         Duration::from_secs(3),
@@ -176,8 +190,12 @@ async fn a_flood_of_idle_streams_is_refused_beyond_the_limits_and_costs_little_m
         })
     );
     assert!(
-        idle <= 64,
-        "at most connections.max_calls_per_identity held"
+        (1.0..=65.0).contains(&held_at_once),
+        "at most connections.max_calls_per_identity held at once: {held_at_once}"
+    );
+    assert!(
+        idle >= 1 && refused >= 9_000,
+        "{refused} refused, {idle} idle"
     );
     assert!(
         peak.saturating_sub(before) < 64 << 20,
@@ -208,11 +226,11 @@ async fn a_caller_over_its_rate_gets_retry_advice_and_nothing_is_applied() {
     let workers: Vec<_> = (0..100).map(|i| worker(&format!("W{i:03}"))).collect();
     let first = register(&mut a, workers).await;
     assert_eq!(first.outcomes.len(), 100);
-    // The second's budget is spent: the next 50 records (half a second's worth) are
-    // refused with advice.
+    // The second's budget is spent: the next 100 records (a second's worth, while the
+    // first call took less) are refused with advice.
     let refused = a
         .register_workers(proto::RegisterWorkersRequest {
-            workers: (0..50).map(|i| worker(&format!("W-extra{i:02}"))).collect(),
+            workers: (0..100).map(|i| worker(&format!("W-extra{i:02}"))).collect(),
         })
         .await
         .expect_err("over the rate");
@@ -228,7 +246,7 @@ async fn a_caller_over_its_rate_gets_retry_advice_and_nothing_is_applied() {
         .and_then(|v| v.parse().ok())
         .expect("retry advice");
     assert!((1..=1001).contains(&pushback), "{pushback}");
-    assert!(pushback >= 100, "about half a second to wait: {pushback}");
+    assert!(pushback >= 10, "a wait to honour: {pushback}");
     assert!(
         refused.message().contains("nothing"),
         "{}",
@@ -337,7 +355,7 @@ async fn shutdown_turns_health_not_serving_and_does_not_wait_past_its_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_completes_a_file_under_a_low_rate_by_backing_off() {
     let gw = TestGateway::spawn_with(|c| {
-        c.rate_limits.records_per_second = 300;
+        c.rate_limits.records_per_second = 100;
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -349,7 +367,7 @@ async fn submit_completes_a_file_under_a_low_rate_by_backing_off() {
         let report = dir.path().join(format!("report-{prefix}.jsonl"));
         let made = std::process::Command::new(bin)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["loadgen", "--workers", "100", "--orders", "1100"])
+            .args(["loadgen", "--workers", "100", "--orders", "500"])
             .args(["--id-prefix", prefix, "--out"])
             .arg(&file)
             .output()
@@ -382,7 +400,7 @@ async fn submit_completes_a_file_under_a_low_rate_by_backing_off() {
         );
         eprintln!("{stdout}{stderr}took {:?}", started.elapsed());
         assert!(out.status.success(), "{stdout}{stderr}");
-        assert!(stdout.starts_with("1200 records"), "{stdout}");
+        assert!(stdout.starts_with("600 records"), "{stdout}");
         assert!(
             stderr.contains("the gateway asked to slow down"),
             "{stderr}"
@@ -393,13 +411,13 @@ async fn submit_completes_a_file_under_a_low_rate_by_backing_off() {
             .lines()
             .map(|l| serde_json::from_str(l).expect("json"))
             .collect();
-        assert_eq!(lines.len(), 1200);
+        assert_eq!(lines.len(), 600);
         for (i, l) in lines.iter().enumerate() {
             assert_eq!(l["line"].as_u64(), Some(i as u64 + 1), "{l}");
             assert_eq!(l["outcome"], "ACCEPTED", "{l}");
         }
-        // At least three seconds' worth of waiting: 1,200 records at 300 a second.
-        assert!(started.elapsed() >= Duration::from_secs(3));
+        // At least five seconds: 600 records at 100 a second, the first 100 at once.
+        assert!(started.elapsed() >= Duration::from_secs(5));
     }
     gw.stop().await;
 }
