@@ -230,7 +230,9 @@ async fn a_caller_over_its_rate_gets_retry_advice_and_nothing_is_applied() {
     // first call took less) are refused with advice.
     let refused = a
         .register_workers(proto::RegisterWorkersRequest {
-            workers: (0..100).map(|i| worker(&format!("W-extra{i:02}"))).collect(),
+            workers: (0..100)
+                .map(|i| worker(&format!("W-extra{i:02}")))
+                .collect(),
         })
         .await
         .expect_err("over the rate");

@@ -156,3 +156,102 @@ async fn a_changed_crl_file_is_reloaded_without_a_signal() {
     .await;
     gw.stop().await;
 }
+
+/// The serial of the certificate the gateway presents to a new connection.
+async fn presented_serial(addr: std::net::SocketAddr) -> String {
+    use std::sync::Arc;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let d = certs_dir();
+    let pem = |f: &str| std::fs::read(d.join(f)).expect("read");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem("platform-a.pem").as_slice())
+        .collect::<Result<_, _>>()
+        .expect("chain");
+    let key = rustls_pemfile::private_key(&mut pem("platform-a.key").as_slice())
+        .expect("key")
+        .expect("a key");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
+    let (_, c) = X509Certificate::from_der(&leaf).expect("parse");
+    c.raw_serial_as_string().replace(':', "").to_uppercase()
+}
+
+#[tokio::test]
+async fn a_new_server_certificate_is_presented_without_a_restart() {
+    let keep = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (
+        keep.path().join("server.pem"),
+        keep.path().join("server.key"),
+    );
+    std::fs::copy(certs_dir().join("server.pem"), &cert).expect("copy");
+    std::fs::copy(certs_dir().join("server.key"), &key).expect("copy");
+    let (c2, k2) = (cert.clone(), key.clone());
+    let gw = TestGateway::spawn_with(move |c| {
+        c.tls.cert = c2;
+        c.tls.key = k2;
+        c.tls.reload_check_secs = 1;
+    })
+    .await;
+    let before = presented_serial(gw.addr).await;
+    assert_eq!(before, serial("server"));
+    // A new certificate and key from the same CA, put in place of the old ones.
+    let prefix = keep.path().join("renewed");
+    let ca = certs_dir();
+    let issued = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .args([
+            "certs",
+            "issue",
+            "--server-name",
+            "localhost",
+            "--server-name",
+            "127.0.0.1",
+        ])
+        .arg("--ca-cert")
+        .arg(ca.join("ca.pem"))
+        .arg("--ca-key")
+        .arg(ca.join("ca.key"))
+        .arg("--out")
+        .arg(&prefix)
+        .output()
+        .expect("certs issue");
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    std::fs::copy(prefix.with_extension("key"), &key).expect("key");
+    std::fs::copy(prefix.with_extension("pem"), &cert).expect("cert");
+    let addr = gw.addr;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = presented_serial(addr).await;
+        if now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is not presented"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served(gw.addr, "platform-a").await, "clients keep working");
+    gw.stop().await;
+}
