@@ -96,22 +96,7 @@ impl Principal {
 
     /// The identity of the end-entity certificate (DER), the first of the chain.
     pub fn from_certificate(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|_| IdentityError::BadCertificate)?
-            .ok_or(IdentityError::NoIdentity)?;
-        let uri = san
-            .value
-            .general_names
-            .iter()
-            .find_map(|n| match n {
-                GeneralName::URI(u) if u.starts_with(SCHEME) => Some(*u),
-                _ => None,
-            })
-            .ok_or(IdentityError::NoIdentity)?;
-        Self::from_uri(uri)
+        Self::from_uri(&Self::uri_of_certificate(der)?)
     }
 
     /// The caller of a tonic request: as the call edge found it ([`Caller`]), or from
