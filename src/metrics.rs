@@ -3,7 +3,8 @@
 //! (base units, `_total` for counters, `_seconds` for durations) and, for calls, the
 //! names of go-grpc-prometheus (`grpc_server_handled_total`, `grpc_server_handling_seconds`),
 //! so that existing gRPC dashboards work. No label carries personal data or a caller's
-//! identity (cardinality stays bounded: services, methods, codes, kinds, destinations).
+//! identity, and every label takes values from a fixed set (a method path the gateway
+//! does not serve is counted as `unknown`; record kinds and codes are the spec's).
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -93,14 +94,38 @@ pub struct Metrics {
     audit_write: Histogram,
 }
 
-/// `/oip.v1.PlatformService/Submit` → (`oip.v1.PlatformService`, `Submit`).
+/// `/oip.v1.PlatformService/Submit` → (`oip.v1.PlatformService`, `Submit`). A path
+/// that names no method of the gateway's services (a caller may send any) is
+/// (`unknown`, `unknown`): label values stay a fixed set.
 pub fn split_path(path: &str) -> (String, String) {
     let path = path.trim_start_matches('/');
     match path.split_once('/') {
-        Some((s, m)) => (s.to_string(), m.to_string()),
-        None => (path.to_string(), String::new()),
+        Some((s, m)) if KNOWN_METHODS.contains(&(s.to_string(), m.to_string())) => {
+            (s.to_string(), m.to_string())
+        }
+        _ => ("unknown".to_string(), "unknown".to_string()),
     }
 }
+
+/// Every (service, method) of `proto/oip/v1/`, read from the compiled descriptors.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<(String, String)>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        set.file
+            .iter()
+            .flat_map(|f| {
+                let package = f.package().to_string();
+                f.service.iter().flat_map(move |s| {
+                    let service = format!("{package}.{}", s.name());
+                    s.method
+                        .iter()
+                        .map(move |m| (service.clone(), m.name().to_string()))
+                })
+            })
+            .collect()
+    });
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     // 1 ms .. about 33 s.

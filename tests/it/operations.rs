@@ -55,6 +55,21 @@ async fn metrics_count_the_calls_records_and_refusals_made() {
         .expect_err("over the rate");
     assert_eq!(over.code(), tonic::Code::ResourceExhausted);
 
+    // A method the gateway does not serve: counted, but under a fixed label value.
+    let mut grpc = tonic::client::Grpc::new(role_channel(gw.addr, "platform-a").await);
+    grpc.ready().await.expect("ready");
+    let bogus: Result<tonic::Response<proto::ListWorkersResponse>, _> = grpc
+        .unary(
+            tonic::Request::new(proto::ListRequest::default()),
+            http::uri::PathAndQuery::from_static("/oip.v1.PlatformService/Bogus123"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(
+        bogus.expect_err("not served").code(),
+        tonic::Code::Unimplemented
+    );
+
     let (status, head, body) = http_get(ops, "/metrics").await;
     assert_eq!(status, 200, "{head}");
     assert!(
@@ -151,6 +166,16 @@ async fn metrics_count_the_calls_records_and_refusals_made() {
             &s,
             "oip_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(!body.contains("Bogus123"), "label values stay a fixed set");
+    assert_eq!(
+        value(
+            &s,
+            "grpc_server_handled_total",
+            &[("grpc_method", "unknown"), ("grpc_code", "UNIMPLEMENTED")]
         ),
         Some(1.0),
         "{body}"
