@@ -411,6 +411,26 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_state_of_idle_identities_is_evicted() {
+        let a = admission(10, 100, RateLimits::default());
+        for i in 0..10_000 {
+            let id = format!("oip://platform/{i}");
+            drop(a.admit(&id).expect("admitted"));
+            a.take_records(&id, 1).expect("records");
+        }
+        assert_eq!(a.tracked_identities(), 10_000);
+        assert!(a.in_progress.lock().map(|m| m.is_empty()).unwrap_or(false));
+        // One call and one record refill in well under a millisecond at the defaults.
+        std::thread::sleep(Duration::from_millis(20));
+        a.evict_idle();
+        assert_eq!(
+            a.tracked_identities(),
+            0,
+            "bounded: nothing left to remember"
+        );
+    }
+
+    #[test]
     fn rates_refuse_with_advice_and_overrides_apply_at_once() {
         let a = admission(
             100,
