@@ -200,8 +200,8 @@ mod tests {
     fn the_fuzz_corpora_of_certificates_and_requests_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         for (target, check, at_least) in [
-            ("certificate", check_certificate as fn(&[u8]), 10),
-            ("request", crate::validate::check_request as fn(&[u8]), 7),
+            ("certificate", check_certificate as fn(&[u8]), 500),
+            ("request", crate::validate::check_request as fn(&[u8]), 500),
         ] {
             let dirs = [
                 root.join("seeds").join(target),
