@@ -47,6 +47,8 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     /// gRPC health of the gateway port.
     health: tonic_health::server::HealthReporter,
+    /// Closes the listener (at shutdown).
+    stop_accepting: watch::Sender<bool>,
     /// The operations listener's address (`/live`, `/ready`, `/metrics`), when enabled.
     pub ops_addr: Option<SocketAddr>,
     readiness: Arc<crate::ops::Readiness>,
@@ -574,8 +576,14 @@ impl Gateway {
                 ));
         }
         let connection_stats = Arc::new(crate::connections::ConnectionStats::default());
-        let incoming =
-            crate::connections::accept(listener, tls.clone(), &limits, connection_stats.clone());
+        let (stop_accepting, stop_accepting_rx) = watch::channel(false);
+        let incoming = crate::connections::accept(
+            listener,
+            tls.clone(),
+            &limits,
+            connection_stats.clone(),
+            stop_accepting_rx,
+        );
         background.push(spawn_tls_reload(
             config.tls.clone(),
             tls.clone(),
@@ -629,6 +637,7 @@ impl Gateway {
             connections: connection_stats,
             admission,
             health: health_reporter,
+            stop_accepting,
             ops_addr,
             readiness: ops.readiness.clone(),
             shutdown_grace_secs: limits.shutdown_grace_secs,
@@ -640,6 +649,7 @@ impl Gateway {
     /// answers NOT_SERVING from the start (load balancers stop sending calls).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.readiness.draining();
+        let _ = self.stop_accepting.send(true);
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;

@@ -258,13 +258,14 @@ impl AsyncWrite for Connection {
 pub type TlsSource = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
 
 /// Accepts connections on `listener` for as long as the returned stream is polled
-/// (dropping it stops the loop), each through a bounded handshake under the current
-/// configuration of `tls`.
+/// (dropping it stops the loop) and `stop` is false (at true the listener closes),
+/// each through a bounded handshake under the current configuration of `tls`.
 pub fn accept(
     listener: TcpListener,
     tls: TlsSource,
     limits: &ConnectionLimits,
     stats: Arc<ConnectionStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<Connection, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let timeout = Duration::from_millis(limits.handshake_timeout_ms.max(1));
@@ -274,9 +275,15 @@ pub fn accept(
         let refused_log = Arc::new(LogBudget::new());
         let capacity_log = Arc::new(LogBudget::new());
         loop {
+            if *stop.borrow() {
+                // Shutting down: the listener closes, new connections are refused at
+                // once (clients fail over instead of waiting on a draining server).
+                return;
+            }
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 () = tx.closed() => return,
+                _ = stop.changed() => continue,
             };
             let (tcp, peer) = match accepted {
                 Ok(a) => a,

@@ -202,7 +202,8 @@ where
     }
 }
 
-/// Admits each `oip.v1` call (`admission`): a call over the caller's limits or the
+/// Admits each `oip.v1` call (`admission`): a path that names no method is
+/// UNIMPLEMENTED at once (never audited with its raw path); a call over the caller's limits or the
 /// gateway's is answered at once (RESOURCE_EXHAUSTED or UNAVAILABLE, with retry
 /// advice) without reaching the audit layer or a handler; an admitted call holds its
 /// place until its answer is sent. The request body of an admitted call is watched for
@@ -277,6 +278,18 @@ where
                 let res = call.await.map_err(Into::into)?;
                 Ok(res.map(|b| AdmittedBody::Admitted(Box::pin(b), None)))
             });
+        }
+        if !crate::metrics::is_known_method(req.uri().path()) {
+            // A method no service has (a caller may send any path): answered here, not
+            // audited with its raw path, counted as `unknown` (bounded labels).
+            let status = crate::error::unknown_method();
+            self.layer.metrics.call(
+                req.uri().path(),
+                &crate::audit::code_name_of(status.code()),
+                std::time::Duration::ZERO,
+            );
+            let res = status.into_http::<()>();
+            return Box::pin(async move { Ok(res.map(|()| AdmittedBody::Refused)) });
         }
         let caller = crate::identity::Caller::of(&req);
         let permit = match self.layer.admission.admit(caller.identity()) {

@@ -67,6 +67,13 @@ pub fn call_failed(detail: impl std::fmt::Display) -> Status {
     Status::internal(format!("the call failed inside the gateway: {detail}"))
 }
 
+/// A path that names no method of the gateway's services: UNIMPLEMENTED at the edge.
+pub fn unknown_method() -> Status {
+    Status::unimplemented(
+        "no such method: see the services of proto/oip/v1/ (server reflection lists them); nothing was applied",
+    )
+}
+
 /// A malformed `grpc-timeout` header: INVALID_ARGUMENT before any handler runs.
 pub fn malformed_timeout() -> Status {
     Status::invalid_argument(

@@ -107,6 +107,13 @@ pub fn split_path(path: &str) -> (String, String) {
     }
 }
 
+/// Whether `path` (`/oip.v1.PlatformService/Submit`) names a method of `proto/oip/v1/`.
+pub fn is_known_method(path: &str) -> bool {
+    let path = path.trim_start_matches('/');
+    path.split_once('/')
+        .is_some_and(|(s, m)| KNOWN_METHODS.contains(&(s.to_string(), m.to_string())))
+}
+
 /// Every (service, method) of `proto/oip/v1/`, read from the compiled descriptors.
 static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<(String, String)>> =
     std::sync::LazyLock::new(|| {

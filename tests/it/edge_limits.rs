@@ -331,6 +331,14 @@ async fn shutdown_turns_health_not_serving_and_does_not_wait_past_its_grace() {
         .expect("status")
         .expect("a status");
     assert_eq!(next.status, 2, "NOT_SERVING while draining");
+    // New connections are refused at once (the listener is closed), not left hanging.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(2),
+        channel(gw.addr, client_tls(Some("platform-b"), "ca.pem")),
+    )
+    .await
+    .expect("answered at once, not left waiting");
+    assert!(refused.is_err(), "no new connection while draining");
     let status = loop {
         if let Some(s) = gw.child.try_wait().expect("wait") {
             break s;

@@ -171,6 +171,23 @@ async fn metrics_count_the_calls_records_and_refusals_made() {
         "{body}"
     );
     assert!(!body.contains("Bogus123"), "label values stay a fixed set");
+    let mut admin =
+        proto::admin_service_client::AdminServiceClient::new(role_channel(gw.addr, "admin").await);
+    let entries = admin
+        .query_audit(proto::QueryAuditRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.action.contains("Bogus") || e.scope.contains("Bogus")),
+        "a made-up method is not written to the audit log with its path"
+    );
     assert_eq!(
         value(
             &s,
