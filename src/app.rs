@@ -308,10 +308,12 @@ fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
 /// `tls.crls`) on SIGHUP and when one of its files changes (checked every
 /// `tls.reload_check_secs`): new handshakes use it at once, established connections
 /// keep theirs (until `connections.max_connection_age_secs`). A reload that fails keeps
-/// the material in force and logs why.
+/// the material in force and logs why: a file that cannot be read, a CRL not signed by
+/// a CA of `tls.ca`, or one numbered lower than the list in force (stale).
 pub fn spawn_tls_reload(
     files: crate::config::TlsFiles,
     source: crate::connections::TlsSource,
+    mut numbers: tls::CrlNumbers,
     hangups: Hangups,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -351,8 +353,15 @@ pub fn spawn_tls_reload(
                 }
             };
             seen = stamps(&paths);
-            match tls::gateway_server_config(&files.ca, &files.cert, &files.key, &files.crls) {
-                Ok(config) => {
+            let loaded =
+                tls::gateway_server_config(&files.ca, &files.cert, &files.key, &files.crls)
+                    .and_then(|(config, next)| match tls::stale_crl(&numbers, &next) {
+                        Some(why) => Err(anyhow::anyhow!(why)),
+                        None => Ok((config, next)),
+                    });
+            match loaded {
+                Ok((config, next)) => {
+                    numbers = next;
                     if let Ok(mut current) = source.write() {
                         *current = Arc::new(config);
                     }
@@ -401,14 +410,14 @@ impl Gateway {
             );
         }
         // Bound first: a port in use stops start-up before anything else is started.
-        let tls: crate::connections::TlsSource = Arc::new(std::sync::RwLock::new(Arc::new(
-            tls::gateway_server_config(
-                &config.tls.ca,
-                &config.tls.cert,
-                &config.tls.key,
-                &config.tls.crls,
-            )?,
-        )));
+        let (server_tls, crl_numbers) = tls::gateway_server_config(
+            &config.tls.ca,
+            &config.tls.cert,
+            &config.tls.key,
+            &config.tls.crls,
+        )?;
+        let tls: crate::connections::TlsSource =
+            Arc::new(std::sync::RwLock::new(Arc::new(server_tls)));
         let open_files = crate::connections::raise_open_file_limit();
         let limits = config.connections.clone();
         if let Some(n) = open_files
@@ -587,6 +596,7 @@ impl Gateway {
         background.push(spawn_tls_reload(
             config.tls.clone(),
             tls.clone(),
+            crl_numbers,
             hangups,
             stop_rx_tls,
         ));

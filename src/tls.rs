@@ -58,11 +58,12 @@ pub fn gateway_server_config(
     cert: &Path,
     key: &Path,
     crls: &[PathBuf],
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> anyhow::Result<(rustls::ServerConfig, CrlNumbers)> {
     use rustls::server::WebPkiClientVerifier;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(read_certificates("tls.ca", ca)?);
+    let cas = read_certificates("tls.ca", ca)?;
+    let (added, _) = roots.add_parsable_certificates(cas.clone());
     if added == 0 {
         anyhow::bail!(
             "tls.ca file {} holds no usable CA certificate",
@@ -70,8 +71,18 @@ pub fn gateway_server_config(
         );
     }
     let mut revocations = Vec::new();
+    let mut numbers = CrlNumbers::new();
     for path in crls {
-        revocations.extend(read_crls(path)?);
+        for crl in read_crls(path)? {
+            let (issuer, number) = check_crl(path, &crl, &cas)?;
+            if let Some(n) = number {
+                let kept = numbers.entry(issuer).or_insert_with(|| n.clone());
+                if n > *kept {
+                    *kept = n;
+                }
+            }
+            revocations.push(crl);
+        }
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(revocations)
@@ -92,7 +103,7 @@ pub fn gateway_server_config(
         .with_single_cert(chain, der)
         .map_err(|e| anyhow::anyhow!("tls.cert/tls.key: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok((config, numbers))
 }
 
 /// The client certificate check of the gateway port (webpki, with the CRLs), logging
@@ -163,6 +174,53 @@ impl rustls::server::danger::ClientCertVerifier for LoggingVerifier {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// The highest CRL number in force per issuing CA (its name, DER): a list with a lower
+/// number than the one in force is stale and would lift revocations.
+pub type CrlNumbers = std::collections::BTreeMap<Vec<u8>, x509_parser::num_bigint::BigUint>;
+
+/// Checks one CRL of `path` before it is used: it parses, its issuer is a CA of
+/// `tls.ca`, and its signature verifies with that CA's key (a list that cannot be
+/// trusted would make rustls refuse every client). Returns its issuer and number.
+fn check_crl(
+    path: &Path,
+    crl: &rustls::pki_types::CertificateRevocationListDer<'_>,
+    cas: &[CertificateDer<'static>],
+) -> anyhow::Result<(Vec<u8>, Option<x509_parser::num_bigint::BigUint>)> {
+    use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
+    let at = path.display();
+    let (_, list) = CertificateRevocationList::from_der(crl.as_ref())
+        .map_err(|e| anyhow::anyhow!("tls.crls file {at}: not a CRL: {e}"))?;
+    let issuer = list.issuer().as_raw().to_vec();
+    let ca = cas
+        .iter()
+        .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, c)| c))
+        .find(|c| c.subject().as_raw() == issuer.as_slice())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "tls.crls file {at}: issued by {}, which is not a CA of tls.ca",
+                list.issuer()
+            )
+        })?;
+    list.verify_signature(ca.public_key()).map_err(|_| {
+        anyhow::anyhow!(
+            "tls.crls file {at}: its signature does not verify with the key of {} (damaged, or signed by another key)",
+            list.issuer()
+        )
+    })?;
+    Ok((issuer, list.crl_number().cloned()))
+}
+
+/// Why `next` must not replace `current`: a CA's list with a lower number than the one
+/// in force (a stale copy would lift revocations). None when it may.
+pub fn stale_crl(current: &CrlNumbers, next: &CrlNumbers) -> Option<String> {
+    current.iter().find_map(|(issuer, now)| {
+        let new = next.get(issuer)?;
+        (new < now).then(|| {
+            format!("tls.crls: a CRL numbered {new} replaces one numbered {now} of the same CA: a stale list would lift revocations")
+        })
+    })
 }
 
 /// The certificate revocation lists of one `tls.crls` file: PEM (`BEGIN X509 CRL`,

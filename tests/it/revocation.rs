@@ -140,14 +140,59 @@ async fn a_changed_crl_file_is_reloaded_without_a_signal() {
     })
     .await;
     assert!(served(gw.addr, "platform-b").await);
-    // A bad file is not taken: what is in force stays.
-    std::fs::write(&crl, "not a crl").expect("write");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        !served(gw.addr, "platform-a").await,
-        "the previous list stays in force"
-    );
-    assert!(served(gw.addr, "platform-b").await);
+    // Lists that cannot be trusted are not taken: what is in force stays, and nobody
+    // else is refused because of them.
+    let good = std::fs::read(&crl).expect("read");
+    let other = keep.path().join("other");
+    let bin = env!("CARGO_BIN_EXE_oip-gateway");
+    let made = Command::new(bin)
+        .args(["certs", "ca", "--out"])
+        .arg(&other)
+        .output()
+        .expect("certs ca");
+    assert!(made.status.success());
+    let crl_of = |ca_dir: &Path, number: Option<&str>, out: &Path| {
+        let mut cmd = Command::new(bin);
+        cmd.args(["certs", "crl", "--ca-cert"])
+            .arg(ca_dir.join("ca.pem"))
+            .arg("--ca-key")
+            .arg(ca_dir.join("ca.key"))
+            .arg("--out")
+            .arg(out);
+        if let Some(n) = number {
+            cmd.args(["--number", n]);
+        }
+        let done = cmd.output().expect("certs crl");
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        std::fs::read(out).expect("read")
+    };
+    let foreign = crl_of(&other, None, &keep.path().join("foreign.pem"));
+    let stale = crl_of(&certs_dir(), Some("1"), &keep.path().join("stale.pem"));
+    let mut damaged = good.clone();
+    // One byte of the signature (near the end of the PEM's base64) changed.
+    let at = damaged.len() - 40;
+    damaged[at] = if damaged[at] == b'A' { b'B' } else { b'A' };
+    for (what, bytes) in [
+        ("not a CRL", b"not a crl".to_vec()),
+        ("another CA's", foreign),
+        ("a damaged signature", damaged),
+        ("an older number lifting the revocation", stale),
+    ] {
+        std::fs::write(&crl, bytes).expect("write");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            !served(gw.addr, "platform-a").await,
+            "{what}: the list in force stays"
+        );
+        assert!(
+            served(gw.addr, "platform-b").await,
+            "{what}: others keep working"
+        );
+    }
     // Lifted: served again.
     write_crl(&crl, &[]);
     until("served once lifted", async || {
