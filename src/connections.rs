@@ -38,6 +38,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+/// Why a connection that completed TLS was closed before HTTP/2 began.
+const NO_PREFACE: &str = "no HTTP/2 connection preface in time";
+
 /// Lines of one kind logged per [`LOG_WINDOW`] before further ones are counted only.
 pub const LOG_BURST: u32 = 20;
 /// The window of [`LOG_BURST`].
@@ -57,6 +60,9 @@ pub struct ConnectionLimits {
     /// Established connections at once (default 10,000); beyond it new connections are
     /// closed at once. The process raises its open-file limit to fit at start.
     pub max_connections: usize,
+    /// Established connections at once for one caller identity (default 64): one
+    /// certificate cannot take every connection slot.
+    pub max_connections_per_identity: usize,
     /// HTTP/2 streams (calls) open at once on one connection (default 100); the
     /// client waits for a free stream beyond it.
     pub max_concurrent_streams: u32,
@@ -94,6 +100,7 @@ impl Default for ConnectionLimits {
             handshake_timeout_ms: 10_000,
             max_handshakes: 1024,
             max_connections: 10_000,
+            max_connections_per_identity: 64,
             max_concurrent_streams: 100,
             max_calls_per_identity: 64,
             max_calls: 512,
@@ -119,6 +126,10 @@ impl ConnectionLimits {
         positive("handshake_timeout_ms", self.handshake_timeout_ms);
         positive("max_handshakes", self.max_handshakes as u64);
         positive("max_connections", self.max_connections as u64);
+        positive(
+            "max_connections_per_identity",
+            self.max_connections_per_identity as u64,
+        );
         positive(
             "max_concurrent_streams",
             u64::from(self.max_concurrent_streams),
@@ -146,8 +157,11 @@ pub struct ConnectionStats {
     pub timed_out: AtomicU64,
     /// Pending handshakes closed to make room for a new connection.
     pub evicted: AtomicU64,
-    /// Connections closed at once because `max_connections` were established.
+    /// Connections closed at once because `max_connections` were established, or
+    /// `max_connections_per_identity` of the caller's.
     pub over_capacity: AtomicU64,
+    /// Connections closed after the handshake for not starting HTTP/2 in time.
+    pub no_preface: AtomicU64,
 }
 
 /// A log line budget: [`LOG_BURST`] lines per [`LOG_WINDOW`], then a count.
@@ -198,15 +212,33 @@ struct Pending {
     queue: VecDeque<(u64, AbortHandle)>,
 }
 
-/// An established connection, counted while it lives.
+/// Established connections per caller identity.
+type PerIdentity = Arc<Mutex<std::collections::HashMap<String, usize>>>;
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4), which a client sends first.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An established connection, counted while it lives (in all and for its caller), with
+/// the HTTP/2 preface already read from it (replayed first).
 pub struct Connection {
     inner: TlsStream<TcpStream>,
     stats: Arc<ConnectionStats>,
+    identity: String,
+    per_identity: PerIdentity,
+    replay: usize,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.stats.established.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.per_identity.lock()
+            && let Some(n) = m.get_mut(&self.identity)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.identity);
+            }
+        }
     }
 }
 
@@ -223,6 +255,13 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.replay < PREFACE.len() {
+            let rest = &PREFACE[self.replay..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replay += n;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -270,7 +309,9 @@ pub fn accept(
     let (tx, rx) = mpsc::channel(64);
     let timeout = Duration::from_millis(limits.handshake_timeout_ms.max(1));
     let (max_handshakes, max_connections) = (limits.max_handshakes.max(1), limits.max_connections);
+    let per_identity_max = limits.max_connections_per_identity.max(1);
     tokio::spawn(async move {
+        let per_identity: PerIdentity = Arc::default();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let refused_log = Arc::new(LogBudget::new());
         let capacity_log = Arc::new(LogBudget::new());
@@ -309,11 +350,12 @@ pub fn accept(
                 Ok(c) => c.clone(),
                 Err(_) => return,
             };
-            let (tx, stats, pending_for_task, log) = (
+            let (tx, stats, pending_for_task, log, per_identity) = (
                 tx.clone(),
                 stats.clone(),
                 pending.clone(),
                 refused_log.clone(),
+                per_identity.clone(),
             );
             let id;
             {
@@ -329,8 +371,20 @@ pub fn accept(
                 }
                 stats.handshaking.fetch_add(1, Ordering::Relaxed);
                 let task = tokio::spawn(async move {
-                    let result =
-                        tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await;
+                    // The handshake and the HTTP/2 preface, within one timeout: a peer
+                    // that completes TLS and then says nothing holds no slot for long.
+                    let result = tokio::time::timeout(timeout, async {
+                        let mut tls = TlsAcceptor::from(config).accept(tcp).await?;
+                        let mut first = [0u8; PREFACE.len()];
+                        tokio::io::AsyncReadExt::read_exact(&mut tls, &mut first)
+                            .await
+                            .map_err(|_| std::io::Error::other(NO_PREFACE))?;
+                        if &first != PREFACE {
+                            return Err(std::io::Error::other(NO_PREFACE));
+                        }
+                        Ok(tls)
+                    })
+                    .await;
                     // Out of the pending queue first: from here on this task is not
                     // aborted for room, and its count is its own to take back.
                     let still_pending = pending_for_task
@@ -347,13 +401,49 @@ pub fn accept(
                     stats.handshaking.fetch_sub(1, Ordering::Relaxed);
                     match result {
                         Ok(Ok(tls)) => {
+                            let identity = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| {
+                                    crate::identity::Principal::uri_of_certificate(c.as_ref()).ok()
+                                })
+                                .unwrap_or_else(|| "unknown".to_string());
+                            let admitted = per_identity.lock().is_ok_and(|mut m| {
+                                let n = m.entry(identity.clone()).or_insert(0);
+                                if *n >= per_identity_max {
+                                    false
+                                } else {
+                                    *n += 1;
+                                    true
+                                }
+                            });
+                            if !admitted {
+                                stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+                                log_refusal(
+                                    &log,
+                                    peer,
+                                    &format!(
+                                        "connection of {identity} closed: it has connections.max_connections_per_identity established"
+                                    ),
+                                );
+                                return;
+                            }
                             stats.accepted.fetch_add(1, Ordering::Relaxed);
                             stats.established.fetch_add(1, Ordering::Relaxed);
                             let conn = Connection {
                                 inner: tls,
                                 stats: stats.clone(),
+                                identity,
+                                per_identity: per_identity.clone(),
+                                replay: 0,
                             };
                             let _ = tx.send(Ok(conn)).await;
+                        }
+                        Ok(Err(e)) if e.to_string() == NO_PREFACE => {
+                            stats.no_preface.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "connection closed: no HTTP/2 preface after the handshake");
                         }
                         Ok(Err(e)) => {
                             stats.refused.fetch_add(1, Ordering::Relaxed);

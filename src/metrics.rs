@@ -14,7 +14,7 @@
 //! | `oip_calls_refused_total` | counter | `reason` | calls refused before any work: `call_rate`, `record_rate`, `identity_calls`, `shed` |
 //! | `oip_calls_in_progress` | gauge | | calls admitted and not yet answered |
 //! | `oip_connections` | gauge | `state` | connections `handshaking` or `established` |
-//! | `oip_handshakes_total` | counter | `result` | TLS handshakes: `accepted`, `refused`, `timed_out`, `evicted`, `over_capacity` |
+//! | `oip_handshakes_total` | counter | `result` | TLS handshakes: `accepted`, `refused`, `timed_out`, `evicted`, `over_capacity`, `no_preface` |
 //! | `oip_outbox_pending` | gauge | `destination` | items waiting for delivery |
 //! | `oip_outbox_oldest_pending_age_seconds` | gauge | `destination` | age of the oldest waiting item (0 when none) |
 //! | `oip_outbox_dead_letters` | gauge | `destination` | dead letters (kept, not delivered) |
@@ -193,7 +193,7 @@ impl Metrics {
         let handshakes = Family::<ResultLabel, Counter>::default();
         registry.register(
             "oip_handshakes",
-            "TLS handshakes: accepted, refused, timed_out, evicted (for a newer one), over_capacity",
+            "TLS handshakes: accepted, refused, timed_out, evicted (for a newer one), over_capacity, no_preface (TLS but no HTTP/2 in time)",
             handshakes.clone(),
         );
         let outbox_pending = Family::<DestinationLabel, Gauge>::default();
@@ -303,6 +303,7 @@ impl Metrics {
             ("timed_out", load(&c.timed_out)),
             ("evicted", load(&c.evicted)),
             ("over_capacity", load(&c.over_capacity)),
+            ("no_preface", load(&c.no_preface)),
         ] {
             sync(&self.handshakes.get_or_create(&ResultLabel { result }), v);
         }

@@ -563,3 +563,102 @@ async fn an_administrator_sets_a_platforms_rate_live_audited_and_kept() {
     assert_eq!(register(&mut a, six).await.outcomes.len(), 6);
     gw.stop().await;
 }
+
+/// A TLS connection with platform A's certificate that never starts HTTP/2.
+async fn tls_without_http2(
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use std::sync::Arc;
+    let d = certs_dir();
+    let pem = |f: &str| std::fs::read(d.join(f)).expect("read");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem("platform-a.pem").as_slice())
+        .collect::<Result<_, _>>()
+        .expect("chain");
+    let key = rustls_pemfile::private_key(&mut pem("platform-a.key").as_slice())
+        .expect("key")
+        .expect("a key");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake")
+}
+
+#[tokio::test]
+async fn one_certificate_cannot_take_every_connection_nor_hold_one_without_http2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[
+            ("OIP_CONNECTIONS__MAX_CONNECTIONS_PER_IDENTITY", "5"),
+            ("OIP_CONNECTIONS__HANDSHAKE_TIMEOUT_MS", "1000"),
+        ],
+    );
+    // TLS done, HTTP/2 never started: closed by the timeout, holding nothing.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tls_without_http2(gw.addr).await);
+    }
+    let started = Instant::now();
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "a TLS connection without HTTP/2 is closed"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Five of platform A's connections at most; platform B is unaffected.
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let ch = channel(gw.addr, client_tls(Some("platform-a"), "ca.pem"))
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let mut c = proto::platform_service_client::PlatformServiceClient::new(ch.clone());
+        c.list_workers(proto::ListRequest::default())
+            .await
+            .expect("served");
+        held.push(ch);
+    }
+    let mut sixth = proto::platform_service_client::PlatformServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("https://{}", gw.addr))
+            .expect("endpoint")
+            .tls_config(client_tls(Some("platform-a"), "ca.pem"))
+            .expect("tls")
+            .connect_lazy(),
+    );
+    assert!(
+        sixth
+            .list_workers(proto::ListRequest::default())
+            .await
+            .is_err(),
+        "a sixth connection of the same certificate is closed"
+    );
+    let mut b = client(gw.addr, "platform-b").await;
+    b.list_workers(proto::ListRequest::default())
+        .await
+        .expect("another platform is served");
+    drop(held);
+    let logs = gw.captured_logs();
+    assert!(
+        logs.contains("max_connections_per_identity"),
+        "the refusal names the limit: {logs}"
+    );
+}
