@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use oip_gateway::proto;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::common::*;
 
@@ -661,4 +661,81 @@ async fn one_certificate_cannot_take_every_connection_nor_hold_one_without_http2
         logs.contains("max_connections_per_identity"),
         "the refusal names the limit: {logs}"
     );
+}
+
+/// The figure of an unlabelled or labelled sample in the operations listener's metrics.
+async fn metric(ops: std::net::SocketAddr, sample: &str) -> Option<f64> {
+    let (_, _, body) = http_get(ops, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn connections_are_aged_out_and_dead_peers_dropped_by_keepalive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Ageing alone (no keepalive pings).
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[
+            ("OIP_CONNECTIONS__MAX_CONNECTION_AGE_SECS", "1"),
+            ("OIP_CONNECTIONS__MAX_CONNECTION_AGE_GRACE_SECS", "1"),
+            ("OIP_CONNECTIONS__KEEPALIVE_INTERVAL_SECS", "0"),
+        ],
+    );
+    let ops = gw.ops_addr.expect("operations listener");
+    let established = r#"oip_connections{state="established"} "#;
+    // A client that used its connection once and keeps it: asked to go away after
+    // max_connection_age_secs, closed after the grace.
+    let mut a = client(gw.addr, "platform-a").await;
+    a.list_workers(proto::ListRequest::default())
+        .await
+        .expect("served");
+    assert_eq!(metric(ops, established).await, Some(1.0));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while metric(ops, established).await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the connection was not aged out");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gw.kill();
+    // Keepalive alone (connections never aged): a peer that starts HTTP/2 and then
+    // answers nothing (no PING acknowledgement) is dropped.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = GatewayProcess::spawn(
+        dir.path(),
+        &[
+            ("OIP_CONNECTIONS__MAX_CONNECTION_AGE_SECS", "0"),
+            ("OIP_CONNECTIONS__KEEPALIVE_INTERVAL_SECS", "1"),
+            ("OIP_CONNECTIONS__KEEPALIVE_TIMEOUT_SECS", "1"),
+            ("OIP_CONNECTIONS__IDLE_STREAM_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let mut dead = tls_without_http2(gw.addr).await;
+    dead.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    dead.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    dead.flush().await.expect("flush");
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match dead.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // SETTINGS, PINGs: never answered
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a dead peer is dropped");
+    eprintln!("dead peer dropped after {:?}", started.elapsed());
+    // And the gateway still serves.
+    let mut b = client(gw.addr, "platform-b").await;
+    b.list_workers(proto::ListRequest::default())
+        .await
+        .expect("served");
+    gw.kill();
 }
