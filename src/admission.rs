@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -105,7 +105,7 @@ pub struct Admission {
     calls: DefaultKeyedRateLimiter<String>,
     records: DefaultKeyedRateLimiter<String>,
     overrides: RwLock<HashMap<String, Arc<Limiters>>>,
-    in_progress: Mutex<HashMap<String, usize>>,
+    in_progress: crate::connections::IdentityCounts,
     global: Arc<Semaphore>,
     clock: DefaultClock,
     /// Refusals so far.
@@ -140,7 +140,7 @@ impl Admission {
             limits,
             defaults: rates,
             overrides: RwLock::default(),
-            in_progress: Mutex::default(),
+            in_progress: Default::default(),
             clock: DefaultClock::default(),
             stats: AdmissionStats::default(),
         })
@@ -224,27 +224,17 @@ impl Admission {
                 retry_after_ms: wait,
             });
         }
-        {
-            let Ok(mut m) = self.in_progress.lock() else {
-                return Err(overloaded(100));
-            };
-            let n = m.entry(identity.to_string()).or_insert(0);
-            if *n >= self.limits.max_calls_per_identity {
-                self.stats
-                    .over_identity_calls
-                    .fetch_add(1, Ordering::Relaxed);
-                let max = self.limits.max_calls_per_identity;
-                if *n == 0 {
-                    m.remove(identity);
-                }
-                return Err(ApiError::Throttled {
-                    message: format!(
-                        "this caller has {max} calls in progress, its limit (connections.max_calls_per_identity); nothing was applied: finish or cancel some first"
-                    ),
-                    retry_after_ms: 1000,
-                });
-            }
-            *n += 1;
+        let max = self.limits.max_calls_per_identity;
+        if !self.in_progress.try_take(identity, max) {
+            self.stats
+                .over_identity_calls
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Throttled {
+                message: format!(
+                    "this caller has {max} calls in progress, its limit (connections.max_calls_per_identity); nothing was applied: finish or cancel some first"
+                ),
+                retry_after_ms: 1000,
+            });
         }
         let global = match self.global.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -332,14 +322,7 @@ impl Admission {
 
     /// Gives back a place of `identity` among its calls in progress.
     fn release(&self, identity: &str) {
-        if let Ok(mut m) = self.in_progress.lock()
-            && let Some(n) = m.get_mut(identity)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(identity);
-            }
-        }
+        self.in_progress.give_back(identity);
     }
 
     /// Calls in progress now, in the whole gateway.
@@ -397,14 +380,7 @@ mod tests {
         let e = a.admit("oip://platform/C").err().expect("gateway full");
         assert!(matches!(e, ApiError::Overloaded { .. }), "{e}");
         // The refused call gave its place back.
-        assert_eq!(
-            a.in_progress
-                .lock()
-                .map(|m| m.get("oip://platform/C").copied())
-                .ok()
-                .flatten(),
-            None
-        );
+        assert_eq!(a.in_progress.held("oip://platform/C"), 0);
         drop(p1);
         assert!(a.admit("oip://platform/A").is_ok(), "a place came free");
         assert_eq!(a.stats.shed.load(Ordering::Relaxed), 1);
@@ -419,7 +395,7 @@ mod tests {
             a.take_records(&id, 1).expect("records");
         }
         assert_eq!(a.tracked_identities(), 10_000);
-        assert!(a.in_progress.lock().map(|m| m.is_empty()).unwrap_or(false));
+        assert!(a.in_progress.is_empty());
         // One call and one record refill in well under a millisecond at the defaults.
         std::thread::sleep(Duration::from_millis(20));
         a.evict_idle();

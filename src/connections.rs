@@ -212,8 +212,53 @@ struct Pending {
     queue: VecDeque<(u64, AbortHandle)>,
 }
 
+/// How many of something (connections, calls) each caller identity holds, each up to a
+/// maximum; an identity holding none is forgotten (the map stays bounded by holders).
+#[derive(Debug, Default)]
+pub struct IdentityCounts(Mutex<std::collections::HashMap<String, usize>>);
+
+impl IdentityCounts {
+    /// Takes one for `identity` unless it holds `max` already.
+    pub fn try_take(&self, identity: &str, max: usize) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        let held = m.get(identity).copied().unwrap_or(0);
+        if held >= max {
+            return false;
+        }
+        m.insert(identity.to_string(), held + 1);
+        true
+    }
+
+    /// Gives one of `identity`'s back.
+    pub fn give_back(&self, identity: &str) {
+        if let Ok(mut m) = self.0.lock()
+            && let Some(n) = m.get_mut(identity)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(identity);
+            }
+        }
+    }
+
+    /// Whether no identity holds any.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().map(|m| m.is_empty()).unwrap_or(true)
+    }
+
+    /// How many `identity` holds.
+    pub fn held(&self, identity: &str) -> usize {
+        self.0
+            .lock()
+            .map(|m| m.get(identity).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
 /// Established connections per caller identity.
-type PerIdentity = Arc<Mutex<std::collections::HashMap<String, usize>>>;
+type PerIdentity = Arc<IdentityCounts>;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4), which a client sends first.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -231,14 +276,7 @@ pub struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.stats.established.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.per_identity.lock()
-            && let Some(n) = m.get_mut(&self.identity)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.identity);
-            }
-        }
+        self.per_identity.give_back(&self.identity);
     }
 }
 
@@ -410,16 +448,7 @@ pub fn accept(
                                     crate::identity::Principal::uri_of_certificate(c.as_ref()).ok()
                                 })
                                 .unwrap_or_else(|| "unknown".to_string());
-                            let admitted = per_identity.lock().is_ok_and(|mut m| {
-                                let n = m.entry(identity.clone()).or_insert(0);
-                                if *n >= per_identity_max {
-                                    false
-                                } else {
-                                    *n += 1;
-                                    true
-                                }
-                            });
-                            if !admitted {
+                            if !per_identity.try_take(&identity, per_identity_max) {
                                 stats.over_capacity.fetch_add(1, Ordering::Relaxed);
                                 log_refusal(
                                     &log,

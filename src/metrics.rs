@@ -98,24 +98,20 @@ pub struct Metrics {
 /// that names no method of the gateway's services (a caller may send any) is
 /// (`unknown`, `unknown`): label values stay a fixed set.
 pub fn split_path(path: &str) -> (String, String) {
-    let path = path.trim_start_matches('/');
-    match path.split_once('/') {
-        Some((s, m)) if KNOWN_METHODS.contains(&(s.to_string(), m.to_string())) => {
-            (s.to_string(), m.to_string())
-        }
+    match path.trim_start_matches('/').split_once('/') {
+        Some((s, m)) if is_known_method(path) => (s.to_string(), m.to_string()),
         _ => ("unknown".to_string(), "unknown".to_string()),
     }
 }
 
-/// Whether `path` (`/oip.v1.PlatformService/Submit`) names a method of `proto/oip/v1/`.
+/// Whether `path` (`/oip.v1.PlatformService/Submit`) names a method of `proto/oip/v1/`
+/// (a set lookup, no allocation: it runs on every call).
 pub fn is_known_method(path: &str) -> bool {
-    let path = path.trim_start_matches('/');
-    path.split_once('/')
-        .is_some_and(|(s, m)| KNOWN_METHODS.contains(&(s.to_string(), m.to_string())))
+    KNOWN_METHODS.contains(path.trim_start_matches('/'))
 }
 
-/// Every (service, method) of `proto/oip/v1/`, read from the compiled descriptors.
-static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<(String, String)>> =
+/// Every `service/method` of `proto/oip/v1/`, read from the compiled descriptors.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
     std::sync::LazyLock::new(|| {
         use prost::Message as _;
         let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
@@ -128,7 +124,7 @@ static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<(String, Str
                     let service = format!("{package}.{}", s.name());
                     s.method
                         .iter()
-                        .map(move |m| (service.clone(), m.name().to_string()))
+                        .map(move |m| format!("{service}/{}", m.name()))
                 })
             })
             .collect()

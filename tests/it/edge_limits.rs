@@ -568,36 +568,7 @@ async fn an_administrator_sets_a_platforms_rate_live_audited_and_kept() {
 async fn tls_without_http2(
     addr: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use std::sync::Arc;
-    let d = certs_dir();
-    let pem = |f: &str| std::fs::read(d.join(f)).expect("read");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
-        roots.add(c.expect("ca")).expect("root");
-    }
-    let chain: Vec<_> = rustls_pemfile::certs(&mut pem("platform-a.pem").as_slice())
-        .collect::<Result<_, _>>()
-        .expect("chain");
-    let key = rustls_pemfile::private_key(&mut pem("platform-a.key").as_slice())
-        .expect("key")
-        .expect("a key");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake")
+    tls_connect(addr, rustls_client("platform-a", &[b"h2"])).await
 }
 
 #[tokio::test]

@@ -204,36 +204,8 @@ async fn a_changed_crl_file_is_reloaded_without_a_signal() {
 
 /// The serial of the certificate the gateway presents to a new connection.
 async fn presented_serial(addr: std::net::SocketAddr) -> String {
-    use std::sync::Arc;
     use x509_parser::prelude::{FromDer, X509Certificate};
-    let d = certs_dir();
-    let pem = |f: &str| std::fs::read(d.join(f)).expect("read");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
-        roots.add(c.expect("ca")).expect("root");
-    }
-    let chain: Vec<_> = rustls_pemfile::certs(&mut pem("platform-a.pem").as_slice())
-        .collect::<Result<_, _>>()
-        .expect("chain");
-    let key = rustls_pemfile::private_key(&mut pem("platform-a.key").as_slice())
-        .expect("key")
-        .expect("a key");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
+    let tls = tls_connect(addr, rustls_client("platform-a", &[])).await;
     let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
     let (_, c) = X509Certificate::from_der(&leaf).expect("parse");
     c.raw_serial_as_string().replace(':', "").to_uppercase()

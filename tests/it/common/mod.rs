@@ -766,3 +766,45 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, S
         .expect("status");
     (status, head.to_string(), body.to_string())
 }
+
+/// A rustls client configuration trusting `ca.pem` and presenting
+/// `certs-example/<stem>.pem`, offering `alpn` (for tests that speak TLS themselves).
+pub fn rustls_client(stem: &str, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    let d = certs_dir();
+    let pem = |f: &str| std::fs::read(d.join(f)).expect("read");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem(&format!("{stem}.pem")).as_slice())
+        .collect::<Result<_, _>>()
+        .expect("chain");
+    let key = rustls_pemfile::private_key(&mut pem(&format!("{stem}.key")).as_slice())
+        .expect("key")
+        .expect("a key");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
+/// A TLS connection to the gateway at `addr` with `config` (the server named localhost).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake")
+}
