@@ -461,7 +461,8 @@ impl Gateway {
             declaration_deadline_day: config.fees.declaration_deadline_day,
             accident_margin_ms: config.accidents.window_margin_minutes * 60_000,
         };
-        let ingest = Ingest::new(store.clone(), rates, policy);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let ingest = Ingest::new(store.clone(), rates, policy).with_metrics(metrics.clone());
         let backend_sim = if config.forward.enabled {
             let (sim, tasks) =
                 start_forwarding(&config, store.clone(), ingest.wake(), stop_rx.clone()).await?;
@@ -494,7 +495,6 @@ impl Gateway {
         let admission =
             crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
         admission.load(&store.rate_limits().await?);
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         let (auditor, audit_writer) = Auditor::spawn(store.clone(), metrics.clone());
         background.push(audit_writer);
         background.push(audit::spawn_retention(

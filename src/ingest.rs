@@ -13,8 +13,9 @@ use crate::domain::fees::RateBook;
 use crate::domain::period::Period;
 use crate::domain::time::now_millis;
 use crate::forward::outbox;
+use crate::metrics::Metrics;
 use crate::reconcile;
-use crate::store::{Store, StoreError};
+use crate::store::{Laps, Store, StoreError};
 
 /// Why a batch was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub struct Ingest {
     policy: Policy,
     /// Woken after every commit that queued items for delivery.
     wake: Arc<tokio::sync::Notify>,
+    /// Where the stages' time is counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -51,7 +54,14 @@ impl Ingest {
             rates: Arc::new(RwLock::new(rates)),
             policy,
             wake: Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts the stages' time in `metrics` (by default in metrics of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// What the forwarding dispatchers wait on.
@@ -90,8 +100,10 @@ impl Ingest {
         if let Some(d) = deadline {
             d.check()?;
         }
+        let mut laps = Laps::start();
         let touched = Touched::of(&candidates);
         let mut tx = self.store.begin_ingest(platform.id).await?;
+        laps.lap("begin");
         if let Some(d) = deadline {
             // The wait for the platform's turn may have used it up.
             d.check()?;
@@ -99,6 +111,7 @@ impl Ingest {
         let mut known = tx.load(&touched).await?;
         let scope = Touched::scope(&candidates, &known);
         tx.load_scope(&mut known, &scope).await?;
+        laps.lap("load");
         let now = now_millis();
         let rates = self.rates();
         let rules = Rules {
@@ -109,15 +122,20 @@ impl Ingest {
             accident_margin_ms: self.policy.accident_margin_ms,
         };
         let plan = crosscheck::decide(&rules, candidates, &mut known);
+        laps.lap("decide");
         if !plan.is_empty() {
             let keys: Vec<_> = plan.enrolment_deltas.keys().collect();
             let before = tx.enrolment_counts(&keys).await?;
             let batch = tx.next_batch().await?;
             let outbox = outbox::items(&plan, platform, &before, batch, trace);
-            tx.write(&plan, &outbox, now).await?;
+            laps.lap("plan");
+            tx.write(&plan, &outbox, now, &mut laps).await?;
             // Dropping `tx` on the error path rolls the batch back.
             let _guard = deadline.map(CallDeadline::begin_commit).transpose()?;
             tx.commit().await?;
+            laps.lap("commit");
+            self.metrics.ingest_laps(&laps.laps);
+            self.metrics.ingest_transaction(1);
             if !outbox.is_empty() {
                 self.wake.notify_waiters();
             }

@@ -38,6 +38,12 @@ const CITIES: [&str; 13] = [
 ];
 const INDUSTRIES: [&str; 3] = ["RIDE_HAILING", "INSTANT_DELIVERY", "INTRACITY_FREIGHT"];
 
+/// A valid, deterministic resident ID number (GB 11643-1999, check character
+/// computed) for the `n`-th generated worker of `seed`.
+pub fn resident_id_of(seed: u64, n: u64) -> String {
+    resident_id(&mut Rng(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
 fn resident_id(rng: &mut Rng) -> String {
     let year = 1965 + rng.below(40);
     let month = 1 + rng.below(12);

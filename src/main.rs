@@ -157,6 +157,42 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         } => cli::status::run(action, &connection, json).await,
         Command::Admin { action, connection } => cli::admin::run(action, &connection).await,
         Command::Pull { action, connection } => cli::pull::run(action, &connection).await,
+        Command::Load {
+            mode,
+            in_flight,
+            connections,
+            seconds,
+            records,
+            messages,
+            workers,
+            id_prefix,
+            industry,
+            division,
+            connection,
+        } => {
+            let opts = cli::load::LoadOptions {
+                mode,
+                in_flight,
+                duration: std::time::Duration::from_secs(seconds),
+                records: records.max(1),
+                messages,
+                workers,
+                id_prefix: id_prefix
+                    .unwrap_or_else(|| format!("D{}-", oip_gateway::domain::time::now_millis())),
+                industry,
+                division,
+                timeout: std::time::Duration::from_secs(30),
+            };
+            let mut channels = Vec::new();
+            for _ in 0..connections.max(1) {
+                channels.push(connection.channel("platform-a").await?);
+            }
+            let report = cli::load::run(&channels, &opts).await?;
+            for line in report.lines() {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Loadgen {
             workers,
             orders,

@@ -19,6 +19,8 @@
 //! | `oip_outbox_oldest_pending_age_seconds` | gauge | `destination` | age of the oldest waiting item (0 when none) |
 //! | `oip_outbox_dead_letters` | gauge | `destination` | dead letters (kept, not delivered) |
 //! | `oip_audit_write_seconds` | histogram | | time to commit a group of audit entries |
+//! | `oip_ingest_stage_seconds_total` | counter | `stage` | time spent in each stage of ingest transactions: `validate`, `begin` (waiting for the platform's turn), `load`, `decide`, `plan`, `write_<table>`, `commit` |
+//! | `oip_ingest_transaction_calls` | histogram | | calls applied per ingest transaction (group commit: more than 1 when calls of a platform arrive together) |
 //! | `oip_build_info` | gauge (info) | `version` | 1, with the build's version |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +76,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationLabel {
     pub destination: &'static str,
 }
@@ -92,6 +99,8 @@ pub struct Metrics {
     outbox_oldest: Family<DestinationLabel, Gauge<f64, AtomicU64>>,
     dead_letters: Family<DestinationLabel, Gauge>,
     audit_write: Histogram,
+    ingest_stage: Family<StageLabel, Counter<f64, AtomicU64>>,
+    transaction_calls: Histogram,
 }
 
 /// `/oip.v1.PlatformService/Submit` → (`oip.v1.PlatformService`, `Submit`). A path
@@ -216,6 +225,18 @@ impl Metrics {
             "Time to commit a group of audit entries",
             audit_write.clone(),
         );
+        let ingest_stage = Family::<StageLabel, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "oip_ingest_stage_seconds",
+            "Time spent in each stage of ingest transactions",
+            ingest_stage.clone(),
+        );
+        let transaction_calls = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "oip_ingest_transaction_calls",
+            "Calls applied per ingest transaction (group commit)",
+            transaction_calls.clone(),
+        );
         registry.register(
             "oip_build",
             "The build of this gateway",
@@ -234,7 +255,23 @@ impl Metrics {
             outbox_oldest,
             dead_letters,
             audit_write,
+            ingest_stage,
+            transaction_calls,
         }
+    }
+
+    /// Time spent in ingest stages (`validate`, `load`, `write_orders`, ...).
+    pub fn ingest_laps(&self, laps: &[(&'static str, Duration)]) {
+        for (stage, d) in laps {
+            self.ingest_stage
+                .get_or_create(&StageLabel { stage })
+                .inc_by(d.as_secs_f64());
+        }
+    }
+
+    /// An ingest transaction committed with `calls` calls in it.
+    pub fn ingest_transaction(&self, calls: usize) {
+        self.transaction_calls.observe(calls as f64);
     }
 
     /// A call to `path` answered with `code` (`OK`, `PERMISSION_DENIED`, ...) after

@@ -258,6 +258,7 @@ impl PlatformApi {
             reference: &self.reference,
             platform,
         };
+        let validating = std::time::Instant::now();
         let mut names = Vec::with_capacity(items.len());
         let candidates = items
             .iter()
@@ -274,6 +275,8 @@ impl PlatformApi {
                 c
             })
             .collect();
+        self.metrics
+            .ingest_laps(&[("validate", validating.elapsed())]);
         let mut plan = self
             .ingest
             .apply(platform, candidates, deadline, &note.trace())

@@ -113,6 +113,45 @@ pub enum Command {
         #[command(subcommand)]
         action: SimAction,
     },
+    /// Drive a gateway with small calls (one order per call, as platforms report them
+    /// live) from N callers for a bounded time, and print orders/s and latency
+    /// percentiles (platform certificate, default certs-example/platform-a.pem).
+    Load {
+        /// Which calls carry the orders.
+        #[arg(long, value_enum, default_value_t = crate::cli::load::Mode::Unary)]
+        mode: crate::cli::load::Mode,
+        /// Calls (streams) in flight at any time.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Connections the callers are spread over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// How long to call, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Orders per call (unary) or per message (streams).
+        #[arg(long, default_value_t = 1)]
+        records: usize,
+        /// Messages per stream (stream modes).
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// Workers registered first and given the orders in turn.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Prefix of the generated ids (default: one from the clock, so each run's
+        /// orders are new).
+        #[arg(long)]
+        id_prefix: Option<String>,
+        /// Industry of the workers and orders (one the platform is registered for).
+        #[arg(long, default_value = "INSTANT_DELIVERY")]
+        industry: String,
+        /// Division code of the orders (one of the platform's pilot divisions).
+        #[arg(long, default_value = "320100")]
+        division: String,
+        /// Where the gateway is and which certificate to present.
+        #[command(flatten)]
+        connection: crate::cli::Connection,
+    },
     /// Write a synthetic bulk file of valid workers and orders (for benchmarks).
     Loadgen {
         /// Workers to generate (at least 1).

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod load;
 pub mod pull;
 pub mod status;
 

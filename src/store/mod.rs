@@ -444,6 +444,32 @@ pub trait Store: AccessStore + Send + Sync + 'static {
     async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>>;
 }
 
+/// Where a batch's time went, stage by stage (for `oip_ingest_stage_seconds_total`):
+/// the ingest pipeline and the store each add a lap when a stage ends.
+#[derive(Debug)]
+pub struct Laps {
+    last: std::time::Instant,
+    /// (stage, time it took), in the order the stages ran.
+    pub laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Laps {
+    /// Starts timing the first stage now.
+    pub fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            laps: Vec::with_capacity(16),
+        }
+    }
+
+    /// Ends `stage` (the time since the previous lap) and starts the next.
+    pub fn lap(&mut self, stage: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((stage, now - self.last));
+        self.last = now;
+    }
+}
+
 /// One open ingest transaction. Dropping it without `commit` rolls back.
 #[async_trait]
 pub trait IngestTx: Send {
@@ -458,12 +484,13 @@ pub trait IngestTx: Send {
         keys: &[&EnrolmentKey],
     ) -> Result<HashMap<EnrolmentKey, i64>>;
     /// Writes the plan's records, rejections and aggregates, and the outbox items that
-    /// deliver them.
+    /// deliver them, adding a lap per table to `laps` (`write_orders`, ...).
     async fn write(
         &mut self,
         plan: &Plan,
         outbox: &[OutboxItem],
         received_at: Millis,
+        laps: &mut Laps,
     ) -> Result<()>;
     /// The platform's next batch number (each call takes a new one).
     async fn next_batch(&mut self) -> Result<u64>;

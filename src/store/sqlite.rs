@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::{
     DeadLetter, DeadLetterAction, DeadLetterSelection, DeclarationRow, DeliveryOutcome,
-    DeliveryRow, Destination, DueItem, IngestTx, MonthState, OrderRow, OutboxItem, Page,
+    DeliveryRow, Destination, DueItem, IngestTx, Laps, MonthState, OrderRow, OutboxItem, Page,
     PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result, Store, StoreError,
     UnreleasedMonth, WorkerRow,
 };
@@ -1387,6 +1387,7 @@ impl IngestTx for SqliteIngest {
         plan: &Plan,
         outbox: &[OutboxItem],
         received_at: Millis,
+        laps: &mut Laps,
     ) -> Result<()> {
         let pid = self.platform_id;
         for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
@@ -1431,6 +1432,7 @@ impl IngestTx for SqliteIngest {
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        laps.lap("write_workers");
         for chunk in plan.orders.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO orders (platform_id, order_id, revision, content_hash, worker_id, industry, division_code,
@@ -1460,6 +1462,7 @@ impl IngestTx for SqliteIngest {
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        laps.lap("write_orders");
         for chunk in plan.rejections.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO rejections (platform_id, kind, record_id, revision, code, field, message, received_at) ",
@@ -1476,6 +1479,7 @@ impl IngestTx for SqliteIngest {
             });
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        laps.lap("write_rejections");
         let mut positions = 0_i64..;
         for chunk in plan.declarations.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -1505,6 +1509,7 @@ impl IngestTx for SqliteIngest {
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        laps.lap("write_declarations");
         for chunk in plan.accidents.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO accidents (platform_id, report_id, revision, content_hash, worker_id, order_id, occurred_at,
@@ -1536,6 +1541,7 @@ impl IngestTx for SqliteIngest {
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        laps.lap("write_accidents");
         let deltas: Vec<_> = plan.statement_deltas.iter().collect();
         for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -1555,6 +1561,7 @@ impl IngestTx for SqliteIngest {
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
+        laps.lap("write_statements");
         let deltas: Vec<_> = plan.enrolment_deltas.iter().collect();
         for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -1587,6 +1594,7 @@ impl IngestTx for SqliteIngest {
             .await
             .map_err(db_err)?;
         }
+        laps.lap("write_enrolments");
         for period in &plan.closes {
             sqlx::query("INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)")
                 .bind(pid)
@@ -1596,7 +1604,10 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        queue(&self.vault, &mut self.tx, outbox, received_at).await
+        laps.lap("write_closes");
+        queue(&self.vault, &mut self.tx, outbox, received_at).await?;
+        laps.lap("write_outbox");
+        Ok(())
     }
 
     async fn next_batch(&mut self) -> Result<u64> {

@@ -11,7 +11,7 @@ use oip_gateway::domain::platform::DeliveryTier;
 use oip_gateway::domain::{PlatformProfile, Record, RecordKind};
 use oip_gateway::reference::Reference;
 use oip_gateway::store::sqlite::SqliteStore;
-use oip_gateway::store::{PageRequest, PlatformRegistration, Store};
+use oip_gateway::store::{Laps, PageRequest, PlatformRegistration, Store};
 use oip_gateway::validate;
 
 use crate::common::{order, worker};
@@ -175,6 +175,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
                     &Default::default(),
                 ),
                 1,
+                &mut Laps::start(),
             )
             .await
             .expect(name);
@@ -203,6 +204,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
                 &Default::default(),
             ),
             1,
+            &mut Laps::start(),
         )
         .await
         .expect(name);
@@ -298,7 +300,9 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let plan = crosscheck::Plan::default();
         let items = [item("r1", 1), item("r2", 1), item("r1", 2), item("r3", 1)];
-        tx.write(&plan, &items, 10).await.expect(name);
+        tx.write(&plan, &items, 10, &mut Laps::start())
+            .await
+            .expect(name);
         tx.commit().await.expect(name);
 
         // r1/2 waits behind r1/1: a correction never overtakes its original.
@@ -393,7 +397,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             let store = store.clone();
             async move {
                 let mut tx = store.begin_ingest(p.id).await.expect("begin");
-                tx.write(&crosscheck::Plan::default(), &items, at)
+                tx.write(&crosscheck::Plan::default(), &items, at, &mut Laps::start())
                     .await
                     .expect("write");
                 tx.commit().await.expect("commit");
