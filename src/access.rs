@@ -156,12 +156,27 @@ impl fmt::Display for DivisionScope {
     }
 }
 
-/// Decides calls against the grant table, reading it on every call so that a change
-/// takes effect on the next call without a restart.
+/// Decides calls against the grant table. Administrators' and readers' grants are read
+/// on every call; a platform caller's grants and registration are kept for
+/// `access.cache_ms` (every order passes here), and forgotten at once when they are
+/// changed through this gateway ([`Access::invalidate`]).
 #[derive(Clone)]
 pub struct Access {
     store: Arc<dyn Store>,
+    /// A platform caller's grants and registration, by identity URI, kept for
+    /// `access.cache_ms` (the hot path: every call of every platform reads them).
+    platforms: moka::sync::Cache<String, Arc<PlatformGrants>>,
 }
+
+/// What [`Access::platform`] reads for one caller.
+#[derive(Debug)]
+struct PlatformGrants {
+    grants: Vec<Grant>,
+    profile: Option<PlatformProfile>,
+}
+
+/// Platform callers kept at most (a cache: the others are read again).
+const CACHED_CALLERS: u64 = 10_000;
 
 /// PERMISSION_DENIED naming the grant that is missing and the command that makes it.
 /// A certificate of another role can never hold it: that is said instead. A grant of
@@ -211,8 +226,43 @@ fn missing_grant(
 }
 
 impl Access {
+    /// Access checks over `store`, a platform caller's grants and registration kept for
+    /// 1 s (see [`Access::with_cache`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self::with_cache(store, std::time::Duration::from_secs(1))
+    }
+
+    /// Access checks that keep a platform caller's grants and registration for `ttl`
+    /// (zero: read on every call). Clones share the cache.
+    pub fn with_cache(store: Arc<dyn Store>, ttl: std::time::Duration) -> Self {
+        let capacity = if ttl.is_zero() { 0 } else { CACHED_CALLERS };
+        Self {
+            store,
+            platforms: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl.max(std::time::Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    /// Forgets what is cached: grants or registrations changed.
+    pub fn invalidate(&self) {
+        self.platforms.invalidate_all();
+    }
+
+    async fn platform_grants(
+        &self,
+        principal: &Principal,
+    ) -> Result<Arc<PlatformGrants>, ApiError> {
+        if let Some(hit) = self.platforms.get(&principal.uri) {
+            return Ok(hit);
+        }
+        let read = Arc::new(PlatformGrants {
+            grants: self.store.grants(&principal.uri).await?,
+            profile: self.store.platform(&principal.subject).await?,
+        });
+        self.platforms.insert(principal.uri.clone(), read.clone());
+        Ok(read)
     }
 
     /// An administrator: a live admin grant with scope `*`.
@@ -271,18 +321,16 @@ impl Access {
                 &[],
             ));
         }
-        let grants = self.store.grants(&principal.uri).await?;
-        let denied = || missing_grant(principal, Role::Platform, Some(&principal.subject), &grants);
+        let read = self.platform_grants(principal).await?;
+        let grants = &read.grants;
+        let denied = || missing_grant(principal, Role::Platform, Some(&principal.subject), grants);
         let granted = grants
             .iter()
             .any(|g| g.role == Role::Platform && g.scope == principal.subject && g.is_live(now));
         if !granted {
             return Err(denied());
         }
-        self.store
-            .platform(&principal.subject)
-            .await?
-            .ok_or_else(|| {
+        read.profile.clone().ok_or_else(|| {
                 ApiError::PermissionDenied(format!(
                     "platform {} is not registered; an administrator registers it with: oip-gateway admin platforms put --uscc {} --name <name> --industry <INDUSTRY> --division <code>=<pilot start>",
                     principal.subject, principal.subject

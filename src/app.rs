@@ -503,8 +503,10 @@ impl Gateway {
             Duration::from_secs(u64::from(config.audit.retention_days) * 24 * 3600),
             stop_rx_audit,
         ));
+        let access =
+            Access::with_cache(store.clone(), Duration::from_millis(config.access.cache_ms));
         let admin = AdminServiceServer::new(AdminApi {
-            access: Access::new(store.clone()),
+            access: access.clone(),
             store: store.clone(),
             reference: reference.clone(),
             ingest: ingest.clone(),
@@ -524,7 +526,7 @@ impl Gateway {
         }));
         let puller = Puller {
             admission: admission.clone(),
-            access: Access::new(store.clone()),
+            access: access.clone(),
             store: store.clone(),
             auditor: auditor.clone(),
             reference: reference.clone(),
@@ -534,7 +536,7 @@ impl Gateway {
         let social_security =
             SocialSecurityServiceServer::new(SocialSecurityApi(puller)).accept_compressed(gzip);
         let platform = PlatformApi {
-            access: Access::new(store.clone()),
+            access: access.clone(),
             ingest,
             store: store.clone(),
             reference,

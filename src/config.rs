@@ -73,6 +73,9 @@ pub struct Config {
     pub forward: ForwardConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How long a platform caller's grants and registration are kept in memory.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// Keys sealing personal data in the database.
     #[serde(default)]
     pub pii: PiiConfig,
@@ -433,6 +436,23 @@ pub struct AuditConfig {
     pub retention_days: u32,
 }
 
+/// The access check's cache (`[access]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// A platform caller's grants and registration are read from the store at most once
+    /// in this many milliseconds (0: on every call). A change made through this
+    /// gateway's AdminService applies at once; one made through another replica within
+    /// this time. Expiry of a grant is checked on every call.
+    pub cache_ms: u64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self { cache_ms: 1000 }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -597,6 +617,7 @@ impl Config {
                 ..ForwardConfig::default()
             },
             audit: AuditConfig::default(),
+            access: AccessConfig::default(),
             pii: PiiConfig::for_test(),
             admins: vec!["oip://admin/root".into()],
             platforms,

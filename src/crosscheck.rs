@@ -182,7 +182,7 @@ pub struct Touched {
 }
 
 impl Touched {
-    pub fn of(candidates: &[Candidate]) -> Self {
+    pub fn of<'a>(candidates: impl IntoIterator<Item = &'a Candidate>) -> Self {
         let mut t = Touched::default();
         let mut seen = HashSet::new();
         let mut add = |list: &mut Vec<String>, kind: u8, id: &str| {
@@ -211,7 +211,10 @@ impl Touched {
 
     /// The (month, industry) pairs whose statements and declarations the batch needs:
     /// those of its orders (new and as stored) and of its declarations.
-    pub fn scope(candidates: &[Candidate], known: &Known) -> Vec<(Period, String)> {
+    pub fn scope<'a>(
+        candidates: impl IntoIterator<Item = &'a Candidate>,
+        known: &Known,
+    ) -> Vec<(Period, String)> {
         let mut pairs = HashSet::new();
         for c in candidates {
             match &c.record {
@@ -340,6 +343,57 @@ impl Plan {
             && self.accidents.is_empty()
             && self.rejections.is_empty()
     }
+}
+
+/// The store's writes of `plans`, decided one after another against the same state, as
+/// one plan (group commit: the plans of several calls written in one transaction),
+/// taken out of them: the last write of each id (in the order of last writes), every
+/// rejection, the summed changes to statements (a key whose changes sum to zero is
+/// kept: the statement exists, at its count, as after the calls one by one) and to
+/// daily enrolments (a key summing to zero is dropped: the calls one by one would have
+/// left it as it was), and every month closed. Outcomes, revisions and
+/// reconciliations stay with each plan.
+pub fn merge_writes(plans: &mut [&mut Plan]) -> Plan {
+    let mut merged = Plan::default();
+    for plan in plans.iter_mut() {
+        merged.workers.append(&mut plan.workers);
+        merged.orders.append(&mut plan.orders);
+        merged.declarations.append(&mut plan.declarations);
+        merged.accidents.append(&mut plan.accidents);
+        merged.rejections.append(&mut plan.rejections);
+        for (k, d) in std::mem::take(&mut plan.statement_deltas) {
+            bump(&mut merged.statement_deltas, k, d);
+        }
+        for (k, d) in std::mem::take(&mut plan.enrolment_deltas) {
+            bump(&mut merged.enrolment_deltas, k, d);
+        }
+        for p in std::mem::take(&mut plan.closes) {
+            if !merged.closes.contains(&p) {
+                merged.closes.push(p);
+            }
+        }
+    }
+    if plans.len() > 1 {
+        merged.workers = last_per_id(merged.workers, |w| &w.worker_id);
+        merged.orders = last_per_id(merged.orders, |o| &o.order_id);
+        merged.declarations = last_per_id(merged.declarations, |d| &d.declaration_id);
+        merged.accidents = last_per_id(merged.accidents, |a| &a.report_id);
+    }
+    merged.enrolment_deltas.retain(|_, d| *d != 0);
+    merged
+}
+
+/// The last write of each id, in the order of last writes.
+fn last_per_id<T>(writes: Vec<Write<T>>, id: impl Fn(&T) -> &str) -> Vec<Write<T>> {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<Write<T>> = Vec::with_capacity(writes.len());
+    for w in writes.into_iter().rev() {
+        if seen.insert(id(&w.record).to_string()) {
+            kept.push(w);
+        }
+    }
+    kept.reverse();
+    kept
 }
 
 /// Writes of one kind: one per id for the store, in the order of each id's last write

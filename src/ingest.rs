@@ -2,11 +2,12 @@
 //! rules need (the ids the batch touches, then the months and industries of its
 //! orders and declarations), decide (`crosscheck`), write, commit. The outcomes are
 //! returned only after the commit, so every ACCEPTED record is durable when the caller
-//! hears of it.
+//! hears of it. Calls of one platform that arrive together share one transaction
+//! (group commit, [`group`]).
 
 use std::sync::{Arc, RwLock};
 
-use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
+use crate::crosscheck::{Candidate, Plan};
 use crate::deadline::{CallDeadline, DeadlineExceeded};
 use crate::domain::PlatformProfile;
 use crate::domain::fees::RateBook;
@@ -15,10 +16,12 @@ use crate::domain::time::now_millis;
 use crate::forward::outbox;
 use crate::metrics::Metrics;
 use crate::reconcile;
-use crate::store::{Laps, Store, StoreError};
+use crate::store::{Store, StoreError};
+
+pub mod group;
 
 /// Why a batch was not applied.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -45,6 +48,8 @@ pub struct Ingest {
     wake: Arc<tokio::sync::Notify>,
     /// Where the stages' time is counted.
     metrics: Arc<Metrics>,
+    /// Calls waiting for their platform's next transaction.
+    lanes: group::Lanes,
 }
 
 impl Ingest {
@@ -55,6 +60,7 @@ impl Ingest {
             policy,
             wake: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::new(Metrics::new()),
+            lanes: group::Lanes::default(),
         }
     }
 
@@ -87,9 +93,16 @@ impl Ingest {
     }
 
     /// Applies a batch for `platform` and returns the plan (its outcomes are one per
-    /// candidate, in order) once it is committed. With a `deadline`, the batch is
-    /// rolled back when the deadline passes before the commit starts
-    /// (`IngestError::DeadlineExceeded`; nothing is applied).
+    /// candidate, in order; its writes are taken out) once it is committed.
+    ///
+    /// Group commit: calls of one platform that arrive while its previous transaction
+    /// is under way wait in the platform's lane and are then applied together, in
+    /// arrival order, in one transaction (see [`group`]). Each call's outcomes are those
+    /// it would get alone, applied right after the calls before it; a failed
+    /// transaction fails every call in it and applies none.
+    ///
+    /// With a `deadline`, the call fails with `IngestError::DeadlineExceeded` and
+    /// nothing of it is applied when the deadline passes before its commit starts.
     pub async fn apply(
         &self,
         platform: &PlatformProfile,
@@ -100,54 +113,26 @@ impl Ingest {
         if let Some(d) = deadline {
             d.check()?;
         }
-        let mut laps = Laps::start();
-        let touched = Touched::of(&candidates);
-        let mut tx = self.store.begin_ingest(platform.id).await?;
-        laps.lap("begin");
-        if let Some(d) = deadline {
-            // The wait for the platform's turn may have used it up.
-            d.check()?;
-        }
-        let mut known = tx.load(&touched).await?;
-        let scope = Touched::scope(&candidates, &known);
-        tx.load_scope(&mut known, &scope).await?;
-        laps.lap("load");
-        let now = now_millis();
-        let rates = self.rates();
-        let rules = Rules {
-            platform,
-            rates: &rates,
-            now,
-            declaration_deadline_day: self.policy.declaration_deadline_day,
-            accident_margin_ms: self.policy.accident_margin_ms,
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call = group::Call {
+            platform: platform.clone(),
+            candidates,
+            deadline: deadline.cloned(),
+            trace: trace.clone(),
+            reply,
         };
-        let plan = crosscheck::decide(&rules, candidates, &mut known);
-        laps.lap("decide");
-        if !plan.is_empty() {
-            let keys: Vec<_> = plan.enrolment_deltas.keys().collect();
-            let before = tx.enrolment_counts(&keys).await?;
-            let batch = tx.next_batch().await?;
-            let outbox = outbox::items(&plan, platform, &before, batch, trace);
-            laps.lap("plan");
-            tx.write(&plan, &outbox, now, &mut laps).await?;
-            // Dropping `tx` on the error path rolls the batch back.
-            let _guard = deadline.map(CallDeadline::begin_commit).transpose()?;
-            tx.commit().await?;
-            laps.lap("commit");
-            self.metrics.ingest_laps(&laps.laps);
-            self.metrics.ingest_transaction(1);
-            if !outbox.is_empty() {
-                self.wake.notify_waiters();
-            }
+        if self.lanes.push(platform.id, call) {
+            // No transaction of this platform is under way: lead one (in a task of its
+            // own, so that a caller who goes away does not strand the others).
+            let ingest = self.clone();
+            let platform_id = platform.id;
+            tokio::spawn(async move { ingest.lead(platform_id).await });
         }
-        tracing::debug!(
-            platform = %platform.uscc,
-            records = plan.outcomes.len(),
-            rejected = plan.rejections.len(),
-            statements_changed = plan.statement_deltas.len(),
-            "batch committed"
-        );
-        Ok(plan)
+        answer.await.unwrap_or_else(|_| {
+            Err(IngestError::Store(StoreError::Unavailable(
+                "the ingest transaction stopped".into(),
+            )))
+        })
     }
 
     /// Releases a platform's month to tax: closes it (rated as of now, unless its first
@@ -176,7 +161,7 @@ impl Ingest {
             })
             .collect();
         statements.sort_by(|a, b| a.key.cmp(&b.key));
-        let batch = tx.next_batch().await?;
+        let batch = tx.take_batches(1).await?;
         let items: Vec<_> = outbox::statements(
             platform,
             statements.iter().map(|s| (s, false)),

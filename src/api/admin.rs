@@ -469,6 +469,7 @@ impl AdminService for AdminApi {
             .upsert_platform(&reg)
             .await
             .map_err(ApiError::from)?;
+        self.access.invalidate();
         tracing::info!(platform = %profile.uscc, "platform registered");
         Ok(Response::new(wire_platform(profile)))
     }
@@ -538,6 +539,7 @@ impl AdminService for AdminApi {
             .put_grants(&grants, &by, now_millis())
             .await
             .map_err(ApiError::from)?;
+        self.access.invalidate();
         tracing::info!(admin = %by, identity = %r.identity, %role, scopes = r.scopes.len(), "grant made");
         let rows = self
             .store
@@ -610,6 +612,7 @@ impl AdminService for AdminApi {
             .revoke_grants(&r.identity, role, &r.scopes)
             .await
             .map_err(ApiError::from)?;
+        self.access.invalidate();
         audit::note(
             &req,
             format!("{} {} {}", r.identity, r.role, r.scopes.join(",")),

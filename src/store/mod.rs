@@ -492,8 +492,9 @@ pub trait IngestTx: Send {
         received_at: Millis,
         laps: &mut Laps,
     ) -> Result<()>;
-    /// The platform's next batch number (each call takes a new one).
-    async fn next_batch(&mut self) -> Result<u64>;
+    /// Takes the platform's next `count` batch numbers (each call that writes takes
+    /// one) and returns the first.
+    async fn take_batches(&mut self, count: u64) -> Result<u64>;
     /// Every statement of a month, its close and whether it was released.
     async fn month(&mut self, period: Period) -> Result<MonthState>;
     /// Releases a month to tax: closes it at `at` unless already closed, marks it

@@ -1610,11 +1610,13 @@ impl IngestTx for SqliteIngest {
         Ok(())
     }
 
-    async fn next_batch(&mut self) -> Result<u64> {
+    async fn take_batches(&mut self, count: u64) -> Result<u64> {
+        let count = i64::try_from(count).map_err(|_| corrupt("batch count out of range"))?;
         let (n,): (i64,) = sqlx::query_as(
-            "UPDATE platforms SET batches = batches + 1 WHERE id = ?1 RETURNING batches",
+            "UPDATE platforms SET batches = batches + ?2 WHERE id = ?1 RETURNING batches - ?2 + 1",
         )
         .bind(self.platform_id)
+        .bind(count)
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_err)?;

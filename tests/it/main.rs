@@ -20,6 +20,7 @@ mod edge_limits;
 mod fees;
 mod forwarding;
 mod grants;
+mod group_commit;
 mod input_rules;
 mod logs;
 mod operations;

@@ -1,0 +1,264 @@
+//! Group commit (issue 13): concurrent calls of one platform share one transaction.
+//! A commit that fails fails every call in it and acknowledges none; calls that share
+//! a transaction get exactly the outcomes they would get one after another
+//! (DUPLICATE, revisions, daily enrolment counts, volume statements).
+
+use std::collections::BTreeMap;
+
+use crate::common::*;
+use oip_gateway::proto;
+
+/// A fault at COMMIT, installed in the gateway's database as an operator could: a
+/// deferred foreign key is only checked when the transaction commits, so a transaction
+/// that stores an order whose id starts with `FAIL` fails at its COMMIT, after every
+/// statement of it succeeded.
+async fn install_commit_fault(gw: &TestGateway) {
+    let pool = gw.sql().await;
+    for sql in [
+        "CREATE TABLE commit_fault_parent (id TEXT PRIMARY KEY)",
+        "CREATE TABLE commit_fault (id TEXT REFERENCES commit_fault_parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        "CREATE TRIGGER commit_fault AFTER INSERT ON orders WHEN NEW.order_id LIKE 'FAIL%'
+         BEGIN INSERT INTO commit_fault (id) VALUES (NEW.order_id); END",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    pool.close().await;
+}
+
+async fn stored_orders(gw: &TestGateway) -> std::collections::HashSet<String> {
+    let pool = gw.sql().await;
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT order_id FROM orders")
+        .fetch_all(&pool)
+        .await
+        .expect("orders");
+    pool.close().await;
+    rows.into_iter().map(|(id,)| id).collect()
+}
+
+/// One single-order `ReportOrders` call per order, all in flight at once; each
+/// answer (Ok: the order's outcome name; Err: the status code) by order id.
+async fn concurrently(
+    client: &Client,
+    orders: Vec<proto::Order>,
+) -> BTreeMap<String, Result<String, tonic::Code>> {
+    let calls: Vec<_> = orders
+        .into_iter()
+        .map(|o| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let id = o.order_id.clone();
+                let answer = c
+                    .report_orders(proto::ReportOrdersRequest { orders: vec![o] })
+                    .await
+                    .map(|r| {
+                        let out = &r.get_ref().outcomes[0];
+                        if out.code.is_empty() {
+                            out.outcome().as_str_name().to_string()
+                        } else {
+                            out.code.clone()
+                        }
+                    })
+                    .map_err(|s| s.code());
+                (id, answer)
+            })
+        })
+        .collect();
+    let mut answers = BTreeMap::new();
+    for c in calls {
+        let (id, answer) = c.await.expect("call task");
+        answers.insert(id, answer);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_every_call_in_it_and_acknowledges_none() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    install_commit_fault(&gw).await;
+
+    // 63 ordinary orders and one that fails its transaction's commit, all in flight at
+    // once: the calls queue behind the first transaction and commit in groups. Tried
+    // until the failing order shared its transaction with others (almost always at
+    // once).
+    let mut shared = false;
+    for attempt in 0..10 {
+        let mut orders: Vec<_> = (0..63)
+            .map(|i| order(&format!("R{attempt}-{i}"), "W1"))
+            .collect();
+        orders.insert(32, order(&format!("FAIL{attempt}"), "W1"));
+        let answers = concurrently(&a, orders).await;
+        let stored = stored_orders(&gw).await;
+        let mut failed = 0;
+        for (id, answer) in &answers {
+            match answer {
+                Ok(outcome) => {
+                    assert_eq!(outcome, "ACCEPTED", "{id}");
+                    assert!(stored.contains(id), "{id} was acknowledged but not stored");
+                }
+                Err(code) => {
+                    assert!(
+                        !stored.contains(id),
+                        "{id} failed ({code:?}) but was stored"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        let fail_id = format!("FAIL{attempt}");
+        assert!(
+            answers[&fail_id].is_err(),
+            "the failing commit was acknowledged: {:?}",
+            answers[&fail_id]
+        );
+        assert!(!stored.contains(&fail_id));
+        if failed > 1 {
+            shared = true;
+            // Resending what failed, without the fault's order, stores it: nothing of
+            // it was half-applied (not DUPLICATE).
+            let resend: Vec<_> = answers
+                .iter()
+                .filter(|(id, a)| a.is_err() && **id != fail_id)
+                .map(|(id, _)| order(id, "W1"))
+                .collect();
+            let again = concurrently(&a, resend).await;
+            assert!(
+                again.values().all(|a| a.as_deref() == Ok("ACCEPTED")),
+                "{again:?}"
+            );
+            break;
+        }
+    }
+    assert!(
+        shared,
+        "the failing order never shared a transaction with another call"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1"), worker("W2")]).await;
+
+    // The same order, same revision and content, from 32 calls at once: one ACCEPTED,
+    // every other DUPLICATE.
+    let calls: Vec<_> = (0..32).map(|_| order("SAME", "W1")).collect();
+    let handles: Vec<_> = calls
+        .into_iter()
+        .map(|o| {
+            let mut c = a.clone();
+            tokio::spawn(async move { report(&mut c, vec![o]).await })
+        })
+        .collect();
+    let mut outcomes = BTreeMap::<String, usize>::new();
+    for h in handles {
+        let out = h.await.expect("call");
+        *outcomes
+            .entry(out.outcomes[0].outcome().as_str_name().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([("ACCEPTED".to_string(), 1), ("DUPLICATE".to_string(), 31)])
+    );
+
+    // Revision 1 of one order with 8 different contents at once: one ACCEPTED, the
+    // others REVISION_CONFLICT.
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let mut o = order("CONFLICT", "W1");
+            o.completed_at = format!("2025-07-02T11:{:02}:00+08:00", 10 + i);
+            let mut c = a.clone();
+            tokio::spawn(async move { report(&mut c, vec![o]).await })
+        })
+        .collect();
+    let mut codes = BTreeMap::<String, usize>::new();
+    for h in handles {
+        let out = h.await.expect("call");
+        let o = &out.outcomes[0];
+        *codes
+            .entry(format!("{} {}", o.outcome().as_str_name(), o.code))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            ("ACCEPTED ".to_string(), 1),
+            ("REJECTED REVISION_CONFLICT".to_string(), 7)
+        ])
+    );
+
+    // Revisions 1..=16 of one order at once, in any order: each is ACCEPTED or
+    // STALE_REVISION, the accepted ones in increasing order, and the stored revision
+    // is the highest, 16 (it is accepted whenever it comes, nothing being higher).
+    let handles: Vec<_> = (1..=16)
+        .map(|r| {
+            let mut o = order("REV", "W2");
+            o.revision = Some(r);
+            o.completed_at = format!("2025-07-02T11:{:02}:00+08:00", 10 + r);
+            let mut c = a.clone();
+            tokio::spawn(async move { (r, report(&mut c, vec![o]).await) })
+        })
+        .collect();
+    for h in handles {
+        let (r, out) = h.await.expect("call");
+        let o = &out.outcomes[0];
+        assert!(
+            o.outcome() == proto::Outcome::Accepted || o.code == "STALE_REVISION",
+            "revision {r}: {o:?}"
+        );
+        if r == 16 {
+            assert_eq!(o.outcome(), proto::Outcome::Accepted);
+        }
+    }
+    let pool = gw.sql().await;
+    let (revision,): (i64,) = sqlx::query_as("SELECT revision FROM orders WHERE order_id = 'REV'")
+        .fetch_one(&pool)
+        .await
+        .expect("REV");
+    assert_eq!(revision, 16);
+
+    // 40 new orders of one worker on one day at once: the daily enrolment counts
+    // every one of them, and the month's statement every billable order.
+    let orders: Vec<_> = (0..40).map(|i| order(&format!("DAY{i}"), "W1")).collect();
+    let answers = concurrently(&a, orders).await;
+    assert!(answers.values().all(|a| a.as_deref() == Ok("ACCEPTED")));
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT order_count FROM daily_enrolments WHERE worker_id = 'W1' AND day = '2025-07-02'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("enrolment");
+    // SAME, CONFLICT and the 40 (W1's orders, all that day, all completed).
+    assert_eq!(count, 42);
+    let (billable,): (i64,) = sqlx::query_as(
+        "SELECT SUM(billable_count) FROM volume_statements WHERE period = '2025-07'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("statement");
+    // ...and REV, W2's.
+    assert_eq!(billable, 43);
+
+    // The transactions did share calls (otherwise this test shows nothing new).
+    let ops = gw.ops_addr.expect("operations listener");
+    let (_, _, metrics) = http_get(ops, "/metrics").await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in the metrics"))
+    };
+    let calls = value("oip_ingest_transaction_calls_sum");
+    let transactions = value("oip_ingest_transaction_calls_count");
+    assert!(
+        calls > transactions,
+        "{calls} calls in {transactions} transactions: no call shared a transaction"
+    );
+    gw.stop().await;
+}
