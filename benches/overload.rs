@@ -14,34 +14,21 @@
 //! that every acknowledged order is stored (the database is read after the gateway
 //! stops). Everything runs on the same 2 cores: figures are ratios within one run.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
+
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{env_or, rss_kib};
 
 use oip_gateway::proto::{self, platform_service_client::PlatformServiceClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 async fn channel(addr: &str, stem: &str) -> anyhow::Result<Channel> {
     let d = Path::new("certs-example");

@@ -4,9 +4,12 @@
 //! add their own entries ([`Auditor::record`]). If the entry cannot be written, the
 //! caller gets UNAVAILABLE instead of the answer: nothing proceeds unaudited.
 //!
-//! Entries are chained by hash (`domain::audit`). One writer task owns the head of
-//! the chain; entries of calls that arrive together are written in one transaction
-//! (group commit), so auditing costs one commit per burst, not one per call. The layer
+//! Entries are chained by hash (`domain::audit`). Each appending transaction reads the
+//! head inside itself (one writer at a time), so entries written by the writer task
+//! and by ingest transactions form one chain. The writer task writes the entries of
+//! calls that arrive together in one transaction (group commit), so auditing costs one
+//! commit per burst, not one per call; a call that stores records has its entry written
+//! in the very transaction that stores them (`ingest::group`), and needs no other. The layer
 //! also applies the call edge's conventions (`edge`), so that the entry records the
 //! status the caller was told.
 
@@ -22,6 +25,7 @@ use crate::deadline::CallDeadline;
 use crate::domain::audit::{self, AuditEntry, ChainBreak};
 use crate::domain::time::{Millis, now_millis};
 use crate::edge::{self, BoxError, CallBody, Checked, header_code};
+use crate::store::access::ChainRows;
 use crate::store::{Store, StoreError};
 
 /// Audit entries queued at most; beyond it callers wait (backpressure).
@@ -83,7 +87,6 @@ async fn write_loop(
     mut rx: mpsc::Receiver<(Event, Millis, Ack)>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let mut head: Option<(i64, [u8; 32])> = None;
     let mut batch = Vec::with_capacity(GROUP);
     let mut acks = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut batch, GROUP).await > 0 {
@@ -92,28 +95,28 @@ async fn write_loop(
             (event, at)
         });
         let started = std::time::Instant::now();
-        let result = write_group(store.as_ref(), &mut head, events.collect()).await;
+        let result = write_group(store.as_ref(), events.collect()).await;
         metrics.audit_write(started.elapsed());
-        if result.is_err() {
-            // Re-read the head next time: the failed group may or may not be stored.
-            head = None;
-        }
         for ack in acks.drain(..) {
             let _ = ack.send(result.clone());
         }
     }
 }
 
-async fn write_group(
-    store: &dyn Store,
-    head: &mut Option<(i64, [u8; 32])>,
-    events: Vec<(Event, Millis)>,
-) -> Result<(), StoreError> {
-    let (mut seq, mut hash) = match *head {
-        Some(h) => h,
-        None => store.audit_head().await?,
-    };
-    let rows: Vec<(AuditEntry, [u8; 32])> = events
+/// Appends `events` (with their times) in one transaction, chained from the head as
+/// that transaction sees it.
+async fn write_group(store: &dyn Store, events: Vec<(Event, Millis)>) -> Result<(), StoreError> {
+    let mut tx = store.begin_audit().await?;
+    let head = tx.audit_head().await?;
+    tx.append_audit(&chain(head, events)).await?;
+    tx.commit().await
+}
+
+/// Entries for `events` (with their times) following the chain's head `(seq, hash)`:
+/// each gets the next seq and its chain hash (`domain::audit`).
+pub fn chain(head: (i64, [u8; 32]), events: Vec<(Event, Millis)>) -> ChainRows {
+    let (mut seq, mut hash) = head;
+    events
         .into_iter()
         .map(|(e, at)| {
             seq += 1;
@@ -131,10 +134,7 @@ async fn write_group(
             hash = entry.chain_hash(&hash);
             (entry, hash)
         })
-        .collect();
-    store.append_audit(&rows).await?;
-    *head = Some((seq, hash));
-    Ok(())
+        .collect()
 }
 
 /// What `verify` found.
@@ -248,6 +248,9 @@ pub fn spawn_retention(
 #[derive(Debug, Clone, Default)]
 pub struct CallNote {
     noted: Arc<Mutex<(String, i64)>>,
+    /// The call's entry was written in the transaction that applied it: the layer
+    /// writes none when the call answers OK.
+    audited: Arc<std::sync::atomic::AtomicBool>,
     identity: String,
     role: String,
     action: String,
@@ -277,18 +280,33 @@ impl CallNote {
     }
 
     async fn part(&self, auditor: &Auditor, records: i64, outcome: &str) -> Result<(), StoreError> {
+        auditor.record(self.entry(records, outcome)).await
+    }
+
+    /// The call's entry (or a part's) with the scope noted so far, `records` and
+    /// `outcome`, for a transaction to append with what it applies.
+    pub fn entry(&self, records: i64, outcome: &str) -> Event {
         let (scope, _) = self.take();
-        auditor
-            .record(Event {
-                identity: self.identity.clone(),
-                role: self.role.clone(),
-                action: self.action.clone(),
-                scope,
-                records,
-                outcome: outcome.into(),
-                trace_id: self.trace_id.clone(),
-            })
-            .await
+        let mut event = Event {
+            identity: self.identity.clone(),
+            role: self.role.clone(),
+            action: self.action.clone(),
+            scope,
+            records,
+            outcome: outcome.into(),
+            trace_id: self.trace_id.clone(),
+        };
+        if event.scope.chars().count() > MAX_SCOPE_CHARS {
+            event.scope = crate::domain::outcome::truncate(&event.scope, MAX_SCOPE_CHARS);
+        }
+        event
+    }
+
+    /// The call's own entry (outcome OK) was written in the transaction that applied
+    /// it: the layer writes none for it if the call answers OK.
+    pub fn audited_in_transaction(&self) {
+        self.audited
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The caller's identity URI (`unknown` when its certificate names none).
@@ -509,6 +527,7 @@ where
             .unwrap_or_else(|| ("unknown".into(), String::new()));
         let note = CallNote {
             noted: Arc::default(),
+            audited: Arc::default(),
             identity: identity.clone(),
             role: role.clone(),
             action: action.clone(),
@@ -567,7 +586,9 @@ where
                 outcome,
                 trace_id: trace.clone(),
             };
-            if let Err(e) = auditor.record(event).await {
+            let written =
+                note.audited.load(std::sync::atomic::Ordering::Acquire) && event.outcome == "OK";
+            if !written && let Err(e) = auditor.record(event).await {
                 tracing::error!(error = %e, trace_id = %trace, "audit write failed: call refused");
                 res = crate::error::audit_unavailable("nothing was answered, retry later")
                     .into_http();

@@ -103,12 +103,15 @@ impl Ingest {
     ///
     /// With a `deadline`, the call fails with `IngestError::DeadlineExceeded` and
     /// nothing of it is applied when the deadline passes before its commit starts.
+    /// `audit` is the call's entry (outcome OK), appended to the audit chain in the
+    /// same transaction: the records and their entry commit together or not at all.
     pub async fn apply(
         &self,
         platform: &PlatformProfile,
         candidates: Vec<Candidate>,
         deadline: Option<&CallDeadline>,
         trace: &outbox::Trace,
+        audit: Option<crate::audit::Event>,
     ) -> Result<Plan, IngestError> {
         if let Some(d) = deadline {
             d.check()?;
@@ -119,6 +122,7 @@ impl Ingest {
             candidates,
             deadline: deadline.cloned(),
             trace: trace.clone(),
+            audit,
             reply,
         };
         if self.lanes.push(platform.id, call) {

@@ -233,13 +233,24 @@ impl PlatformApi {
         Ok((platform, note))
     }
 
-    /// Audits the intent to apply `records` records before they are applied: records
-    /// whose intent cannot be audited are not stored.
-    /// The records are first taken from the caller's records-a-second rate
-    /// (RESOURCE_EXHAUSTED with retry advice, nothing applied, when over it).
-    async fn started(&self, note: &CallNote, records: usize) -> Result<(), ApiError> {
-        self.admission.take_records(note.identity(), records)?;
-        Ok(note.started(&self.auditor, records as i64).await?)
+    /// Takes `records` records from the caller's records-a-second rate before they are
+    /// applied (RESOURCE_EXHAUSTED with retry advice, nothing applied, when over it).
+    fn take_records(&self, note: &CallNote, records: usize) -> Result<(), ApiError> {
+        self.admission.take_records(note.identity(), records)
+    }
+
+    /// After a part of a call (a chunk of a stream) failed: its entry, with the code
+    /// (an applied part's entry is written with its records, in their transaction).
+    async fn part_failed(
+        &self,
+        note: &CallNote,
+        records: usize,
+        e: &ApiError,
+    ) -> Result<(), ApiError> {
+        let outcome = crate::audit::code_name_of(e.code());
+        Ok(note
+            .finished(&self.auditor, records as i64, &outcome)
+            .await?)
     }
 
     /// Validates and applies `items` (numbered from `offset`), appending outcomes.
@@ -277,9 +288,11 @@ impl PlatformApi {
             .collect();
         self.metrics
             .ingest_laps(&[("validate", validating.elapsed())]);
+        // The entry of the call (or of this part of a stream), written with the records.
+        let entry = note.entry(items.len() as i64, "OK");
         let mut plan = self
             .ingest
-            .apply(platform, candidates, deadline, &note.trace())
+            .apply(platform, candidates, deadline, &note.trace(), Some(entry))
             .await?;
         let first = out.outcomes.len();
         let summary = out.summary.get_or_insert_with(Default::default);
@@ -347,7 +360,7 @@ impl PlatformApi {
     }
 
     /// Applies each chunk of a client stream as it arrives (each chunk is its own
-    /// transaction) and answers with every outcome at the end.
+    /// transaction, with its entry) and answers with every outcome at the end.
     async fn stream<M, R: WireRecord>(
         &self,
         platform: &PlatformProfile,
@@ -396,17 +409,13 @@ impl PlatformApi {
                 ))
                 .into());
             }
-            self.started(note, items.len()).await?;
+            self.take_records(note, items.len())?;
             let applied = self
                 .apply(platform, note, &items, seen, &mut out, deadline)
                 .await;
-            let outcome = match &applied {
-                Ok(()) => "OK".to_string(),
-                Err(e) => crate::audit::code_name_of(e.code()),
-            };
-            note.finished(&self.auditor, items.len() as i64, &outcome)
-                .await
-                .map_err(ApiError::from)?;
+            if let Err(e) = &applied {
+                self.part_failed(note, items.len(), e).await?;
+            }
             applied.map_err(|e| match e {
                     ApiError::DeadlineExceeded(_) => ApiError::DeadlineExceeded(format!(
                         "the caller's deadline passed before this chunk committed; records before index {seen} were applied, the rest were not"
@@ -419,9 +428,9 @@ impl PlatformApi {
         Ok(out)
     }
 
-    /// A unary batch call, whatever its record kind: the caller, the intent audited
-    /// (and its records taken from its rate), the batch applied, the outcomes counted in
-    /// the call's entry. `items_of` takes the records out of the request.
+    /// A unary batch call, whatever its record kind: the caller, its records taken from
+    /// its rate, the batch applied with the call's entry in the same transaction (the
+    /// audit layer then writes none). `items_of` takes the records out of the request.
     async fn unary<M, R: WireRecord>(
         &self,
         req: Request<M>,
@@ -430,11 +439,13 @@ impl PlatformApi {
         let (platform, note) = self.caller(&req).await?;
         let deadline = req.extensions().get::<CallDeadline>().cloned();
         let items = items_of(req.into_inner());
-        self.started(&note, items.len()).await?;
+        self.take_records(&note, items.len())?;
         let out = self
             .batch(&platform, &note, items, deadline.as_ref())
             .await?;
         note.records(out.outcomes.len() as i64);
+        // Its entry was written with its records.
+        note.audited_in_transaction();
         Ok(Response::new(out))
     }
 
@@ -775,26 +786,20 @@ impl PlatformService for PlatformApi {
                         break;
                     }
                 };
-                // Each chunk is audited before it is applied (the call's own entry is
-                // written when the stream opens).
-                if let Err(e) = api.started(&note, records.len()).await {
+                if let Err(e) = api.take_records(&note, records.len()) {
                     let _ = tx.send(Err(e.into())).await;
                     break;
                 }
+                // An applied chunk's entry is written with its records; a chunk that
+                // failed gets one with the code (the call's own entry follows when the
+                // stream ends).
                 let answer = api
                     .batch_at(&platform, &note, &records, seen, deadline.as_ref())
                     .await;
-                // What became of the chunk, after its intent (the call's own entry
-                // follows when the stream ends).
-                let outcome = match &answer {
-                    Ok(_) => "OK".to_string(),
-                    Err(e) => crate::audit::code_name_of(e.code()),
-                };
-                if let Err(e) = note
-                    .finished(&api.auditor, records.len() as i64, &outcome)
-                    .await
+                if let Err(e) = &answer
+                    && let Err(audit) = api.part_failed(&note, records.len(), e).await
                 {
-                    let _ = tx.send(Err(ApiError::from(e).into())).await;
+                    let _ = tx.send(Err(audit.into())).await;
                     break;
                 }
                 let answer = match answer {

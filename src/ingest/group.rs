@@ -35,10 +35,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::{Ingest, IngestError};
+use crate::audit::Event;
 use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
 use crate::deadline::{CallDeadline, CommitGuard};
 use crate::domain::PlatformProfile;
-use crate::domain::time::now_millis;
+use crate::domain::time::{Millis, now_millis};
 use crate::forward::outbox;
 use crate::store::{Laps, StoreError};
 
@@ -51,6 +52,8 @@ pub(super) struct Call {
     pub candidates: Vec<Candidate>,
     pub deadline: Option<CallDeadline>,
     pub trace: outbox::Trace,
+    /// The call's audit entry, written in the transaction that stores its records.
+    pub audit: Option<Event>,
     pub reply: oneshot::Sender<Result<Plan, IngestError>>,
 }
 
@@ -163,6 +166,7 @@ impl Ingest {
                 candidates: call.candidates,
                 deadline: call.deadline,
                 trace: call.trace,
+                audit: call.audit,
                 answer: None,
             });
         }
@@ -242,37 +246,49 @@ impl Ingest {
         let writing: Vec<usize> = (0..plans.len())
             .filter(|&k| !plans[k].1.is_empty())
             .collect();
-        if !writing.is_empty() {
-            let keys: Vec<_> = {
-                let mut keys: Vec<_> = writing
-                    .iter()
-                    .flat_map(|&k| plans[k].1.enrolment_deltas.keys())
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                keys
-            };
-            let mut counts = tx.enrolment_counts(&keys).await?;
-            let first_batch = tx.take_batches(writing.len() as u64).await?;
+        let entries: Vec<(Event, Millis)> = plans
+            .iter()
+            .filter_map(|(i, _)| work[*i].audit.clone())
+            .map(|e| (e, now_millis()))
+            .collect();
+        if !writing.is_empty() || !entries.is_empty() {
             let mut items = Vec::new();
-            for (n, &k) in writing.iter().enumerate() {
-                let (i, plan) = &plans[k];
-                let w = &work[*i];
-                items.extend(outbox::items(
-                    plan,
-                    &w.platform,
-                    &counts,
-                    first_batch + n as u64,
-                    &w.trace,
-                ));
-                for (key, delta) in &plan.enrolment_deltas {
-                    *counts.entry(key.clone()).or_default() += delta;
+            if !writing.is_empty() {
+                let keys: Vec<_> = {
+                    let mut keys: Vec<_> = writing
+                        .iter()
+                        .flat_map(|&k| plans[k].1.enrolment_deltas.keys())
+                        .collect();
+                    keys.sort();
+                    keys.dedup();
+                    keys
+                };
+                let mut counts = tx.enrolment_counts(&keys).await?;
+                let first_batch = tx.take_batches(writing.len() as u64).await?;
+                for (n, &k) in writing.iter().enumerate() {
+                    let (i, plan) = &plans[k];
+                    let w = &work[*i];
+                    items.extend(outbox::items(
+                        plan,
+                        &w.platform,
+                        &counts,
+                        first_batch + n as u64,
+                        &w.trace,
+                    ));
+                    for (key, delta) in &plan.enrolment_deltas {
+                        *counts.entry(key.clone()).or_default() += delta;
+                    }
                 }
+                let mut writes: Vec<&mut Plan> = plans.iter_mut().map(|(_, p)| p).collect();
+                let merged = crosscheck::merge_writes(&mut writes);
+                laps.lap("plan");
+                tx.write(&merged, &items, now, &mut laps).await?;
             }
-            let mut writes: Vec<&mut Plan> = plans.iter_mut().map(|(_, p)| p).collect();
-            let merged = crosscheck::merge_writes(&mut writes);
-            laps.lap("plan");
-            tx.write(&merged, &items, now, &mut laps).await?;
+            if !entries.is_empty() {
+                let head = tx.audit_head().await?;
+                tx.append_audit(&crate::audit::chain(head, entries)).await?;
+                laps.lap("audit");
+            }
             // Right before the commit: a call past its deadline is rolled back (with
             // the others, applied again without it); the rest are committing from here,
             // and the deadline no longer cuts them off.
@@ -333,5 +349,6 @@ struct Work {
     candidates: Vec<Candidate>,
     deadline: Option<CallDeadline>,
     trace: outbox::Trace,
+    audit: Option<Event>,
     answer: Option<Result<Plan, IngestError>>,
 }

@@ -102,6 +102,10 @@ pub trait AccessStore: Send + Sync {
     async fn audit_head(&self) -> Result<(i64, [u8; 32])>;
     /// Appends entries whose seq and hash the caller computed from the head.
     async fn append_audit(&self, entries: &ChainRows) -> Result<()>;
+    /// A writer transaction for appending entries: its head is read inside it, so that
+    /// entries appended by ingest transactions (`IngestTx::append_audit`) and by it
+    /// form one chain.
+    async fn begin_audit(&self) -> Result<Box<dyn super::AuditTx>>;
     /// Where the stored chain starts: the seq and hash of the last entry removed by
     /// retention, or 0 and genesis.
     async fn audit_anchor(&self) -> Result<(i64, [u8; 32])>;

@@ -470,9 +470,27 @@ impl Laps {
     }
 }
 
+/// A writer transaction that appends to the audit chain. The head is read inside the
+/// transaction, after every earlier appending transaction committed (one writer at a
+/// time), so the chain stays one chain whichever transaction appends. Dropping it
+/// without `commit` rolls back.
+#[async_trait]
+pub trait AuditTx: Send {
+    /// The newest entry's seq and chain hash, or the anchor (0 and genesis when empty).
+    async fn audit_head(&mut self) -> Result<(i64, [u8; 32])>;
+    /// Appends entries whose seq and hash the caller computed from [`Self::audit_head`].
+    async fn append_audit(&mut self, entries: &access::ChainRows) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
 /// One open ingest transaction. Dropping it without `commit` rolls back.
 #[async_trait]
 pub trait IngestTx: Send {
+    /// The audit chain's head inside this transaction (see [`AuditTx`]).
+    async fn audit_head(&mut self) -> Result<(i64, [u8; 32])>;
+    /// Appends the entries of the calls this transaction applies: they commit with
+    /// their records, or neither does.
+    async fn append_audit(&mut self, entries: &access::ChainRows) -> Result<()>;
     /// The stored state of these ids (ids not stored are absent).
     async fn load(&mut self, touched: &Touched) -> Result<Known>;
     /// Adds the statements, declared keys and closed months of these (month, industry)

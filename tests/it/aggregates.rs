@@ -132,7 +132,7 @@ impl Harness {
             "generated records are valid"
         );
         self.ingest
-            .apply(&self.platform, candidates, None, &Default::default())
+            .apply(&self.platform, candidates, None, &Default::default(), None)
             .await
             .expect("apply");
     }

@@ -35,8 +35,8 @@ async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry
     let v = verify(&mut admin).await;
     assert!(v.ok, "{v:?}");
     assert_eq!(
-        v.checked, 11,
-        "five writes (intent and call each) and a read before the verification"
+        v.checked, 6,
+        "five writes (one entry each, with their records) and a read before the verification"
     );
 
     // Each entry names the platform touched and the records carried or returned.
@@ -54,12 +54,11 @@ async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry
             1,
         )
     };
-    // Each write: its intent before the records are applied, its outcome after.
-    let pair = [register("STARTED"), register("OK")];
-    let five: Vec<_> = (0..5).flat_map(|_| pair.clone()).collect();
-    assert_eq!(entries[..10], five);
+    // Each write: one entry, written in the transaction that stores its records.
+    let five: Vec<_> = (0..5).map(|_| register("OK")).collect();
+    assert_eq!(entries[..5], five);
     assert_eq!(
-        entries[10],
+        entries[5],
         (
             "oip.v1.PlatformService/ListWorkers".to_string(),
             "OK".to_string(),
@@ -329,17 +328,9 @@ async fn a_streamed_call_is_audited_in_causal_order_with_its_total_last() {
     assert_eq!(answered.len(), 3);
     let s = |o: &str, n: i64| (o.to_string(), n);
     assert_eq!(
-        entries_of(&gw, PLATFORM_A_ID, "oip.v1.PlatformService/SubmitStream", 7).await,
-        vec![
-            s("STARTED", 2),
-            s("OK", 2),
-            s("STARTED", 2),
-            s("OK", 2),
-            s("STARTED", 1),
-            s("OK", 1),
-            s("OK", 5),
-        ],
-        "each chunk's intent, then its outcome; the call's entry last with the total"
+        entries_of(&gw, PLATFORM_A_ID, "oip.v1.PlatformService/SubmitStream", 4).await,
+        vec![s("OK", 2), s("OK", 2), s("OK", 1), s("OK", 5),],
+        "each chunk's entry, written with its records; the call's entry last with the total"
     );
 
     // A client stream: the same, with the call's entry (its answer) last.
@@ -361,16 +352,10 @@ async fn a_streamed_call_is_audited_in_causal_order_with_its_total_last() {
             &gw,
             PLATFORM_A_ID,
             "oip.v1.PlatformService/StreamWorkers",
-            5
+            3
         )
         .await,
-        vec![
-            s("STARTED", 1),
-            s("OK", 1),
-            s("STARTED", 2),
-            s("OK", 2),
-            s("OK", 3)
-        ]
+        vec![s("OK", 1), s("OK", 2), s("OK", 3)]
     );
 
     // A pull's pages come before the call's entry, which says how it ended.

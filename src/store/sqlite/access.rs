@@ -191,15 +191,8 @@ impl AccessStore for SqliteStore {
     }
 
     async fn audit_head(&self) -> Result<(i64, [u8; 32])> {
-        let row: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.writer)
-                .await
-                .map_err(db_err)?;
-        match row {
-            Some((seq, hash)) => Ok((seq, hash32(&hash)?)),
-            None => self.audit_anchor().await,
-        }
+        let mut conn = self.writer.acquire().await.map_err(db_err)?;
+        chain_head(&mut conn).await
     }
 
     async fn append_audit(&self, entries: &ChainRows) -> Result<()> {
@@ -207,24 +200,13 @@ impl AccessStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.writer.begin().await.map_err(db_err)?;
-        for chunk in entries.chunks(super::ROWS_PER_STATEMENT / 10) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) "));
-            q.push_values(chunk, |mut b, (e, hash)| {
-                b.push_bind(e.seq)
-                    .push_bind(e.at)
-                    .push_bind(&e.identity)
-                    .push_bind(&e.role)
-                    .push_bind(&e.action)
-                    .push_bind(&e.scope)
-                    .push_bind(e.records)
-                    .push_bind(&e.outcome)
-                    .push_bind(&e.trace_id)
-                    .push_bind(hash.as_slice());
-            });
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
-        }
+        insert_chain(&mut tx, entries).await?;
         tx.commit().await.map_err(db_err)
+    }
+
+    async fn begin_audit(&self) -> Result<Box<dyn crate::store::AuditTx>> {
+        let tx = self.writer.begin().await.map_err(db_err)?;
+        Ok(Box::new(SqliteAudit { tx }))
     }
 
     async fn audit_anchor(&self) -> Result<(i64, [u8; 32])> {
@@ -380,5 +362,72 @@ impl AccessStore for SqliteStore {
                 ))
             })
             .collect()
+    }
+}
+
+/// The newest entry's seq and hash, or the anchor (0 and genesis when empty), as the
+/// connection (its transaction) sees them.
+pub(super) async fn chain_head(conn: &mut sqlx::SqliteConnection) -> Result<(i64, [u8; 32])> {
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    if let Some((seq, hash)) = row {
+        return Ok((seq, hash32(&hash)?));
+    }
+    let anchor: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    match anchor {
+        Some((seq, hash)) => Ok((seq, hash32(&hash)?)),
+        None => Ok((0, GENESIS)),
+    }
+}
+
+/// Inserts chained entries (their seq and hash computed from the head).
+pub(super) async fn insert_chain(
+    conn: &mut sqlx::SqliteConnection,
+    entries: &ChainRows,
+) -> Result<()> {
+    for chunk in entries.chunks(super::ROWS_PER_STATEMENT / 10) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) "));
+        q.push_values(chunk, |mut b, (e, hash)| {
+            b.push_bind(e.seq)
+                .push_bind(e.at)
+                .push_bind(&e.identity)
+                .push_bind(&e.role)
+                .push_bind(&e.action)
+                .push_bind(&e.scope)
+                .push_bind(e.records)
+                .push_bind(&e.outcome)
+                .push_bind(&e.trace_id)
+                .push_bind(hash.as_slice());
+        });
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// A writer transaction that appends audit entries.
+struct SqliteAudit {
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl crate::store::AuditTx for SqliteAudit {
+    async fn audit_head(&mut self) -> Result<(i64, [u8; 32])> {
+        chain_head(&mut self.tx).await
+    }
+
+    async fn append_audit(&mut self, entries: &ChainRows) -> Result<()> {
+        insert_chain(&mut self.tx, entries).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(db_err)
     }
 }

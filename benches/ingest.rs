@@ -1,0 +1,407 @@
+//! Benchmark: issue 13's speed targets, each against a reference measured in the same
+//! run on the same machine (figures are ratios; the machines are noisy).
+//!
+//! `cargo bench --bench ingest` (BENCH_INGEST_SECS=10, BENCH_INGEST_ORDERS=1000000,
+//! BENCH_INGEST_WORKERS=10000, BENCH_INGEST_PHASES=unary,batch)
+//!
+//! The reference is `benches/ingest/reference.rs`: a tonic server over the same mTLS
+//! that decodes orders and writes them in multi-row SQLite transactions (the least a
+//! durable intake can do). The gateway is the release binary on the shipped
+//! configuration (forwarding to its embedded simulator), with rates high enough not to
+//! bind. Each runs as its own process; the load comes from this process.
+//!
+//! 1. **Unary**: `oip-gateway load`'s generator (`cli::load`), 64 single-order
+//!    `ReportOrders` calls in flight on one connection for SECS seconds, against the
+//!    reference, then against the gateway. Target: ≥ 20,000 orders/s.
+//! 2. **Batch**: the reference gets ORDERS orders in 1000-order `ReportOrders` calls, 8
+//!    in flight; the gateway gets a `loadgen` file of WORKERS workers and ORDERS orders
+//!    through `oip-gateway submit` (8 chunks of 1000 in flight). Records/s of each and
+//!    the ratio. Target: ≥ 0.3× (aim 0.5×).
+//! 3. **Forwarding** (during 2): how long the outbox takes to empty after the submit
+//!    ends; delivery keeps up when the items are delivered at least as fast as they
+//!    were queued. Target: ratio ≥ 1.
+//! 4. **Memory** (during 2): the gateway's peak resident memory. Target: ≤ 150 MB.
+//!
+//! After each gateway phase the time of each ingest stage per record is printed, from
+//! the gateway's `oip_ingest_stage_seconds_total`.
+
+#[path = "ingest/reference.rs"]
+mod reference;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::{env_or, rss_kib};
+
+use oip_gateway::cli::load::{self, LoadOptions, Mode};
+use oip_gateway::proto::{self, platform_service_client::PlatformServiceClient};
+use tonic::transport::Channel;
+
+/// A server process that printed `listening on ADDR` (and `operations on ADDR`).
+struct Server {
+    child: Child,
+    addr: String,
+    ops: Option<String>,
+}
+
+impl Server {
+    /// Starts `cmd` and reads its address lines: `listening on`, then (`ops`)
+    /// `operations on`.
+    fn start(mut cmd: Command, ops: bool) -> anyhow::Result<Self> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdout"))?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut addr, mut ops_addr) = (None, None);
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.to_string());
+            }
+            if let Some(a) = line.strip_prefix("operations on ") {
+                ops_addr = Some(a.to_string());
+            }
+            if addr.is_some() && (!ops || ops_addr.is_some()) {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let addr = addr.ok_or_else(|| anyhow::anyhow!("the server printed no address"))?;
+        Ok(Self {
+            child,
+            addr,
+            ops: ops_addr,
+        })
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn reference(dir: &Path) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env("OIP_BENCH_REFERENCE", dir.join("reference.db"));
+    Server::start(cmd, false)
+}
+
+fn gateway(dir: &Path) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-gateway"));
+    cmd.args(["serve"])
+        .env("OIP_LISTEN", "127.0.0.1:0")
+        .env("OIP_OPERATIONS__LISTEN", "127.0.0.1:0")
+        .env(
+            "OIP_DATABASE_URL",
+            format!("sqlite:{}", dir.join("oip.db").display()),
+        )
+        .env("OIP_RATE_LIMITS__CALLS_PER_SECOND", "10000000")
+        .env("OIP_RATE_LIMITS__RECORDS_PER_SECOND", "100000000")
+        .env("OIP_CONNECTIONS__MAX_CALLS_PER_IDENTITY", "100000")
+        .env("RUST_LOG", "warn");
+    Server::start(cmd, true)
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    let d = Path::new("certs-example");
+    oip_gateway::tls::connect(
+        &format!("https://{addr}"),
+        &d.join("ca.pem"),
+        &d.join("platform-a.pem"),
+        &d.join("platform-a.key"),
+        "localhost",
+    )
+    .await
+}
+
+/// Seconds spent per ingest stage, from the gateway's metrics.
+async fn stages(ops: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let body = ops_get(ops, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter_map(|l| l.strip_prefix("oip_ingest_stage_seconds_total{stage=\""))
+        .filter_map(|l| {
+            let (stage, rest) = l.split_once("\"} ")?;
+            Some((stage.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// A metric's value summed over its labels.
+async fn metric_sum(ops: &str, name: &str) -> anyhow::Result<f64> {
+    let body = ops_get(ops, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// GET over plain HTTP/1.1 from the operations listener.
+async fn ops_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+fn print_stages(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, records: f64) {
+    let mut total = 0.0;
+    let mut rows: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)) * 1e6 / records.max(1.0),
+            )
+        })
+        .filter(|(_, us)| *us >= 0.005)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("  ingest stage          µs per record");
+    for (stage, us) in rows {
+        if stage != "begin" {
+            total += us;
+        }
+        println!("  {stage:<20} {us:>9.2}");
+    }
+    println!(
+        "  {:<20} {total:>9.2}  (without begin: the wait for the platform's turn)",
+        "total"
+    );
+}
+
+fn row(what: &str, reference: f64, gateway: f64, unit: &str, target: &str) {
+    println!(
+        "{what:<28} reference {reference:>10.0} {unit}   gateway {gateway:>10.0} {unit}   ratio {:>5.2}   target {target}",
+        gateway / reference.max(1e-9)
+    );
+}
+
+async fn unary(dir: &Path, secs: u64) -> anyhow::Result<()> {
+    let opts = LoadOptions {
+        mode: Mode::Unary,
+        in_flight: 64,
+        duration: Duration::from_secs(secs),
+        records: 1,
+        messages: 1,
+        workers: 64,
+        id_prefix: format!("U{}-", oip_gateway::domain::time::now_millis()),
+        industry: "INSTANT_DELIVERY".into(),
+        division: "320100".into(),
+        timeout: Duration::from_secs(30),
+    };
+    let r = reference(&dir.join("ref-unary"))?;
+    let report = load::run(&[connect(&r.addr).await?], &opts).await?;
+    r.stop();
+    let reference_rate = report.orders_per_second();
+    println!("reference: {}", report.lines().join("; "));
+
+    let g = gateway(&dir.join("gw-unary"))?;
+    let ops = g.ops.clone().unwrap_or_default();
+    let before = stages(&ops).await?;
+    let report = load::run(&[connect(&g.addr).await?], &opts).await?;
+    let after = stages(&ops).await?;
+    let calls = metric_sum(&ops, "oip_ingest_transaction_calls_sum").await?;
+    let txs = metric_sum(&ops, "oip_ingest_transaction_calls_count").await?;
+    g.stop();
+    println!("gateway:   {}", report.lines().join("; "));
+    row(
+        "unary, 1 order, 64 in flight",
+        reference_rate,
+        report.orders_per_second(),
+        "orders/s",
+        "gateway ≥ 20000 orders/s",
+    );
+    println!(
+        "  {calls:.0} calls in {txs:.0} ingest transactions ({:.1} a transaction)",
+        calls / txs.max(1.0)
+    );
+    print_stages(&before, &after, report.accepted as f64);
+    anyhow::ensure!(
+        report.failures.is_empty() && report.other_outcomes.is_empty(),
+        "unary calls failed or were not accepted"
+    );
+    Ok(())
+}
+
+/// Sends `orders` orders in 1000-order calls, `window` in flight; returns orders/s.
+async fn reference_batches(addr: &str, orders: usize, window: usize) -> anyhow::Result<f64> {
+    let channel = connect(addr).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..window {
+        let mut c = PlatformServiceClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let next = next.clone();
+        senders.push(tokio::spawn(async move {
+            loop {
+                let first = next.fetch_add(1000, Ordering::Relaxed) as usize;
+                if first >= orders {
+                    return anyhow::Ok(());
+                }
+                let batch: Vec<_> = (first..(first + 1000).min(orders))
+                    .map(|i| proto::Order {
+                        order_id: format!("B{i}"),
+                        revision: Some(1),
+                        worker_id: format!("W{}", i % 10_000),
+                        industry: "INSTANT_DELIVERY".into(),
+                        division_code: "320100".into(),
+                        accepted_at: "2025-09-02T11:00:00+08:00".into(),
+                        completed_at: "2025-09-02T11:35:00+08:00".into(),
+                        status: "COMPLETED".into(),
+                        vehicle_plate: String::new(),
+                    })
+                    .collect();
+                c.report_orders(proto::ReportOrdersRequest { orders: batch })
+                    .await?;
+            }
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    Ok(orders as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn batch(dir: &Path, workers: usize, orders: usize) -> anyhow::Result<()> {
+    let r = reference(&dir.join("ref-batch"))?;
+    let reference_rate = reference_batches(&r.addr, orders, 8).await?;
+    r.stop();
+
+    let file = dir.join("load.jsonl");
+    let spec = oip_gateway::loadgen::LoadSpec {
+        workers,
+        orders,
+        start: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap_or_default(),
+        id_prefix: "B".into(),
+        seed: 1,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    oip_gateway::loadgen::write(&spec, &mut w)?;
+    std::io::Write::flush(&mut w)?;
+    drop(w);
+
+    let g = gateway(&dir.join("gw-batch"))?;
+    let ops = g.ops.clone().unwrap_or_default();
+    let pid = g.child.id();
+    let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let before = stages(&ops).await?;
+    let started = Instant::now();
+    let status = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+        .args(["submit", "--quiet", "--endpoint"])
+        .arg(format!("https://{}", g.addr))
+        .arg("--report")
+        .arg(dir.join("report.jsonl"))
+        .arg(&file)
+        .stdout(Stdio::null())
+        .status()?;
+    let submit_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "submit failed: {status}");
+    let after = stages(&ops).await?;
+    let records = (workers + orders) as f64;
+    let pending_at_end = metric_sum(&ops, "oip_outbox_pending").await?;
+    // The backlog left when the submit ended, drained.
+    let drain_started = Instant::now();
+    loop {
+        let pending = metric_sum(&ops, "oip_outbox_pending").await?;
+        if pending == 0.0 || drain_started.elapsed() > Duration::from_secs(1800) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drain_secs = drain_started.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    g.stop();
+    let items: f64 = {
+        let pool = sqlx::SqlitePool::connect(&format!(
+            "sqlite:{}?mode=ro",
+            dir.join("gw-batch").join("oip.db").display()
+        ))
+        .await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&pool)
+            .await?;
+        n as f64
+    };
+    let gateway_rate = records / submit_secs;
+    row(
+        "batch, 1000 a call",
+        reference_rate,
+        gateway_rate,
+        "records/s",
+        "ratio ≥ 0.3 (aim 0.5)",
+    );
+    let queued_rate = items / submit_secs;
+    let delivered_rate = items / (submit_secs + drain_secs);
+    println!(
+        "{:<28} queued    {queued_rate:>10.0} items/s  delivered {delivered_rate:>10.0} items/s  ratio {:>5.2}   target ≥ 1 ({pending_at_end:.0} of {items:.0} items left when the submit ended, drained in {drain_secs:.1} s)",
+        "forwarding",
+        delivered_rate / queued_rate.max(1e-9)
+    );
+    println!(
+        "{:<28} peak RSS  {:>10.1} MB   target ≤ 150 MB ({orders} orders submitted with forwarding on)",
+        "memory",
+        peak.load(Ordering::Relaxed) as f64 / 1024.0
+    );
+    print_stages(&before, &after, records);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(db) = std::env::var_os("OIP_BENCH_REFERENCE") {
+        return runtime.block_on(reference::serve(Path::new(&db)));
+    }
+    let secs = env_or("BENCH_INGEST_SECS", 10);
+    let orders = env_or("BENCH_INGEST_ORDERS", 1_000_000) as usize;
+    let workers = env_or("BENCH_INGEST_WORKERS", 10_000) as usize;
+    let phases = std::env::var("BENCH_INGEST_PHASES").unwrap_or_else(|_| "unary,batch".into());
+    let dir = tempfile::tempdir()?;
+    for d in ["ref-unary", "gw-unary", "ref-batch", "gw-batch"] {
+        std::fs::create_dir_all(dir.path().join(d))?;
+    }
+    runtime.block_on(async {
+        if phases.contains("unary") {
+            unary(dir.path(), secs).await?;
+        }
+        if phases.contains("batch") {
+            batch(dir.path(), workers, orders).await?;
+        }
+        anyhow::Ok(())
+    })
+}
