@@ -166,6 +166,8 @@ pub struct Access {
     /// A platform caller's grants and registration, by identity URI, kept for
     /// `access.cache_ms` (the hot path: every call of every platform reads them).
     platforms: moka::sync::Cache<String, Arc<PlatformGrants>>,
+    /// Bumped by every invalidation: a read that raced with one is not kept.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What [`Access::platform`] reads for one caller.
@@ -242,11 +244,14 @@ impl Access {
                 .max_capacity(capacity)
                 .time_to_live(ttl.max(std::time::Duration::from_millis(1)))
                 .build(),
+            generation: Arc::default(),
         }
     }
 
     /// Forgets what is cached: grants or registrations changed.
     pub fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.platforms.invalidate_all();
     }
 
@@ -257,11 +262,19 @@ impl Access {
         if let Some(hit) = self.platforms.get(&principal.uri) {
             return Ok(hit);
         }
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::Acquire);
         let read = Arc::new(PlatformGrants {
             grants: self.store.grants(&principal.uri).await?,
             profile: self.store.platform(&principal.subject).await?,
         });
         self.platforms.insert(principal.uri.clone(), read.clone());
+        // A change made while this was read may have been invalidated before the
+        // insert: then the read is not kept (the change's own invalidation comes after
+        // a later bump, which this check or that invalidation sees).
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.platforms.invalidate(&principal.uri);
+        }
         Ok(read)
     }
 

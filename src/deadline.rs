@@ -17,6 +17,8 @@ use tokio::time::Instant;
 const OPEN: u8 = 0;
 const COMMITTING: u8 = 1;
 const EXPIRED: u8 = 2;
+/// A unary call whose commit succeeded: its answer is the outcome, however late.
+const COMMITTED: u8 = 3;
 
 /// The deadline of one call; cheap to clone (shared by the edge and the handler).
 #[derive(Debug, Clone)]
@@ -38,6 +40,20 @@ pub struct DeadlineExceeded;
 /// Held while a commit is under way: the deadline cannot expire the call meanwhile.
 #[derive(Debug)]
 pub struct CommitGuard(CallDeadline);
+
+impl CommitGuard {
+    /// The commit succeeded. A call whose handler answers the deadline itself (a
+    /// stream, which commits chunk by chunk) is open again for its next chunk; any
+    /// other call can no longer be expired: its answer is the committed outcome.
+    pub fn committed(self) {
+        let next = if self.0.is_owned() { OPEN } else { COMMITTED };
+        let _ =
+            self.0
+                .0
+                .state
+                .compare_exchange(COMMITTING, next, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
 
 impl Drop for CommitGuard {
     fn drop(&mut self) {
@@ -159,6 +175,19 @@ mod tests {
         for bad in ["", "m", "123456789m", "5x", "-5m", "5 m"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_committed_call_is_never_expired_but_a_stream_goes_on() {
+        let unary = CallDeadline::after(Duration::from_secs(60));
+        unary.begin_commit().expect("open").committed();
+        assert!(!unary.expire(), "its answer is the committed outcome");
+        assert!(!unary.expired());
+
+        let stream = CallDeadline::after(Duration::from_secs(60));
+        stream.own();
+        stream.begin_commit().expect("open").committed();
+        assert!(stream.expire(), "the next chunk can still be cut off");
     }
 
     #[tokio::test]

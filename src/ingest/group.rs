@@ -117,14 +117,19 @@ impl Lanes {
 }
 
 /// Fails the waiting calls and releases the lane if the leader stops without having
-/// emptied it (a panic): no call waits for ever.
+/// emptied it (a panic): no call waits for ever. A leader that emptied its lane has
+/// released it already (a new leader may own it by now): `done` then leaves it alone.
 struct Leading {
     lanes: Lanes,
     platform_id: i64,
+    done: bool,
 }
 
 impl Drop for Leading {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         for call in self.lanes.abandon(self.platform_id) {
             let _ = call.reply.send(Err(stopped()));
         }
@@ -140,13 +145,16 @@ fn stopped() -> IngestError {
 impl Ingest {
     /// Leads the platform's lane until it is empty.
     pub(super) async fn lead(&self, platform_id: i64) {
-        let _leading = Leading {
+        let mut leading = Leading {
             lanes: self.lanes.clone(),
             platform_id,
+            done: false,
         };
         loop {
             let group = self.lanes.next_group(platform_id);
             if group.is_empty() {
+                // `next_group` released the lane.
+                leading.done = true;
                 return;
             }
             self.commit_group(group).await;
@@ -229,6 +237,9 @@ impl Ingest {
         laps.lap("load");
         let now = now_millis();
         let rates = self.rates();
+        // Statements that exist as rows: a later call loading afresh would find those,
+        // and not a key whose changes within one call summed to zero (never written).
+        let mut stored: std::collections::HashSet<_> = known.statements.keys().cloned().collect();
         let mut plans: Vec<(usize, Plan)> = Vec::with_capacity(live.len());
         for &i in &live {
             let w = &mut work[i];
@@ -240,7 +251,10 @@ impl Ingest {
                 accident_margin_ms: self.policy.accident_margin_ms,
             };
             let candidates = std::mem::take(&mut w.candidates);
-            plans.push((i, crosscheck::decide(&rules, candidates, &mut known)));
+            let plan = crosscheck::decide(&rules, candidates, &mut known);
+            stored.extend(plan.statement_deltas.keys().cloned());
+            known.statements.retain(|k, _| stored.contains(k));
+            plans.push((i, plan));
         }
         laps.lap("decide");
         let writing: Vec<usize> = (0..plans.len())
@@ -310,7 +324,9 @@ impl Ingest {
             }
             tx.commit().await?;
             laps.lap("commit");
-            drop(guards);
+            for g in guards {
+                g.committed();
+            }
             if !items.is_empty() {
                 self.wake.notify_waiters();
             }

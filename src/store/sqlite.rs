@@ -1000,11 +1000,26 @@ async fn queue(
         .await
         .map_err(db_err)?;
     }
+    // An item that a later one of the same list supersedes (the calls of one group
+    // commit, queued together) is stored superseded, as if queued before it.
+    let mut later: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+    let mut obsolete = vec![false; outbox.len()];
+    for (i, item) in outbox.iter().enumerate().rev() {
+        let key = (item.destination.as_str(), item.record_key.as_str());
+        obsolete[i] = later
+            .get(&key)
+            .is_some_and(|prefixes| prefixes.iter().any(|p| item.idempotency_key.starts_with(p)));
+        if let Some(p) = item.supersedes.as_deref() {
+            later.entry(key).or_default().push(p);
+        }
+    }
+    let mut states = obsolete.iter();
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at) ",
+            "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at, handled_at) ",
         );
         q.push_values(chunk, |mut b, item| {
+            let superseded = states.next().copied().unwrap_or(false);
             b.push_bind(item.destination.as_str())
                 .push_bind(&item.record_key)
                 .push_bind(&item.idempotency_key)
@@ -1015,9 +1030,10 @@ async fn queue(
                         item.payload.clone()
                     },
                 )
-                .push_bind("pending")
+                .push_bind(if superseded { "superseded" } else { "pending" })
                 .push_bind(at)
-                .push_bind(at);
+                .push_bind(at)
+                .push_bind(superseded.then_some(at));
         });
         q.build().execute(&mut **tx).await.map_err(db_err)?;
     }

@@ -518,6 +518,22 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
         assert!(dead().await.is_empty(), "{name}");
         assert!(due(18).await.iter().any(|(_, k)| k == "u/5"), "{name}");
 
+        // Two versions queued in one write (the calls of one group commit): the
+        // earlier is stored superseded, as if it had been queued first.
+        queue(
+            vec![
+                item("g", "1", Some("g/")),
+                item("h", "1", Some("h/")),
+                item("g", "2", Some("g/")),
+            ],
+            18,
+        )
+        .await;
+        let keys: Vec<_> = due(18).await.into_iter().map(|(_, k)| k).collect();
+        assert!(!keys.contains(&"g/1".to_string()), "{name}: {keys:?}");
+        assert!(keys.contains(&"g/2".to_string()), "{name}: {keys:?}");
+        assert!(keys.contains(&"h/1".to_string()), "{name}: {keys:?}");
+
         // A refusal of an item superseded while in flight does not bring it back.
         let seq_u5 = due(18)
             .await
