@@ -132,9 +132,7 @@ impl SqliteStore {
             .pragma("secure_delete", "on")
             // Checkpoints less often (about 40 MB of WAL): a page written by many
             // commits is copied into the database once (issue 13's profile).
-            .pragma("wal_autocheckpoint", "10000")
-            // 32 MiB of page cache per connection (the default is 2 MiB).
-            .pragma("cache_size", "-32768");
+            .pragma("wal_autocheckpoint", "10000");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
