@@ -262,3 +262,62 @@ async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
     );
     gw.stop().await;
 }
+
+/// `oip-gateway load`'s generator, in each mode, against a real gateway: every order
+/// it sends is accepted and stored, and it times every answered call.
+#[tokio::test]
+async fn the_load_generator_drives_each_kind_of_small_call() {
+    use oip_gateway::cli::load::{LoadOptions, Mode, run};
+    let gw = TestGateway::spawn().await;
+    let channel = role_channel(gw.addr, "platform-a").await;
+    let mut total = 0;
+    for (n, mode) in [Mode::Unary, Mode::Stream, Mode::SubmitStream]
+        .into_iter()
+        .enumerate()
+    {
+        let opts = LoadOptions {
+            mode,
+            in_flight: 8,
+            duration: std::time::Duration::from_millis(500),
+            records: 2,
+            messages: 3,
+            workers: 5,
+            id_prefix: format!("L{n}-"),
+            industry: "INSTANT_DELIVERY".into(),
+            division: "320100".into(),
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let report = run(std::slice::from_ref(&channel), &opts)
+            .await
+            .expect("load");
+        assert!(
+            report.failures.is_empty(),
+            "{mode:?}: {:?}",
+            report.failures
+        );
+        assert!(
+            report.other_outcomes.is_empty(),
+            "{mode:?}: {:?}",
+            report.other_outcomes
+        );
+        assert!(report.accepted > 0, "{mode:?}: nothing accepted");
+        assert_eq!(
+            report.latency_us.len(),
+            report.calls_ok,
+            "{mode:?}: one latency per answered call"
+        );
+        let per_call = match mode {
+            Mode::Stream => 6,
+            _ => 2,
+        };
+        assert_eq!(report.accepted, report.calls_ok * per_call, "{mode:?}");
+        total += report.accepted;
+    }
+    let pool = gw.sql().await;
+    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE order_id LIKE 'L%'")
+        .fetch_one(&pool)
+        .await
+        .expect("orders");
+    assert_eq!(stored as u64, total, "every accepted order is stored");
+    gw.stop().await;
+}
