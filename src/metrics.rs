@@ -19,7 +19,7 @@
 //! | `oip_outbox_oldest_pending_age_seconds` | gauge | `destination` | age of the oldest waiting item (0 when none) |
 //! | `oip_outbox_dead_letters` | gauge | `destination` | dead letters (kept, not delivered) |
 //! | `oip_audit_write_seconds` | histogram | | time to commit a group of audit entries |
-//! | `oip_ingest_stage_seconds_total` | counter | `stage` | time spent in each stage of ingest transactions: `validate`, `begin` (waiting for the platform's turn), `load`, `decide`, `plan`, `write_<table>`, `commit` |
+//! | `oip_ingest_stage_seconds_total` | counter | `stage` | time spent in each stage of ingest transactions: `validate`, `begin` (waiting for the platform's turn), `load`, `decide`, `plan`, `write_<table>`, `audit`, `commit` |
 //! | `oip_ingest_transaction_calls` | histogram | | calls applied per ingest transaction (group commit: more than 1 when calls of a platform arrive together) |
 //! | `oip_build_info` | gauge (info) | `version` | 1, with the build's version |
 

@@ -161,6 +161,18 @@ async fn metrics_count_the_calls_records_and_refusals_made() {
         value(&s, "oip_audit_write_seconds", &[]).is_some_and(|v| v >= 1.0),
         "{body}"
     );
+    // The batches were applied in ingest transactions, each stage timed.
+    assert!(
+        value(&s, "oip_ingest_transaction_calls", &[]).is_some_and(|v| v >= 1.0),
+        "{body}"
+    );
+    for stage in ["begin", "load", "decide", "write_orders", "audit", "commit"] {
+        assert!(
+            value(&s, "oip_ingest_stage_seconds_total", &[("stage", stage)])
+                .is_some_and(|v| v > 0.0),
+            "{stage}: {body}"
+        );
+    }
     assert_eq!(
         value(
             &s,
