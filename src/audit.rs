@@ -67,11 +67,8 @@ impl Auditor {
     }
 
     /// Appends `event` and waits until it is committed. Its scope is cut to
-    /// [`MAX_SCOPE_CHARS`] (a call may name any number of things).
-    pub async fn record(&self, mut event: Event) -> Result<(), StoreError> {
-        if event.scope.chars().count() > MAX_SCOPE_CHARS {
-            event.scope = crate::domain::outcome::truncate(&event.scope, MAX_SCOPE_CHARS);
-        }
+    /// [`MAX_SCOPE_CHARS`] (see [`chain`]).
+    pub async fn record(&self, event: Event) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send((event, now_millis(), ack))
@@ -113,13 +110,18 @@ async fn write_group(store: &dyn Store, events: Vec<(Event, Millis)>) -> Result<
 }
 
 /// Entries for `events` (with their times) following the chain's head `(seq, hash)`:
-/// each gets the next seq and its chain hash (`domain::audit`).
+/// each gets the next seq and its chain hash (`domain::audit`), its scope cut to
+/// [`MAX_SCOPE_CHARS`] (a call may name any number of things). Every entry, of the
+/// writer task or of an ingest transaction, is made here.
 pub fn chain(head: (i64, [u8; 32]), events: Vec<(Event, Millis)>) -> ChainRows {
     let (mut seq, mut hash) = head;
     events
         .into_iter()
-        .map(|(e, at)| {
+        .map(|(mut e, at)| {
             seq += 1;
+            if e.scope.chars().count() > MAX_SCOPE_CHARS {
+                e.scope = crate::domain::outcome::truncate(&e.scope, MAX_SCOPE_CHARS);
+            }
             let entry = AuditEntry {
                 seq,
                 at,
@@ -287,7 +289,7 @@ impl CallNote {
     /// `outcome`, for a transaction to append with what it applies.
     pub fn entry(&self, records: i64, outcome: &str) -> Event {
         let (scope, _) = self.take();
-        let mut event = Event {
+        Event {
             identity: self.identity.clone(),
             role: self.role.clone(),
             action: self.action.clone(),
@@ -295,11 +297,7 @@ impl CallNote {
             records,
             outcome: outcome.into(),
             trace_id: self.trace_id.clone(),
-        };
-        if event.scope.chars().count() > MAX_SCOPE_CHARS {
-            event.scope = crate::domain::outcome::truncate(&event.scope, MAX_SCOPE_CHARS);
         }
-        event
     }
 
     /// The call's own entry (outcome OK) was written in the transaction that applied

@@ -118,11 +118,14 @@ impl Ingest {
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let call = group::Call {
-            platform: platform.clone(),
-            candidates,
-            deadline: deadline.cloned(),
-            trace: trace.clone(),
-            audit,
+            work: group::Work {
+                platform: platform.clone(),
+                candidates,
+                deadline: deadline.cloned(),
+                trace: trace.clone(),
+                audit,
+                answer: None,
+            },
             reply,
         };
         if self.lanes.push(platform.id, call) {
@@ -132,11 +135,7 @@ impl Ingest {
             let platform_id = platform.id;
             tokio::spawn(async move { ingest.lead(platform_id).await });
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(IngestError::Store(StoreError::Unavailable(
-                "the ingest transaction stopped".into(),
-            )))
-        })
+        answer.await.unwrap_or_else(|_| Err(group::stopped()))
     }
 
     /// Releases a platform's month to tax: closes it (rated as of now, unless its first

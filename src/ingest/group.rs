@@ -48,12 +48,7 @@ pub const MAX_GROUP_RECORDS: usize = 10_000;
 
 /// One call waiting for its platform's transaction.
 pub(super) struct Call {
-    pub platform: PlatformProfile,
-    pub candidates: Vec<Candidate>,
-    pub deadline: Option<CallDeadline>,
-    pub trace: outbox::Trace,
-    /// The call's audit entry, written in the transaction that stores its records.
-    pub audit: Option<Event>,
+    pub work: Work,
     pub reply: oneshot::Sender<Result<Plan, IngestError>>,
 }
 
@@ -95,10 +90,10 @@ impl Lanes {
         let mut group = Vec::new();
         let mut records = 0;
         while let Some(next) = lane.waiting.front() {
-            if !group.is_empty() && records + next.candidates.len() > MAX_GROUP_RECORDS {
+            if !group.is_empty() && records + next.work.candidates.len() > MAX_GROUP_RECORDS {
                 break;
             }
-            records += next.candidates.len();
+            records += next.work.candidates.len();
             group.extend(lane.waiting.pop_front());
         }
         if group.is_empty() {
@@ -136,7 +131,8 @@ impl Drop for Leading {
     }
 }
 
-fn stopped() -> IngestError {
+/// The answer of a call whose transaction stopped without answering it.
+pub(super) fn stopped() -> IngestError {
     IngestError::Store(StoreError::Unavailable(
         "the platform's ingest transaction stopped".into(),
     ))
@@ -169,14 +165,7 @@ impl Ingest {
         let mut work = Vec::with_capacity(calls.len());
         for call in calls {
             replies.push(call.reply);
-            work.push(Work {
-                platform: call.platform,
-                candidates: call.candidates,
-                deadline: call.deadline,
-                trace: call.trace,
-                audit: call.audit,
-                answer: None,
-            });
+            work.push(call.work);
         }
         loop {
             let live = work.iter().filter(|w| w.answer.is_none()).count();
@@ -359,12 +348,14 @@ impl<E: Into<IngestError>> From<E> for Failure {
     }
 }
 
-/// A call's part of a group transaction, and its answer once it has one.
-struct Work {
-    platform: PlatformProfile,
-    candidates: Vec<Candidate>,
-    deadline: Option<CallDeadline>,
-    trace: outbox::Trace,
-    audit: Option<Event>,
-    answer: Option<Result<Plan, IngestError>>,
+/// A call's part of a group transaction, and its answer once it has one (None while
+/// it waits).
+pub(super) struct Work {
+    pub platform: PlatformProfile,
+    pub candidates: Vec<Candidate>,
+    pub deadline: Option<CallDeadline>,
+    pub trace: outbox::Trace,
+    /// The call's audit entry, written in the transaction that stores its records.
+    pub audit: Option<Event>,
+    pub answer: Option<Result<Plan, IngestError>>,
 }
