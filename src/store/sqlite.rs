@@ -132,7 +132,11 @@ impl SqliteStore {
             .pragma("secure_delete", "on")
             // Checkpoints less often (about 40 MB of WAL): a page written by many
             // commits is copied into the database once (issue 13's profile).
-            .pragma("wal_autocheckpoint", "10000");
+            .pragma("wal_autocheckpoint", "10000")
+            // Statement journals (the undo of one statement within a transaction) in
+            // memory: in a temporary file they cost a write for every page a statement
+            // touched, 14% of the writer (issue 13's profile).
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -710,12 +714,15 @@ impl Store for SqliteStore {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<DueItem>> {
+        // The earlier items an item waits for are open ones: `outbox_open` holds only
+        // those (its WHERE term, repeated here, is what lets SQLite use it), so the check
+        // does not walk every delivered version of a record.
         let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
              WHERE o.destination = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
-               AND NOT EXISTS (SELECT 1 FROM outbox e
-                               WHERE e.destination = o.destination AND e.record_key = o.record_key
-                                 AND e.state = 'pending' AND e.seq < o.seq)
+               AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
+                               WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
+                                 AND e.state = 'pending' AND e.destination = o.destination AND e.seq < o.seq)
              ORDER BY o.seq LIMIT ?3",
         )
         .bind(destination.as_str())
@@ -975,7 +982,8 @@ async fn queue(
     outbox: &[OutboxItem],
     at: Millis,
 ) -> Result<()> {
-    // Obsolete pending versions first (the new items are inserted after).
+    // Obsolete pending versions first (the new items are inserted after), found in
+    // `outbox_open`, the index of open items only.
     let superseding: Vec<(&str, &str, &str)> = outbox
         .iter()
         .filter_map(|i| {
@@ -987,9 +995,9 @@ async fn queue(
     for chunk in superseding.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
             "UPDATE outbox SET state = 'superseded', handled_at = ?2 WHERE seq IN (
-               SELECT o.seq FROM json_each(?1) j CROSS JOIN outbox o
-                 ON o.destination = json_extract(j.value, '$[0]') AND o.record_key = json_extract(j.value, '$[1]')
-                AND o.state IN ('pending', 'dead')
+               SELECT o.seq FROM json_each(?1) j CROSS JOIN outbox o INDEXED BY outbox_open
+                 ON o.record_key = json_extract(j.value, '$[1]') AND o.state IN ('pending', 'dead')
+                AND o.destination = json_extract(j.value, '$[0]')
                 AND substr(o.idempotency_key, 1, length(json_extract(j.value, '$[2]'))) = json_extract(j.value, '$[2]'))",
         )
         .bind(serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?)
