@@ -42,6 +42,9 @@ use std::sync::Arc;
 mod access;
 mod seal;
 
+/// The writer connection's page cache, in KiB as `PRAGMA cache_size` takes it (negative).
+const WRITER_CACHE_KIB: &str = "-16384";
+
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -140,7 +143,11 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts.clone())
+            // The writer's page cache holds a batch's dirty pages and the hot index
+            // pages (2 MB, the default, spilled dirty pages into the WAL mid-batch and
+            // re-read index pages on every batch; issue 13's profile). Readers keep
+            // the default: the memory bound is per connection.
+            .connect_with(opts.clone().pragma("cache_size", WRITER_CACHE_KIB))
             .await
             .map_err(db_err)?;
         sqlx::migrate!("migrations/sqlite")
