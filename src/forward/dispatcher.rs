@@ -1,9 +1,12 @@
 //! One dispatcher per destination: takes the due items of its queue in order, delivers
-//! them in one call with a deadline, and settles each by the backend's answer.
+//! them in one call with a deadline, and settles each by the backend's answer. Calls
+//! are pipelined: the next batch is delivered while the last one's outcomes are being
+//! recorded, and outcomes that arrive meanwhile are recorded together (`Settler`).
 //! Transient failures (the backend down, slow or failing) retry the same items without
 //! limit, with exponential backoff and jitter; an item the backend refuses as invalid is
 //! retried later and dead-lettered after `max_attempts`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,7 +121,94 @@ impl Backoff {
     }
 }
 
-/// Starts the dispatcher of `backend`'s destination; it runs until `stop` turns true.
+/// The outcomes of delivered batches on their way into the store. A settlement runs
+/// while the next batch is delivered, and the outcomes of batches delivered meanwhile
+/// are settled together by the next one (issue 13: delivering and settling one batch
+/// after the other left the backend idle while the gateway's single writer, busy with
+/// ingest, recorded the last answer).
+///
+/// Delivered items stay pending in the store until settled, so they are excluded from
+/// the next take (`unsettled`); an item that waits for one of them is not due either,
+/// since its predecessor is still pending, so a correction still never overtakes its
+/// original. A failed settlement leaves its items pending: they are delivered again,
+/// and the backends drop the repeats by idempotency key.
+struct Settler {
+    store: Arc<dyn Store>,
+    max_attempts: u32,
+    running: Option<(JoinHandle<crate::store::Result<()>>, Vec<i64>)>,
+    waiting: Vec<(i64, DeliveryOutcome)>,
+}
+
+impl Settler {
+    fn new(store: Arc<dyn Store>, max_attempts: u32) -> Self {
+        Self {
+            store,
+            max_attempts,
+            running: None,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Seqs delivered and not yet recorded.
+    fn unsettled(&self) -> HashSet<i64> {
+        let running = self
+            .running
+            .iter()
+            .flat_map(|(_, seqs)| seqs.iter().copied());
+        running
+            .chain(self.waiting.iter().map(|(seq, _)| *seq))
+            .collect()
+    }
+
+    fn busy(&self) -> bool {
+        self.running.is_some() || !self.waiting.is_empty()
+    }
+
+    fn running_done(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|(task, _)| task.is_finished())
+    }
+
+    /// Starts settling the waiting outcomes unless a settlement is running.
+    fn start(&mut self) {
+        if self.running.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        let outcomes = std::mem::take(&mut self.waiting);
+        let seqs = outcomes.iter().map(|(seq, _)| *seq).collect();
+        let (store, max_attempts) = (self.store.clone(), self.max_attempts);
+        let task =
+            tokio::spawn(async move { store.settle(&outcomes, max_attempts, now_millis()).await });
+        self.running = Some((task, seqs));
+    }
+
+    /// Waits for the running settlement; its error, if it failed.
+    async fn finish(&mut self) -> Result<(), String> {
+        let Some((task, _)) = self.running.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("settlement stopped: {e}")),
+        }
+    }
+
+    /// Settles everything delivered so far.
+    async fn flush(&mut self) -> Result<(), String> {
+        let running = self.finish().await;
+        self.start();
+        running.and(self.finish().await)
+    }
+}
+
+/// Batches delivered but not yet settled, at most, before the dispatcher waits for
+/// the store (bounds what a crash makes the dispatcher deliver again).
+const MAX_UNSETTLED_BATCHES: usize = 4;
+
+/// Starts the dispatcher of `backend`'s destination; it runs until `stop` turns true,
+/// then records what it delivered.
 pub fn spawn(
     store: Arc<dyn Store>,
     mut backend: Backend,
@@ -129,79 +219,62 @@ pub fn spawn(
     tokio::spawn(async move {
         let destination = backend.destination();
         let mut backoff = Backoff::new(settings.min_backoff, settings.max_backoff);
+        let mut settler = Settler::new(store.clone(), settings.max_attempts);
+        let batch = settings.batch_size as usize;
         loop {
             if *stop.borrow() {
+                if let Err(e) = settler.flush().await {
+                    tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
+                }
                 return;
             }
-            let due = match store
-                .due_items(destination, now_millis(), settings.batch_size)
-                .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
-                    Vec::new()
-                }
-            };
-            if due.is_empty() {
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(settings.idle_poll) => {}
-                    _ = stop.changed() => {}
-                }
-                continue;
-            }
-            let pause = match backend.deliver(&due, settings.request_timeout).await {
-                Ok(answer) if answer.results.len() == due.len() => {
-                    let now = now_millis();
-                    let retry_at = now + settings.invalid_retry.as_millis() as i64;
-                    let outcomes: Vec<_> = due
-                        .iter()
-                        .zip(&answer.results)
-                        .map(|(item, r)| {
-                            let outcome = match r.result() {
-                                proto::DeliveryResult::Delivered | proto::DeliveryResult::Repeated => DeliveryOutcome::Delivered,
-                                _ => {
-                                    // The backend may quote the record: kept and logged
-                                    // bounded, with long numbers masked.
-                                    let reason = scrub_reason(&r.reason);
-                                    tracing::warn!(destination = destination.as_str(), key = %item.idempotency_key,
-                                        attempts = item.attempts + 1, reason = %reason, "backend refused an item");
-                                    DeliveryOutcome::Invalid { reason, retry_at }
-                                }
-                            };
-                            (item.seq, outcome)
-                        })
-                        .collect();
-                    match store.settle(&outcomes, settings.max_attempts, now).await {
-                        Ok(()) => {
-                            backoff.reset();
-                            None
-                        }
-                        Err(e) => {
-                            // Delivered but not marked: the items are sent again and the
-                            // backend drops them by idempotency key.
-                            tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
-                            Some(backoff.step())
-                        }
+            let mut pause = None;
+            if settler.running_done() || settler.waiting.len() >= batch * MAX_UNSETTLED_BATCHES {
+                match settler.finish().await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
+                        pause = Some(backoff.step());
                     }
                 }
-                Ok(answer) => {
-                    tracing::warn!(
-                        destination = destination.as_str(),
-                        sent = due.len(),
-                        answered = answer.results.len(),
-                        "backend answered the wrong number of results"
-                    );
-                    Some(backoff.step())
+            }
+            settler.start();
+            if pause.is_none() {
+                let skip = settler.unsettled();
+                let limit = u32::try_from(batch + skip.len()).unwrap_or(u32::MAX);
+                let due: Vec<DueItem> = match store
+                    .due_items(destination, now_millis(), limit)
+                    .await
+                {
+                    Ok(d) => d
+                        .into_iter()
+                        .filter(|i| !skip.contains(&i.seq))
+                        .take(batch)
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
+                        Vec::new()
+                    }
+                };
+                if due.is_empty() {
+                    if settler.busy() {
+                        // What is due next may wait for what is being recorded.
+                        if let Err(e) = settler.finish().await {
+                            tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
+                            pause = Some(backoff.step());
+                        }
+                    } else {
+                        tokio::select! {
+                            _ = wake.notified() => {}
+                            _ = tokio::time::sleep(settings.idle_poll) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                } else {
+                    pause =
+                        deliver(&mut backend, &due, &settings, &mut settler, &mut backoff).await;
                 }
-                Err(e) => {
-                    let wait = backoff.step();
-                    tracing::warn!(destination = destination.as_str(), error = %e, retry_in_ms = wait.as_millis() as u64,
-                        "backend unavailable; retrying");
-                    Some(wait)
-                }
-            };
+            }
             if let Some(wait) = pause {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -210,6 +283,53 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Delivers `due` in one call and hands the outcomes to `settler`; the pause before
+/// the next call when the backend failed.
+async fn deliver(
+    backend: &mut Backend,
+    due: &[DueItem],
+    settings: &DispatchSettings,
+    settler: &mut Settler,
+    backoff: &mut Backoff,
+) -> Option<Duration> {
+    let destination = backend.destination();
+    match backend.deliver(due, settings.request_timeout).await {
+        Ok(answer) if answer.results.len() == due.len() => {
+            let retry_at = now_millis() + settings.invalid_retry.as_millis() as i64;
+            settler.waiting.extend(due.iter().zip(&answer.results).map(|(item, r)| {
+                let outcome = match r.result() {
+                    proto::DeliveryResult::Delivered | proto::DeliveryResult::Repeated => {
+                        DeliveryOutcome::Delivered
+                    }
+                    _ => {
+                        let reason = scrub_reason(&r.reason);
+                        tracing::warn!(destination = destination.as_str(), key = %item.idempotency_key,
+                            attempts = item.attempts + 1, reason = %reason, "backend refused an item");
+                        DeliveryOutcome::Invalid { reason, retry_at }
+                    }
+                };
+                (item.seq, outcome)
+            }));
+            None
+        }
+        Ok(answer) => {
+            tracing::warn!(
+                destination = destination.as_str(),
+                sent = due.len(),
+                answered = answer.results.len(),
+                "backend answered the wrong number of results"
+            );
+            Some(backoff.step())
+        }
+        Err(e) => {
+            let wait = backoff.step();
+            tracing::warn!(destination = destination.as_str(), error = %e, retry_in_ms = wait.as_millis() as u64,
+                "backend unavailable; retrying");
+            Some(wait)
+        }
+    }
 }
 
 /// Logs each destination's queue depth and oldest pending age every `every`.

@@ -345,3 +345,62 @@ async fn a_correction_never_overtakes_its_pending_original() {
     assert!(d[0].delivered_at_ms <= d[1].delivered_at_ms, "{d:?}");
     gw.stop().await;
 }
+
+/// Delivery is pipelined: the next batch is delivered while the last one's outcomes
+/// are recorded. An item delivered and not yet recorded is never delivered again,
+/// and a correction still waits for its original, with small batches, a slow backend
+/// and ingest competing for the store all along.
+#[tokio::test]
+async fn pipelined_delivery_sends_each_item_once_and_corrections_after_originals() {
+    let gw = TestGateway::spawn_with(|c| c.forward.batch_size = 4).await;
+    let mut sim = control(&gw).await;
+    sim.set_faults(proto::Faults {
+        latency_ms: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("faults");
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1"), worker("W2")]).await;
+    let ids: Vec<String> = (0..60).map(|i| format!("P{i}")).collect();
+    for chunk in ids.chunks(6) {
+        let orders = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| order(id, if i % 2 == 0 { "W1" } else { "W2" }))
+            .collect();
+        report(&mut a, orders).await;
+        // Each order's correction one call later, while its original is in flight.
+        let fixes = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut fix = order(id, if i % 2 == 0 { "W1" } else { "W2" });
+                fix.revision = Some(2);
+                fix.status = "CANCELLED".into();
+                fix
+            })
+            .collect();
+        report(&mut a, fixes).await;
+    }
+    let stats = eventually(&mut sim, "every revision applied", |c| {
+        c.get("social-security/order") == Some(&120)
+    })
+    .await;
+    assert_eq!(stats.repeated_items, 0, "an unsettled item was sent again");
+    for id in &ids {
+        await_delivery_states(&mut a, "order", id, &["DELIVERED", "DELIVERED"]).await;
+        let d = a
+            .list_deliveries(proto::ListDeliveriesRequest {
+                kind: "order".into(),
+                id: id.clone(),
+            })
+            .await
+            .expect("deliveries")
+            .into_inner()
+            .deliveries;
+        assert!(d[0].idempotency_key.ends_with("/1") && d[1].idempotency_key.ends_with("/2"));
+        assert!(d[0].delivered_at_ms <= d[1].delivered_at_ms, "{id}: {d:?}");
+    }
+    gw.stop().await;
+}
