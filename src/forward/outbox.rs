@@ -129,6 +129,7 @@ fn social_security<'a, T>(
                 payload: Some(payload(&w.record)),
             }
             .encode_to_vec(),
+            daily_enrolment: None,
         }
     })
 }
@@ -165,6 +166,7 @@ fn enrolments<'a>(
             record_key,
             idempotency_key,
             payload: payload.encode_to_vec(),
+            daily_enrolment: Some(key.clone()),
         }
     })
 }
@@ -185,6 +187,7 @@ fn tax(
             payload: Some(payload),
         }
         .encode_to_vec(),
+        daily_enrolment: None,
     }
 }
 

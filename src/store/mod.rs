@@ -254,6 +254,11 @@ pub struct OutboxItem {
     /// state, so the backend needs only the latest. None for records, whose every
     /// revision is delivered.
     pub supersedes: Option<String>,
+    /// The daily enrolment a daily enrolment's item states (None for every other
+    /// item). Its items replace each other whole, so only the newest can be open: the
+    /// enrolment's row names it, and the next item supersedes it through the row
+    /// instead of a record-key index (issue 13's profile).
+    pub daily_enrolment: Option<EnrolmentKey>,
 }
 
 /// An outbox item claimed for delivery.

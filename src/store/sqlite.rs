@@ -42,9 +42,6 @@ use std::sync::Arc;
 mod access;
 mod seal;
 
-/// The writer connection's page cache, in KiB as `PRAGMA cache_size` takes it (negative).
-const WRITER_CACHE_KIB: &str = "-16384";
-
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -143,11 +140,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            // The writer's page cache holds a batch's dirty pages and the hot index
-            // pages (2 MB, the default, spilled dirty pages into the WAL mid-batch and
-            // re-read index pages on every batch; issue 13's profile). Readers keep
-            // the default: the memory bound is per connection.
-            .connect_with(opts.clone().pragma("cache_size", WRITER_CACHE_KIB))
+            .connect_with(opts.clone())
             .await
             .map_err(db_err)?;
         sqlx::migrate!("migrations/sqlite")
@@ -612,7 +605,8 @@ impl Store for SqliteStore {
 
     async fn all_enrolments(&self, platform_id: i64) -> Result<BTreeMap<EnrolmentKey, i64>> {
         let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT worker_id, day, division_code, order_count FROM daily_enrolments WHERE platform_id = ?1",
+            "SELECT worker_id, day, division_code, order_count FROM daily_enrolments
+             WHERE platform_id = ?1 AND order_count > 0",
         )
         .bind(platform_id)
         .fetch_all(&self.reader)
@@ -722,13 +716,15 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<DueItem>> {
         // The earlier items an item waits for are open ones: `outbox_open` holds only
-        // those (its WHERE term, repeated here, is what lets SQLite use it), so the check
-        // does not walk every delivered version of a record.
+        // those (its WHERE terms, repeated here, are what let SQLite use it), so the
+        // check does not walk every delivered version of a record. A daily enrolment's
+        // item is not in it and waits for nothing: each one supersedes the one before.
         let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
              WHERE o.destination = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
                                WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
+                                 AND e.enrolment = 0
                                  AND e.state = 'pending' AND e.destination = o.destination AND e.seq < o.seq)
              ORDER BY o.seq LIMIT ?3",
         )
@@ -982,17 +978,30 @@ async fn update_dead_letters(
         .map_err(db_err)
 }
 
-/// Queues outbox items (pending, due now) in the caller's transaction.
+/// Queues outbox items (pending, due now) in the caller's transaction, after making
+/// obsolete the open items they supersede (`OutboxItem::supersedes`):
+/// - a daily enrolment's item supersedes the newest item of that enrolment, the only
+///   one that can still be open, which the enrolment's row names (`latest_item`); the
+///   row then names the new item;
+/// - any other superseding item (a volume statement, a reconciliation update)
+///   supersedes the open items of its record with its prefix, found in `outbox_open`
+///   (open items only).
+///
+/// Seqs are assigned here (the next after the highest), so the enrolment rows can
+/// name the new items; SQLite has one writer, so no other transaction takes them.
 async fn queue(
     vault: &Vault,
     tx: &mut Transaction<'static, Sqlite>,
+    platform_id: i64,
     outbox: &[OutboxItem],
     at: Millis,
 ) -> Result<()> {
-    // Obsolete pending versions first (the new items are inserted after), found in
-    // `outbox_open`, the index of open items only.
+    if outbox.is_empty() {
+        return Ok(());
+    }
     let superseding: Vec<(&str, &str, &str)> = outbox
         .iter()
+        .filter(|i| i.daily_enrolment.is_none())
         .filter_map(|i| {
             i.supersedes
                 .as_deref()
@@ -1003,12 +1012,39 @@ async fn queue(
         sqlx::query(
             "UPDATE outbox SET state = 'superseded', handled_at = ?2 WHERE seq IN (
                SELECT o.seq FROM json_each(?1) j CROSS JOIN outbox o INDEXED BY outbox_open
-                 ON o.record_key = json_extract(j.value, '$[1]') AND o.state IN ('pending', 'dead')
+                 ON o.record_key = json_extract(j.value, '$[1]')
+                AND o.state IN ('pending', 'dead') AND o.enrolment = 0
                 AND o.destination = json_extract(j.value, '$[0]')
                 AND substr(o.idempotency_key, 1, length(json_extract(j.value, '$[2]'))) = json_extract(j.value, '$[2]'))",
         )
         .bind(serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?)
         .bind(at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    }
+    let enrolments: Vec<(&str, String, &str)> = outbox
+        .iter()
+        .filter_map(|i| i.daily_enrolment.as_ref())
+        .map(|k| {
+            (
+                k.worker_id.as_str(),
+                k.day.to_string(),
+                k.division_code.as_str(),
+            )
+        })
+        .collect();
+    for chunk in enrolments.chunks(ROWS_PER_STATEMENT) {
+        sqlx::query(
+            "UPDATE outbox SET state = 'superseded', handled_at = ?2
+             WHERE state IN ('pending', 'dead') AND seq IN (
+               SELECT e.latest_item FROM json_each(?1) j CROSS JOIN daily_enrolments e
+                 ON e.platform_id = ?3 AND e.worker_id = json_extract(j.value, '$[0]')
+                AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]'))",
+        )
+        .bind(serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?)
+        .bind(at)
+        .bind(platform_id)
         .execute(&mut **tx)
         .await
         .map_err(db_err)?;
@@ -1026,28 +1062,62 @@ async fn queue(
             later.entry(key).or_default().push(p);
         }
     }
-    let mut states = obsolete.iter();
+    let (last,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    let seqs: Vec<i64> = (last + 1..).take(outbox.len()).collect();
+    let mut rows = outbox.iter().zip(&obsolete).zip(&seqs);
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO outbox (destination, record_key, idempotency_key, payload, state, next_attempt_at, created_at, handled_at) ",
+            "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
+             created_at, handled_at, enrolment) ",
         );
-        q.push_values(chunk, |mut b, item| {
-            let superseded = states.next().copied().unwrap_or(false);
-            b.push_bind(item.destination.as_str())
-                .push_bind(&item.record_key)
-                .push_bind(&item.idempotency_key)
-                .push_bind(
-                    if carries_personal_data(item.destination, &item.record_key) {
-                        vault.seal(&item.payload, AAD_PAYLOAD)
-                    } else {
-                        item.payload.clone()
-                    },
-                )
-                .push_bind(if superseded { "superseded" } else { "pending" })
-                .push_bind(at)
-                .push_bind(at)
-                .push_bind(superseded.then_some(at));
+        q.push_values(
+            rows.by_ref().take(chunk.len()),
+            |mut b, ((item, superseded), seq)| {
+                b.push_bind(*seq)
+                    .push_bind(item.destination.as_str())
+                    .push_bind(&item.record_key)
+                    .push_bind(&item.idempotency_key)
+                    .push_bind(
+                        if carries_personal_data(item.destination, &item.record_key) {
+                            vault.seal(&item.payload, AAD_PAYLOAD)
+                        } else {
+                            item.payload.clone()
+                        },
+                    )
+                    .push_bind(if *superseded { "superseded" } else { "pending" })
+                    .push_bind(at)
+                    .push_bind(at)
+                    .push_bind(superseded.then_some(at))
+                    .push_bind(item.daily_enrolment.is_some());
+            },
+        );
+        q.build().execute(&mut **tx).await.map_err(db_err)?;
+    }
+    // Each enrolment's row names its newest item (the last of the list wins).
+    let newest: HashMap<&EnrolmentKey, i64> = outbox
+        .iter()
+        .zip(&seqs)
+        .filter_map(|(item, seq)| item.daily_enrolment.as_ref().map(|k| (k, *seq)))
+        .collect();
+    let newest: Vec<(&EnrolmentKey, i64)> = newest.into_iter().collect();
+    for chunk in newest.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item) ",
+        );
+        q.push_values(chunk, |mut b, (k, seq)| {
+            b.push_bind(platform_id)
+                .push_bind(&k.worker_id)
+                .push_bind(k.day.to_string())
+                .push_bind(&k.division_code)
+                .push_bind(0_i64)
+                .push_bind(*seq);
         });
+        q.push(
+            " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET latest_item = excluded.latest_item",
+        );
         q.build().execute(&mut **tx).await.map_err(db_err)?;
     }
     Ok(())
@@ -1614,20 +1684,9 @@ impl IngestTx for SqliteIngest {
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
-        // A day whose last order moved away is no longer an enrolment.
-        for (k, _) in plan.enrolment_deltas.iter().filter(|(_, d)| **d < 0) {
-            sqlx::query(
-                "DELETE FROM daily_enrolments
-                 WHERE platform_id = ?1 AND worker_id = ?2 AND day = ?3 AND division_code = ?4 AND order_count <= 0",
-            )
-            .bind(pid)
-            .bind(&k.worker_id)
-            .bind(k.day.to_string())
-            .bind(&k.division_code)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        }
+        // A day whose last order moved away is no longer an enrolment, but its row
+        // stays at 0 orders: it names the day's newest item (`latest_item`), which the
+        // withdrawal is, and which a later order of that day supersedes.
         laps.lap("write_enrolments");
         for period in &plan.closes {
             sqlx::query("INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)")
@@ -1639,7 +1698,7 @@ impl IngestTx for SqliteIngest {
                 .map_err(db_err)?;
         }
         laps.lap("write_closes");
-        queue(&self.vault, &mut self.tx, outbox, received_at).await?;
+        queue(&self.vault, &mut self.tx, pid, outbox, received_at).await?;
         laps.lap("write_outbox");
         Ok(())
     }
@@ -1704,7 +1763,7 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        queue(&self.vault, &mut self.tx, outbox, at).await
+        queue(&self.vault, &mut self.tx, self.platform_id, outbox, at).await
     }
 
     async fn audit_head(&mut self) -> Result<(i64, [u8; 32])> {

@@ -404,3 +404,51 @@ async fn pipelined_delivery_sends_each_item_once_and_corrections_after_originals
     }
     gw.stop().await;
 }
+
+/// A day that lost its last order and then got another: the withdrawal (0 orders)
+/// and the re-enrolment are items of one daily enrolment, and the newer supersedes
+/// the older even though the day was not an enrolment in between.
+#[tokio::test]
+async fn a_re_enrolment_supersedes_a_pending_withdrawal() {
+    let gw = TestGateway::spawn().await;
+    let mut sim = control(&gw).await;
+    sim.set_faults(proto::Faults {
+        paused: true,
+        ..Default::default()
+    })
+    .await
+    .expect("pause");
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    report(&mut a, vec![order("O1", "W1")]).await;
+    let mut cancel = order("O1", "W1");
+    cancel.revision = Some(2);
+    cancel.status = "CANCELLED".into();
+    report(&mut a, vec![cancel]).await;
+    report(&mut a, vec![order("O2", "W1")]).await;
+    let day = "W1/2025-07-02/320100";
+    assert_eq!(
+        delivery_states(&mut a, "enrolment", day).await,
+        vec!["SUPERSEDED", "SUPERSEDED", "PENDING"]
+    );
+    sim.set_faults(proto::Faults::default())
+        .await
+        .expect("resume");
+    await_delivery_states(
+        &mut a,
+        "enrolment",
+        day,
+        &["SUPERSEDED", "SUPERSEDED", "DELIVERED"],
+    )
+    .await;
+    let stats = eventually(&mut sim, "orders delivered", |c| {
+        c.get("social-security/order") == Some(&3)
+    })
+    .await;
+    let enrolments = stats
+        .applied
+        .iter()
+        .find(|k| k.kind == "social-security/enrolment");
+    assert_eq!(enrolments.map(|k| k.count), Some(1), "{stats:?}");
+    gw.stop().await;
+}

@@ -296,6 +296,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             idempotency_key: format!("{record}/{rev}"),
             payload: vec![rev as u8],
             supersedes: None,
+            daily_enrolment: None,
         };
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let plan = crosscheck::Plan::default();
@@ -392,6 +393,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             idempotency_key: format!("{record}/{version}"),
             payload: vec![],
             supersedes: supersedes.map(str::to_string),
+            daily_enrolment: None,
         };
         let queue = |items: Vec<OutboxItem>, at: i64| {
             let store = store.clone();
