@@ -19,6 +19,18 @@ async fn control(gw: &TestGateway) -> Control {
     )
 }
 
+/// The embedded simulator's control, its deliveries paused (every call UNAVAILABLE).
+async fn paused(gw: &TestGateway) -> Control {
+    let mut sim = control(gw).await;
+    sim.set_faults(proto::Faults {
+        paused: true,
+        ..Default::default()
+    })
+    .await
+    .expect("pause");
+    sim
+}
+
 async fn applied(
     c: &mut Control,
 ) -> (
@@ -59,13 +71,7 @@ async fn eventually(
 #[tokio::test]
 async fn a_backend_outage_delays_but_loses_nothing() {
     let gw = TestGateway::spawn().await;
-    let mut sim = control(&gw).await;
-    sim.set_faults(proto::Faults {
-        paused: true,
-        ..Default::default()
-    })
-    .await
-    .expect("pause");
+    let mut sim = paused(&gw).await;
 
     let mut a = gw.client("platform-a").await;
     let workers: Vec<_> = (0..50).map(|i| worker(&format!("W{i}"))).collect();
@@ -332,15 +338,7 @@ async fn a_correction_never_overtakes_its_pending_original() {
         .await
         .expect("faults");
     await_delivery_states(&mut a, "order", "O1", &["DELIVERED", "DELIVERED"]).await;
-    let d = a
-        .list_deliveries(proto::ListDeliveriesRequest {
-            kind: "order".into(),
-            id: "O1".into(),
-        })
-        .await
-        .expect("deliveries")
-        .into_inner()
-        .deliveries;
+    let d = deliveries(&mut a, "order", "O1").await;
     assert!(d[0].idempotency_key.ends_with("/1") && d[1].idempotency_key.ends_with("/2"));
     assert!(d[0].delivered_at_ms <= d[1].delivered_at_ms, "{d:?}");
     gw.stop().await;
@@ -390,15 +388,7 @@ async fn pipelined_delivery_sends_each_item_once_and_corrections_after_originals
     assert_eq!(stats.repeated_items, 0, "an unsettled item was sent again");
     for id in &ids {
         await_delivery_states(&mut a, "order", id, &["DELIVERED", "DELIVERED"]).await;
-        let d = a
-            .list_deliveries(proto::ListDeliveriesRequest {
-                kind: "order".into(),
-                id: id.clone(),
-            })
-            .await
-            .expect("deliveries")
-            .into_inner()
-            .deliveries;
+        let d = deliveries(&mut a, "order", id).await;
         assert!(d[0].idempotency_key.ends_with("/1") && d[1].idempotency_key.ends_with("/2"));
         assert!(d[0].delivered_at_ms <= d[1].delivered_at_ms, "{id}: {d:?}");
     }
@@ -411,13 +401,7 @@ async fn pipelined_delivery_sends_each_item_once_and_corrections_after_originals
 #[tokio::test]
 async fn a_re_enrolment_supersedes_a_pending_withdrawal() {
     let gw = TestGateway::spawn().await;
-    let mut sim = control(&gw).await;
-    sim.set_faults(proto::Faults {
-        paused: true,
-        ..Default::default()
-    })
-    .await
-    .expect("pause");
+    let mut sim = paused(&gw).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     report(&mut a, vec![order("O1", "W1")]).await;

@@ -667,7 +667,8 @@ pub async fn await_delivery_states(c: &mut Client, kind: &str, id: &str, want: &
     }
 }
 
-pub async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String> {
+/// Every delivery of a record, oldest first.
+pub async fn deliveries(c: &mut Client, kind: &str, id: &str) -> Vec<proto::Delivery> {
     c.list_deliveries(proto::ListDeliveriesRequest {
         kind: kind.into(),
         id: id.into(),
@@ -676,9 +677,14 @@ pub async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String
     .expect("deliveries")
     .into_inner()
     .deliveries
-    .into_iter()
-    .map(|d| d.state)
-    .collect()
+}
+
+pub async fn delivery_states(c: &mut Client, kind: &str, id: &str) -> Vec<String> {
+    deliveries(c, kind, id)
+        .await
+        .into_iter()
+        .map(|d| d.state)
+        .collect()
 }
 
 /// A bulk-file line of a valid worker of platform A (as [`worker`]).
