@@ -286,6 +286,10 @@ pub struct ForwardConfig {
     pub client_key: PathBuf,
     /// The embedded simulator's database; unset: `backend-sim.db` beside the gateway's.
     pub simulator_database_url: Option<String>,
+    /// Items per Deliver call, at most (also cut at 3 MiB of payload). 5000: with
+    /// fewer, a destination's backlog drained slower than one platform ingests
+    /// (issue 13's benchmark: 500 delivered 0.71 of the queued rate, 2000 0.85, 5000
+    /// 0.97, each call pipelined with the recording of the last).
     pub batch_size: u32,
     /// Refusals (INVALID) before an item is dead-lettered.
     pub max_attempts: u32,
@@ -378,7 +382,7 @@ impl Default for ForwardConfig {
             client_cert: "certs-example/gateway.pem".into(),
             client_key: "certs-example/gateway.key".into(),
             simulator_database_url: None,
-            batch_size: 500,
+            batch_size: 5000,
             max_attempts: 5,
             request_timeout_ms: 10_000,
             min_backoff_ms: 100,

@@ -203,6 +203,11 @@ impl Settler {
     }
 }
 
+/// Payload bytes per Deliver call, at most (one item is sent whatever its size): below
+/// gRPC's customary 4 MiB message limit at the receiving backend, so a batch of large
+/// items (accidents with long descriptions) is cut short rather than refused.
+const MAX_CALL_BYTES: usize = 3 * 1024 * 1024;
+
 /// Batches delivered but not yet settled, at most, before the dispatcher waits for
 /// the store (bounds what a crash makes the dispatcher deliver again).
 const MAX_UNSETTLED_BATCHES: usize = 4;
@@ -246,11 +251,7 @@ pub fn spawn(
                     .due_items(destination, now_millis(), limit)
                     .await
                 {
-                    Ok(d) => d
-                        .into_iter()
-                        .filter(|i| !skip.contains(&i.seq))
-                        .take(batch)
-                        .collect(),
+                    Ok(d) => next_call(d, &skip, batch, MAX_CALL_BYTES),
                     Err(e) => {
                         tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
                         Vec::new()
@@ -283,6 +284,28 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// The items of the next call: the due ones not in `skip` (delivered, not yet
+/// recorded), in order, at most `batch` and at most `max_bytes` of payload (the first
+/// whatever its size).
+fn next_call(
+    due: Vec<DueItem>,
+    skip: &HashSet<i64>,
+    batch: usize,
+    max_bytes: usize,
+) -> Vec<DueItem> {
+    let mut bytes = 0;
+    due.into_iter()
+        .filter(|i| !skip.contains(&i.seq))
+        .take(batch)
+        .enumerate()
+        .take_while(|(n, i)| {
+            bytes += i.payload.len();
+            *n == 0 || bytes <= max_bytes
+        })
+        .map(|(_, i)| i)
+        .collect()
 }
 
 /// Delivers `due` in one call and hands the outcomes to `settler`; the pause before
@@ -360,4 +383,39 @@ pub fn spawn_queue_reporter(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: i64, bytes: usize) -> DueItem {
+        DueItem {
+            seq,
+            idempotency_key: format!("k/{seq}"),
+            payload: vec![0; bytes],
+            attempts: 0,
+        }
+    }
+
+    fn seqs(items: &[DueItem]) -> Vec<i64> {
+        items.iter().map(|i| i.seq).collect()
+    }
+
+    #[test]
+    fn a_call_skips_unsettled_items_and_stops_at_the_count_or_the_bytes() {
+        let due = || (1..=6).map(|s| item(s, 100)).collect::<Vec<_>>();
+        let none = HashSet::new();
+        assert_eq!(seqs(&next_call(due(), &none, 4, 10_000)), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(&next_call(due(), &none, 10, 250)), vec![1, 2]);
+        let unsettled: HashSet<i64> = [1, 3].into();
+        assert_eq!(
+            seqs(&next_call(due(), &unsettled, 3, 10_000)),
+            vec![2, 4, 5]
+        );
+        // One item larger than the limit still goes, alone.
+        let big = vec![item(7, 5_000), item(8, 10)];
+        assert_eq!(seqs(&next_call(big, &none, 10, 1_000)), vec![7]);
+        assert!(next_call(Vec::new(), &none, 10, 1_000).is_empty());
+    }
 }
