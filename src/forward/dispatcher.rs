@@ -208,9 +208,10 @@ impl Settler {
 /// items (accidents with long descriptions) is cut short rather than refused.
 const MAX_CALL_BYTES: usize = 3 * 1024 * 1024;
 
-/// Batches delivered but not yet settled, at most, before the dispatcher waits for
-/// the store (bounds what a crash makes the dispatcher deliver again).
-const MAX_UNSETTLED_BATCHES: usize = 4;
+/// Batches delivered but not yet settled, at most, besides the one being settled,
+/// before the dispatcher waits for the store (bounds what a crash makes it deliver
+/// again, and the items it reads to skip them: more raised the peak memory).
+const MAX_UNSETTLED_BATCHES: usize = 1;
 
 /// Starts the dispatcher of `backend`'s destination; it runs until `stop` turns true,
 /// then records what it delivered.
