@@ -1037,7 +1037,7 @@ async fn queue(
     for chunk in enrolments.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
             "UPDATE outbox SET state = 'superseded', handled_at = ?2
-             WHERE state IN ('pending', 'dead') AND seq IN (
+             WHERE state IN ('pending', 'dead') AND enrolment = 1 AND seq IN (
                SELECT e.latest_item FROM json_each(?1) j CROSS JOIN daily_enrolments e
                  ON e.platform_id = ?3 AND e.worker_id = json_extract(j.value, '$[0]')
                 AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]'))",
@@ -1680,7 +1680,7 @@ impl IngestTx for SqliteIngest {
             });
             q.push(
                 " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET
-                 order_count = order_count + excluded.order_count",
+                 order_count = max(order_count + excluded.order_count, 0)",
             );
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
