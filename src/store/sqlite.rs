@@ -981,23 +981,23 @@ async fn update_dead_letters(
 /// Queues outbox items (pending, due now) in the caller's transaction, after making
 /// obsolete the open items they supersede (`OutboxItem::supersedes`):
 /// - a daily enrolment's item supersedes the newest item of that enrolment, the only
-///   one that can still be open, which the enrolment's row names (`latest_item`); the
-///   row then names the new item;
+///   one that can still be open, which the enrolment's row names (`latest_item`);
 /// - any other superseding item (a volume statement, a reconciliation update)
 ///   supersedes the open items of its record with its prefix, found in `outbox_open`
 ///   (open items only).
 ///
-/// Seqs are assigned here (the next after the highest), so the enrolment rows can
-/// name the new items; SQLite has one writer, so no other transaction takes them.
-async fn queue(
+/// Seqs are assigned here (the next after the highest); SQLite has one writer, so no
+/// other transaction takes them. Returns the seq of the newest item of each daily
+/// enrolment queued, for the caller to record on the enrolment's row (with its count).
+async fn queue<'a>(
     vault: &Vault,
     tx: &mut Transaction<'static, Sqlite>,
     platform_id: i64,
-    outbox: &[OutboxItem],
+    outbox: &'a [OutboxItem],
     at: Millis,
-) -> Result<()> {
+) -> Result<HashMap<&'a EnrolmentKey, i64>> {
     if outbox.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
     let superseding: Vec<(&str, &str, &str)> = outbox
         .iter()
@@ -1096,31 +1096,12 @@ async fn queue(
         );
         q.build().execute(&mut **tx).await.map_err(db_err)?;
     }
-    // Each enrolment's row names its newest item (the last of the list wins).
-    let newest: HashMap<&EnrolmentKey, i64> = outbox
+    // The newest item of each enrolment (the last of the list wins).
+    Ok(outbox
         .iter()
         .zip(&seqs)
         .filter_map(|(item, seq)| item.daily_enrolment.as_ref().map(|k| (k, *seq)))
-        .collect();
-    let newest: Vec<(&EnrolmentKey, i64)> = newest.into_iter().collect();
-    for chunk in newest.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item) ",
-        );
-        q.push_values(chunk, |mut b, (k, seq)| {
-            b.push_bind(platform_id)
-                .push_bind(&k.worker_id)
-                .push_bind(k.day.to_string())
-                .push_bind(&k.division_code)
-                .push_bind(0_i64)
-                .push_bind(*seq);
-        });
-        q.push(
-            " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET latest_item = excluded.latest_item",
-        );
-        q.build().execute(&mut **tx).await.map_err(db_err)?;
-    }
-    Ok(())
+        .collect())
 }
 
 struct SqliteIngest {
@@ -1666,28 +1647,6 @@ impl IngestTx for SqliteIngest {
             q.build().execute(&mut *self.tx).await.map_err(db_err)?;
         }
         laps.lap("write_statements");
-        let deltas: Vec<_> = plan.enrolment_deltas.iter().collect();
-        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count) ",
-            );
-            q.push_values(chunk, |mut b, (k, d)| {
-                b.push_bind(pid)
-                    .push_bind(&k.worker_id)
-                    .push_bind(k.day.to_string())
-                    .push_bind(&k.division_code)
-                    .push_bind(**d);
-            });
-            q.push(
-                " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET
-                 order_count = max(order_count + excluded.order_count, 0)",
-            );
-            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
-        }
-        // A day whose last order moved away is no longer an enrolment, but its row
-        // stays at 0 orders: it names the day's newest item (`latest_item`), which the
-        // withdrawal is, and which a later order of that day supersedes.
-        laps.lap("write_enrolments");
         for period in &plan.closes {
             sqlx::query("INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)")
                 .bind(pid)
@@ -1698,8 +1657,44 @@ impl IngestTx for SqliteIngest {
                 .map_err(db_err)?;
         }
         laps.lap("write_closes");
-        queue(&self.vault, &mut self.tx, pid, outbox, received_at).await?;
+        let newest = queue(&self.vault, &mut self.tx, pid, outbox, received_at).await?;
         laps.lap("write_outbox");
+        // Each changed enrolment's count, and the newest item of each enrolment that got
+        // one (its row at 0 orders if the calls of a group left no change).
+        let mut rows: Vec<(&EnrolmentKey, i64, Option<i64>)> = plan
+            .enrolment_deltas
+            .iter()
+            .map(|(k, d)| (k, *d, newest.get(k).copied()))
+            .collect();
+        rows.extend(
+            newest
+                .iter()
+                .filter(|(k, _)| !plan.enrolment_deltas.contains_key(**k))
+                .map(|(k, seq)| (*k, 0, Some(*seq))),
+        );
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item) ",
+            );
+            q.push_values(chunk, |mut b, (k, delta, item)| {
+                b.push_bind(pid)
+                    .push_bind(&k.worker_id)
+                    .push_bind(k.day.to_string())
+                    .push_bind(&k.division_code)
+                    .push_bind(*delta)
+                    .push_bind(*item);
+            });
+            q.push(
+                " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET
+                 order_count = max(order_count + excluded.order_count, 0),
+                 latest_item = coalesce(excluded.latest_item, latest_item)",
+            );
+            q.build().execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        // A day whose last order moved away is no longer an enrolment, but its row
+        // stays at 0 orders: it names the day's newest item (`latest_item`), which the
+        // withdrawal is, and which a later order of that day supersedes.
+        laps.lap("write_enrolments");
         Ok(())
     }
 
@@ -1763,7 +1758,9 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        queue(&self.vault, &mut self.tx, self.platform_id, outbox, at).await
+        queue(&self.vault, &mut self.tx, self.platform_id, outbox, at)
+            .await
+            .map(drop)
     }
 
     async fn audit_head(&mut self) -> Result<(i64, [u8; 32])> {

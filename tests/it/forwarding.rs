@@ -31,6 +31,14 @@ async fn paused(gw: &TestGateway) -> Control {
     sim
 }
 
+/// Revision 2 of `order(id, worker_id)`: cancelled.
+fn cancelled(id: &str, worker_id: &str) -> proto::Order {
+    let mut fix = order(id, worker_id);
+    fix.revision = Some(2);
+    fix.status = "CANCELLED".into();
+    fix
+}
+
 async fn applied(
     c: &mut Control,
 ) -> (
@@ -156,10 +164,7 @@ async fn a_backend_outage_delays_but_loses_nothing() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
     // A correction is delivered as a new key after its original.
-    let mut fix = order("O0-0", "W0");
-    fix.revision = Some(2);
-    fix.status = "CANCELLED".into();
-    report(&mut a, vec![fix]).await;
+    report(&mut a, vec![cancelled("O0-0", "W0")]).await;
     // ...and W0's enrolment that day drops from 10 orders to 9: a new version.
     eventually(&mut sim, "correction delivered", |c| {
         c.get("social-security/order") == Some(&501)
@@ -315,10 +320,7 @@ async fn a_correction_never_overtakes_its_pending_original() {
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     report(&mut a, vec![order("O1", "W1")]).await;
-    let mut fix = order("O1", "W1");
-    fix.revision = Some(2);
-    fix.status = "CANCELLED".into();
-    report(&mut a, vec![fix]).await;
+    report(&mut a, vec![cancelled("O1", "W1")]).await;
 
     // The original is refused again and again; the correction stays behind it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -372,12 +374,7 @@ async fn pipelined_delivery_sends_each_item_once_and_corrections_after_originals
         let fixes = chunk
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                let mut fix = order(id, if i % 2 == 0 { "W1" } else { "W2" });
-                fix.revision = Some(2);
-                fix.status = "CANCELLED".into();
-                fix
-            })
+            .map(|(i, id)| cancelled(id, if i % 2 == 0 { "W1" } else { "W2" }))
             .collect();
         report(&mut a, fixes).await;
     }
@@ -405,10 +402,7 @@ async fn a_re_enrolment_supersedes_a_pending_withdrawal() {
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     report(&mut a, vec![order("O1", "W1")]).await;
-    let mut cancel = order("O1", "W1");
-    cancel.revision = Some(2);
-    cancel.status = "CANCELLED".into();
-    report(&mut a, vec![cancel]).await;
+    report(&mut a, vec![cancelled("O1", "W1")]).await;
     report(&mut a, vec![order("O2", "W1")]).await;
     let day = "W1/2025-07-02/320100";
     assert_eq!(
