@@ -799,11 +799,37 @@ impl Store for SqliteStore {
             i64,
             Option<i64>,
         );
+        // A daily enrolment's items are not in `outbox_by_record`: they are chained from
+        // the enrolment's row (`latest_item`, then each item's `previous`). Its key is
+        // `<uscc>/enrolment/<worker>/<YYYY-MM-DD>/<division>`; a worker id may hold '/'.
+        let enrolment = record_key
+            .split_once("/enrolment/")
+            .and_then(|(uscc, rest)| {
+                let mut parts = rest.rsplitn(3, '/');
+                let (division, day, worker) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((uscc, worker, day, division))
+            });
+        let (uscc, worker, day, division) = enrolment.unwrap_or_default();
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT idempotency_key, destination, state, attempts, last_error, created_at, delivered_at FROM outbox
-             WHERE destination IN ('social-security', 'tax') AND record_key = ?1 ORDER BY seq",
+            "WITH RECURSIVE chain(seq) AS (
+               SELECT e.latest_item FROM daily_enrolments e JOIN platforms p ON p.id = e.platform_id
+                WHERE ?2 AND p.uscc = ?3 AND e.worker_id = ?4 AND e.day = ?5 AND e.division_code = ?6
+               UNION
+               SELECT o.previous FROM chain c JOIN outbox o ON o.seq = c.seq WHERE o.enrolment = 1
+             )
+             SELECT idempotency_key, destination, state, attempts, last_error, created_at, delivered_at FROM outbox
+             WHERE seq IN (SELECT seq FROM chain WHERE seq IS NOT NULL
+                           UNION ALL
+                           SELECT seq FROM outbox INDEXED BY outbox_by_record
+                            WHERE record_key = ?1 AND enrolment = 0)
+               AND record_key = ?1 ORDER BY seq",
         )
         .bind(record_key)
+        .bind(enrolment.is_some())
+        .bind(uscc)
+        .bind(worker)
+        .bind(day)
+        .bind(division)
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
@@ -891,12 +917,15 @@ impl Store for SqliteStore {
         let args = (destination, seqs.as_str(), now, by);
         if action == DeadLetterAction::Replay {
             // A dead item behind which a later item of its record was delivered is
-            // obsolete: replaying it would leave the backend with the older state.
+            // obsolete: replaying it would leave the backend with the older state. (A
+            // daily enrolment's dead item is always its newest: the next one supersedes
+            // it when queued.)
             let sql = format!(
                 "UPDATE outbox SET state = 'superseded', handled_by = ?4, handled_at = ?3
-                 WHERE {selected} AND EXISTS (SELECT 1 FROM outbox l
-                   WHERE l.destination = outbox.destination AND l.record_key = outbox.record_key
-                     AND l.seq > outbox.seq AND l.state = 'delivered')"
+                 WHERE {selected} AND outbox.enrolment = 0
+                   AND EXISTS (SELECT 1 FROM outbox l INDEXED BY outbox_by_record
+                     WHERE l.record_key = outbox.record_key AND l.enrolment = 0
+                       AND l.destination = outbox.destination AND l.seq > outbox.seq AND l.state = 'delivered')"
             );
             let obsolete = update_dead_letters(&mut tx, &sql, args).await?;
             if obsolete > 0 {
@@ -981,7 +1010,8 @@ async fn update_dead_letters(
 /// Queues outbox items (pending, due now) in the caller's transaction, after making
 /// obsolete the open items they supersede (`OutboxItem::supersedes`):
 /// - a daily enrolment's item supersedes the newest item of that enrolment, the only
-///   one that can still be open, which the enrolment's row names (`latest_item`);
+///   one that can still be open, which the enrolment's row names (`latest_item`), and
+///   names it as its `previous` (the chain `deliveries` walks back);
 /// - any other superseding item (a volume statement, a reconciliation update)
 ///   supersedes the open items of its record with its prefix, found in `outbox_open`
 ///   (open items only).
@@ -1023,7 +1053,9 @@ async fn queue<'a>(
         .await
         .map_err(db_err)?;
     }
-    let enrolments: Vec<(&str, String, &str)> = outbox
+    // Each enrolment's newest stored item: the one a new item supersedes (if still
+    // open) and names as its `previous` (the chain a listing walks back).
+    let mut keys: Vec<(&str, String, &str)> = outbox
         .iter()
         .filter_map(|i| i.daily_enrolment.as_ref())
         .map(|k| {
@@ -1034,17 +1066,31 @@ async fn queue<'a>(
             )
         })
         .collect();
-    for chunk in enrolments.chunks(ROWS_PER_STATEMENT) {
+    keys.sort_unstable();
+    keys.dedup();
+    let mut latest: HashMap<(String, String, String), i64> = HashMap::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<(String, String, String, i64)> = fetch_json(
+            &mut **tx,
+            "SELECT json_group_array(json_array(e.worker_id, e.day, e.division_code, e.latest_item))
+             FROM json_each(?2) j CROSS JOIN daily_enrolments e
+               ON e.platform_id = ?1 AND e.worker_id = json_extract(j.value, '$[0]')
+              AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]')
+             WHERE e.latest_item IS NOT NULL",
+            platform_id,
+            serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?,
+        )
+        .await?;
+        latest.extend(rows.into_iter().map(|(w, d, c, seq)| ((w, d, c), seq)));
+    }
+    let open: Vec<i64> = latest.values().copied().collect();
+    for chunk in open.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
             "UPDATE outbox SET state = 'superseded', handled_at = ?2
-             WHERE state IN ('pending', 'dead') AND enrolment = 1 AND seq IN (
-               SELECT e.latest_item FROM json_each(?1) j CROSS JOIN daily_enrolments e
-                 ON e.platform_id = ?3 AND e.worker_id = json_extract(j.value, '$[0]')
-                AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]'))",
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND state IN ('pending', 'dead') AND enrolment = 1",
         )
         .bind(serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?)
         .bind(at)
-        .bind(platform_id)
         .execute(&mut **tx)
         .await
         .map_err(db_err)?;
@@ -1067,15 +1113,32 @@ async fn queue<'a>(
         .await
         .map_err(db_err)?;
     let seqs: Vec<i64> = (last + 1..).take(outbox.len()).collect();
-    let mut rows = outbox.iter().zip(&obsolete).zip(&seqs);
+    let mut newest: HashMap<&EnrolmentKey, i64> = HashMap::new();
+    let previous: Vec<Option<i64>> = outbox
+        .iter()
+        .zip(&seqs)
+        .map(|(item, seq)| {
+            let k = item.daily_enrolment.as_ref()?;
+            newest.insert(k, *seq).or_else(|| {
+                latest
+                    .get(&(
+                        k.worker_id.clone(),
+                        k.day.to_string(),
+                        k.division_code.clone(),
+                    ))
+                    .copied()
+            })
+        })
+        .collect();
+    let mut rows = outbox.iter().zip(&obsolete).zip(seqs.iter().zip(&previous));
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
-             created_at, handled_at, enrolment) ",
+             created_at, handled_at, enrolment, previous) ",
         );
         q.push_values(
             rows.by_ref().take(chunk.len()),
-            |mut b, ((item, superseded), seq)| {
+            |mut b, ((item, superseded), (seq, previous))| {
                 b.push_bind(*seq)
                     .push_bind(item.destination.as_str())
                     .push_bind(&item.record_key)
@@ -1091,17 +1154,13 @@ async fn queue<'a>(
                     .push_bind(at)
                     .push_bind(at)
                     .push_bind(superseded.then_some(at))
-                    .push_bind(item.daily_enrolment.is_some());
+                    .push_bind(item.daily_enrolment.is_some())
+                    .push_bind(*previous);
             },
         );
         q.build().execute(&mut **tx).await.map_err(db_err)?;
     }
-    // The newest item of each enrolment (the last of the list wins).
-    Ok(outbox
-        .iter()
-        .zip(&seqs)
-        .filter_map(|(item, seq)| item.daily_enrolment.as_ref().map(|k| (k, *seq)))
-        .collect())
+    Ok(newest)
 }
 
 struct SqliteIngest {
