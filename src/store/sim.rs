@@ -92,7 +92,11 @@ impl SimStore {
                     .push_bind(&i.payload)
                     .push_bind(now);
             });
-            q.build().execute(&mut *tx).await.map_err(err)?;
+            q.build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
         }
         let mut per_kind: BTreeMap<String, i64> = BTreeMap::new();
         for i in &new_items {

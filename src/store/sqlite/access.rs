@@ -79,7 +79,11 @@ impl AccessStore for SqliteStore {
             " ON CONFLICT (identity, role, scope) DO UPDATE SET expires_at = excluded.expires_at,
               granted_at = excluded.granted_at, granted_by = excluded.granted_by",
         );
-        q.build().execute(&self.writer).await.map_err(db_err)?;
+        q.build()
+            .persistent(false)
+            .execute(&self.writer)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -407,7 +411,11 @@ pub(super) async fn insert_chain(
                 .push_bind(&e.trace_id)
                 .push_bind(hash.as_slice());
         });
-        q.build().execute(&mut *conn).await.map_err(db_err)?;
+        q.build()
+            .persistent(false)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
     }
     Ok(())
 }
