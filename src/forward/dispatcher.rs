@@ -211,7 +211,7 @@ const MAX_CALL_BYTES: usize = 3 * 1024 * 1024;
 /// Batches delivered but not yet settled, at most, besides the one being settled,
 /// before the dispatcher waits for the store (bounds what a crash makes it deliver
 /// again, and the items it reads to skip them: more raised the peak memory).
-const MAX_UNSETTLED_BATCHES: usize = 1;
+const MAX_UNSETTLED_BATCHES: usize = 3;
 
 /// Starts the dispatcher of `backend`'s destination; it runs until `stop` turns true,
 /// then records what it delivered.
