@@ -116,6 +116,18 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 impl SqliteStore {
+    /// A write transaction that holds the write lock from its first statement
+    /// (`BEGIN IMMEDIATE`). A deferred one reads first and upgrades at its first write,
+    /// which SQLite refuses at once (SQLITE_BUSY_SNAPSHOT, code 517, no busy wait) when
+    /// the database changed since the read began: seen once in a 1,000,000-order
+    /// submit with forwarding on.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
+    }
+
     /// Opens (creating if needed) the database at a `sqlite:` URL or plain path,
     /// applies the migrations and brings personal data under the vault's current key.
     pub async fn open(url: &str, vault: Vault) -> Result<Self> {
@@ -264,7 +276,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
         let now = crate::domain::time::now_millis();
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO platforms (uscc, name, industries, delivery_tier, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -401,7 +413,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin_ingest(&self, platform_id: i64) -> Result<Box<dyn IngestTx>> {
-        let tx = self.writer.begin().await.map_err(db_err)?;
+        let tx = self.write_tx().await?;
         Ok(Box::new(SqliteIngest {
             tx,
             platform_id,
@@ -687,7 +699,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
         for b in bases {
             sqlx::query(
                 "INSERT OR IGNORE INTO base_rates (industry, tier, effective_from, fen_per_order, recorded_at)
@@ -763,7 +775,7 @@ impl Store for SqliteStore {
         max_attempts: u32,
         now: Millis,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
         let delivered: Vec<i64> = outcomes
             .iter()
             .filter(|(_, o)| *o == DeliveryOutcome::Delivered)
@@ -922,7 +934,7 @@ impl Store for SqliteStore {
         let selected = "state = 'dead' AND (?1 IS NULL OR destination = ?1)
                AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))";
         let seqs = serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?;
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
         let destination = selection.destination.map(Destination::as_str);
         let args = (destination, seqs.as_str(), now, by);
         if action == DeadLetterAction::Replay {

@@ -203,13 +203,13 @@ impl AccessStore for SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
         insert_chain(&mut tx, entries).await?;
         tx.commit().await.map_err(db_err)
     }
 
     async fn begin_audit(&self) -> Result<Box<dyn crate::store::AuditTx>> {
-        let tx = self.writer.begin().await.map_err(db_err)?;
+        let tx = self.write_tx().await?;
         Ok(Box::new(SqliteAudit { tx }))
     }
 
@@ -259,7 +259,7 @@ impl AccessStore for SqliteStore {
     }
 
     async fn prune_audit(&self, before: Millis) -> Result<Option<(u64, i64, [u8; 32])>> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
         // The newest entry always stays, so the next append still has its head.
         let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, hash FROM audit_log

@@ -143,7 +143,7 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer.begin().await.map_err(db_err)
+        self.write_tx().await
     }
 
     /// Returns (rows changed, rows that were in clear).
