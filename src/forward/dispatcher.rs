@@ -127,16 +127,41 @@ impl Backoff {
 /// after the other left the backend idle while the gateway's single writer, busy with
 /// ingest, recorded the last answer).
 ///
-/// Delivered items stay pending in the store until settled, so they are excluded from
-/// the next take (`unsettled`); an item that waits for one of them is not due either,
-/// since its predecessor is still pending, so a correction still never overtakes its
-/// original. A failed settlement leaves its items pending: they are delivered again,
-/// and the backends drop the repeats by idempotency key.
+/// Delivered items stay pending in the store until settled, so the records they
+/// belong to are excluded from the next take (`unsettled`): not only are they not
+/// sent again, no other item of their records is sent before they are settled. A
+/// later item would wait anyway (its predecessor is still pending); an earlier one can
+/// only be a dead letter replayed meanwhile, which the settlement of the later item
+/// supersedes (`Store::settle`), so a correction never overtakes its original. A
+/// failed settlement leaves its items pending: they are delivered again, and the
+/// backends drop the repeats by idempotency key.
 struct Settler {
     store: Arc<dyn Store>,
     max_attempts: u32,
-    running: Option<(JoinHandle<crate::store::Result<()>>, Vec<i64>)>,
+    /// The settlement under way, with the record keys of its items.
+    running: Option<(JoinHandle<crate::store::Result<()>>, Vec<String>)>,
     waiting: Vec<(i64, DeliveryOutcome)>,
+    /// The record keys of `waiting`'s items, in the same order.
+    waiting_records: Vec<String>,
+}
+
+/// What is delivered and not yet recorded: how many items, and their records.
+#[derive(Debug, Default, Clone)]
+struct Unsettled {
+    items: usize,
+    records: HashSet<String>,
+}
+
+impl Unsettled {
+    /// These and the items of one more call.
+    fn and(&self, call: &[DueItem]) -> Self {
+        let mut records = self.records.clone();
+        records.extend(call.iter().map(|i| i.record_key.clone()));
+        Self {
+            items: self.items + call.len(),
+            records,
+        }
+    }
 }
 
 impl Settler {
@@ -146,18 +171,29 @@ impl Settler {
             max_attempts,
             running: None,
             waiting: Vec::new(),
+            waiting_records: Vec::new(),
         }
     }
 
-    /// Seqs delivered and not yet recorded.
-    fn unsettled(&self) -> HashSet<i64> {
-        let running = self
-            .running
-            .iter()
-            .flat_map(|(_, seqs)| seqs.iter().copied());
-        running
-            .chain(self.waiting.iter().map(|(seq, _)| *seq))
-            .collect()
+    /// Items delivered and not yet recorded.
+    fn unsettled(&self) -> Unsettled {
+        let running = self.running.iter().flat_map(|(_, keys)| keys.iter());
+        let records: Vec<&String> = running.chain(&self.waiting_records).collect();
+        Unsettled {
+            items: records.len(),
+            records: records.into_iter().cloned().collect(),
+        }
+    }
+
+    /// Hands over the outcomes of a delivered call.
+    fn delivered(
+        &mut self,
+        due: &[DueItem],
+        outcomes: impl Iterator<Item = (i64, DeliveryOutcome)>,
+    ) {
+        self.waiting.extend(outcomes);
+        self.waiting_records
+            .extend(due.iter().map(|i| i.record_key.clone()));
     }
 
     fn busy(&self) -> bool {
@@ -176,11 +212,11 @@ impl Settler {
             return;
         }
         let outcomes = std::mem::take(&mut self.waiting);
-        let seqs = outcomes.iter().map(|(seq, _)| *seq).collect();
+        let records = std::mem::take(&mut self.waiting_records);
         let (store, max_attempts) = (self.store.clone(), self.max_attempts);
         let task =
             tokio::spawn(async move { store.settle(&outcomes, max_attempts, now_millis()).await });
-        self.running = Some((task, seqs));
+        self.running = Some((task, records));
     }
 
     /// Waits for the running settlement; its error, if it failed.
@@ -252,7 +288,7 @@ pub fn spawn(
                 // read again when none of them is left, since more may be due by now.
                 let due = match prefetched
                     .take()
-                    .map(|d| next_call(d, &skip, batch, MAX_CALL_BYTES))
+                    .map(|d| next_call(d, &skip.records, batch, MAX_CALL_BYTES))
                 {
                     Some(due) if !due.is_empty() => due,
                     _ => take(&*store, destination, &skip, batch).await,
@@ -276,11 +312,7 @@ pub fn spawn(
                     // skip this call's items, and an item that waits for one of them
                     // is not due, as it is still pending (issue 13: reading took
                     // nearly half of each delivery cycle).
-                    let ahead: HashSet<i64> = skip
-                        .iter()
-                        .copied()
-                        .chain(due.iter().map(|i| i.seq))
-                        .collect();
+                    let ahead = skip.and(&due);
                     let (outcome, next) = tokio::join!(
                         deliver(&mut backend, &due, &settings, &mut settler, &mut backoff),
                         take(&*store, destination, &ahead, batch)
@@ -304,12 +336,12 @@ pub fn spawn(
 async fn take(
     store: &dyn Store,
     destination: Destination,
-    skip: &HashSet<i64>,
+    skip: &Unsettled,
     batch: usize,
 ) -> Vec<DueItem> {
-    let limit = u32::try_from(batch + skip.len()).unwrap_or(u32::MAX);
+    let limit = u32::try_from(batch + skip.items).unwrap_or(u32::MAX);
     match store.due_items(destination, now_millis(), limit).await {
-        Ok(d) => next_call(d, skip, batch, MAX_CALL_BYTES),
+        Ok(d) => next_call(d, &skip.records, batch, MAX_CALL_BYTES),
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
             Vec::new()
@@ -317,18 +349,18 @@ async fn take(
     }
 }
 
-/// The items of the next call: the due ones not in `skip` (delivered, not yet
-/// recorded), in order, at most `batch` and at most `max_bytes` of payload (the first
+/// The items of the next call: the due ones whose record is not in `skip` (records
+/// with an item delivered, not yet recorded), in order, at most `batch` and at most `max_bytes` of payload (the first
 /// whatever its size).
 fn next_call(
     due: Vec<DueItem>,
-    skip: &HashSet<i64>,
+    skip: &HashSet<String>,
     batch: usize,
     max_bytes: usize,
 ) -> Vec<DueItem> {
     let mut bytes = 0;
     due.into_iter()
-        .filter(|i| !skip.contains(&i.seq))
+        .filter(|i| !skip.contains(&i.record_key))
         .take(batch)
         .enumerate()
         .take_while(|(n, i)| {
@@ -352,7 +384,7 @@ async fn deliver(
     match backend.deliver(due, settings.request_timeout).await {
         Ok(answer) if answer.results.len() == due.len() => {
             let retry_at = now_millis() + settings.invalid_retry.as_millis() as i64;
-            settler.waiting.extend(due.iter().zip(&answer.results).map(|(item, r)| {
+            settler.delivered(due, due.iter().zip(&answer.results).map(|(item, r)| {
                 let outcome = match r.result() {
                     proto::DeliveryResult::Delivered | proto::DeliveryResult::Repeated => {
                         DeliveryOutcome::Delivered
@@ -423,6 +455,7 @@ mod tests {
     fn item(seq: i64, bytes: usize) -> DueItem {
         DueItem {
             seq,
+            record_key: format!("r/{}", seq % 5),
             idempotency_key: format!("k/{seq}"),
             payload: vec![0; bytes],
             attempts: 0,
@@ -434,14 +467,20 @@ mod tests {
     }
 
     #[test]
-    fn a_call_skips_unsettled_items_and_stops_at_the_count_or_the_bytes() {
+    fn a_call_skips_records_with_unsettled_items_and_stops_at_the_count_or_the_bytes() {
         let due = || (1..=6).map(|s| item(s, 100)).collect::<Vec<_>>();
         let none = HashSet::new();
         assert_eq!(seqs(&next_call(due(), &none, 4, 10_000)), vec![1, 2, 3, 4]);
         assert_eq!(seqs(&next_call(due(), &none, 10, 250)), vec![1, 2]);
-        let unsettled: HashSet<i64> = [1, 3].into();
+        // Records r/1 and r/3 have an item delivered and not yet recorded: none of
+        // their items goes (6 is r/1's too).
+        let unsettled: HashSet<String> = ["r/1".to_string(), "r/3".to_string()].into();
         assert_eq!(
             seqs(&next_call(due(), &unsettled, 3, 10_000)),
+            vec![2, 4, 5]
+        );
+        assert_eq!(
+            seqs(&next_call(due(), &unsettled, 10, 10_000)),
             vec![2, 4, 5]
         );
         // One item larger than the limit still goes, alone.

@@ -265,6 +265,8 @@ pub struct OutboxItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueItem {
     pub seq: i64,
+    /// `platform/kind/id`: the record the item delivers.
+    pub record_key: String,
     pub idempotency_key: String,
     pub payload: Vec<u8>,
     pub attempts: u32,
@@ -418,7 +420,10 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<DueItem>>;
-    /// Records what the backend answered, in one transaction.
+    /// Records what the backend answered, in one transaction. An item of a record
+    /// delivered supersedes the earlier items of its record still pending: only a dead
+    /// letter replayed while the later item was on its way can be one, and sent now it
+    /// would overtake its correction.
     async fn settle(
         &self,
         outcomes: &[(i64, DeliveryOutcome)],
