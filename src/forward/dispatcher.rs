@@ -127,40 +127,42 @@ impl Backoff {
 /// after the other left the backend idle while the gateway's single writer, busy with
 /// ingest, recorded the last answer).
 ///
-/// Delivered items stay pending in the store until settled, so the records they
-/// belong to are excluded from the next take (`unsettled`): not only are they not
-/// sent again, no other item of their records is sent before they are settled. A
-/// later item would wait anyway (its predecessor is still pending); an earlier one can
-/// only be a dead letter replayed meanwhile, which the settlement of the later item
-/// supersedes (`Store::settle`), so a correction never overtakes its original. A
-/// failed settlement leaves its items pending: they are delivered again, and the
-/// backends drop the repeats by idempotency key.
+/// Delivered items stay pending in the store until settled, so they are excluded from
+/// the next take (`unsettled`); an item that waits for one of them is not due either,
+/// since its predecessor is still pending, so a correction still never overtakes its
+/// original. An earlier item of their record can only be a dead letter replayed
+/// meanwhile: it is not sent while they are unsettled, and their settlement
+/// supersedes it (`Store::settle`). A failed settlement leaves its items pending: they
+/// are delivered again, and the backends drop the repeats by idempotency key.
 struct Settler {
     store: Arc<dyn Store>,
     max_attempts: u32,
-    /// The settlement under way, with the record keys of its items.
-    running: Option<(JoinHandle<crate::store::Result<()>>, Vec<String>)>,
+    /// The settlement under way, with the seqs and record keys of its items.
+    running: Option<(
+        JoinHandle<crate::store::Result<()>>,
+        (Vec<i64>, Vec<String>),
+    )>,
     waiting: Vec<(i64, DeliveryOutcome)>,
     /// The record keys of `waiting`'s items, in the same order.
     waiting_records: Vec<String>,
 }
 
-/// What is delivered and not yet recorded: how many items, and their records.
+/// What is delivered and not yet recorded: the items, and their records (read only
+/// when a replayed dead letter is due, which is rare).
 #[derive(Debug, Default, Clone)]
 struct Unsettled {
-    items: usize,
-    records: HashSet<String>,
+    seqs: HashSet<i64>,
+    records: Vec<String>,
 }
 
 impl Unsettled {
     /// These and the items of one more call.
     fn and(&self, call: &[DueItem]) -> Self {
-        let mut records = self.records.clone();
-        records.extend(call.iter().map(|i| i.record_key.clone()));
-        Self {
-            items: self.items + call.len(),
-            records,
-        }
+        let mut more = self.clone();
+        more.seqs.extend(call.iter().map(|i| i.seq));
+        more.records
+            .extend(call.iter().map(|i| i.record_key.clone()));
+        more
     }
 }
 
@@ -177,11 +179,15 @@ impl Settler {
 
     /// Items delivered and not yet recorded.
     fn unsettled(&self) -> Unsettled {
-        let running = self.running.iter().flat_map(|(_, keys)| keys.iter());
-        let records: Vec<&String> = running.chain(&self.waiting_records).collect();
+        let running = self.running.iter().flat_map(|(_, (_, keys))| keys.iter());
         Unsettled {
-            items: records.len(),
-            records: records.into_iter().cloned().collect(),
+            seqs: self
+                .running
+                .iter()
+                .flat_map(|(_, (seqs, _))| seqs.iter().copied())
+                .chain(self.waiting.iter().map(|(seq, _)| *seq))
+                .collect(),
+            records: running.chain(&self.waiting_records).cloned().collect(),
         }
     }
 
@@ -212,11 +218,12 @@ impl Settler {
             return;
         }
         let outcomes = std::mem::take(&mut self.waiting);
+        let seqs = outcomes.iter().map(|(seq, _)| *seq).collect();
         let records = std::mem::take(&mut self.waiting_records);
         let (store, max_attempts) = (self.store.clone(), self.max_attempts);
         let task =
             tokio::spawn(async move { store.settle(&outcomes, max_attempts, now_millis()).await });
-        self.running = Some((task, records));
+        self.running = Some((task, (seqs, records)));
     }
 
     /// Waits for the running settlement; its error, if it failed.
@@ -288,7 +295,7 @@ pub fn spawn(
                 // read again when none of them is left, since more may be due by now.
                 let due = match prefetched
                     .take()
-                    .map(|d| next_call(d, &skip.records, batch, MAX_CALL_BYTES))
+                    .map(|d| next_call(d, &skip, batch, MAX_CALL_BYTES))
                 {
                     Some(due) if !due.is_empty() => due,
                     _ => take(&*store, destination, &skip, batch).await,
@@ -339,9 +346,9 @@ async fn take(
     skip: &Unsettled,
     batch: usize,
 ) -> Vec<DueItem> {
-    let limit = u32::try_from(batch + skip.items).unwrap_or(u32::MAX);
+    let limit = u32::try_from(batch + skip.seqs.len()).unwrap_or(u32::MAX);
     match store.due_items(destination, now_millis(), limit).await {
-        Ok(d) => next_call(d, &skip.records, batch, MAX_CALL_BYTES),
+        Ok(d) => next_call(d, skip, batch, MAX_CALL_BYTES),
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
             Vec::new()
@@ -349,18 +356,20 @@ async fn take(
     }
 }
 
-/// The items of the next call: the due ones whose record is not in `skip` (records
-/// with an item delivered, not yet recorded), in order, at most `batch` and at most `max_bytes` of payload (the first
-/// whatever its size).
-fn next_call(
-    due: Vec<DueItem>,
-    skip: &HashSet<String>,
-    batch: usize,
-    max_bytes: usize,
-) -> Vec<DueItem> {
+/// The items of the next call: the due ones not in `skip` (delivered, not yet
+/// recorded), nor replayed dead letters of a record with an item in `skip`, in order,
+/// at most `batch` and at most `max_bytes` of payload (the first whatever its size).
+fn next_call(due: Vec<DueItem>, skip: &Unsettled, batch: usize, max_bytes: usize) -> Vec<DueItem> {
+    let held: HashSet<&str> = if due.iter().any(|i| i.replayed) {
+        skip.records.iter().map(String::as_str).collect()
+    } else {
+        HashSet::new()
+    };
     let mut bytes = 0;
     due.into_iter()
-        .filter(|i| !skip.contains(&i.record_key))
+        .filter(|i| {
+            !skip.seqs.contains(&i.seq) && !(i.replayed && held.contains(i.record_key.as_str()))
+        })
         .take(batch)
         .enumerate()
         .take_while(|(n, i)| {
@@ -456,6 +465,7 @@ mod tests {
         DueItem {
             seq,
             record_key: format!("r/{}", seq % 5),
+            replayed: false,
             idempotency_key: format!("k/{seq}"),
             payload: vec![0; bytes],
             attempts: 0,
@@ -467,20 +477,28 @@ mod tests {
     }
 
     #[test]
-    fn a_call_skips_records_with_unsettled_items_and_stops_at_the_count_or_the_bytes() {
+    fn a_call_skips_unsettled_items_and_stops_at_the_count_or_the_bytes() {
         let due = || (1..=6).map(|s| item(s, 100)).collect::<Vec<_>>();
-        let none = HashSet::new();
+        let none = Unsettled::default();
         assert_eq!(seqs(&next_call(due(), &none, 4, 10_000)), vec![1, 2, 3, 4]);
         assert_eq!(seqs(&next_call(due(), &none, 10, 250)), vec![1, 2]);
-        // Records r/1 and r/3 have an item delivered and not yet recorded: none of
-        // their items goes (6 is r/1's too).
-        let unsettled: HashSet<String> = ["r/1".to_string(), "r/3".to_string()].into();
+        // Items 1 and 3 (records r/1 and r/3) are delivered, not yet recorded.
+        let unsettled = none.and(&[item(1, 100), item(3, 100)]);
         assert_eq!(
             seqs(&next_call(due(), &unsettled, 3, 10_000)),
             vec![2, 4, 5]
         );
+        // 6 is r/1's too: it goes (a later item waits in the store, not here) unless
+        // it is a replayed dead letter, which waits until r/1's item is recorded.
         assert_eq!(
             seqs(&next_call(due(), &unsettled, 10, 10_000)),
+            vec![2, 4, 5, 6]
+        );
+        let mut replayed = due();
+        replayed[5].replayed = true;
+        replayed[1].replayed = true;
+        assert_eq!(
+            seqs(&next_call(replayed, &unsettled, 10, 10_000)),
             vec![2, 4, 5]
         );
         // One item larger than the limit still goes, alone.

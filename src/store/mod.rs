@@ -267,6 +267,8 @@ pub struct DueItem {
     pub seq: i64,
     /// `platform/kind/id`: the record the item delivers.
     pub record_key: String,
+    /// A dead letter an administrator replayed (sent again from pending).
+    pub replayed: bool,
     pub idempotency_key: String,
     pub payload: Vec<u8>,
     pub attempts: u32,

@@ -741,8 +741,8 @@ impl Store for SqliteStore {
         // those (its WHERE terms, repeated here, are what let SQLite use it), so the
         // check does not walk every delivered version of a record. A daily enrolment's
         // item is not in it and waits for nothing: each one supersedes the one before.
-        let rows: Vec<(i64, String, String, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT o.seq, o.record_key, o.idempotency_key, o.payload, o.attempts FROM outbox o
+        let rows: Vec<(i64, String, bool, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT o.seq, o.record_key, o.handled_by IS NOT NULL, o.idempotency_key, o.payload, o.attempts FROM outbox o
              WHERE o.destination = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
                                WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
@@ -757,16 +757,19 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         rows.into_iter()
-            .map(|(seq, record_key, idempotency_key, payload, attempts)| {
-                Ok(DueItem {
-                    seq,
-                    record_key,
-                    idempotency_key,
-                    payload: clear_payload(&self.vault, payload)?,
-                    attempts: u32::try_from(attempts)
-                        .map_err(|_| corrupt("attempts out of range"))?,
-                })
-            })
+            .map(
+                |(seq, record_key, replayed, idempotency_key, payload, attempts)| {
+                    Ok(DueItem {
+                        seq,
+                        record_key,
+                        replayed,
+                        idempotency_key,
+                        payload: clear_payload(&self.vault, payload)?,
+                        attempts: u32::try_from(attempts)
+                            .map_err(|_| corrupt("attempts out of range"))?,
+                    })
+                },
+            )
             .collect()
     }
 
