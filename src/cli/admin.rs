@@ -823,7 +823,7 @@ async fn act(admin: &mut Client, p: DeadLetterPick, replay: bool) -> anyhow::Res
         let missed = asked - changed;
         if replay {
             println!(
-                "{missed} of the dead letters picked {} not replayed: superseded by a newer version of the record already delivered (see `oip-gateway status deliveries`), or no longer dead letters when the call ran",
+                "{missed} of the dead letters picked {} not replayed: superseded by a newer version of the record already delivered or on its way (see `oip-gateway status deliveries`), or no longer dead letters when the call ran",
                 if missed == 1 { "was" } else { "were" }
             );
         } else {

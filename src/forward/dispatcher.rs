@@ -130,40 +130,13 @@ impl Backoff {
 /// Delivered items stay pending in the store until settled, so they are excluded from
 /// the next take (`unsettled`); an item that waits for one of them is not due either,
 /// since its predecessor is still pending, so a correction still never overtakes its
-/// original. An earlier item of their record can only be a dead letter replayed
-/// meanwhile: it is not sent while they are unsettled, and their settlement
-/// supersedes it (`Store::settle`). A failed settlement leaves its items pending: they
-/// are delivered again, and the backends drop the repeats by idempotency key.
+/// original. A failed settlement leaves its items pending: they are delivered again,
+/// and the backends drop the repeats by idempotency key.
 struct Settler {
     store: Arc<dyn Store>,
     max_attempts: u32,
-    /// The settlement under way, with the seqs and record keys of its items.
-    running: Option<(
-        JoinHandle<crate::store::Result<()>>,
-        (Vec<i64>, Vec<String>),
-    )>,
+    running: Option<(JoinHandle<crate::store::Result<()>>, Vec<i64>)>,
     waiting: Vec<(i64, DeliveryOutcome)>,
-    /// The record keys of `waiting`'s items, in the same order.
-    waiting_records: Vec<String>,
-}
-
-/// What is delivered and not yet recorded: the items, and their records (read only
-/// when a replayed dead letter is due, which is rare).
-#[derive(Debug, Default, Clone)]
-struct Unsettled {
-    seqs: HashSet<i64>,
-    records: Vec<String>,
-}
-
-impl Unsettled {
-    /// These and the items of one more call.
-    fn and(&self, call: &[DueItem]) -> Self {
-        let mut more = self.clone();
-        more.seqs.extend(call.iter().map(|i| i.seq));
-        more.records
-            .extend(call.iter().map(|i| i.record_key.clone()));
-        more
-    }
 }
 
 impl Settler {
@@ -173,33 +146,18 @@ impl Settler {
             max_attempts,
             running: None,
             waiting: Vec::new(),
-            waiting_records: Vec::new(),
         }
     }
 
-    /// Items delivered and not yet recorded.
-    fn unsettled(&self) -> Unsettled {
-        let running = self.running.iter().flat_map(|(_, (_, keys))| keys.iter());
-        Unsettled {
-            seqs: self
-                .running
-                .iter()
-                .flat_map(|(_, (seqs, _))| seqs.iter().copied())
-                .chain(self.waiting.iter().map(|(seq, _)| *seq))
-                .collect(),
-            records: running.chain(&self.waiting_records).cloned().collect(),
-        }
-    }
-
-    /// Hands over the outcomes of a delivered call.
-    fn delivered(
-        &mut self,
-        due: &[DueItem],
-        outcomes: impl Iterator<Item = (i64, DeliveryOutcome)>,
-    ) {
-        self.waiting.extend(outcomes);
-        self.waiting_records
-            .extend(due.iter().map(|i| i.record_key.clone()));
+    /// Seqs delivered and not yet recorded.
+    fn unsettled(&self) -> HashSet<i64> {
+        let running = self
+            .running
+            .iter()
+            .flat_map(|(_, seqs)| seqs.iter().copied());
+        running
+            .chain(self.waiting.iter().map(|(seq, _)| *seq))
+            .collect()
     }
 
     fn busy(&self) -> bool {
@@ -219,11 +177,10 @@ impl Settler {
         }
         let outcomes = std::mem::take(&mut self.waiting);
         let seqs = outcomes.iter().map(|(seq, _)| *seq).collect();
-        let records = std::mem::take(&mut self.waiting_records);
         let (store, max_attempts) = (self.store.clone(), self.max_attempts);
         let task =
             tokio::spawn(async move { store.settle(&outcomes, max_attempts, now_millis()).await });
-        self.running = Some((task, (seqs, records)));
+        self.running = Some((task, seqs));
     }
 
     /// Waits for the running settlement; its error, if it failed.
@@ -319,7 +276,11 @@ pub fn spawn(
                     // skip this call's items, and an item that waits for one of them
                     // is not due, as it is still pending (issue 13: reading took
                     // nearly half of each delivery cycle).
-                    let ahead = skip.and(&due);
+                    let ahead: HashSet<i64> = skip
+                        .iter()
+                        .copied()
+                        .chain(due.iter().map(|i| i.seq))
+                        .collect();
                     let (outcome, next) = tokio::join!(
                         deliver(&mut backend, &due, &settings, &mut settler, &mut backoff),
                         take(&*store, destination, &ahead, batch)
@@ -343,10 +304,10 @@ pub fn spawn(
 async fn take(
     store: &dyn Store,
     destination: Destination,
-    skip: &Unsettled,
+    skip: &HashSet<i64>,
     batch: usize,
 ) -> Vec<DueItem> {
-    let limit = u32::try_from(batch + skip.seqs.len()).unwrap_or(u32::MAX);
+    let limit = u32::try_from(batch + skip.len()).unwrap_or(u32::MAX);
     match store.due_items(destination, now_millis(), limit).await {
         Ok(d) => next_call(d, skip, batch, MAX_CALL_BYTES),
         Err(e) => {
@@ -357,19 +318,17 @@ async fn take(
 }
 
 /// The items of the next call: the due ones not in `skip` (delivered, not yet
-/// recorded), nor replayed dead letters of a record with an item in `skip`, in order,
-/// at most `batch` and at most `max_bytes` of payload (the first whatever its size).
-fn next_call(due: Vec<DueItem>, skip: &Unsettled, batch: usize, max_bytes: usize) -> Vec<DueItem> {
-    let held: HashSet<&str> = if due.iter().any(|i| i.replayed) {
-        skip.records.iter().map(String::as_str).collect()
-    } else {
-        HashSet::new()
-    };
+/// recorded), in order, at most `batch` and at most `max_bytes` of payload (the first
+/// whatever its size).
+fn next_call(
+    due: Vec<DueItem>,
+    skip: &HashSet<i64>,
+    batch: usize,
+    max_bytes: usize,
+) -> Vec<DueItem> {
     let mut bytes = 0;
     due.into_iter()
-        .filter(|i| {
-            !skip.seqs.contains(&i.seq) && !(i.replayed && held.contains(i.record_key.as_str()))
-        })
+        .filter(|i| !skip.contains(&i.seq))
         .take(batch)
         .enumerate()
         .take_while(|(n, i)| {
@@ -393,7 +352,7 @@ async fn deliver(
     match backend.deliver(due, settings.request_timeout).await {
         Ok(answer) if answer.results.len() == due.len() => {
             let retry_at = now_millis() + settings.invalid_retry.as_millis() as i64;
-            settler.delivered(due, due.iter().zip(&answer.results).map(|(item, r)| {
+            settler.waiting.extend(due.iter().zip(&answer.results).map(|(item, r)| {
                 let outcome = match r.result() {
                     proto::DeliveryResult::Delivered | proto::DeliveryResult::Repeated => {
                         DeliveryOutcome::Delivered
@@ -464,8 +423,6 @@ mod tests {
     fn item(seq: i64, bytes: usize) -> DueItem {
         DueItem {
             seq,
-            record_key: format!("r/{}", seq % 5),
-            replayed: false,
             idempotency_key: format!("k/{seq}"),
             payload: vec![0; bytes],
             attempts: 0,
@@ -479,26 +436,12 @@ mod tests {
     #[test]
     fn a_call_skips_unsettled_items_and_stops_at_the_count_or_the_bytes() {
         let due = || (1..=6).map(|s| item(s, 100)).collect::<Vec<_>>();
-        let none = Unsettled::default();
+        let none = HashSet::new();
         assert_eq!(seqs(&next_call(due(), &none, 4, 10_000)), vec![1, 2, 3, 4]);
         assert_eq!(seqs(&next_call(due(), &none, 10, 250)), vec![1, 2]);
-        // Items 1 and 3 (records r/1 and r/3) are delivered, not yet recorded.
-        let unsettled = none.and(&[item(1, 100), item(3, 100)]);
+        let unsettled: HashSet<i64> = [1, 3].into();
         assert_eq!(
             seqs(&next_call(due(), &unsettled, 3, 10_000)),
-            vec![2, 4, 5]
-        );
-        // 6 is r/1's too: it goes (a later item waits in the store, not here) unless
-        // it is a replayed dead letter, which waits until r/1's item is recorded.
-        assert_eq!(
-            seqs(&next_call(due(), &unsettled, 10, 10_000)),
-            vec![2, 4, 5, 6]
-        );
-        let mut replayed = due();
-        replayed[5].replayed = true;
-        replayed[1].replayed = true;
-        assert_eq!(
-            seqs(&next_call(replayed, &unsettled, 10, 10_000)),
             vec![2, 4, 5]
         );
         // One item larger than the limit still goes, alone.

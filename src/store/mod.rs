@@ -265,10 +265,6 @@ pub struct OutboxItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueItem {
     pub seq: i64,
-    /// `platform/kind/id`: the record the item delivers.
-    pub record_key: String,
-    /// A dead letter an administrator replayed (sent again from pending).
-    pub replayed: bool,
     pub idempotency_key: String,
     pub payload: Vec<u8>,
     pub attempts: u32,
@@ -422,10 +418,7 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<DueItem>>;
-    /// Records what the backend answered, in one transaction. An item of a record
-    /// delivered supersedes the earlier items of its record still pending: only a dead
-    /// letter replayed while the later item was on its way can be one, and sent now it
-    /// would overtake its correction.
+    /// Records what the backend answered, in one transaction.
     async fn settle(
         &self,
         outcomes: &[(i64, DeliveryOutcome)],
@@ -443,7 +436,9 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<DeadLetter>>;
     /// Replays or discards the selected dead letters (items not dead are left alone);
-    /// returns how many changed.
+    /// returns how many changed. A dead letter with a later item of its record that
+    /// is pending or delivered is superseded instead of replayed: sent again, it could
+    /// reach the backend after its correction (a pending item may be on its way).
     async fn handle_dead_letters(
         &self,
         selection: &DeadLetterSelection,

@@ -741,8 +741,8 @@ impl Store for SqliteStore {
         // those (its WHERE terms, repeated here, are what let SQLite use it), so the
         // check does not walk every delivered version of a record. A daily enrolment's
         // item is not in it and waits for nothing: each one supersedes the one before.
-        let rows: Vec<(i64, String, bool, String, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT o.seq, o.record_key, o.handled_by IS NOT NULL, o.idempotency_key, o.payload, o.attempts FROM outbox o
+        let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
              WHERE o.destination = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
                                WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
@@ -757,19 +757,15 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         rows.into_iter()
-            .map(
-                |(seq, record_key, replayed, idempotency_key, payload, attempts)| {
-                    Ok(DueItem {
-                        seq,
-                        record_key,
-                        replayed,
-                        idempotency_key,
-                        payload: clear_payload(&self.vault, payload)?,
-                        attempts: u32::try_from(attempts)
-                            .map_err(|_| corrupt("attempts out of range"))?,
-                    })
-                },
-            )
+            .map(|(seq, idempotency_key, payload, attempts)| {
+                Ok(DueItem {
+                    seq,
+                    idempotency_key,
+                    payload: clear_payload(&self.vault, payload)?,
+                    attempts: u32::try_from(attempts)
+                        .map_err(|_| corrupt("attempts out of range"))?,
+                })
+            })
             .collect()
     }
 
@@ -786,37 +782,12 @@ impl Store for SqliteStore {
             .map(|(seq, _)| *seq)
             .collect();
         if !delivered.is_empty() {
-            let seqs = serde_json::to_string(&delivered).map_err(|e| corrupt(&e.to_string()))?;
-            // Earlier items of the same records still pending: dead letters replayed
-            // while these were on their way (`Store::settle`), the only items in
-            // `outbox_replayed`, which is nearly always empty (then one probe).
-            let (replayed,): (bool,) = sqlx::query_as(
-                "SELECT EXISTS (SELECT 1 FROM outbox INDEXED BY outbox_replayed
-                                WHERE state = 'pending' AND handled_by IS NOT NULL)",
-            )
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            if replayed {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'superseded', handled_at = ?1 WHERE seq IN (
-                       SELECT e.seq FROM json_each(?2) j CROSS JOIN outbox d ON d.seq = j.value
-                       CROSS JOIN outbox e INDEXED BY outbox_replayed
-                         ON e.record_key = d.record_key AND e.state = 'pending'
-                        AND e.handled_by IS NOT NULL AND e.seq < d.seq)",
-                )
-                .bind(now)
-                .bind(&seqs)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            }
             sqlx::query(
                 "UPDATE outbox SET state = 'delivered', delivered_at = ?1, attempts = attempts + 1
                  WHERE seq IN (SELECT value FROM json_each(?2))",
             )
             .bind(now)
-            .bind(&seqs)
+            .bind(serde_json::to_string(&delivered).map_err(|e| corrupt(&e.to_string()))?)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -967,16 +938,18 @@ impl Store for SqliteStore {
         let destination = selection.destination.map(Destination::as_str);
         let args = (destination, seqs.as_str(), now, by);
         if action == DeadLetterAction::Replay {
-            // A dead item behind which a later item of its record was delivered is
-            // obsolete: replaying it would leave the backend with the older state. (A
-            // daily enrolment's dead item is always its newest: the next one supersedes
-            // it when queued.)
+            // A dead item behind which a later item of its record was delivered, or is
+            // pending (perhaps delivered already, its answer not yet recorded), is
+            // obsolete: replayed, it could reach the backend after the later one and
+            // leave it with the older state. (A daily enrolment's dead item is always
+            // its newest: the next one supersedes it when queued.)
             let sql = format!(
                 "UPDATE outbox SET state = 'superseded', handled_by = ?4, handled_at = ?3
                  WHERE {selected} AND outbox.enrolment = 0
                    AND EXISTS (SELECT 1 FROM outbox l INDEXED BY outbox_by_record
                      WHERE l.record_key = outbox.record_key AND l.enrolment = 0
-                       AND l.destination = outbox.destination AND l.seq > outbox.seq AND l.state = 'delivered')"
+                       AND l.destination = outbox.destination AND l.seq > outbox.seq
+                       AND l.state IN ('delivered', 'pending'))"
             );
             let obsolete = update_dead_letters(&mut tx, &sql, args).await?;
             if obsolete > 0 {
