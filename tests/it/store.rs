@@ -600,3 +600,104 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
         assert_eq!(states, vec!["superseded", "delivered"], "{name}");
     }
 }
+
+/// A database made before daily enrolments' items were chained (migrations up to
+/// 20261201000002) keeps every delivery of an enrolment listable after the upgrade:
+/// the closed item still in the record index, and the flagged items, now chained.
+#[tokio::test]
+async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let older = dir.path().join("older-migrations");
+    std::fs::create_dir(&older).expect("dir");
+    for entry in std::fs::read_dir("migrations/sqlite").expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name < "20261202000001" {
+            std::fs::copy(&path, older.join(name)).expect("copy");
+        }
+    }
+    let db = dir.path().join("old.db");
+    let url = format!("sqlite:{}", db.display());
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("connect");
+        sqlx::migrate::Migrator::new(older.as_path())
+            .await
+            .expect("older migrations")
+            .run(&pool)
+            .await
+            .expect("run older migrations");
+        let uscc = oip_gateway::certs::DEMO_PLATFORM_A;
+        let day = format!("{uscc}/enrolment/W1/2025-07-02/320100");
+        sqlx::query(
+            "INSERT INTO platforms (id, uscc, name, industries, delivery_tier, updated_at)
+             VALUES (1, ?1, 'P', 'INSTANT_DELIVERY', 'B', 0)",
+        )
+        .bind(uscc)
+        .execute(&pool)
+        .await
+        .expect("platform");
+        // Seq 1 was delivered before enrolment items were flagged; 3 and 4 were
+        // flagged by the earlier migration (3 superseded by 4, still pending).
+        for (seq, key, state, flagged) in [
+            (1, day.as_str(), "delivered", 0),
+            (2, &format!("{uscc}/order/O1"), "delivered", 0),
+            (3, day.as_str(), "superseded", 1),
+            (4, day.as_str(), "pending", 1),
+        ] {
+            sqlx::query(
+                "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state,
+                   next_attempt_at, created_at, enrolment)
+                 VALUES (?1, 'social-security', ?2, ?2 || '/' || ?1, x'00', ?3, 0, ?1, ?4)",
+            )
+            .bind(seq)
+            .bind(key)
+            .bind(state)
+            .bind(flagged)
+            .execute(&pool)
+            .await
+            .expect("item");
+        }
+        sqlx::query(
+            "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item)
+             VALUES (1, 'W1', '2025-07-02', '320100', 2, 4)",
+        )
+        .execute(&pool)
+        .await
+        .expect("enrolment");
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
+        .await
+        .expect("upgrade");
+    let uscc = oip_gateway::certs::DEMO_PLATFORM_A;
+    let listed = |key: String| {
+        let store = &store;
+        async move {
+            store
+                .deliveries(&key)
+                .await
+                .expect("deliveries")
+                .into_iter()
+                .map(|d| (d.created_at, d.state))
+                .collect::<Vec<_>>()
+        }
+    };
+    let states = |v: &[(i64, &str)]| {
+        v.iter()
+            .map(|(s, st)| (*s, st.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(format!("{uscc}/enrolment/W1/2025-07-02/320100")).await,
+        states(&[(1, "delivered"), (3, "superseded"), (4, "pending")])
+    );
+    assert_eq!(
+        listed(format!("{uscc}/order/O1")).await,
+        states(&[(2, "delivered")])
+    );
+}
