@@ -134,15 +134,17 @@ impl Backoff {
 /// and the backends drop the repeats by idempotency key.
 struct Settler {
     store: Arc<dyn Store>,
+    destination: Destination,
     max_attempts: u32,
     running: Option<(JoinHandle<crate::store::Result<()>>, Vec<i64>)>,
     waiting: Vec<(i64, DeliveryOutcome)>,
 }
 
 impl Settler {
-    fn new(store: Arc<dyn Store>, max_attempts: u32) -> Self {
+    fn new(store: Arc<dyn Store>, destination: Destination, max_attempts: u32) -> Self {
         Self {
             store,
+            destination,
             max_attempts,
             running: None,
             waiting: Vec::new(),
@@ -183,23 +185,26 @@ impl Settler {
         self.running = Some((task, seqs));
     }
 
-    /// Waits for the running settlement; its error, if it failed.
-    async fn finish(&mut self) -> Result<(), String> {
+    /// Waits for the running settlement: false if it failed (logged; its items stay
+    /// pending and are delivered again).
+    async fn finish(&mut self) -> bool {
         let Some((task, _)) = self.running.take() else {
-            return Ok(());
+            return true;
         };
-        match task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("settlement stopped: {e}")),
-        }
+        let error = match task.await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("settlement stopped: {e}"),
+        };
+        tracing::warn!(destination = self.destination.as_str(), error = %error, "cannot record deliveries");
+        false
     }
 
     /// Settles everything delivered so far.
-    async fn flush(&mut self) -> Result<(), String> {
-        let running = self.finish().await;
+    async fn flush(&mut self) {
+        self.finish().await;
         self.start();
-        running.and(self.finish().await)
+        self.finish().await;
     }
 }
 
@@ -225,24 +230,20 @@ pub fn spawn(
     tokio::spawn(async move {
         let destination = backend.destination();
         let mut backoff = Backoff::new(settings.min_backoff, settings.max_backoff);
-        let mut settler = Settler::new(store.clone(), settings.max_attempts);
+        let mut settler = Settler::new(store.clone(), destination, settings.max_attempts);
         let batch = settings.batch_size as usize;
         let mut prefetched: Option<Vec<DueItem>> = None;
         loop {
             if *stop.borrow() {
-                if let Err(e) = settler.flush().await {
-                    tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
-                }
+                settler.flush().await;
                 return;
             }
             let mut pause = None;
             if settler.running_done() || settler.waiting.len() >= batch * MAX_UNSETTLED_BATCHES {
-                match settler.finish().await {
-                    Ok(()) => backoff.reset(),
-                    Err(e) => {
-                        tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
-                        pause = Some(backoff.step());
-                    }
+                if settler.finish().await {
+                    backoff.reset();
+                } else {
+                    pause = Some(backoff.step());
                 }
             }
             settler.start();
@@ -260,8 +261,7 @@ pub fn spawn(
                 if due.is_empty() {
                     if settler.busy() {
                         // What is due next may wait for what is being recorded.
-                        if let Err(e) = settler.finish().await {
-                            tracing::warn!(destination = destination.as_str(), error = %e, "cannot record deliveries");
+                        if !settler.finish().await {
                             pause = Some(backoff.step());
                         }
                     } else {

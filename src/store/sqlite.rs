@@ -6,7 +6,7 @@
 //! through a separate pool. Batch writes are multi-row statements; id look-ups pass
 //! the ids as one JSON array parameter (`json_each`), whatever the batch size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -1079,34 +1079,17 @@ async fn queue<'a>(
     }
     // Each enrolment's newest stored item: the one a new item supersedes (if still
     // open) and names as its `previous` (the chain a listing walks back).
-    let mut keys: Vec<(&str, String, &str)> = outbox
+    let keys: Vec<&EnrolmentKey> = outbox
         .iter()
         .filter_map(|i| i.daily_enrolment.as_ref())
-        .map(|k| {
-            (
-                k.worker_id.as_str(),
-                k.day.to_string(),
-                k.division_code.as_str(),
-            )
-        })
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut latest: HashMap<(String, String, String), i64> = HashMap::new();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<(String, String, String, i64)> = fetch_json(
-            &mut **tx,
-            "SELECT json_group_array(json_array(e.worker_id, e.day, e.division_code, e.latest_item))
-             FROM json_each(?2) j CROSS JOIN daily_enrolments e
-               ON e.platform_id = ?1 AND e.worker_id = json_extract(j.value, '$[0]')
-              AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]')
-             WHERE e.latest_item IS NOT NULL",
-            platform_id,
-            serde_json::to_string(chunk).map_err(|e| corrupt(&e.to_string()))?,
-        )
-        .await?;
-        latest.extend(rows.into_iter().map(|(w, d, c, seq)| ((w, d, c), seq)));
-    }
+    let latest: HashMap<EnrolmentKey, i64> = stored_enrolments(tx, platform_id, &keys)
+        .await?
+        .into_iter()
+        .filter_map(|(k, _, item)| Some((k, item?)))
+        .collect();
     let open: Vec<i64> = latest.values().copied().collect();
     for chunk in open.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
@@ -1143,15 +1126,7 @@ async fn queue<'a>(
         .zip(&seqs)
         .map(|(item, seq)| {
             let k = item.daily_enrolment.as_ref()?;
-            newest.insert(k, *seq).or_else(|| {
-                latest
-                    .get(&(
-                        k.worker_id.clone(),
-                        k.day.to_string(),
-                        k.division_code.clone(),
-                    ))
-                    .copied()
-            })
+            newest.insert(k, *seq).or_else(|| latest.get(k).copied())
         })
         .collect();
     let mut rows = outbox.iter().zip(&obsolete).zip(seqs.iter().zip(&previous));
@@ -1253,6 +1228,41 @@ const STATEMENTS_IN_SCOPE: &str = "SELECT json_group_array(json_array(v.period, 
        ON v.platform_id = ?1 AND v.period = json_extract(j.value, '$[0]') AND v.industry = json_extract(j.value, '$[1]')";
 
 /// A `(worker_id, day, division_code, order_count)` row as an enrolment and its count.
+/// The stored rows among `keys` of a platform's daily enrolments: each key with its
+/// order count and newest item (`latest_item`). Keys without a row are left out.
+async fn stored_enrolments(
+    tx: &mut Transaction<'static, Sqlite>,
+    platform_id: i64,
+    keys: &[&EnrolmentKey],
+) -> Result<Vec<(EnrolmentKey, i64, Option<i64>)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let arg: Vec<(&str, String, &str)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k.worker_id.as_str(),
+                k.day.to_string(),
+                k.division_code.as_str(),
+            )
+        })
+        .collect();
+    let rows: Vec<(String, String, String, i64, Option<i64>)> = fetch_json(
+        &mut **tx,
+        "SELECT json_group_array(json_array(e.worker_id, e.day, e.division_code, e.order_count, e.latest_item))
+         FROM json_each(?2) j CROSS JOIN daily_enrolments e
+           ON e.platform_id = ?1 AND e.worker_id = json_extract(j.value, '$[0]')
+          AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]')",
+        platform_id,
+        serde_json::to_string(&arg).map_err(|e| corrupt(&e.to_string()))?,
+    )
+    .await?;
+    rows.into_iter()
+        .map(|(w, d, c, count, item)| Ok((enrolment_of((w, d, c, count))?.0, count, item)))
+        .collect()
+}
+
 fn enrolment_of(
     (worker_id, day, division_code, count): (String, String, String, i64),
 ) -> Result<(EnrolmentKey, i64)> {
@@ -1447,30 +1457,11 @@ impl IngestTx for SqliteIngest {
         &mut self,
         keys: &[&EnrolmentKey],
     ) -> Result<HashMap<EnrolmentKey, i64>> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let arg: Vec<(&str, String, &str)> = keys
-            .iter()
-            .map(|k| {
-                (
-                    k.worker_id.as_str(),
-                    k.day.to_string(),
-                    k.division_code.as_str(),
-                )
-            })
-            .collect();
-        let rows: Vec<(String, String, String, i64)> = fetch_json(
-            &mut *self.tx,
-            "SELECT json_group_array(json_array(e.worker_id, e.day, e.division_code, e.order_count))
-             FROM json_each(?2) j CROSS JOIN daily_enrolments e
-               ON e.platform_id = ?1 AND e.worker_id = json_extract(j.value, '$[0]')
-              AND e.day = json_extract(j.value, '$[1]') AND e.division_code = json_extract(j.value, '$[2]')",
-            self.platform_id,
-            serde_json::to_string(&arg).map_err(|e| corrupt(&e.to_string()))?,
-        )
-        .await?;
-        rows.into_iter().map(enrolment_of).collect()
+        Ok(stored_enrolments(&mut self.tx, self.platform_id, keys)
+            .await?
+            .into_iter()
+            .map(|(k, count, _)| (k, count))
+            .collect())
     }
 
     async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()> {

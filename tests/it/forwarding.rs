@@ -364,19 +364,16 @@ async fn pipelined_delivery_sends_each_item_once_and_corrections_after_originals
     register(&mut a, vec![worker("W1"), worker("W2")]).await;
     let ids: Vec<String> = (0..60).map(|i| format!("P{i}")).collect();
     for chunk in ids.chunks(6) {
-        let orders = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, id)| order(id, if i % 2 == 0 { "W1" } else { "W2" }))
-            .collect();
-        report(&mut a, orders).await;
+        let each = |revision: fn(&str, &str) -> _| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, id)| revision(id, if i % 2 == 0 { "W1" } else { "W2" }))
+                .collect()
+        };
+        report(&mut a, each(order)).await;
         // Each order's correction one call later, while its original is in flight.
-        let fixes = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, id)| cancelled(id, if i % 2 == 0 { "W1" } else { "W2" }))
-            .collect();
-        report(&mut a, fixes).await;
+        report(&mut a, each(cancelled)).await;
     }
     let stats = eventually(&mut sim, "every revision applied", |c| {
         c.get("social-security/order") == Some(&120)
