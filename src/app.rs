@@ -126,6 +126,7 @@ async fn start_forwarding(
         max_backoff: Duration::from_millis(f.max_backoff_ms),
         invalid_retry: Duration::from_millis(f.invalid_retry_ms),
         idle_poll: Duration::from_secs(1),
+        linger: Duration::from_millis(f.linger_ms),
     };
     let backends = [
         Backend::SocialSecurity(

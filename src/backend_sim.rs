@@ -264,6 +264,7 @@ impl BackendSimControl for Sim {
             repeated_items: counter("repeated_items"),
             failed_calls: counter("failed_calls"),
             invalid_items: counter("invalid_items"),
+            answered_calls: counter("answered_calls"),
             faults: Some(self.faults()),
         }))
     }

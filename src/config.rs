@@ -293,6 +293,12 @@ pub struct ForwardConfig {
     /// the queued rate, 2000 0.85; on 1M orders 2000 delivered 0.95 at 141 MB peak,
     /// 3000 1.00 at 156 MB).
     pub batch_size: u32,
+    /// How long a call of fewer than `batch_size` items waits for more, in
+    /// milliseconds (0: send at once). 50: live single-order traffic reaches the
+    /// backend in calls of hundreds of items instead of one call and one recorded
+    /// settlement per ingest transaction, which took a third of the gateway's unary
+    /// throughput (issue 13: 4,019 orders/s with forwarding, 6,091 without).
+    pub linger_ms: u64,
     /// Refusals (INVALID) before an item is dead-lettered.
     pub max_attempts: u32,
     pub request_timeout_ms: u64,
@@ -385,6 +391,7 @@ impl Default for ForwardConfig {
             client_key: "certs-example/gateway.key".into(),
             simulator_database_url: None,
             batch_size: 2000,
+            linger_ms: 50,
             max_attempts: 5,
             request_timeout_ms: 10_000,
             min_backoff_ms: 100,

@@ -50,6 +50,9 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Calls waiting for their platform's next transaction.
     lanes: group::Lanes,
+    /// Where the leaders of group transactions run (None: on the caller's runtime,
+    /// when the thread could not be started).
+    leaders: Option<Arc<group::LeaderThread>>,
 }
 
 impl Ingest {
@@ -61,6 +64,12 @@ impl Ingest {
             wake: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::new(Metrics::new()),
             lanes: group::Lanes::default(),
+            leaders: group::LeaderThread::start()
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot start the ingest thread; leading on the server's runtime")
+                })
+                .ok()
+                .map(Arc::new),
         }
     }
 
@@ -133,7 +142,11 @@ impl Ingest {
             // own, so that a caller who goes away does not strand the others).
             let ingest = self.clone();
             let platform_id = platform.id;
-            tokio::spawn(async move { ingest.lead(platform_id).await });
+            let lead = async move { ingest.lead(platform_id).await };
+            match &self.leaders {
+                Some(thread) => thread.spawn(lead),
+                None => drop(tokio::spawn(lead)),
+            }
         }
         answer.await.unwrap_or_else(|_| Err(group::stopped()))
     }

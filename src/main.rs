@@ -122,6 +122,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 println!("{:<28} {}", "repeated items dropped", s.repeated_items);
                 println!("{:<28} {}", "failed calls (injected)", s.failed_calls);
                 println!("{:<28} {}", "invalid items", s.invalid_items);
+                println!("{:<28} {}", "answered calls", s.answered_calls);
                 if let Some(f) = &s.faults {
                     print_faults(f);
                 }

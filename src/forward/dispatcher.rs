@@ -35,6 +35,12 @@ pub struct DispatchSettings {
     pub invalid_retry: Duration,
     /// How often an idle dispatcher looks for due items without being woken.
     pub idle_poll: Duration,
+    /// How long a call of fewer than `batch_size` items is held for more to become due
+    /// (once per call). Live traffic (one order per ingest transaction) then reaches
+    /// the backend in calls of hundreds of items, and the gateway's single writer
+    /// records their outcomes a few times a second instead of after every ingest
+    /// transaction; a backlog is sent at once, in full calls.
+    pub linger: Duration,
 }
 
 /// A client of one backend.
@@ -233,6 +239,8 @@ pub fn spawn(
         let mut settler = Settler::new(store.clone(), destination, settings.max_attempts);
         let batch = settings.batch_size as usize;
         let mut prefetched: Option<Vec<DueItem>> = None;
+        // The items of a short call were held once already: send what is due now.
+        let mut lingered = false;
         loop {
             if *stop.borrow() {
                 settler.flush().await;
@@ -258,6 +266,15 @@ pub fn spawn(
                     Some(due) if !due.is_empty() => due,
                     _ => take(&*store, destination, &skip, batch).await,
                 };
+                if !due.is_empty() && due.len() < batch && !lingered && !settings.linger.is_zero() {
+                    lingered = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(settings.linger) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+                lingered = false;
                 if due.is_empty() {
                     if settler.busy() {
                         // What is due next may wait for what is being recorded.

@@ -56,8 +56,9 @@ impl SimStore {
         Ok(Self { pool })
     }
 
-    /// Applies the items whose key is new (within the call too) and returns, per item,
-    /// whether it was applied (false: a repeat, dropped and counted).
+    /// Applies the items of one answered Deliver call whose key is new (within the call
+    /// too) and returns, per item, whether it was applied (false: a repeat, dropped and
+    /// counted). Counts the call (`answered_calls`).
     pub async fn apply(&self, items: &[SimItem], now: i64) -> Result<Vec<bool>> {
         let mut tx = self.pool.begin().await.map_err(err)?;
         // One pass over the key index: the insert skips the keys already applied (or
@@ -105,6 +106,7 @@ impl SimStore {
         for (name, n) in &per_kind {
             Self::bump(&mut tx, name, *n).await?;
         }
+        Self::bump(&mut tx, "answered_calls", 1).await?;
         let repeats = fresh.iter().filter(|f| !**f).count() as i64;
         if repeats > 0 {
             Self::bump(&mut tx, "repeated_items", repeats).await?;

@@ -1,9 +1,9 @@
 //! The embedded default store: one SQLite file in WAL mode with synchronous=FULL, so
 //! a committed batch survives a crash or power loss.
 //!
-//! Writes go through a pool of exactly one connection (SQLite has one writer at a
-//! time; queueing in the pool avoids SQLITE_BUSY between our own writers), reads
-//! through a separate pool. Batch writes are multi-row statements; id look-ups pass
+//! Writes go through one connection held for the store's life (`writer`: SQLite has
+//! one writer at a time; queueing on it avoids SQLITE_BUSY between our own writers),
+//! reads through a pool. Batch writes are multi-row statements; id look-ups pass
 //! the ids as one JSON array parameter (`json_each`), whatever the batch size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use writer::{WriteTx, Writer};
 
 use super::{
     DeadLetter, DeadLetterAction, DeadLetterSelection, DeclarationRow, DeliveryOutcome,
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 mod access;
 mod seal;
+mod writer;
 
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 ///
@@ -53,7 +55,7 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 pub struct SqliteStore {
     reader: SqlitePool,
-    writer: SqlitePool,
+    writer: Writer,
     /// The database file (its `-wal` beside it).
     path: std::path::PathBuf,
     /// Seals personal data on write, opens it on read.
@@ -116,16 +118,9 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 impl SqliteStore {
-    /// A write transaction that holds the write lock from its first statement
-    /// (`BEGIN IMMEDIATE`). A deferred one reads first and upgrades at its first write,
-    /// which SQLite refuses at once (SQLITE_BUSY_SNAPSHOT, code 517, no busy wait) when
-    /// the database changed since the read began: seen once in a 1,000,000-order
-    /// submit with forwarding on.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)
+    /// A write transaction (`Writer::begin`: `BEGIN IMMEDIATE`).
+    async fn write_tx(&self) -> Result<WriteTx> {
+        self.writer.begin().await.map_err(db_err)
     }
 
     /// Opens (creating if needed) the database at a `sqlite:` URL or plain path,
@@ -155,14 +150,9 @@ impl SqliteStore {
             // memory: in a temporary file they cost a write for every page a statement
             // touched, 14% of the writer (issue 13's profile).
             .pragma("temp_store", "memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts.clone())
-            .await
-            .map_err(db_err)?;
+        let writer = Writer::connect(&opts).await.map_err(db_err)?;
         sqlx::migrate!("migrations/sqlite")
-            .run(&writer)
+            .run(&mut **writer.lock().await)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
         let reader = SqlitePoolOptions::new()
@@ -183,7 +173,7 @@ impl SqliteStore {
 
 /// Replaces a platform's per-division rows (`platform_id, division_code, value`).
 async fn replace_division_rows(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut WriteTx,
     delete: &'static str,
     insert: &'static str,
     platform_id: i64,
@@ -269,7 +259,7 @@ impl Store for SqliteStore {
              ON CONFLICT (id) DO UPDATE SET at = excluded.at",
         )
         .bind(crate::domain::time::now_millis())
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -386,7 +376,7 @@ impl Store for SqliteStore {
         .bind(&grant.scope)
         .bind(grant.expires_at)
         .bind(crate::domain::time::now_millis())
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -1016,7 +1006,7 @@ impl Store for SqliteStore {
 /// Runs an UPDATE of selected dead letters; its parameters are ?1 destination (NULL:
 /// both), ?2 seqs (JSON array, empty: all), ?3 now, ?4 the administrator.
 async fn update_dead_letters(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut WriteTx,
     sql: &str,
     (destination, seqs, now, by): (Option<&str>, &str, Millis, &str),
 ) -> Result<u64> {
@@ -1045,7 +1035,7 @@ async fn update_dead_letters(
 /// enrolment queued, for the caller to record on the enrolment's row (with its count).
 async fn queue<'a>(
     vault: &Vault,
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
     at: Millis,
@@ -1167,7 +1157,7 @@ async fn queue<'a>(
 }
 
 struct SqliteIngest {
-    tx: Transaction<'static, Sqlite>,
+    tx: WriteTx,
     platform_id: i64,
     vault: Arc<Vault>,
 }
@@ -1231,7 +1221,7 @@ const STATEMENTS_IN_SCOPE: &str = "SELECT json_group_array(json_array(v.period, 
 /// The stored rows among `keys` of a platform's daily enrolments: each key with its
 /// order count and newest item (`latest_item`). Keys without a row are left out.
 async fn stored_enrolments(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut WriteTx,
     platform_id: i64,
     keys: &[&EnrolmentKey],
 ) -> Result<Vec<(EnrolmentKey, i64, Option<i64>)>> {

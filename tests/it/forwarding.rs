@@ -427,3 +427,36 @@ async fn a_re_enrolment_supersedes_a_pending_withdrawal() {
     assert_eq!(enrolments.map(|k| k.count), Some(1), "{stats:?}");
     gw.stop().await;
 }
+
+/// Live traffic (one order per call, each its own ingest transaction) reaches the
+/// backend in calls of many items: a short call is held `forward.linger_ms` for more
+/// to become due, instead of one call (and one recorded settlement) per transaction.
+#[tokio::test]
+async fn single_order_calls_reach_the_backend_in_few_calls() {
+    let gw = TestGateway::spawn_with(|c| c.forward.linger_ms = 400).await;
+    let mut sim = control(&gw).await;
+    let mut a = gw.client("platform-a").await;
+    assert_eq!(
+        brief(&register(&mut a, vec![worker("W0")]).await),
+        vec![accepted()]
+    );
+    eventually(&mut sim, "worker delivered", |c| {
+        c.get("social-security/worker") == Some(&1)
+    })
+    .await;
+    let before = applied(&mut sim).await.1.answered_calls;
+
+    for i in 0..20 {
+        let outcome = report(&mut a, vec![order(&format!("L{i}"), "W0")]).await;
+        assert_eq!(brief(&outcome), vec![accepted()]);
+    }
+    let stats = eventually(&mut sim, "all orders delivered", |c| {
+        c.get("social-security/order") == Some(&20)
+    })
+    .await;
+    let calls = stats.answered_calls - before;
+    assert!(
+        calls <= 4,
+        "20 single-order transactions reached the backend in {calls} calls"
+    );
+}

@@ -81,7 +81,7 @@ impl AccessStore for SqliteStore {
         );
         q.build()
             .persistent(false)
-            .execute(&self.writer)
+            .execute(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -96,7 +96,7 @@ impl AccessStore for SqliteStore {
         .bind(identity)
         .bind(role.as_str())
         .bind(scopes)
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
@@ -142,7 +142,7 @@ impl AccessStore for SqliteStore {
         .bind(i64::from(row.records_per_second))
         .bind(&row.set_by)
         .bind(row.set_at)
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -151,7 +151,7 @@ impl AccessStore for SqliteStore {
     async fn clear_rate_limit(&self, identity: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM rate_limits WHERE identity = ?1")
             .bind(identity)
-            .execute(&self.writer)
+            .execute(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
@@ -195,8 +195,7 @@ impl AccessStore for SqliteStore {
     }
 
     async fn audit_head(&self) -> Result<(i64, [u8; 32])> {
-        let mut conn = self.writer.acquire().await.map_err(db_err)?;
-        chain_head(&mut conn).await
+        chain_head(&mut **self.writer.lock().await).await
     }
 
     async fn append_audit(&self, entries: &ChainRows) -> Result<()> {
@@ -422,7 +421,7 @@ pub(super) async fn insert_chain(
 
 /// A writer transaction that appends audit entries.
 struct SqliteAudit {
-    tx: sqlx::Transaction<'static, Sqlite>,
+    tx: super::WriteTx,
 }
 
 #[async_trait]

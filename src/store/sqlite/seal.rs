@@ -3,8 +3,6 @@
 //! when the store opens. `pii_state` records the key everything was last brought
 //! under, so an unchanged key costs one query at start.
 
-use sqlx::{Sqlite, Transaction};
-
 use super::{
     AAD_BIRTH_DATE, AAD_DESCRIPTION, AAD_ID_NUMBER, AAD_MOBILE, AAD_NAME, AAD_PAYLOAD, SqliteStore,
     carries_personal_data, corrupt, db_err, row_of, sealed_err,
@@ -95,7 +93,7 @@ impl SqliteStore {
         let current = self.vault.current().to_string();
         let state: Option<(String,)> =
             sqlx::query_as("SELECT sealed_with FROM pii_state WHERE id = 1")
-                .fetch_optional(&self.writer)
+                .fetch_optional(&mut **self.writer.lock().await)
                 .await
                 .map_err(db_err)?;
         if state.is_some_and(|(k,)| k == current) {
@@ -113,22 +111,22 @@ impl SqliteStore {
              ON CONFLICT (id) DO UPDATE SET sealed_with = excluded.sealed_with",
         )
         .bind(&current)
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await)
         .await
         .map_err(db_err)?;
         // Old page images must not survive in the write-ahead log either, nor clear
         // values in pages freed before secure_delete was on: rebuild the file once.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
+            .execute(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
         if clear_workers + clear_accidents + clear_payloads > 0 {
             sqlx::query("VACUUM")
-                .execute(&self.writer)
+                .execute(&mut **self.writer.lock().await)
                 .await
                 .map_err(db_err)?;
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.writer)
+                .execute(&mut **self.writer.lock().await)
                 .await
                 .map_err(db_err)?;
         }
@@ -142,7 +140,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+    async fn begin(&self) -> Result<super::WriteTx> {
         self.write_tx().await
     }
 
@@ -169,7 +167,7 @@ impl SqliteStore {
             .bind(after.0)
             .bind(&after.1)
             .bind(BATCH)
-            .fetch_all(&self.writer)
+            .fetch_all(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
@@ -232,7 +230,7 @@ impl SqliteStore {
             .bind(after.0)
             .bind(&after.1)
             .bind(BATCH)
-            .fetch_all(&self.writer)
+            .fetch_all(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
@@ -269,7 +267,7 @@ impl SqliteStore {
         let mut after = 0i64;
         let (mut changed, mut clear) = (0, 0);
         let (end,): (Option<i64>,) = sqlx::query_as("SELECT max(seq) FROM outbox")
-            .fetch_one(&self.writer)
+            .fetch_one(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
         let end = end.unwrap_or(0);
@@ -283,7 +281,7 @@ impl SqliteStore {
             )
             .bind(after)
             .bind(PAYLOAD_PAGE)
-            .fetch_all(&self.writer)
+            .fetch_all(&mut **self.writer.lock().await)
             .await
             .map_err(db_err)?;
             let Some(last) = rows.last() else {
