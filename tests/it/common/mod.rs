@@ -197,6 +197,23 @@ impl GatewayProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gateway");
+        // Drain stderr from the start: a chatty log level during start-up (migrations
+        // at trace) would otherwise fill the pipe and block the gateway before it is ready.
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut stderr) = child.stderr.take() {
+            let sink = logs.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .expect("log buffer")
+                        .extend_from_slice(&buf[..n]);
+                }
+            });
+        }
         // Drain stdout for the life of the process (a closed pipe would make the
         // gateway's next print fail); the ready lines come first, in one write.
         let stdout = child.stdout.take().expect("stdout");
@@ -226,21 +243,6 @@ impl GatewayProcess {
             if sim_addr.is_some() && ops_addr.is_some() {
                 break;
             }
-        }
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut stderr) = child.stderr.take() {
-            let sink = logs.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stderr.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .expect("log buffer")
-                        .extend_from_slice(&buf[..n]);
-                }
-            });
         }
         Self {
             addr,
