@@ -35,8 +35,8 @@ pub struct DispatchSettings {
     pub invalid_retry: Duration,
     /// How often an idle dispatcher looks for due items without being woken.
     pub idle_poll: Duration,
-    /// How long a call of fewer than `batch_size` items is held for more to become due
-    /// (once per call). Live traffic (one order per ingest transaction) then reaches
+    /// How long a call of fewer than `batch_size` items (and under half the size limit
+    /// of a call) is held for more to become due (once per call). Live traffic (one order per ingest transaction) then reaches
     /// the backend in calls of hundreds of items, and the gateway's single writer
     /// records their outcomes a few times a second instead of after every ingest
     /// transaction; a backlog is sent at once, in full calls.
@@ -266,7 +266,7 @@ pub fn spawn(
                     Some(due) if !due.is_empty() => due,
                     _ => take(&*store, destination, &skip, batch).await,
                 };
-                if !due.is_empty() && due.len() < batch && !lingered && !settings.linger.is_zero() {
+                if !lingered && !settings.linger.is_zero() && short(&due, batch, MAX_CALL_BYTES) {
                     lingered = true;
                     tokio::select! {
                         _ = tokio::time::sleep(settings.linger) => {}
@@ -314,6 +314,15 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Whether a call of `due` is short enough to wait for more items: fewer than `batch`
+/// items and under half of `max_bytes` (a call cut by its size is full: a backlog of
+/// large items is sent without waiting).
+fn short(due: &[DueItem], batch: usize, max_bytes: usize) -> bool {
+    !due.is_empty()
+        && due.len() < batch
+        && due.iter().map(|i| i.payload.len()).sum::<usize>() < max_bytes / 2
 }
 
 /// Reads the due items of `destination` and keeps those of the next call (`next_call`);
@@ -465,5 +474,15 @@ mod tests {
         let big = vec![item(7, 5_000), item(8, 10)];
         assert_eq!(seqs(&next_call(big, &none, 10, 1_000)), vec![7]);
         assert!(next_call(Vec::new(), &none, 10, 1_000).is_empty());
+    }
+
+    #[test]
+    fn only_a_call_short_of_both_its_count_and_its_size_waits_for_more() {
+        let items =
+            |n: usize, bytes: usize| (1..=n as i64).map(|s| item(s, bytes)).collect::<Vec<_>>();
+        assert!(short(&items(3, 100), 10, 10_000));
+        assert!(!short(&items(10, 100), 10, 10_000), "full by count");
+        assert!(!short(&items(3, 2_000), 10, 10_000), "cut by size");
+        assert!(!short(&[], 10, 10_000), "nothing to send");
     }
 }

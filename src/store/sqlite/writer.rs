@@ -10,6 +10,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Executor, SqliteConnection};
@@ -28,7 +29,11 @@ impl Slot {
         if self.unfinished {
             // "no transaction is active" when it never began or the failure ended
             // it: nothing to undo either way.
-            let _ = self.conn.execute("ROLLBACK").await;
+            if let Err(e) = self.conn.execute("ROLLBACK").await
+                && !e.to_string().contains("no transaction is active")
+            {
+                tracing::warn!(error = %e, "cannot roll back an unfinished write transaction");
+            }
             self.unfinished = false;
         }
     }
@@ -74,18 +79,30 @@ impl Writer {
     /// the database changed since the read began: seen once in a 1,000,000-order
     /// submit with forwarding on. Dropped without `commit`, it is rolled back before
     /// the connection's next use.
+    ///
+    /// Fails with `PoolTimedOut` when the writers before have not finished within
+    /// [`WAIT`].
     pub async fn begin(&self) -> Result<WriteTx, sqlx::Error> {
-        let mut slot = self.0.clone().lock_owned().await;
+        let mut slot = tokio::time::timeout(WAIT, self.0.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
         slot.settle().await;
         slot.unfinished = true;
         slot.conn.execute("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx { slot })
+        Ok(WriteTx {
+            slot,
+            writer: self.clone(),
+        })
     }
 }
+
+/// How long a write transaction waits for the writers before it, at most.
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// An open write transaction; derefs to the connection it runs on.
 pub(crate) struct WriteTx {
     slot: OwnedMutexGuard<Slot>,
+    writer: Writer,
 }
 
 impl WriteTx {
@@ -95,6 +112,23 @@ impl WriteTx {
         self.slot.conn.execute("COMMIT").await?;
         self.slot.unfinished = false;
         Ok(())
+    }
+}
+
+/// An unfinished transaction still holds SQLite's write lock: a task takes the
+/// connection right after it and rolls it back, so the lock is not kept until the
+/// gateway's next write (an external tool would find the database locked meanwhile).
+/// A writer already waiting may take the connection first; it rolls back itself.
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.slot.unfinished
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let writer = self.writer.clone();
+            runtime.spawn(async move {
+                drop(writer.lock().await);
+            });
+        }
     }
 }
 
@@ -182,5 +216,33 @@ mod tests {
         }
         drop(tx);
         assert_eq!(values(&w).await, vec![1, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_transaction_releases_the_write_lock_without_waiting_for_the_next_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let w = writer(&dir).await;
+        let mut tx = w.begin().await.expect("begin");
+        insert(&mut tx, 1).await.expect("insert");
+        drop(tx);
+        // Another connection (an operator's tool) gets the write lock while the
+        // writer stays idle; it waits up to 5 s for it.
+        let mut other = SqliteConnectOptions::from_str(&format!(
+            "sqlite:{}",
+            dir.path().join("w.db").display()
+        ))
+        .expect("options")
+        .busy_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect");
+        let started = std::time::Instant::now();
+        other
+            .execute("BEGIN IMMEDIATE")
+            .await
+            .expect("the write lock is released");
+        other.execute("ROLLBACK").await.expect("rollback");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(values(&w).await, Vec::<i64>::new());
     }
 }
