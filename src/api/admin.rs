@@ -377,13 +377,17 @@ impl AdminApi {
             seqs: r.seqs,
         };
         let _gate = gate(deadline.as_ref())?;
-        let changed = self
+        let handled = self
             .store
             .handle_dead_letters(&selection, action, &by, now_millis())
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(admin = %by, ?action, changed, "dead letters handled");
-        Ok(Response::new(proto::DeadLetterActionResponse { changed }))
+        tracing::info!(admin = %by, ?action, changed = handled.changed, superseded = handled.superseded,
+            "dead letters handled");
+        Ok(Response::new(proto::DeadLetterActionResponse {
+            changed: handled.changed,
+            superseded: handled.superseded,
+        }))
     }
 }
 

@@ -797,13 +797,21 @@ async fn act(admin: &mut Client, p: DeadLetterPick, replay: bool) -> anyhow::Res
             } else {
                 admin.discard_dead_letters(selection).await
             };
-            r.map(|r| r.into_inner().changed)
+            r.map(tonic::Response::into_inner)
                 .map_err(|s| status_line(&s))
         }
     };
+    let superseded_line = |n: u64| {
+        format!(
+            "superseded {n}, not replayed: a newer version of the record is already delivered or on its way (see `oip-gateway status deliveries`)"
+        )
+    };
     if p.all {
-        let changed = call(admin, vec![], true).await?;
-        println!("{verb} {changed}");
+        let answer = call(admin, vec![], true).await?;
+        println!("{verb} {}", answer.changed);
+        if answer.superseded > 0 {
+            println!("{}", superseded_line(answer.superseded));
+        }
         return Ok(());
     }
     let dead: BTreeMap<i64, String> = all_dead_letters(admin, "")
@@ -812,26 +820,23 @@ async fn act(admin: &mut Client, p: DeadLetterPick, replay: bool) -> anyhow::Res
         .map(|d| (d.seq, d.destination))
         .collect();
     let sorted = sort_seqs(&p.seqs, &dead, p.destination.as_deref());
-    let changed = if sorted.act_on.is_empty() {
-        0
+    let answer = if sorted.act_on.is_empty() {
+        proto::DeadLetterActionResponse::default()
     } else {
         call(admin, sorted.act_on.clone(), false).await?
     };
+    let changed = answer.changed;
     println!("{verb} {changed}");
+    if answer.superseded > 0 {
+        println!("{}", superseded_line(answer.superseded));
+    }
     let asked = sorted.act_on.len() as u64;
-    if changed < asked {
-        let missed = asked - changed;
-        if replay {
-            println!(
-                "{missed} of the dead letters picked {} not replayed: superseded by a newer version of the record already delivered or on its way (see `oip-gateway status deliveries`), or no longer dead letters when the call ran",
-                if missed == 1 { "was" } else { "were" }
-            );
-        } else {
-            println!(
-                "{missed} of the dead letters picked {} no longer dead letters when the call ran",
-                if missed == 1 { "was" } else { "were" }
-            );
-        }
+    if changed + answer.superseded < asked {
+        let missed = asked - changed - answer.superseded;
+        println!(
+            "{missed} of the dead letters picked {} no longer dead letters when the call ran",
+            if missed == 1 { "was" } else { "were" }
+        );
     }
     match not_acted_on(&sorted, verb, p.destination.as_deref()) {
         None => Ok(()),

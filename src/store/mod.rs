@@ -322,6 +322,17 @@ pub struct DeadLetterSelection {
     pub seqs: Vec<i64>,
 }
 
+/// What [`Store::handle_dead_letters`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeadLettersHandled {
+    /// Dead letters replayed (pending again) or discarded.
+    pub changed: u64,
+    /// On replay, selected dead letters superseded instead: a newer version of their
+    /// record is delivered or pending, and the old one sent again could reach the
+    /// backend after it.
+    pub superseded: u64,
+}
+
 /// What an administrator does to dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterAction {
@@ -445,7 +456,7 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         action: DeadLetterAction,
         by: &str,
         now: Millis,
-    ) -> Result<u64>;
+    ) -> Result<DeadLettersHandled>;
 
     /// Months with statements that have not been released to tax.
     async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>>;

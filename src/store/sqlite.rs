@@ -18,10 +18,10 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use writer::{WriteTx, Writer};
 
 use super::{
-    DeadLetter, DeadLetterAction, DeadLetterSelection, DeclarationRow, DeliveryOutcome,
-    DeliveryRow, Destination, DueItem, IngestTx, Laps, MonthState, OrderRow, OutboxItem, Page,
-    PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result, Store, StoreError,
-    UnreleasedMonth, WorkerRow,
+    DeadLetter, DeadLetterAction, DeadLetterSelection, DeadLettersHandled, DeclarationRow,
+    DeliveryOutcome, DeliveryRow, Destination, DueItem, IngestTx, Laps, MonthState, OrderRow,
+    OutboxItem, Page, PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result,
+    Store, StoreError, UnreleasedMonth, WorkerRow,
 };
 use crate::access::{Grant, Role};
 use crate::crosscheck::{
@@ -920,13 +920,14 @@ impl Store for SqliteStore {
         action: DeadLetterAction,
         by: &str,
         now: Millis,
-    ) -> Result<u64> {
+    ) -> Result<DeadLettersHandled> {
         let selected = "state = 'dead' AND (?1 IS NULL OR destination = ?1)
                AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))";
         let seqs = serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?;
         let mut tx = self.write_tx().await?;
         let destination = selection.destination.map(Destination::as_str);
         let args = (destination, seqs.as_str(), now, by);
+        let mut superseded = 0;
         if action == DeadLetterAction::Replay {
             // A dead item behind which a later item of its record was delivered, or is
             // pending (perhaps delivered already, its answer not yet recorded), is
@@ -941,13 +942,7 @@ impl Store for SqliteStore {
                        AND l.destination = outbox.destination AND l.seq > outbox.seq
                        AND l.state IN ('delivered', 'pending'))"
             );
-            let obsolete = update_dead_letters(&mut tx, &sql, args).await?;
-            if obsolete > 0 {
-                tracing::info!(
-                    superseded = obsolete,
-                    "dead letters older than a delivered version are not replayed"
-                );
-            }
+            superseded = update_dead_letters(&mut tx, &sql, args).await?;
         }
         let set = match action {
             DeadLetterAction::Replay => "state = 'pending', attempts = 0, next_attempt_at = ?3",
@@ -955,9 +950,12 @@ impl Store for SqliteStore {
         };
         let sql =
             format!("UPDATE outbox SET {set}, handled_by = ?4, handled_at = ?3 WHERE {selected}");
-        let done = update_dead_letters(&mut tx, &sql, args).await?;
+        let changed = update_dead_letters(&mut tx, &sql, args).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(done)
+        Ok(DeadLettersHandled {
+            changed,
+            superseded,
+        })
     }
 
     async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>> {

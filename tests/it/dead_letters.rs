@@ -173,3 +173,37 @@ async fn a_dead_letter_is_seen_by_an_administrator_and_delivered_after_replay() 
     assert_eq!(stats.repeated_items, 0);
     gw.stop().await;
 }
+
+/// A dead letter whose record's correction was delivered since is superseded, not
+/// replayed, and the administrator is told so (by the call's answer and the CLI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_names_the_dead_letters_it_superseded() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.forward.max_attempts = 1;
+        c.forward.invalid_retry_ms = 20;
+    })
+    .await;
+    reject(&gw, vec![format!("{DEMO_PLATFORM_A}/order/O4/1")]).await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    report(&mut a, vec![order("O4", "W1")]).await;
+    await_states(&mut a, "O4", &["DEAD_LETTERED"]).await;
+    let mut fix = order("O4", "W1");
+    fix.revision = Some(2);
+    fix.status = "CANCELLED".into();
+    assert_eq!(brief(&report(&mut a, vec![fix]).await), vec![accepted()]);
+    await_states(&mut a, "O4", &["DEAD_LETTERED", "DELIVERED"]).await;
+
+    let printed = cli(&gw, &["replay", "--all"]);
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        vec![
+            "replayed 0",
+            "superseded 1, not replayed: a newer version of the record is already delivered or on its way (see `oip-gateway status deliveries`)"
+        ],
+        "{printed}"
+    );
+    await_states(&mut a, "O4", &["SUPERSEDED", "DELIVERED"]).await;
+    assert!(list(&mut admin(&gw, "admin").await).await.is_empty());
+    gw.stop().await;
+}

@@ -473,7 +473,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
         assert_eq!(letters[0].last_error.as_deref(), Some("no"));
         let all = DeadLetterSelection::default();
         let n = handle(all.clone(), DeadLetterAction::Replay, 13).await;
-        assert_eq!(n, 1, "{name}");
+        assert_eq!((n.changed, n.superseded), (1, 0), "{name}");
         let again = due(13).await;
         assert!(
             again.iter().any(|(s, k)| *s == seq_t && k == "t/2"),
@@ -495,7 +495,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
         };
         let n = handle(only_tax.clone(), DeadLetterAction::Discard, 15).await;
         assert_eq!(
-            n, 0,
+            n.changed, 0,
             "{name}: another destination's dead letters are untouched"
         );
         let picked = DeadLetterSelection {
@@ -503,7 +503,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             seqs: vec![seq_t],
         };
         let n = handle(picked.clone(), DeadLetterAction::Discard, 15).await;
-        assert_eq!(n, 1, "{name}");
+        assert_eq!((n.changed, n.superseded), (1, 0), "{name}");
         assert!(dead().await.is_empty());
         assert!(due(15).await.iter().all(|(s, _)| *s != seq_t), "{name}");
 
@@ -568,7 +568,11 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             .await
             .expect(name);
         let n = handle(all.clone(), DeadLetterAction::Replay, 24).await;
-        assert_eq!(n, 0, "{name}: o/1 is older than the delivered o/2");
+        assert_eq!(
+            (n.changed, n.superseded),
+            (0, 1),
+            "{name}: o/1 is older than the delivered o/2"
+        );
         assert!(dead().await.is_empty(), "{name}");
         assert!(due(24).await.iter().all(|(s, _)| *s != seq_o1), "{name}");
 
@@ -583,7 +587,11 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
         store.settle(&[refuse(seq_q1)], 1, 26).await.expect(name);
         let seq_q2 = find(due(26).await, "q/2").expect("q/2 is due behind a dead letter");
         let n = handle(all.clone(), DeadLetterAction::Replay, 27).await;
-        assert_eq!(n, 0, "{name}: q/1 is older than the pending q/2");
+        assert_eq!(
+            (n.changed, n.superseded),
+            (0, 1),
+            "{name}: q/1 is older than the pending q/2"
+        );
         assert_eq!(find(due(27).await, "q/1"), None, "{name}");
         assert!(dead().await.is_empty(), "{name}");
         store
