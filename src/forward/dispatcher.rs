@@ -36,10 +36,11 @@ pub struct DispatchSettings {
     /// How often an idle dispatcher looks for due items without being woken.
     pub idle_poll: Duration,
     /// How long a call of fewer than `batch_size` items (and under half the size limit
-    /// of a call) is held for more to become due (once per call). Live traffic (one order per ingest transaction) then reaches
-    /// the backend in calls of hundreds of items, and the gateway's single writer
-    /// records their outcomes a few times a second instead of after every ingest
-    /// transaction; a backlog is sent at once, in full calls.
+    /// of a call) is held for more to become due (once per call). Live traffic (one
+    /// order per ingest transaction) then reaches the backend in calls of hundreds of
+    /// items, and the gateway's single writer records their outcomes a few times a
+    /// second instead of after every ingest transaction; a backlog is sent at once, in
+    /// full calls.
     pub linger: Duration,
 }
 

@@ -75,6 +75,15 @@ async fn list(a: &mut Admin) -> Vec<proto::DeadLetter> {
         .dead_letters
 }
 
+/// A gateway that dead-letters an item after `max_attempts` refusals, retried quickly.
+async fn gateway(max_attempts: u32) -> TestGateway {
+    TestGateway::spawn_with(|c| {
+        c.forward.max_attempts = max_attempts;
+        c.forward.invalid_retry_ms = 20;
+    })
+    .await
+}
+
 fn cli(gw: &TestGateway, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -93,11 +102,7 @@ fn cli(gw: &TestGateway, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_seen_by_an_administrator_and_delivered_after_replay() {
-    let gw = TestGateway::spawn_with(|c| {
-        c.forward.max_attempts = 2;
-        c.forward.invalid_retry_ms = 20;
-    })
-    .await;
+    let gw = gateway(2).await;
     let o1 = format!("{DEMO_PLATFORM_A}/order/O1/1");
     let o3 = format!("{DEMO_PLATFORM_A}/order/O3/1");
     reject(&gw, vec![o1.clone(), o3.clone()]).await;
@@ -178,11 +183,7 @@ async fn a_dead_letter_is_seen_by_an_administrator_and_delivered_after_replay() 
 /// replayed, and the administrator is told so (by the call's answer and the CLI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_names_the_dead_letters_it_superseded() {
-    let gw = TestGateway::spawn_with(|c| {
-        c.forward.max_attempts = 1;
-        c.forward.invalid_retry_ms = 20;
-    })
-    .await;
+    let gw = gateway(1).await;
     reject(&gw, vec![format!("{DEMO_PLATFORM_A}/order/O4/1")]).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;

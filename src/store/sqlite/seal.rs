@@ -140,10 +140,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<super::WriteTx> {
-        self.write_tx().await
-    }
-
     /// Returns (rows changed, rows that were in clear).
     async fn reseal_workers(&self) -> Result<(u64, u64)> {
         type Row = (
@@ -174,7 +170,7 @@ impl SqliteStore {
                 return Ok((changed, clear));
             };
             after = (last.0, last.1.clone());
-            let mut tx = self.begin().await?;
+            let mut tx = self.write_tx().await?;
             for (pid, worker_id, id_number, name, mobile, birth_date, hash) in rows {
                 let new_id = resealed(&self.vault, &id_number, AAD_ID_NUMBER)?;
                 let new_name = resealed(&self.vault, &name, AAD_NAME)?;
@@ -237,7 +233,7 @@ impl SqliteStore {
                 return Ok((changed, clear));
             };
             after = (last.0, last.1.clone());
-            let mut tx = self.begin().await?;
+            let mut tx = self.write_tx().await?;
             for (pid, report_id, description, hash) in rows {
                 if let Some(new) = resealed(&self.vault, &description, AAD_DESCRIPTION)? {
                     let was_clear = Vault::key_id(&description).is_none();
@@ -290,7 +286,7 @@ impl SqliteStore {
             };
             after = last.0;
             progress.at(after, changed);
-            let mut tx = self.begin().await?;
+            let mut tx = self.write_tx().await?;
             for (seq, destination, record_key, payload) in rows {
                 if destination != "social-security" {
                     continue;

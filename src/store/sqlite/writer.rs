@@ -25,7 +25,7 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// Rolls back what a dropped or failed transaction left open, if anything.
-    async fn settle(&mut self) {
+    async fn roll_back_unfinished(&mut self) {
         if self.unfinished {
             // "no transaction is active" when it never began or the failure ended
             // it: nothing to undo either way.
@@ -69,7 +69,7 @@ impl Writer {
     /// transaction), once the writers before have finished.
     pub async fn lock(&self) -> MutexGuard<'_, Slot> {
         let mut slot = self.0.lock().await;
-        slot.settle().await;
+        slot.roll_back_unfinished().await;
         slot
     }
 
@@ -86,7 +86,7 @@ impl Writer {
         let mut slot = tokio::time::timeout(WAIT, self.0.clone().lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
-        slot.settle().await;
+        slot.roll_back_unfinished().await;
         slot.unfinished = true;
         slot.conn.execute("BEGIN IMMEDIATE").await?;
         Ok(WriteTx {
@@ -97,7 +97,7 @@ impl Writer {
 }
 
 /// How long a write transaction waits for the writers before it, at most.
-pub(crate) const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// An open write transaction; derefs to the connection it runs on.
 pub(crate) struct WriteTx {
