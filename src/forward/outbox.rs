@@ -130,6 +130,7 @@ fn social_security<'a, T>(
             }
             .encode_to_vec(),
             daily_enrolment: None,
+            order_id: None,
         }
     })
 }
@@ -167,6 +168,7 @@ fn enrolments<'a>(
             idempotency_key,
             payload: payload.encode_to_vec(),
             daily_enrolment: Some(key.clone()),
+            order_id: None,
         }
     })
 }
@@ -188,6 +190,7 @@ fn tax(
         }
         .encode_to_vec(),
         daily_enrolment: None,
+        order_id: None,
     }
 }
 
@@ -270,14 +273,21 @@ pub fn items(
         |w: &Worker| (&w.worker_id, w.revision),
         |w| social_security_item::Payload::Worker(worker(w)),
     ));
-    out.extend(social_security(
-        platform,
-        trace,
-        "order",
-        &r.orders,
-        |o: &Order| (&o.order_id, o.revision),
-        |o| social_security_item::Payload::Order(order(o)),
-    ));
+    out.extend(
+        social_security(
+            platform,
+            trace,
+            "order",
+            &r.orders,
+            |o: &Order| (&o.order_id, o.revision),
+            |o| social_security_item::Payload::Order(order(o)),
+        )
+        .zip(&r.orders)
+        .map(|(item, w)| OutboxItem {
+            order_id: Some(w.record.order_id.clone()),
+            ..item
+        }),
+    );
     out.extend(enrolments(plan, platform, enrolments_before, batch, trace));
     out.extend(social_security(
         platform,

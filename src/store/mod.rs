@@ -259,6 +259,12 @@ pub struct OutboxItem {
     /// enrolment's row names it, and the next item supersedes it through the row
     /// instead of a record-key index (issue 13's profile).
     pub daily_enrolment: Option<EnrolmentKey>,
+    /// The order whose revision this item carries (None for every other item). Every
+    /// revision of an order is delivered, in order; the order's row names its newest
+    /// item and each item the one before it, so a store chains them instead of
+    /// indexing them by record key (issue 13's profile: one random index page per
+    /// order and commit).
+    pub order_id: Option<String>,
 }
 
 /// An outbox item claimed for delivery.

@@ -811,29 +811,33 @@ impl Store for SqliteStore {
             i64,
             Option<i64>,
         );
-        // A daily enrolment's items are not in `outbox_by_record`: they are chained from
-        // the enrolment's row (`latest_item`, then each item's `previous`). Its key is
-        // `<uscc>/enrolment/<worker>/<YYYY-MM-DD>/<division>`; a worker id may hold '/'.
-        let enrolment = record_key
-            .split_once("/enrolment/")
-            .and_then(|(uscc, rest)| {
-                let mut parts = rest.rsplitn(3, '/');
-                let (division, day, worker) = (parts.next()?, parts.next()?, parts.next()?);
-                Some((uscc, worker, day, division))
-            });
-        let (uscc, worker, day, division) = enrolment.unwrap_or_default();
+        // Daily enrolments' and orders' items are not in `outbox_by_record`: they are
+        // chained from their record's row (`latest_item`, then each item's
+        // `previous`). A key is `<uscc>/enrolment/<worker>/<YYYY-MM-DD>/<division>` or
+        // `<uscc>/order/<order>`; a worker or order id may hold '/', a USCC may not.
+        let (uscc, rest) = record_key.split_once('/').unwrap_or_default();
+        let enrolment = rest.strip_prefix("enrolment/").and_then(|rest| {
+            let mut parts = rest.rsplitn(3, '/');
+            let (division, day, worker) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((worker, day, division))
+        });
+        let (worker, day, division) = enrolment.unwrap_or_default();
+        let order = rest.strip_prefix("order/");
         let rows: Vec<Row> = sqlx::query_as(
             "WITH RECURSIVE chain(seq) AS (
                SELECT e.latest_item FROM daily_enrolments e JOIN platforms p ON p.id = e.platform_id
                 WHERE ?2 AND p.uscc = ?3 AND e.worker_id = ?4 AND e.day = ?5 AND e.division_code = ?6
                UNION
-               SELECT o.previous FROM chain c JOIN outbox o ON o.seq = c.seq WHERE o.enrolment = 1
+               SELECT r.latest_item FROM orders r JOIN platforms p ON p.id = r.platform_id
+                WHERE ?7 IS NOT NULL AND p.uscc = ?3 AND r.order_id = ?7
+               UNION
+               SELECT o.previous FROM chain c JOIN outbox o ON o.seq = c.seq WHERE o.chained = 1 OR o.enrolment = 1
              )
              SELECT idempotency_key, destination, state, attempts, last_error, created_at, delivered_at FROM outbox
              WHERE seq IN (SELECT seq FROM chain WHERE seq IS NOT NULL
                            UNION ALL
                            SELECT seq FROM outbox INDEXED BY outbox_by_record
-                            WHERE record_key = ?1 AND enrolment = 0)
+                            WHERE record_key = ?1 AND enrolment = 0 AND chained = 0)
                AND record_key = ?1 ORDER BY seq",
         )
         .bind(record_key)
@@ -842,6 +846,7 @@ impl Store for SqliteStore {
         .bind(worker)
         .bind(day)
         .bind(division)
+        .bind(order)
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
@@ -934,15 +939,34 @@ impl Store for SqliteStore {
             // obsolete: replayed, it could reach the backend after the later one and
             // leave it with the older state. (A daily enrolment's dead item is always
             // its newest: the next one supersedes it when queued.)
+            // Later items are in the record index, or (an order's, since they are
+            // chained) found by walking back from the order's newest item.
             let sql = format!(
                 "UPDATE outbox SET state = 'superseded', handled_by = ?4, handled_at = ?3
                  WHERE {selected} AND outbox.enrolment = 0
                    AND EXISTS (SELECT 1 FROM outbox l INDEXED BY outbox_by_record
-                     WHERE l.record_key = outbox.record_key AND l.enrolment = 0
+                     WHERE l.record_key = outbox.record_key AND l.enrolment = 0 AND l.chained = 0
                        AND l.destination = outbox.destination AND l.seq > outbox.seq
                        AND l.state IN ('delivered', 'pending'))"
             );
             superseded = update_dead_letters(&mut tx, &sql, args).await?;
+            let sql = format!(
+                "WITH RECURSIVE dead(seq, record_key) AS (
+                   SELECT seq, record_key FROM outbox
+                    WHERE {selected} AND enrolment = 0 AND instr(record_key, '/order/') = 19
+                 ), later(dead, seq) AS (
+                   SELECT d.seq, r.latest_item FROM dead d
+                     JOIN platforms p ON p.uscc = substr(d.record_key, 1, 18)
+                     JOIN orders r ON r.platform_id = p.id AND r.order_id = substr(d.record_key, 26)
+                   UNION ALL
+                   SELECT l.dead, o.previous FROM later l JOIN outbox o ON o.seq = l.seq
+                    WHERE o.chained = 1 AND o.previous > l.dead
+                 )
+                 UPDATE outbox SET state = 'superseded', handled_by = ?4, handled_at = ?3
+                 WHERE seq IN (SELECT l.dead FROM later l JOIN outbox o ON o.seq = l.seq
+                               WHERE l.seq > l.dead AND o.state IN ('delivered', 'pending'))"
+            );
+            superseded += update_dead_letters(&mut tx, &sql, args).await?;
         }
         let set = match action {
             DeadLetterAction::Replay => "state = 'pending', attempts = 0, next_attempt_at = ?3",
@@ -1028,18 +1052,23 @@ async fn update_dead_letters(
 ///   supersedes the open items of its record with its prefix, found in `outbox_open`
 ///   (open items only).
 ///
+/// An order's items are chained the same way from the order's row (`latest_item`,
+/// then `previous`), without superseding: each waits for the open ones before it
+/// through `outbox_open`. Chained items (daily enrolments', orders') are not in
+/// `outbox_by_record`.
+///
 /// Seqs are assigned here (the next after the highest); SQLite has one writer, so no
 /// other transaction takes them. Returns the seq of the newest item of each daily
-/// enrolment queued, for the caller to record on the enrolment's row (with its count).
+/// enrolment and each order queued, for the caller to record on their rows.
 async fn queue<'a>(
     vault: &Vault,
     tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
     at: Millis,
-) -> Result<HashMap<&'a EnrolmentKey, i64>> {
+) -> Result<Newest<'a>> {
     if outbox.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Newest::default());
     }
     let superseding: Vec<(&str, &str, &str)> = outbox
         .iter()
@@ -1103,25 +1132,41 @@ async fn queue<'a>(
             later.entry(key).or_default().push(p);
         }
     }
+    let orders: Vec<&str> = outbox
+        .iter()
+        .filter_map(|i| i.order_id.as_deref())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let latest_of_orders = latest_order_items(tx, platform_id, &orders).await?;
     let (last,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
         .fetch_one(&mut **tx)
         .await
         .map_err(db_err)?;
     let seqs: Vec<i64> = (last + 1..).take(outbox.len()).collect();
-    let mut newest: HashMap<&EnrolmentKey, i64> = HashMap::new();
+    let mut newest = Newest::default();
     let previous: Vec<Option<i64>> = outbox
         .iter()
         .zip(&seqs)
         .map(|(item, seq)| {
-            let k = item.daily_enrolment.as_ref()?;
-            newest.insert(k, *seq).or_else(|| latest.get(k).copied())
+            if let Some(k) = item.daily_enrolment.as_ref() {
+                return newest
+                    .enrolments
+                    .insert(k, *seq)
+                    .or_else(|| latest.get(k).copied());
+            }
+            let id = item.order_id.as_deref()?;
+            newest
+                .orders
+                .insert(id, *seq)
+                .or_else(|| latest_of_orders.get(id).copied())
         })
         .collect();
     let mut rows = outbox.iter().zip(&obsolete).zip(seqs.iter().zip(&previous));
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
-             created_at, handled_at, enrolment, previous) ",
+             created_at, handled_at, enrolment, previous, chained) ",
         );
         q.push_values(
             rows.by_ref().take(chunk.len()),
@@ -1142,7 +1187,8 @@ async fn queue<'a>(
                     .push_bind(at)
                     .push_bind(superseded.then_some(at))
                     .push_bind(item.daily_enrolment.is_some())
-                    .push_bind(*previous);
+                    .push_bind(*previous)
+                    .push_bind(item.daily_enrolment.is_some() || item.order_id.is_some());
             },
         );
         q.build()
@@ -1152,6 +1198,34 @@ async fn queue<'a>(
             .map_err(db_err)?;
     }
     Ok(newest)
+}
+
+/// The newest item queued by `queue` of each daily enrolment and each order.
+#[derive(Default)]
+struct Newest<'a> {
+    enrolments: HashMap<&'a EnrolmentKey, i64>,
+    orders: HashMap<&'a str, i64>,
+}
+
+/// The newest stored item (`latest_item`) of each of a platform's `orders` that has one.
+async fn latest_order_items(
+    tx: &mut WriteTx,
+    platform_id: i64,
+    orders: &[&str],
+) -> Result<HashMap<String, i64>> {
+    if orders.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, i64)> = fetch_json(
+        &mut **tx,
+        "SELECT json_group_array(json_array(r.order_id, r.latest_item))
+         FROM json_each(?2) j CROSS JOIN orders r ON r.platform_id = ?1 AND r.order_id = j.value
+         WHERE r.latest_item IS NOT NULL",
+        platform_id,
+        serde_json::to_string(orders).map_err(|e| corrupt(&e.to_string()))?,
+    )
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 struct SqliteIngest {
@@ -1541,6 +1615,9 @@ impl IngestTx for SqliteIngest {
         laps: &mut Laps,
     ) -> Result<()> {
         let pid = self.platform_id;
+        // The items first: the orders' and enrolments' rows name their newest.
+        let newest = queue(&self.vault, &mut self.tx, pid, outbox, received_at).await?;
+        laps.lap("write_outbox");
         for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
@@ -1591,7 +1668,7 @@ impl IngestTx for SqliteIngest {
         for chunk in plan.orders.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO orders (platform_id, order_id, revision, content_hash, worker_id, industry, division_code,
-                 accepted_at, completed_at, status, vehicle_plate, received_at) ",
+                 accepted_at, completed_at, status, vehicle_plate, received_at, latest_item) ",
             );
             q.push_values(chunk, |mut b, w| {
                 let r = &w.record;
@@ -1606,14 +1683,16 @@ impl IngestTx for SqliteIngest {
                     .push_bind(r.completed_at)
                     .push_bind(r.status.as_str())
                     .push_bind(r.vehicle_plate.as_ref().map(|p| p.as_str()))
-                    .push_bind(received_at);
+                    .push_bind(received_at)
+                    .push_bind(newest.orders.get(r.order_id.as_str()).copied());
             });
             q.push(
                 " ON CONFLICT (platform_id, order_id) DO UPDATE SET revision = excluded.revision,
                  content_hash = excluded.content_hash, worker_id = excluded.worker_id, industry = excluded.industry,
                  division_code = excluded.division_code, accepted_at = excluded.accepted_at,
                  completed_at = excluded.completed_at, status = excluded.status,
-                 vehicle_plate = excluded.vehicle_plate, received_at = excluded.received_at",
+                 vehicle_plate = excluded.vehicle_plate, received_at = excluded.received_at,
+                 latest_item = coalesce(excluded.latest_item, latest_item)",
             );
             q.build()
                 .persistent(chunk.len() == ROWS_PER_STATEMENT)
@@ -1747,17 +1826,16 @@ impl IngestTx for SqliteIngest {
                 .map_err(db_err)?;
         }
         laps.lap("write_closes");
-        let newest = queue(&self.vault, &mut self.tx, pid, outbox, received_at).await?;
-        laps.lap("write_outbox");
         // Each changed enrolment's count, and the newest item of each enrolment that got
         // one (its row at 0 orders if the calls of a group left no change).
         let mut rows: Vec<(&EnrolmentKey, i64, Option<i64>)> = plan
             .enrolment_deltas
             .iter()
-            .map(|(k, d)| (k, *d, newest.get(k).copied()))
+            .map(|(k, d)| (k, *d, newest.enrolments.get(k).copied()))
             .collect();
         rows.extend(
             newest
+                .enrolments
                 .iter()
                 .filter(|(k, _)| !plan.enrolment_deltas.contains_key(**k))
                 .map(|(k, seq)| (*k, 0, Some(*seq))),

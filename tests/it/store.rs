@@ -297,6 +297,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             payload: vec![rev as u8],
             supersedes: None,
             daily_enrolment: None,
+            order_id: None,
         };
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let plan = crosscheck::Plan::default();
@@ -394,6 +395,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             payload: vec![],
             supersedes: supersedes.map(str::to_string),
             daily_enrolment: None,
+            order_id: None,
         };
         let queue = |items: Vec<OutboxItem>, at: i64| {
             let store = store.clone();
@@ -707,5 +709,277 @@ async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
     assert_eq!(
         listed(format!("{uscc}/order/O1")).await,
         states(&[(2, "delivered")])
+    );
+}
+
+/// An order's items are chained from its row (migration 20261203000001); the ones
+/// stored before that stay in the record index. Across the upgrade an order's
+/// deliveries are all listed in order, the first chained one still waits for an open
+/// unchained one, and a replayed dead letter is superseded by a later delivered or
+/// pending revision whether it is found in the index or along the chain.
+#[tokio::test]
+async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
+    use oip_gateway::store::{DeadLetterAction, DeadLetterSelection, DeliveryOutcome, Destination};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("chain.db").display());
+    let store = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
+        .await
+        .expect("open");
+    let p = store
+        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
+        .await
+        .expect("platform");
+    let book = RateBook::default();
+    let reference = Reference::builtin();
+    // Each call ingests the given revisions of orders (id, revision) of worker W1;
+    // a revision's content differs from the one before (its completion time).
+    let ingest = |orders: Vec<(&'static str, u32)>, first: bool| {
+        let (store, p, book, reference) = (&store, &p, &book, &reference);
+        async move {
+            let ctx = validate::Context {
+                now: oip_gateway::domain::time::now_millis(),
+                bounds: oip_gateway::validate::Bounds {
+                    max_future_ms: 0,
+                    ..Default::default()
+                },
+                reference,
+                platform: p,
+            };
+            let mut cands = if first {
+                candidates(p, &["W1"], &[])
+            } else {
+                vec![]
+            };
+            cands.extend(orders.iter().map(|(id, rev)| {
+                let mut o = order(id, "W1");
+                o.revision = Some(*rev);
+                o.completed_at = format!("2025-07-02T11:{:02}:00+08:00", 30 + rev);
+                Candidate {
+                    kind: Some(RecordKind::Order),
+                    id: id.to_string(),
+                    revision: *rev,
+                    record: validate::order(&o, &ctx).map(Record::Order),
+                }
+            }));
+            let ids: Vec<&str> = orders.iter().map(|(id, _)| *id).collect();
+            let mut tx = store.begin_ingest(p.id).await.expect("begin");
+            let mut known = tx.load(&touched(&["W1"], &ids)).await.expect("load");
+            let plan = crosscheck::decide(&rules(p, book), cands, &mut known);
+            assert!(plan.rejections.is_empty(), "{:?}", plan.rejections);
+            let items = oip_gateway::forward::outbox::items(
+                &plan,
+                p,
+                &Default::default(),
+                1,
+                &Default::default(),
+            );
+            tx.write(&plan, &items, 10, &mut Laps::start())
+                .await
+                .expect("write");
+            tx.commit().await.expect("commit");
+        }
+    };
+    let key = |id: &str| format!("{}/order/{id}", oip_gateway::certs::DEMO_PLATFORM_A);
+    let listed = |id: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .deliveries(&key(id))
+                .await
+                .expect("deliveries")
+                .into_iter()
+                .map(|d| {
+                    (
+                        d.idempotency_key
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                        d.state,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let expect = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(r, s)| (r.to_string(), s.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let due = || {
+        let store = &store;
+        async move {
+            store
+                .due_items(Destination::SocialSecurity, 100, 100)
+                .await
+                .expect("due")
+                .into_iter()
+                .filter_map(|d| {
+                    let (_, tail) = d.idempotency_key.split_once("/order/")?;
+                    Some((d.seq, tail.to_string()))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Replays the dead letters `seqs` (empty: all) and returns (replayed, superseded).
+    let replay = |seqs: Vec<i64>, at: i64| {
+        let store = &store;
+        async move {
+            let n = store
+                .handle_dead_letters(
+                    &DeadLetterSelection {
+                        destination: None,
+                        seqs,
+                    },
+                    DeadLetterAction::Replay,
+                    "oip://admin/test",
+                    at,
+                )
+                .await
+                .expect("replay");
+            (n.changed, n.superseded)
+        }
+    };
+    let refuse = |seq: i64| {
+        (
+            seq,
+            DeliveryOutcome::Invalid {
+                reason: "bad".into(),
+                retry_at: 100,
+            },
+        )
+    };
+
+    // Revision 1 of O1 and O2, then made into items stored before the upgrade: in the
+    // record index, unchained, and not named by their order's row.
+    ingest(vec![("O1", 1), ("O2", 1)], true).await;
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+        sqlx::query(
+            "UPDATE outbox SET chained = 0, previous = NULL WHERE record_key LIKE '%/order/%'",
+        )
+        .execute(&pool)
+        .await
+        .expect("unchain");
+        sqlx::query("UPDATE orders SET latest_item = NULL")
+            .execute(&pool)
+            .await
+            .expect("unname");
+        pool.close().await;
+    }
+    // Revision 2 of O1 (chained) waits while revision 1 (unchained) is pending.
+    ingest(vec![("O1", 2)], false).await;
+    let d = due().await;
+    assert_eq!(
+        d.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        vec!["O1/1", "O2/1"],
+        "O1/2 waits behind the unchained O1/1"
+    );
+    assert_eq!(
+        listed("O1").await,
+        expect(&[("1", "pending"), ("2", "pending")])
+    );
+    // O1/1 dies; O1/2 goes and is delivered; O2/1 dies.
+    store
+        .settle(&[refuse(d[0].0), refuse(d[1].0)], 1, 20)
+        .await
+        .expect("settle");
+    let d = due().await;
+    assert_eq!(
+        d.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        vec!["O1/2"]
+    );
+    store
+        .settle(&[(d[0].0, DeliveryOutcome::Delivered)], 1, 21)
+        .await
+        .expect("settle");
+    // Revisions 3 and 4 of O1 in one transaction (O1/4 waits behind O1/3); then O2/2,
+    // which does not wait for the dead O2/1, and dies as well.
+    ingest(vec![("O1", 3), ("O1", 4)], false).await;
+    assert_eq!(
+        listed("O1").await,
+        expect(&[
+            ("1", "dead"),
+            ("2", "delivered"),
+            ("3", "pending"),
+            ("4", "pending")
+        ])
+    );
+    ingest(vec![("O2", 2)], false).await;
+    let d = due().await;
+    assert_eq!(
+        d.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        vec!["O1/3", "O2/2"],
+        "O1/4 waits behind O1/3 (same transaction); O2/2 waits for no dead letter"
+    );
+    store
+        .settle(&[refuse(d[1].0)], 1, 22)
+        .await
+        .expect("settle");
+    assert_eq!(listed("O2").await, expect(&[("1", "dead"), ("2", "dead")]));
+
+    // Replaying every dead letter: O1/1 is superseded (O1/2 delivered, along the
+    // chain from an unchained item); O2/1 and O2/2 are replayed, nothing after them
+    // being delivered or pending, and O2/2 waits behind O2/1 again.
+    assert_eq!(replay(vec![], 30).await, (2, 1));
+    assert_eq!(
+        listed("O1").await[0],
+        ("1".to_string(), "superseded".to_string())
+    );
+    assert_eq!(
+        listed("O2").await,
+        expect(&[("1", "pending"), ("2", "pending")])
+    );
+    // O2/3 arrives; O2/1 is delivered, O2/2 dies again: behind the pending O2/3 (the
+    // order's newest item), its replay is superseded.
+    ingest(vec![("O2", 3)], false).await;
+    let d = due().await;
+    let o2_1 = d
+        .iter()
+        .find(|(_, r)| r == "O2/1")
+        .map(|(s, _)| *s)
+        .expect("O2/1 due");
+    store
+        .settle(&[(o2_1, DeliveryOutcome::Delivered)], 1, 31)
+        .await
+        .expect("settle");
+    let d = due().await;
+    let o2_2 = d
+        .iter()
+        .find(|(_, r)| r == "O2/2")
+        .map(|(s, _)| *s)
+        .expect("O2/2 due");
+    store.settle(&[refuse(o2_2)], 1, 32).await.expect("settle");
+    assert_eq!(replay(vec![o2_2], 33).await, (0, 1));
+    assert_eq!(
+        listed("O2").await,
+        expect(&[("1", "delivered"), ("2", "superseded"), ("3", "pending")])
+    );
+
+    // All chained: O3/1 dies, O3/2 is delivered, O3/3 dies. Replaying O3/1 walks back
+    // from O3/3 (dead) to O3/2 (delivered): superseded. O3/3 is replayed.
+    let mut seqs = Vec::new();
+    for (rev, outcome) in [(1, false), (2, true), (3, false)] {
+        ingest(vec![("O3", rev)], false).await;
+        let d = due().await;
+        let seq = d
+            .iter()
+            .find(|(_, r)| *r == format!("O3/{rev}"))
+            .map(|(s, _)| *s)
+            .expect("O3 due");
+        let settled = if outcome {
+            (seq, DeliveryOutcome::Delivered)
+        } else {
+            refuse(seq)
+        };
+        store.settle(&[settled], 1, 40).await.expect("settle");
+        seqs.push(seq);
+    }
+    for (seq, counts) in [(seqs[0], (0, 1)), (seqs[2], (1, 0))] {
+        assert_eq!(replay(vec![seq], 41).await, counts, "seq {seq}");
+    }
+    assert_eq!(
+        listed("O3").await,
+        expect(&[("1", "superseded"), ("2", "delivered"), ("3", "pending")])
     );
 }
