@@ -12,7 +12,8 @@
 //!
 //! 1. **Unary**: `oip-gateway load`'s generator (`cli::load`), 64 single-order
 //!    `ReportOrders` calls in flight on one connection for SECS seconds, against the
-//!    reference, then against the gateway. Target: ≥ 20,000 orders/s.
+//!    ceiling (the reference storing nothing: what this client and machine allow any
+//!    server), the reference, then the gateway. Target: ≥ 20,000 orders/s.
 //! 2. **Batch**: the reference gets ORDERS orders in 1000-order `ReportOrders` calls, 8
 //!    in flight; the gateway gets a `loadgen` file of WORKERS workers and ORDERS orders
 //!    through `oip-gateway submit` (8 chunks of 1000 in flight). Records/s of each and
@@ -95,6 +96,14 @@ impl Server {
 fn reference(dir: &Path) -> anyhow::Result<Server> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env("OIP_BENCH_REFERENCE", dir.join("reference.db"));
+    Server::start(cmd, false)
+}
+
+/// The reference that stores nothing and answers at once (`OIP_BENCH_CEILING`).
+fn ceiling(dir: &Path) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env("OIP_BENCH_REFERENCE", dir.join("ceiling.db"))
+        .env("OIP_BENCH_CEILING", "1");
     Server::start(cmd, false)
 }
 
@@ -212,6 +221,11 @@ async fn unary(dir: &Path, secs: u64) -> anyhow::Result<()> {
         division: "320100".into(),
         timeout: Duration::from_secs(30),
     };
+    let c = ceiling(&dir.join("ceiling-unary"))?;
+    let report = load::run(&[connect(&c.addr).await?], &opts).await?;
+    c.stop();
+    let ceiling_rate = report.orders_per_second();
+    println!("ceiling:   {}", report.lines().join("; "));
     let r = reference(&dir.join("ref-unary"))?;
     let report = load::run(&[connect(&r.addr).await?], &opts).await?;
     r.stop();
@@ -233,6 +247,11 @@ async fn unary(dir: &Path, secs: u64) -> anyhow::Result<()> {
         report.orders_per_second(),
         "orders/s",
         "gateway ≥ 20000 orders/s",
+    );
+    println!(
+        "  ceiling (answers without storing) {ceiling_rate:.0} orders/s: reference {:.2}, gateway {:.2} of it",
+        reference_rate / ceiling_rate.max(1e-9),
+        report.orders_per_second() / ceiling_rate.max(1e-9)
     );
     println!(
         "  {calls:.0} calls in {txs:.0} ingest transactions ({:.1} a transaction)",
@@ -392,7 +411,13 @@ fn main() -> anyhow::Result<()> {
     let workers = env_or("BENCH_INGEST_WORKERS", 10_000) as usize;
     let phases = std::env::var("BENCH_INGEST_PHASES").unwrap_or_else(|_| "unary,batch".into());
     let dir = tempfile::tempdir()?;
-    for d in ["ref-unary", "gw-unary", "ref-batch", "gw-batch"] {
+    for d in [
+        "ceiling-unary",
+        "ref-unary",
+        "gw-unary",
+        "ref-batch",
+        "gw-batch",
+    ] {
         std::fs::create_dir_all(dir.path().join(d))?;
     }
     runtime.block_on(async {

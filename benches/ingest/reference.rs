@@ -10,6 +10,9 @@
 //!
 //! It runs as its own process (the bench starts itself with `OIP_BENCH_REFERENCE` set
 //! to a database path) and prints `listening on ADDR`, as `oip-gateway serve` does.
+//! With `OIP_BENCH_CEILING` set as well it stores nothing and answers at once: the
+//! most any server can answer on this machine with this client (the ceiling of the
+//! unary phase, not a durable intake).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -26,7 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 type Job = (Vec<proto::Order>, oneshot::Sender<Result<(), String>>);
 
 struct Reference {
-    jobs: mpsc::Sender<Job>,
+    /// None: the ceiling, which answers without storing.
+    jobs: Option<mpsc::Sender<Job>>,
 }
 
 const COLUMNS: usize = 12;
@@ -104,9 +108,11 @@ impl PlatformService for Reference {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let orders = r.into_inner().orders;
         let n = orders.len();
+        let Some(jobs) = &self.jobs else {
+            return Ok(Response::new(accepted(n)));
+        };
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send((orders, done))
+        jobs.send((orders, done))
             .await
             .map_err(|_| Status::unavailable("writer stopped"))?;
         match wait.await {
@@ -221,8 +227,13 @@ pub async fn serve(db: &Path) -> anyhow::Result<()> {
     )
     .execute(&pool)
     .await?;
-    let (jobs, rx) = mpsc::channel(4096);
-    tokio::spawn(writer(pool, rx));
+    let jobs = if std::env::var_os("OIP_BENCH_CEILING").is_some() {
+        None
+    } else {
+        let (jobs, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(pool, rx));
+        Some(jobs)
+    };
     let d = Path::new("certs-example");
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
