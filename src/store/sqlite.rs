@@ -408,6 +408,7 @@ impl Store for SqliteStore {
             tx,
             platform_id,
             vault: self.vault.clone(),
+            order_items: HashMap::new(),
         }))
     }
 
@@ -1065,6 +1066,7 @@ async fn queue<'a>(
     tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
+    order_items: &HashMap<String, Option<i64>>,
     at: Millis,
 ) -> Result<Newest<'a>> {
     if outbox.is_empty() {
@@ -1132,13 +1134,19 @@ async fn queue<'a>(
             later.entry(key).or_default().push(p);
         }
     }
-    let orders: Vec<&str> = outbox
+    // Each order's newest stored item: from `load` if it read the order, else looked up.
+    let unread: Vec<&str> = outbox
         .iter()
         .filter_map(|i| i.order_id.as_deref())
+        .filter(|id| !order_items.contains_key(*id))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let latest_of_orders = latest_order_items(tx, platform_id, &orders).await?;
+    let looked_up = latest_order_items(tx, platform_id, &unread).await?;
+    let latest_of_order = |id: &str| match order_items.get(id) {
+        Some(item) => *item,
+        None => looked_up.get(id).copied(),
+    };
     let (last,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
         .fetch_one(&mut **tx)
         .await
@@ -1159,7 +1167,7 @@ async fn queue<'a>(
             newest
                 .orders
                 .insert(id, *seq)
-                .or_else(|| latest_of_orders.get(id).copied())
+                .or_else(|| latest_of_order(id))
         })
         .collect();
     let mut rows = outbox.iter().zip(&obsolete).zip(seqs.iter().zip(&previous));
@@ -1232,6 +1240,10 @@ struct SqliteIngest {
     tx: WriteTx,
     platform_id: i64,
     vault: Arc<Vault>,
+    /// The orders `load` looked for, each with its newest item (`latest_item`; None
+    /// when not stored or without one): `queue` chains the next item to it without a
+    /// second look-up.
+    order_items: HashMap<String, Option<i64>>,
 }
 
 fn stored(revision: i64, hash: &str) -> Result<Stored> {
@@ -1423,6 +1435,9 @@ impl IngestTx for SqliteIngest {
             }
         }
         if !touched.order_ids.is_empty() {
+            // Read or not, each order's newest item is known now (none if not stored).
+            self.order_items
+                .extend(touched.order_ids.iter().map(|id| (id.clone(), None)));
             type Row = (
                 String,
                 i64,
@@ -1433,11 +1448,12 @@ impl IngestTx for SqliteIngest {
                 i64,
                 Option<i64>,
                 String,
+                Option<i64>,
             );
             let rows: Vec<Row> = fetch_json(
                 &mut *self.tx,
                 "SELECT json_group_array(json_array(order_id, revision, hex(content_hash), worker_id, industry,
-                   division_code, accepted_at, completed_at, status))
+                   division_code, accepted_at, completed_at, status, latest_item))
                  FROM orders WHERE platform_id = ?1 AND order_id IN (SELECT value FROM json_each(?2))",
                 pid,
                 ids_json(&touched.order_ids)?,
@@ -1453,8 +1469,10 @@ impl IngestTx for SqliteIngest {
                 accepted_at,
                 completed_at,
                 status,
+                latest_item,
             ) in rows
             {
+                self.order_items.insert(id.clone(), latest_item);
                 let facts = OrderFacts {
                     worker_id,
                     industry,
@@ -1616,7 +1634,15 @@ impl IngestTx for SqliteIngest {
     ) -> Result<()> {
         let pid = self.platform_id;
         // The items first: the orders' and enrolments' rows name their newest.
-        let newest = queue(&self.vault, &mut self.tx, pid, outbox, received_at).await?;
+        let newest = queue(
+            &self.vault,
+            &mut self.tx,
+            pid,
+            outbox,
+            &self.order_items,
+            received_at,
+        )
+        .await?;
         laps.lap("write_outbox");
         for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -1930,9 +1956,16 @@ impl IngestTx for SqliteIngest {
                 .await
                 .map_err(db_err)?;
         }
-        queue(&self.vault, &mut self.tx, self.platform_id, outbox, at)
-            .await
-            .map(drop)
+        queue(
+            &self.vault,
+            &mut self.tx,
+            self.platform_id,
+            outbox,
+            &self.order_items,
+            at,
+        )
+        .await
+        .map(drop)
     }
 
     async fn audit_head(&mut self) -> Result<(i64, [u8; 32])> {
