@@ -222,7 +222,7 @@ const MAX_CALL_BYTES: usize = 3 * 1024 * 1024;
 
 /// Batches delivered but not yet settled, at most, besides the one being settled,
 /// before the dispatcher waits for the store (bounds what a crash makes it deliver
-/// again, and the items it reads to skip them: more raised the peak memory).
+/// again).
 const MAX_UNSETTLED_BATCHES: usize = 3;
 
 /// Starts the dispatcher of `backend`'s destination; it runs until `stop` turns true,
@@ -326,16 +326,23 @@ fn short(due: &[DueItem], batch: usize, max_bytes: usize) -> bool {
         && due.iter().map(|i| i.payload.len()).sum::<usize>() < max_bytes / 2
 }
 
-/// Reads the due items of `destination` and keeps those of the next call (`next_call`);
-/// none when the outbox cannot be read (logged; the dispatcher tries again).
+/// Reads the due items of `destination` but those in `skip` (which the store leaves
+/// out, so their payloads are not read again: issue 13's profile found the readers
+/// busier than the writer re-reading them) and keeps those of the next call
+/// (`next_call`); none when the outbox cannot be read (logged; the dispatcher tries
+/// again).
 async fn take(
     store: &dyn Store,
     destination: Destination,
     skip: &HashSet<i64>,
     batch: usize,
 ) -> Vec<DueItem> {
-    let limit = u32::try_from(batch + skip.len()).unwrap_or(u32::MAX);
-    match store.due_items(destination, now_millis(), limit).await {
+    let limit = u32::try_from(batch).unwrap_or(u32::MAX);
+    let excluded: Vec<i64> = skip.iter().copied().collect();
+    match store
+        .due_items(destination, now_millis(), limit, &excluded)
+        .await
+    {
         Ok(d) => next_call(d, skip, batch, MAX_CALL_BYTES),
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");

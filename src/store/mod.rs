@@ -428,12 +428,15 @@ pub trait Store: AccessStore + Send + Sync + 'static {
     async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()>;
 
     /// Up to `limit` pending items of a destination that are due, in seq order, skipping
-    /// any item whose record has an earlier pending item.
+    /// any item whose record has an earlier pending item, and the items `excluded`
+    /// (seqs the dispatcher has delivered and not yet settled: their payloads are not
+    /// read again).
     async fn due_items(
         &self,
         destination: Destination,
         now: Millis,
         limit: u32,
+        excluded: &[i64],
     ) -> Result<Vec<DueItem>>;
     /// Records what the backend answered, in one transaction.
     async fn settle(

@@ -727,6 +727,7 @@ impl Store for SqliteStore {
         destination: Destination,
         now: Millis,
         limit: u32,
+        excluded: &[i64],
     ) -> Result<Vec<DueItem>> {
         // The earlier items an item waits for are open ones: `outbox_open` holds only
         // those (its WHERE terms, repeated here, are what let SQLite use it), so the
@@ -739,11 +740,13 @@ impl Store for SqliteStore {
                                WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
                                  AND e.enrolment = 0
                                  AND e.state = 'pending' AND e.destination = o.destination AND e.seq < o.seq)
+               AND o.seq NOT IN (SELECT value FROM json_each(?4))
              ORDER BY o.seq LIMIT ?3",
         )
         .bind(destination.as_str())
         .bind(now)
         .bind(i64::from(limit))
+        .bind(serde_json::to_string(excluded).map_err(|e| corrupt(&e.to_string()))?)
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;

@@ -309,14 +309,32 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
 
         // r1/2 waits behind r1/1: a correction never overtakes its original.
         let due = store
-            .due_items(Destination::SocialSecurity, 10, 10)
+            .due_items(Destination::SocialSecurity, 10, 10, &[])
             .await
             .expect(name);
         let keys: Vec<_> = due.iter().map(|d| d.idempotency_key.as_str()).collect();
         assert_eq!(keys, vec!["r1/1", "r2/1", "r3/1"], "{name}");
+        // Excluded items (delivered, not yet settled) are left out; the items behind
+        // them still wait, as the excluded ones are still pending.
+        let rest = store
+            .due_items(
+                Destination::SocialSecurity,
+                10,
+                10,
+                &[due[0].seq, due[2].seq],
+            )
+            .await
+            .expect(name);
+        assert_eq!(
+            rest.iter()
+                .map(|d| d.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["r2/1"],
+            "{name}"
+        );
         assert!(
             store
-                .due_items(Destination::Tax, 10, 10)
+                .due_items(Destination::Tax, 10, 10, &[])
                 .await
                 .expect(name)
                 .is_empty()
@@ -335,14 +353,14 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
         store.settle(&outcomes, 2, 11).await.expect(name);
         assert!(
             store
-                .due_items(Destination::SocialSecurity, 11, 10)
+                .due_items(Destination::SocialSecurity, 11, 10, &[])
                 .await
                 .expect(name)
                 .is_empty(),
             "{name}: r1/1 not due yet, r1/2 behind it"
         );
         let again = store
-            .due_items(Destination::SocialSecurity, 20, 10)
+            .due_items(Destination::SocialSecurity, 20, 10, &[])
             .await
             .expect(name);
         assert_eq!(
@@ -364,7 +382,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             .expect(name);
         assert_eq!((depth.pending, depth.dead), (1, 1), "{name}");
         let last = store
-            .due_items(Destination::SocialSecurity, 21, 10)
+            .due_items(Destination::SocialSecurity, 21, 10, &[])
             .await
             .expect(name);
         assert_eq!(
@@ -411,7 +429,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             let store = store.clone();
             async move {
                 store
-                    .due_items(Destination::Tax, at, 100)
+                    .due_items(Destination::Tax, at, 100, &[])
                     .await
                     .expect("due")
                     .into_iter()
@@ -483,7 +501,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
         );
         assert!(
             store
-                .due_items(Destination::Tax, 13, 100)
+                .due_items(Destination::Tax, 13, 100, &[])
                 .await
                 .expect(name)
                 .iter()
@@ -810,7 +828,7 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
         let store = &store;
         async move {
             store
-                .due_items(Destination::SocialSecurity, 100, 100)
+                .due_items(Destination::SocialSecurity, 100, 100, &[])
                 .await
                 .expect("due")
                 .into_iter()
