@@ -432,7 +432,7 @@ pub fn spawn_queue_reporter(
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.changed() => return,
             }
-            for d in [Destination::SocialSecurity, Destination::Tax] {
+            for d in Destination::ALL {
                 if let Ok(q) = store.queue_depth(d).await {
                     let age_s = q
                         .oldest_pending_at

@@ -229,6 +229,9 @@ pub enum Destination {
 }
 
 impl Destination {
+    /// Every destination.
+    pub const ALL: [Self; 2] = [Self::SocialSecurity, Self::Tax];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SocialSecurity => "social-security",

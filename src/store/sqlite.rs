@@ -730,12 +730,14 @@ impl Store for SqliteStore {
         excluded: &[i64],
     ) -> Result<Vec<DueItem>> {
         // The earlier items an item waits for are open ones: `outbox_open` holds only
-        // those (its WHERE terms, repeated here, are what let SQLite use it), so the
-        // check does not walk every delivered version of a record. A daily enrolment's
-        // item is not in it and waits for nothing: each one supersedes the one before.
+        // those, so the check does not walk every delivered version of a record. A
+        // daily enrolment's item is not in it and waits for nothing: each one
+        // supersedes the one before. (The partial indexes' WHERE terms, repeated
+        // here, are what let SQLite use them.)
         let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
-             WHERE o.destination = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+             WHERE o.destination = ?1 AND o.state IN ('pending', 'dead') AND o.state = 'pending'
+               AND o.next_attempt_at <= ?2
                AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
                                WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
                                  AND e.enrolment = 0
@@ -889,9 +891,10 @@ impl Store for SqliteStore {
         type Row = (i64, String, String, String, i64, Option<String>, i64);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, destination, record_key, idempotency_key, attempts, last_error, created_at FROM outbox
-             WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+             WHERE state IN ('pending', 'dead') AND state = 'dead'
+               AND destination IN (SELECT value FROM json_each(?1)) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
-        .bind(destination.map(Destination::as_str))
+        .bind(destinations_json(destination)?)
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
@@ -930,12 +933,13 @@ impl Store for SqliteStore {
         by: &str,
         now: Millis,
     ) -> Result<DeadLettersHandled> {
-        let selected = "state = 'dead' AND (?1 IS NULL OR destination = ?1)
+        let selected = "state IN ('pending', 'dead') AND state = 'dead'
+               AND destination IN (SELECT value FROM json_each(?1))
                AND (json_array_length(?2) = 0 OR seq IN (SELECT value FROM json_each(?2)))";
         let seqs = serde_json::to_string(&selection.seqs).map_err(|e| corrupt(&e.to_string()))?;
         let mut tx = self.write_tx().await?;
-        let destination = selection.destination.map(Destination::as_str);
-        let args = (destination, seqs.as_str(), now, by);
+        let destinations = destinations_json(selection.destination)?;
+        let args = (destinations.as_str(), seqs.as_str(), now, by);
         let mut superseded = 0;
         if action == DeadLetterAction::Replay {
             // A dead item behind which a later item of its record was delivered, or is
@@ -1015,7 +1019,7 @@ impl Store for SqliteStore {
         let (pending, dead, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),
                     min(created_at) FILTER (WHERE state = 'pending')
-             FROM outbox WHERE destination = ?1 AND state != 'delivered'",
+             FROM outbox WHERE destination = ?1 AND state IN ('pending', 'dead')",
         )
         .bind(destination.as_str())
         .fetch_one(&self.reader)
@@ -1029,15 +1033,15 @@ impl Store for SqliteStore {
     }
 }
 
-/// Runs an UPDATE of selected dead letters; its parameters are ?1 destination (NULL:
-/// both), ?2 seqs (JSON array, empty: all), ?3 now, ?4 the administrator.
+/// Runs an UPDATE of selected dead letters; its parameters are ?1 destinations (JSON
+/// array), ?2 seqs (JSON array, empty: all), ?3 now, ?4 the administrator.
 async fn update_dead_letters(
     tx: &mut WriteTx,
     sql: &str,
-    (destination, seqs, now, by): (Option<&str>, &str, Millis, &str),
+    (destinations, seqs, now, by): (&str, &str, Millis, &str),
 ) -> Result<u64> {
     sqlx::query(sql)
-        .bind(destination)
+        .bind(destinations)
         .bind(seqs)
         .bind(now)
         .bind(by)
@@ -1045,6 +1049,17 @@ async fn update_dead_letters(
         .await
         .map(|r| r.rows_affected())
         .map_err(db_err)
+}
+
+/// `destination`, or every destination (None), as a JSON array: a query selecting
+/// dead letters by `destination IN (SELECT value FROM json_each(?))` seeks them in
+/// `outbox_due` instead of scanning every item after a seq.
+fn destinations_json(destination: Option<Destination>) -> Result<String> {
+    let names: Vec<&str> = match destination {
+        Some(d) => vec![d.as_str()],
+        None => Destination::ALL.iter().map(|d| d.as_str()).collect(),
+    };
+    serde_json::to_string(&names).map_err(|e| corrupt(&e.to_string()))
 }
 
 /// Queues outbox items (pending, due now) in the caller's transaction, after making
