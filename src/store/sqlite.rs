@@ -408,7 +408,7 @@ impl Store for SqliteStore {
             tx,
             platform_id,
             vault: self.vault.clone(),
-            order_items: HashMap::new(),
+            anchors: Anchors::default(),
         }))
     }
 
@@ -1084,7 +1084,7 @@ async fn queue<'a>(
     tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
-    order_items: &HashMap<String, Option<i64>>,
+    anchors: &Anchors,
     at: Millis,
 ) -> Result<Newest<'a>> {
     if outbox.is_empty() {
@@ -1122,12 +1122,21 @@ async fn queue<'a>(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let latest: HashMap<EnrolmentKey, i64> = stored_enrolments(tx, platform_id, &keys)
+    let unread: Vec<&EnrolmentKey> = keys
+        .iter()
+        .copied()
+        .filter(|k| !anchors.enrolments.contains_key(*k))
+        .collect();
+    let looked_up: HashMap<EnrolmentKey, i64> = stored_enrolments(tx, platform_id, &unread)
         .await?
         .into_iter()
         .filter_map(|(k, _, item)| Some((k, item?)))
         .collect();
-    let open: Vec<i64> = latest.values().copied().collect();
+    let latest = |k: &EnrolmentKey| match anchors.enrolments.get(k) {
+        Some(item) => *item,
+        None => looked_up.get(k).copied(),
+    };
+    let open: Vec<i64> = keys.iter().filter_map(|k| latest(k)).collect();
     for chunk in open.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
             "UPDATE outbox SET state = 'superseded', handled_at = ?2
@@ -1156,12 +1165,12 @@ async fn queue<'a>(
     let unread: Vec<&str> = outbox
         .iter()
         .filter_map(|i| i.order_id.as_deref())
-        .filter(|id| !order_items.contains_key(*id))
+        .filter(|id| !anchors.orders.contains_key(*id))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
     let looked_up = latest_order_items(tx, platform_id, &unread).await?;
-    let latest_of_order = |id: &str| match order_items.get(id) {
+    let latest_of_order = |id: &str| match anchors.orders.get(id) {
         Some(item) => *item,
         None => looked_up.get(id).copied(),
     };
@@ -1176,10 +1185,7 @@ async fn queue<'a>(
         .zip(&seqs)
         .map(|(item, seq)| {
             if let Some(k) = item.daily_enrolment.as_ref() {
-                return newest
-                    .enrolments
-                    .insert(k, *seq)
-                    .or_else(|| latest.get(k).copied());
+                return newest.enrolments.insert(k, *seq).or_else(|| latest(k));
             }
             let id = item.order_id.as_deref()?;
             newest
@@ -1258,10 +1264,18 @@ struct SqliteIngest {
     tx: WriteTx,
     platform_id: i64,
     vault: Arc<Vault>,
-    /// The orders `load` looked for, each with its newest item (`latest_item`; None
-    /// when not stored or without one): `queue` chains the next item to it without a
-    /// second look-up.
-    order_items: HashMap<String, Option<i64>>,
+    /// The newest items of the orders and enrolments this transaction has read.
+    anchors: Anchors,
+}
+
+/// The newest stored item (`latest_item`) of each order `load` looked for and each
+/// daily enrolment `enrolment_counts` looked for; None when the row is not stored or
+/// names no item. `queue` chains a new item to it (and supersedes an enrolment's)
+/// without reading the row again.
+#[derive(Default)]
+struct Anchors {
+    orders: HashMap<String, Option<i64>>,
+    enrolments: HashMap<EnrolmentKey, Option<i64>>,
 }
 
 fn stored(revision: i64, hash: &str) -> Result<Stored> {
@@ -1454,7 +1468,8 @@ impl IngestTx for SqliteIngest {
         }
         if !touched.order_ids.is_empty() {
             // Read or not, each order's newest item is known now (none if not stored).
-            self.order_items
+            self.anchors
+                .orders
                 .extend(touched.order_ids.iter().map(|id| (id.clone(), None)));
             type Row = (
                 String,
@@ -1490,7 +1505,7 @@ impl IngestTx for SqliteIngest {
                 latest_item,
             ) in rows
             {
-                self.order_items.insert(id.clone(), latest_item);
+                self.anchors.orders.insert(id.clone(), latest_item);
                 let facts = OrderFacts {
                     worker_id,
                     industry,
@@ -1555,10 +1570,15 @@ impl IngestTx for SqliteIngest {
         &mut self,
         keys: &[&EnrolmentKey],
     ) -> Result<HashMap<EnrolmentKey, i64>> {
-        Ok(stored_enrolments(&mut self.tx, self.platform_id, keys)
-            .await?
+        let rows = stored_enrolments(&mut self.tx, self.platform_id, keys).await?;
+        let anchors = &mut self.anchors.enrolments;
+        anchors.extend(keys.iter().map(|k| ((*k).clone(), None)));
+        Ok(rows
             .into_iter()
-            .map(|(k, count, _)| (k, count))
+            .map(|(k, count, item)| {
+                anchors.insert(k.clone(), item);
+                (k, count)
+            })
             .collect())
     }
 
@@ -1657,7 +1677,7 @@ impl IngestTx for SqliteIngest {
             &mut self.tx,
             pid,
             outbox,
-            &self.order_items,
+            &self.anchors,
             received_at,
         )
         .await?;
@@ -1979,7 +1999,7 @@ impl IngestTx for SqliteIngest {
             &mut self.tx,
             self.platform_id,
             outbox,
-            &self.order_items,
+            &self.anchors,
             at,
         )
         .await
