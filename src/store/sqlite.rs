@@ -1308,6 +1308,22 @@ where
     E: sqlx::Executor<'e, Database = Sqlite>,
     T: serde::de::DeserializeOwned,
 {
+    fetch_json_value(executor, sql, platform_id, arg).await
+}
+
+/// As `fetch_json`, for a query whose one value is any JSON document (several
+/// look-ups in one round trip to the connection's thread: `json_array` of their
+/// arrays, decoded as a tuple).
+async fn fetch_json_value<'e, E, T>(
+    executor: E,
+    sql: &'static str,
+    platform_id: i64,
+    arg: String,
+) -> Result<T>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+    T: serde::de::DeserializeOwned,
+{
     let (json,): (String,) = sqlx::query_as(sql)
         .bind(platform_id)
         .bind(arg)
@@ -1329,9 +1345,33 @@ fn period_of(s: &str) -> Result<Period> {
     Period::parse(s).ok_or_else(|| corrupt("stored period is not YYYY-MM"))
 }
 
-const STATEMENTS_IN_SCOPE: &str = "SELECT json_group_array(json_array(v.period, v.division_code, v.industry, v.billable_count))
+/// The volume statements of a platform (?1) in a scope (?2, `[[period, industry], …]`).
+macro_rules! statements_in_scope {
+    () => {
+        "SELECT json_group_array(json_array(v.period, v.division_code, v.industry, v.billable_count))
      FROM json_each(?2) j CROSS JOIN volume_statements v
-       ON v.platform_id = ?1 AND v.period = json_extract(j.value, '$[0]') AND v.industry = json_extract(j.value, '$[1]')";
+       ON v.platform_id = ?1 AND v.period = json_extract(j.value, '$[0]') AND v.industry = json_extract(j.value, '$[1]')"
+    };
+}
+const STATEMENTS_IN_SCOPE: &str = statements_in_scope!();
+
+/// What `load_scope` reads, in one round trip: the statements in the scope, the
+/// declarations of its months and industries, and which of its months are released
+/// and closed (issue 13's profile: on single-order calls each round trip to the
+/// connection's thread cost about as much as the look-up itself).
+const SCOPE_STATE: &str = concat!(
+    "SELECT json_array(json((",
+    statements_in_scope!(),
+    ")), json((SELECT json_group_array(json_array(d.declaration_id, d.revision, d.period, d.division_code,
+               d.industry, d.order_count, d.amount_fen, d.arrival))
+             FROM json_each(?2) j CROSS JOIN declarations d
+               ON d.platform_id = ?1 AND d.period = json_extract(j.value, '$[0]') AND d.industry = json_extract(j.value, '$[1]'))),
+       json((SELECT json_group_array(r.period) FROM released_periods r WHERE r.platform_id = ?1
+               AND r.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2)))),
+       json((SELECT json_group_array(json_array(c.period, c.closed_at))
+             FROM closed_periods c WHERE c.platform_id = ?1
+               AND c.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2)))))"
+);
 
 /// A `(worker_id, day, division_code, order_count)` row as an enrolment and its count.
 /// The stored rows among `keys` of a platform's daily enrolments: each key with its
@@ -1586,21 +1626,20 @@ impl IngestTx for SqliteIngest {
         if scope.is_empty() {
             return Ok(());
         }
-        let pid = self.platform_id;
-        let arg = scope_json(scope)?;
-        let rows = fetch_json(&mut *self.tx, STATEMENTS_IN_SCOPE, pid, arg.clone()).await?;
-        known.statements.extend(statements_of(rows)?);
-        type Row = (String, i64, String, String, String, i64, i64, i64);
-        let declared: Vec<Row> = fetch_json(
+        type Declared = (String, i64, String, String, String, i64, i64, i64);
+        let (rows, declared, released, closed): (
+            Vec<(String, String, String, i64)>,
+            Vec<Declared>,
+            Vec<String>,
+            Vec<(String, i64)>,
+        ) = fetch_json_value(
             &mut *self.tx,
-            "SELECT json_group_array(json_array(d.declaration_id, d.revision, d.period, d.division_code, d.industry,
-               d.order_count, d.amount_fen, d.arrival))
-             FROM json_each(?2) j CROSS JOIN declarations d
-               ON d.platform_id = ?1 AND d.period = json_extract(j.value, '$[0]') AND d.industry = json_extract(j.value, '$[1]')",
-            pid,
-            arg.clone(),
+            SCOPE_STATE,
+            self.platform_id,
+            scope_json(scope)?,
         )
         .await?;
+        known.statements.extend(statements_of(rows)?);
         let mut latest: HashMap<StatementKey, i64> = HashMap::new();
         for (
             declaration_id,
@@ -1636,26 +1675,9 @@ impl IngestTx for SqliteIngest {
             };
             known.current_declarations.insert(key, declaration);
         }
-        let released: Vec<String> = fetch_json(
-            &mut *self.tx,
-            "SELECT json_group_array(r.period) FROM released_periods r WHERE r.platform_id = ?1
-               AND r.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2))",
-            pid,
-            arg.clone(),
-        )
-        .await?;
         for period in released {
             known.released.insert(period_of(&period)?);
         }
-        let closed: Vec<(String, i64)> = fetch_json(
-            &mut *self.tx,
-            "SELECT json_group_array(json_array(c.period, c.closed_at))
-             FROM closed_periods c WHERE c.platform_id = ?1
-               AND c.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2))",
-            pid,
-            arg,
-        )
-        .await?;
         for (period, at) in closed {
             known.closed.insert(period_of(&period)?, at);
         }
