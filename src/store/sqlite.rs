@@ -1285,10 +1285,6 @@ fn stored(revision: i64, hash: &str) -> Result<Stored> {
     })
 }
 
-fn ids_json(ids: &[String]) -> Result<String> {
-    serde_json::to_string(ids).map_err(|e| corrupt(&e.to_string()))
-}
-
 // Look-ups by composite key join `json_each(?2) j CROSS JOIN table`: CROSS JOIN keeps
 // the argument as the outer loop (SQLite's join-order hint), so each id is one index
 // seek; with a plain JOIN the planner may scan the table for every batch instead, and
@@ -1354,6 +1350,50 @@ macro_rules! statements_in_scope {
     };
 }
 const STATEMENTS_IN_SCOPE: &str = statements_in_scope!();
+
+/// A stored worker as `load` reads it: id, revision, content hash (hex), industries,
+/// registered at, status, left at, sealed birth date (hex).
+type StoredWorkerRow = (
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+/// A stored order as `load` reads it: id, revision, content hash (hex), worker,
+/// industry, division, accepted at, completed at, status, newest item.
+type StoredOrderRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    String,
+    Option<i64>,
+);
+
+/// What `load` reads, in one round trip: the stored workers, orders, declarations and
+/// accidents of a platform (?1) among the ids of ?2 (`[[workers], [orders],
+/// [declarations], [accidents]]`).
+const STORED_RECORDS: &str = "SELECT json_array(
+    json((SELECT json_group_array(json_array(worker_id, revision, hex(content_hash), industries,
+            registered_at, status, left_at, hex(birth_date)))
+          FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2, '$[0]')))),
+    json((SELECT json_group_array(json_array(order_id, revision, hex(content_hash), worker_id, industry,
+            division_code, accepted_at, completed_at, status, latest_item))
+          FROM orders WHERE platform_id = ?1 AND order_id IN (SELECT value FROM json_each(?2, '$[1]')))),
+    json((SELECT json_group_array(json_array(declaration_id, revision, hex(content_hash), period, division_code,
+            industry))
+          FROM declarations WHERE platform_id = ?1 AND declaration_id IN (SELECT value FROM json_each(?2, '$[2]')))),
+    json((SELECT json_group_array(json_array(report_id, revision, hex(content_hash)))
+          FROM accidents WHERE platform_id = ?1 AND report_id IN (SELECT value FROM json_each(?2, '$[3]')))))";
 
 /// What `load_scope` reads, in one round trip: the statements in the scope, the
 /// declarations of its months and industries, and which of its months are released
@@ -1455,27 +1495,29 @@ impl IngestTx for SqliteIngest {
     async fn load(&mut self, touched: &Touched) -> Result<Known> {
         let mut known = Known::default();
         let pid = self.platform_id;
+        let ids = (
+            &touched.worker_ids,
+            &touched.order_ids,
+            &touched.declaration_ids,
+            &touched.accident_ids,
+        );
+        if ids.0.is_empty() && ids.1.is_empty() && ids.2.is_empty() && ids.3.is_empty() {
+            return Ok(known);
+        }
+        let (workers, orders, declarations, accidents): (
+            Vec<StoredWorkerRow>,
+            Vec<StoredOrderRow>,
+            Vec<(String, i64, String, String, String, String)>,
+            Vec<(String, i64, String)>,
+        ) = fetch_json_value(
+            &mut *self.tx,
+            STORED_RECORDS,
+            pid,
+            serde_json::to_string(&ids).map_err(|e| corrupt(&e.to_string()))?,
+        )
+        .await?;
         if !touched.worker_ids.is_empty() {
-            type Row = (
-                String,
-                i64,
-                String,
-                String,
-                i64,
-                String,
-                Option<i64>,
-                Option<String>,
-            );
-            let rows: Vec<Row> = fetch_json(
-                &mut *self.tx,
-                "SELECT json_group_array(json_array(worker_id, revision, hex(content_hash), industries,
-                   registered_at, status, left_at, hex(birth_date)))
-                 FROM workers WHERE platform_id = ?1 AND worker_id IN (SELECT value FROM json_each(?2))",
-                pid,
-                ids_json(&touched.worker_ids)?,
-            )
-            .await?;
-            for (id, revision, hash, industries, registered_at, status, left_at, birth) in rows {
+            for (id, revision, hash, industries, registered_at, status, left_at, birth) in workers {
                 let mut stored = stored(revision, &hash)?;
                 stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
                 let birth = match birth.filter(|b| !b.is_empty()) {
@@ -1511,27 +1553,6 @@ impl IngestTx for SqliteIngest {
             self.anchors
                 .orders
                 .extend(touched.order_ids.iter().map(|id| (id.clone(), None)));
-            type Row = (
-                String,
-                i64,
-                String,
-                String,
-                String,
-                String,
-                i64,
-                Option<i64>,
-                String,
-                Option<i64>,
-            );
-            let rows: Vec<Row> = fetch_json(
-                &mut *self.tx,
-                "SELECT json_group_array(json_array(order_id, revision, hex(content_hash), worker_id, industry,
-                   division_code, accepted_at, completed_at, status, latest_item))
-                 FROM orders WHERE platform_id = ?1 AND order_id IN (SELECT value FROM json_each(?2))",
-                pid,
-                ids_json(&touched.order_ids)?,
-            )
-            .await?;
             for (
                 id,
                 revision,
@@ -1543,7 +1564,7 @@ impl IngestTx for SqliteIngest {
                 completed_at,
                 status,
                 latest_item,
-            ) in rows
+            ) in orders
             {
                 self.anchors.orders.insert(id.clone(), latest_item);
                 let facts = OrderFacts {
@@ -1565,15 +1586,7 @@ impl IngestTx for SqliteIngest {
             }
         }
         if !touched.declaration_ids.is_empty() {
-            let rows: Vec<(String, i64, String, String, String, String)> = fetch_json(
-                &mut *self.tx,
-                "SELECT json_group_array(json_array(declaration_id, revision, hex(content_hash), period, division_code, industry))
-                 FROM declarations WHERE platform_id = ?1 AND declaration_id IN (SELECT value FROM json_each(?2))",
-                pid,
-                ids_json(&touched.declaration_ids)?,
-            )
-            .await?;
-            for (id, revision, hash, period, division_code, industry) in rows {
+            for (id, revision, hash, period, division_code, industry) in declarations {
                 let key = StatementKey {
                     period: period_of(&period)?,
                     division_code,
@@ -1589,15 +1602,7 @@ impl IngestTx for SqliteIngest {
             }
         }
         if !touched.accident_ids.is_empty() {
-            let rows: Vec<(String, i64, String)> = fetch_json(
-                &mut *self.tx,
-                "SELECT json_group_array(json_array(report_id, revision, hex(content_hash)))
-                 FROM accidents WHERE platform_id = ?1 AND report_id IN (SELECT value FROM json_each(?2))",
-                pid,
-                ids_json(&touched.accident_ids)?,
-            )
-            .await?;
-            for (id, revision, hash) in rows {
+            for (id, revision, hash) in accidents {
                 let mut stored = stored(revision, &hash)?;
                 stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
                 known.accidents.insert(id, stored);
