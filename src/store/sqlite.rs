@@ -1516,97 +1516,88 @@ impl IngestTx for SqliteIngest {
             serde_json::to_string(&ids).map_err(|e| corrupt(&e.to_string()))?,
         )
         .await?;
-        if !touched.worker_ids.is_empty() {
-            for (id, revision, hash, industries, registered_at, status, left_at, birth) in workers {
-                let mut stored = stored(revision, &hash)?;
-                stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
-                let birth = match birth.filter(|b| !b.is_empty()) {
-                    None => None,
-                    Some(b) => {
-                        let sealed =
-                            hex::decode(&b).map_err(|_| corrupt("birth_date is not hex"))?;
-                        Some(
-                            self.vault
-                                .open_str(&sealed, AAD_BIRTH_DATE)
-                                .map_err(sealed_err)?,
-                        )
-                    }
-                };
-                let state = WorkerState {
-                    stored,
-                    industries: split(&industries),
-                    registered_at,
-                    status: WorkerStatus::parse(&status)
-                        .ok_or_else(|| corrupt("unknown worker status"))?,
-                    left_at,
-                    birth_date: birth
-                        .map(|b| {
-                            NaiveDate::from_str(&b).map_err(|_| corrupt("birth_date is not a date"))
-                        })
-                        .transpose()?,
-                };
-                known.workers.insert(id, state);
-            }
+        for (id, revision, hash, industries, registered_at, status, left_at, birth) in workers {
+            let mut stored = stored(revision, &hash)?;
+            stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
+            let birth = match birth.filter(|b| !b.is_empty()) {
+                None => None,
+                Some(b) => {
+                    let sealed = hex::decode(&b).map_err(|_| corrupt("birth_date is not hex"))?;
+                    Some(
+                        self.vault
+                            .open_str(&sealed, AAD_BIRTH_DATE)
+                            .map_err(sealed_err)?,
+                    )
+                }
+            };
+            let state = WorkerState {
+                stored,
+                industries: split(&industries),
+                registered_at,
+                status: WorkerStatus::parse(&status)
+                    .ok_or_else(|| corrupt("unknown worker status"))?,
+                left_at,
+                birth_date: birth
+                    .map(|b| {
+                        NaiveDate::from_str(&b).map_err(|_| corrupt("birth_date is not a date"))
+                    })
+                    .transpose()?,
+            };
+            known.workers.insert(id, state);
         }
-        if !touched.order_ids.is_empty() {
-            // Read or not, each order's newest item is known now (none if not stored).
-            self.anchors
-                .orders
-                .extend(touched.order_ids.iter().map(|id| (id.clone(), None)));
-            for (
-                id,
-                revision,
-                hash,
+        // Read or not, each order's newest item is known now (none if not stored).
+        self.anchors
+            .orders
+            .extend(touched.order_ids.iter().map(|id| (id.clone(), None)));
+        for (
+            id,
+            revision,
+            hash,
+            worker_id,
+            industry,
+            division_code,
+            accepted_at,
+            completed_at,
+            status,
+            latest_item,
+        ) in orders
+        {
+            self.anchors.orders.insert(id.clone(), latest_item);
+            let facts = OrderFacts {
                 worker_id,
                 industry,
                 division_code,
                 accepted_at,
                 completed_at,
-                status,
-                latest_item,
-            ) in orders
-            {
-                self.anchors.orders.insert(id.clone(), latest_item);
-                let facts = OrderFacts {
-                    worker_id,
-                    industry,
-                    division_code,
-                    accepted_at,
-                    completed_at,
-                    status: OrderStatus::parse(&status)
-                        .ok_or_else(|| corrupt("unknown order status"))?,
-                };
-                known.orders.insert(
-                    id,
-                    StoredOrder {
-                        stored: stored(revision, &hash)?,
-                        facts,
-                    },
-                );
-            }
+                status: OrderStatus::parse(&status)
+                    .ok_or_else(|| corrupt("unknown order status"))?,
+            };
+            known.orders.insert(
+                id,
+                StoredOrder {
+                    stored: stored(revision, &hash)?,
+                    facts,
+                },
+            );
         }
-        if !touched.declaration_ids.is_empty() {
-            for (id, revision, hash, period, division_code, industry) in declarations {
-                let key = StatementKey {
-                    period: period_of(&period)?,
-                    division_code,
-                    industry,
-                };
-                known.declarations.insert(
-                    id,
-                    StoredDeclaration {
-                        stored: stored(revision, &hash)?,
-                        key,
-                    },
-                );
-            }
+        for (id, revision, hash, period, division_code, industry) in declarations {
+            let key = StatementKey {
+                period: period_of(&period)?,
+                division_code,
+                industry,
+            };
+            known.declarations.insert(
+                id,
+                StoredDeclaration {
+                    stored: stored(revision, &hash)?,
+                    key,
+                },
+            );
         }
-        if !touched.accident_ids.is_empty() {
-            for (id, revision, hash) in accidents {
-                let mut stored = stored(revision, &hash)?;
-                stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
-                known.accidents.insert(id, stored);
-            }
+        for (id, revision, hash) in accidents {
+            let mut stored = stored(revision, &hash)?;
+            stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
+            known.accidents.insert(id, stored);
         }
         Ok(known)
     }
