@@ -113,8 +113,9 @@ impl Principal {
 
 /// The caller of a call, parsed once from its client certificate by the outermost
 /// layer that needs it (the audit layer, or [`AdmissionLayer`] when it runs alone) and
-/// kept in the request extensions for the layers and handlers after it. `None` inside when the certificate carries no valid `oip://` identity
-/// (the handler answers UNAUTHENTICATED).
+/// kept in the request extensions for the layers and handlers after it. `None` inside
+/// when the certificate carries no valid `oip://` identity (the handler answers
+/// UNAUTHENTICATED).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Option<crate::identity::Principal>);
 

@@ -1084,7 +1084,7 @@ async fn queue<'a>(
     tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
-    anchors: &Anchors,
+    anchors: &mut Anchors,
     at: Millis,
 ) -> Result<Newest<'a>> {
     if outbox.is_empty() {
@@ -1115,27 +1115,16 @@ async fn queue<'a>(
         .map_err(db_err)?;
     }
     // Each enrolment's newest stored item: the one a new item supersedes (if still
-    // open) and names as its `previous` (the chain a listing walks back).
+    // open) and names as its `previous` (the chain a listing walks back); each
+    // order's, which its next item names.
+    anchors.read_missing(tx, platform_id, outbox).await?;
     let keys: Vec<&EnrolmentKey> = outbox
         .iter()
         .filter_map(|i| i.daily_enrolment.as_ref())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let unread: Vec<&EnrolmentKey> = keys
-        .iter()
-        .copied()
-        .filter(|k| !anchors.enrolments.contains_key(*k))
-        .collect();
-    let looked_up: HashMap<EnrolmentKey, i64> = stored_enrolments(tx, platform_id, &unread)
-        .await?
-        .into_iter()
-        .filter_map(|(k, _, item)| Some((k, item?)))
-        .collect();
-    let latest = |k: &EnrolmentKey| match anchors.enrolments.get(k) {
-        Some(item) => *item,
-        None => looked_up.get(k).copied(),
-    };
+    let latest = |k: &EnrolmentKey| anchors.enrolments.get(k).copied().flatten();
     let open: Vec<i64> = keys.iter().filter_map(|k| latest(k)).collect();
     for chunk in open.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
@@ -1161,19 +1150,7 @@ async fn queue<'a>(
             later.entry(key).or_default().push(p);
         }
     }
-    // Each order's newest stored item: from `load` if it read the order, else looked up.
-    let unread: Vec<&str> = outbox
-        .iter()
-        .filter_map(|i| i.order_id.as_deref())
-        .filter(|id| !anchors.orders.contains_key(*id))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let looked_up = latest_order_items(tx, platform_id, &unread).await?;
-    let latest_of_order = |id: &str| match anchors.orders.get(id) {
-        Some(item) => *item,
-        None => looked_up.get(id).copied(),
-    };
+    let latest_of_order = |id: &str| anchors.orders.get(id).copied().flatten();
     let (last,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
         .fetch_one(&mut **tx)
         .await
@@ -1239,27 +1216,6 @@ struct Newest<'a> {
     orders: HashMap<&'a str, i64>,
 }
 
-/// The newest stored item (`latest_item`) of each of a platform's `orders` that has one.
-async fn latest_order_items(
-    tx: &mut WriteTx,
-    platform_id: i64,
-    orders: &[&str],
-) -> Result<HashMap<String, i64>> {
-    if orders.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(String, i64)> = fetch_json(
-        &mut **tx,
-        "SELECT json_group_array(json_array(r.order_id, r.latest_item))
-         FROM json_each(?2) j CROSS JOIN orders r ON r.platform_id = ?1 AND r.order_id = j.value
-         WHERE r.latest_item IS NOT NULL",
-        platform_id,
-        serde_json::to_string(orders).map_err(|e| corrupt(&e.to_string()))?,
-    )
-    .await?;
-    Ok(rows.into_iter().collect())
-}
-
 struct SqliteIngest {
     tx: WriteTx,
     platform_id: i64,
@@ -1276,6 +1232,53 @@ struct SqliteIngest {
 struct Anchors {
     orders: HashMap<String, Option<i64>>,
     enrolments: HashMap<EnrolmentKey, Option<i64>>,
+}
+
+impl Anchors {
+    /// Reads the newest items of the orders and enrolments of `outbox` not read yet
+    /// (a caller that wrote items without loading their records first).
+    async fn read_missing(
+        &mut self,
+        tx: &mut WriteTx,
+        platform_id: i64,
+        outbox: &[OutboxItem],
+    ) -> Result<()> {
+        let keys: Vec<&EnrolmentKey> = outbox
+            .iter()
+            .filter_map(|i| i.daily_enrolment.as_ref())
+            .filter(|k| !self.enrolments.contains_key(*k))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !keys.is_empty() {
+            let rows = stored_enrolments(tx, platform_id, &keys).await?;
+            self.enrolments
+                .extend(keys.iter().map(|k| ((*k).clone(), None)));
+            self.enrolments
+                .extend(rows.into_iter().map(|(k, _, item)| (k, item)));
+        }
+        let orders: Vec<&str> = outbox
+            .iter()
+            .filter_map(|i| i.order_id.as_deref())
+            .filter(|id| !self.orders.contains_key(*id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !orders.is_empty() {
+            let rows: Vec<(String, Option<i64>)> = fetch_json(
+                &mut **tx,
+                "SELECT json_group_array(json_array(r.order_id, r.latest_item))
+                 FROM json_each(?2) j CROSS JOIN orders r ON r.platform_id = ?1 AND r.order_id = j.value",
+                platform_id,
+                serde_json::to_string(&orders).map_err(|e| corrupt(&e.to_string()))?,
+            )
+            .await?;
+            self.orders
+                .extend(orders.iter().map(|id| (id.to_string(), None)));
+            self.orders.extend(rows);
+        }
+        Ok(())
+    }
 }
 
 fn stored(revision: i64, hash: &str) -> Result<Stored> {
@@ -1695,7 +1698,7 @@ impl IngestTx for SqliteIngest {
             &mut self.tx,
             pid,
             outbox,
-            &self.anchors,
+            &mut self.anchors,
             received_at,
         )
         .await?;
@@ -2017,7 +2020,7 @@ impl IngestTx for SqliteIngest {
             &mut self.tx,
             self.platform_id,
             outbox,
-            &self.anchors,
+            &mut self.anchors,
             at,
         )
         .await
