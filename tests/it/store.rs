@@ -733,8 +733,9 @@ async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
 /// An order's items are chained from its row (migration 20261203000001); the ones
 /// stored before that stay in the record index. Across the upgrade an order's
 /// deliveries are all listed in order, the first chained one still waits for an open
-/// unchained one, and a replayed dead letter is superseded by a later delivered or
-/// pending revision whether it is found in the index or along the chain.
+/// unchained one, a chained item waits for a pending one anywhere behind it along the
+/// chain (past dead ones), and a replayed dead letter is superseded by a later
+/// delivered or pending revision whether it is found in the index or along the chain.
 #[tokio::test]
 async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
     use oip_gateway::store::{DeadLetterAction, DeadLetterSelection, DeliveryOutcome, Destination};
@@ -999,5 +1000,51 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
     assert_eq!(
         listed("O3").await,
         expect(&[("1", "superseded"), ("2", "delivered"), ("3", "pending")])
+    );
+
+    // All chained, none delivered: O4/1 and O4/2 die and O4/1 alone is replayed
+    // (nothing after it is delivered or pending). O4/3, chained to the dead O4/2,
+    // still waits behind the pending O4/1: the wait walks back past dead items.
+    let mut seqs = Vec::new();
+    for rev in [1, 2] {
+        ingest(vec![("O4", rev)], false).await;
+        let d = due().await;
+        let seq = d
+            .iter()
+            .find(|(_, r)| *r == format!("O4/{rev}"))
+            .map(|(s, _)| *s)
+            .expect("O4 due");
+        store.settle(&[refuse(seq)], 1, 50).await.expect("settle");
+        seqs.push(seq);
+    }
+    assert_eq!(replay(vec![seqs[0]], 51).await, (1, 0));
+    ingest(vec![("O4", 3)], false).await;
+    let o4 = || async {
+        due()
+            .await
+            .into_iter()
+            .filter(|(_, r)| r.starts_with("O4/"))
+            .collect::<Vec<_>>()
+    };
+    let d = o4().await;
+    assert_eq!(
+        d.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        vec!["O4/1"],
+        "O4/3 waits behind the replayed O4/1, past the dead O4/2"
+    );
+    store
+        .settle(&[(d[0].0, DeliveryOutcome::Delivered)], 1, 52)
+        .await
+        .expect("settle");
+    assert_eq!(
+        o4().await
+            .iter()
+            .map(|(_, r)| r.as_str())
+            .collect::<Vec<_>>(),
+        vec!["O4/3"]
+    );
+    assert_eq!(
+        listed("O4").await,
+        expect(&[("1", "delivered"), ("2", "dead"), ("3", "pending")])
     );
 }
