@@ -77,7 +77,8 @@ impl SimStore {
                     .push_bind(&i.payload)
                     .push_bind(now);
             });
-            q.push(" ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key");
+            // The one unique index is the key's (`applied_by_version`).
+            q.push(" ON CONFLICT DO NOTHING RETURNING idempotency_key");
             let keys: Vec<(String,)> = q
                 .build_query_as()
                 .persistent(chunk.len() == 1000)
@@ -158,5 +159,61 @@ impl SimStore {
             .fetch_all(&self.pool)
             .await
             .map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str) -> SimItem {
+        SimItem {
+            idempotency_key: key.to_string(),
+            backend: "social-security",
+            kind: "enrolment",
+            platform: "P".to_string(),
+            correction: false,
+            payload: key.as_bytes().to_vec(),
+        }
+    }
+
+    fn items(keys: &[&str]) -> Vec<SimItem> {
+        keys.iter().map(|k| item(k)).collect()
+    }
+
+    /// Keys whose last segment is a number, is not, or that have no '/' at all.
+    const KEYS: [&str; 6] = [
+        "P/enrolment/W1/2025-07-02/320100/7",
+        "P/enrolment/W2/2025-07-02/320100/7",
+        "P/order/O1/1",
+        "P/order/O1/12abc",
+        "P/order/O1/",
+        "no-slash-12",
+    ];
+
+    /// Each key is applied once however its version index orders it: a repeat in the
+    /// same call, in a later call, or after a restart is dropped and counted, and two
+    /// keys with the same version are both applied.
+    #[tokio::test]
+    async fn each_key_is_applied_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("sim.db").display());
+        let store = SimStore::open(&url).await.expect("open");
+        let mut first = items(&KEYS);
+        first.push(item(KEYS[0]));
+        let fresh = store.apply(&first, 1).await.expect("apply");
+        assert_eq!(fresh, [true, true, true, true, true, true, false]);
+        let again = store
+            .apply(&items(&[KEYS[2], "P/order/O1/2", KEYS[5]]), 2)
+            .await
+            .expect("apply");
+        assert_eq!(again, [false, true, false]);
+        drop(store);
+        let store = SimStore::open(&url).await.expect("reopen");
+        let fresh = store.apply(&items(&KEYS), 3).await.expect("apply");
+        assert_eq!(fresh, [false; 6]);
+        let (applied, counters) = store.stats().await.expect("stats");
+        assert_eq!(applied.get("social-security/enrolment"), Some(&7));
+        assert_eq!(counters.get("repeated_items"), Some(&9));
     }
 }

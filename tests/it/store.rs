@@ -629,24 +629,95 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
     }
 }
 
+/// A copy (in `dir`) of the migrations of `from` named before `first_left_out`: the
+/// schema an older release left, to upgrade from.
+fn migrations_before(
+    dir: &std::path::Path,
+    from: &str,
+    first_left_out: &str,
+) -> std::path::PathBuf {
+    let older = dir.join("older-migrations");
+    std::fs::create_dir(&older).expect("dir");
+    for entry in std::fs::read_dir(from).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name < first_left_out {
+            std::fs::copy(&path, older.join(name)).expect("copy");
+        }
+    }
+    older
+}
+
+/// A backend simulator's file made before its key index led with the key's version
+/// (migrations up to 20261202000001) keeps its items, and a key it applied is still a
+/// repeat after the upgrade, whatever the key's last segment.
+#[tokio::test]
+async fn keys_the_simulator_applied_before_the_version_index_stay_applied() {
+    use oip_gateway::store::sim::{SimItem, SimStore};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let older = migrations_before(dir.path(), "migrations/backend-sim", "20261204000001");
+    let url = format!("sqlite:{}", dir.path().join("old.db").display());
+    let keys = [
+        "P/enrolment/W1/2025-07-02/320100/7",
+        "P/order/O1/12abc",
+        "P/order/O1/",
+        "no-slash-12",
+    ];
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("connect");
+        sqlx::migrate::Migrator::new(older.as_path())
+            .await
+            .expect("older migrations")
+            .run(&pool)
+            .await
+            .expect("run older migrations");
+        for (seq, key) in (1_i64..).zip(keys) {
+            sqlx::query(
+                "INSERT INTO applied (seq, idempotency_key, backend, kind, platform, correction, payload, applied_at)
+                 VALUES (?1, ?2, 'social-security', 'order', 'P', 0, ?2, 0)",
+            )
+            .bind(seq)
+            .bind(key)
+            .execute(&pool)
+            .await
+            .expect("item");
+        }
+        pool.close().await;
+    }
+    let store = SimStore::open(&url).await.expect("upgrade");
+    let items: Vec<SimItem> = keys
+        .iter()
+        .chain(&["P/order/O2/1"])
+        .map(|k| SimItem {
+            idempotency_key: k.to_string(),
+            backend: "social-security",
+            kind: "order",
+            platform: "P".to_string(),
+            correction: false,
+            payload: k.as_bytes().to_vec(),
+        })
+        .collect();
+    let fresh = store.apply(&items, 1).await.expect("apply");
+    assert_eq!(fresh, [false, false, false, false, true]);
+    let stored = store
+        .payloads("social-security", "order")
+        .await
+        .expect("payloads");
+    assert_eq!(stored.len(), keys.len() + 1);
+}
+
 /// A database made before daily enrolments' items were chained (migrations up to
 /// 20261201000002) keeps every delivery of an enrolment listable after the upgrade:
 /// the closed item still in the record index, and the flagged items, now chained.
 #[tokio::test]
 async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let older = dir.path().join("older-migrations");
-    std::fs::create_dir(&older).expect("dir");
-    for entry in std::fs::read_dir("migrations/sqlite").expect("migrations") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name < "20261202000001" {
-            std::fs::copy(&path, older.join(name)).expect("copy");
-        }
-    }
+    let older = migrations_before(dir.path(), "migrations/sqlite", "20261202000001");
     let db = dir.path().join("old.db");
     let url = format!("sqlite:{}", db.display());
     {
