@@ -629,13 +629,14 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
     }
 }
 
-/// A copy (in `dir`) of the migrations of `from` named before `first_left_out`: the
-/// schema an older release left, to upgrade from.
-fn migrations_before(
+/// A database at `url` (created) with only the migrations of `from` named before
+/// `first_left_out` applied: the schema an older release left, to upgrade from.
+async fn older_database(
     dir: &std::path::Path,
+    url: &str,
     from: &str,
     first_left_out: &str,
-) -> std::path::PathBuf {
+) -> sqlx::SqlitePool {
     let older = dir.join("older-migrations");
     std::fs::create_dir(&older).expect("dir");
     for entry in std::fs::read_dir(from).expect("migrations") {
@@ -648,7 +649,16 @@ fn migrations_before(
             std::fs::copy(&path, older.join(name)).expect("copy");
         }
     }
-    older
+    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+        .await
+        .expect("connect");
+    sqlx::migrate::Migrator::new(older.as_path())
+        .await
+        .expect("older migrations")
+        .run(&pool)
+        .await
+        .expect("run older migrations");
+    pool
 }
 
 /// A backend simulator's file made before its key index led with the key's version
@@ -658,7 +668,6 @@ fn migrations_before(
 async fn keys_the_simulator_applied_before_the_version_index_stay_applied() {
     use oip_gateway::store::sim::{SimItem, SimStore};
     let dir = tempfile::tempdir().expect("tempdir");
-    let older = migrations_before(dir.path(), "migrations/backend-sim", "20261204000001");
     let url = format!("sqlite:{}", dir.path().join("old.db").display());
     let keys = [
         "P/enrolment/W1/2025-07-02/320100/7",
@@ -667,15 +676,8 @@ async fn keys_the_simulator_applied_before_the_version_index_stay_applied() {
         "no-slash-12",
     ];
     {
-        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
-            .await
-            .expect("connect");
-        sqlx::migrate::Migrator::new(older.as_path())
-            .await
-            .expect("older migrations")
-            .run(&pool)
-            .await
-            .expect("run older migrations");
+        let pool =
+            older_database(dir.path(), &url, "migrations/backend-sim", "20261204000001").await;
         for (seq, key) in (1_i64..).zip(keys) {
             sqlx::query(
                 "INSERT INTO applied (seq, idempotency_key, backend, kind, platform, correction, payload, applied_at)
@@ -717,19 +719,10 @@ async fn keys_the_simulator_applied_before_the_version_index_stay_applied() {
 #[tokio::test]
 async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let older = migrations_before(dir.path(), "migrations/sqlite", "20261202000001");
     let db = dir.path().join("old.db");
     let url = format!("sqlite:{}", db.display());
     {
-        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
-            .await
-            .expect("connect");
-        sqlx::migrate::Migrator::new(older.as_path())
-            .await
-            .expect("older migrations")
-            .run(&pool)
-            .await
-            .expect("run older migrations");
+        let pool = older_database(dir.path(), &url, "migrations/sqlite", "20261202000001").await;
         let uscc = oip_gateway::certs::DEMO_PLATFORM_A;
         let day = format!("{uscc}/enrolment/W1/2025-07-02/320100");
         sqlx::query(
