@@ -152,6 +152,10 @@ pub struct Known {
     pub current_declarations: HashMap<StatementKey, Declaration>,
     /// The (month, industry) pairs whose statements and declarations were loaded.
     pub scope: HashSet<(Period, String)>,
+    /// The platform's workers version when the state was loaded: a counter the store
+    /// raises by one in every transaction that writes any of the platform's workers
+    /// (for caches of `workers`, `ingest::workers`). None when nothing was loaded.
+    pub workers_version: Option<i64>,
 }
 
 impl Known {

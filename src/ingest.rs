@@ -19,6 +19,7 @@ use crate::reconcile;
 use crate::store::{Store, StoreError};
 
 pub mod group;
+pub mod workers;
 
 /// Why a batch was not applied.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +54,9 @@ pub struct Ingest {
     /// Where the leaders of group transactions run (None: on the caller's runtime,
     /// when the thread could not be started).
     leaders: Option<Arc<group::LeaderThread>>,
+    /// Stored workers' state kept between transactions, coherent through the
+    /// platform's workers version.
+    workers: Arc<workers::WorkerCache>,
 }
 
 impl Ingest {
@@ -70,6 +74,7 @@ impl Ingest {
                 })
                 .ok()
                 .map(Arc::new),
+            workers: Arc::default(),
         }
     }
 

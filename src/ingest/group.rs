@@ -31,7 +31,7 @@
 //! transaction. From the commit on the deadline no longer cuts a call off
 //! (`CallDeadline::begin_commit`): its answer is the outcome.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -257,8 +257,26 @@ impl Ingest {
         let live: Vec<usize> = (0..work.len())
             .filter(|&i| work[i].answer.is_none())
             .collect();
-        let touched = Touched::of(live.iter().flat_map(|&i| &work[i].candidates));
+        // Workers cached from earlier transactions are not read again, if no other
+        // process has written the platform's workers since (`workers`).
+        let mut touched = Touched::of(live.iter().flat_map(|&i| &work[i].candidates));
+        let mut cached = self.workers.take(platform_id, &mut touched.worker_ids);
         let mut known = tx.load(&touched).await?;
+        if !cached.workers.is_empty() && !cached.holds(known.workers_version) {
+            let stale = Touched {
+                worker_ids: cached.workers.drain(..).map(|(id, _)| id).collect(),
+                ..Touched::default()
+            };
+            let fresh = tx.load(&stale).await?;
+            known.workers.extend(fresh.workers);
+            known.workers_version = known.workers_version.or(fresh.workers_version);
+        }
+        let loaded: Vec<_> = known
+            .workers
+            .iter()
+            .map(|(id, state)| (id.clone(), state.clone()))
+            .collect();
+        known.workers.extend(cached.workers);
         let scope = Touched::scope(live.iter().flat_map(|&i| &work[i].candidates), &known);
         tx.load_scope(&mut known, &scope).await?;
         laps.lap("load");
@@ -292,6 +310,8 @@ impl Ingest {
             .filter_map(|(i, _)| work[*i].audit.clone())
             .map(|e| (e, now_millis()))
             .collect();
+        // The workers this transaction writes (the store raises the workers version).
+        let mut written: HashSet<String> = HashSet::new();
         if !writing.is_empty() || !entries.is_empty() {
             let mut items = Vec::new();
             if !writing.is_empty() {
@@ -322,6 +342,7 @@ impl Ingest {
                 }
                 let mut writes: Vec<&mut Plan> = plans.iter_mut().map(|(_, p)| p).collect();
                 let merged = crosscheck::merge_writes(&mut writes);
+                written.extend(merged.workers.iter().map(|w| w.record.worker_id.clone()));
                 laps.lap("plan");
                 tx.write(&merged, &items, now, &mut laps).await?;
             }
@@ -351,6 +372,10 @@ impl Ingest {
             }
             tx.commit().await?;
             laps.lap("commit");
+            if let Some(read) = known.workers_version {
+                let written = written.iter().map(String::as_str).collect();
+                self.workers.committed(platform_id, read, loaded, &written);
+            }
             for g in guards {
                 g.committed();
             }

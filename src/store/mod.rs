@@ -521,7 +521,8 @@ pub trait IngestTx: Send {
     /// Appends the entries of the calls this transaction applies: they commit with
     /// their records, or neither does.
     async fn append_audit(&mut self, entries: &access::ChainRows) -> Result<()>;
-    /// The stored state of these ids (ids not stored are absent).
+    /// The stored state of these ids (ids not stored are absent), and the platform's
+    /// workers version (`Known::workers_version`; None when every list is empty).
     async fn load(&mut self, touched: &Touched) -> Result<Known>;
     /// Adds the statements, declared keys and closed months of these (month, industry)
     /// pairs to `known`.
@@ -532,7 +533,9 @@ pub trait IngestTx: Send {
         keys: &[&EnrolmentKey],
     ) -> Result<HashMap<EnrolmentKey, i64>>;
     /// Writes the plan's records, rejections and aggregates, and the outbox items that
-    /// deliver them, adding a lap per table to `laps` (`write_orders`, ...).
+    /// deliver them, adding a lap per table to `laps` (`write_orders`, ...). When the
+    /// plan writes any worker, raises the platform's workers version by exactly one
+    /// (caches of worker state rely on it: `ingest::workers`).
     async fn write(
         &mut self,
         plan: &Plan,

@@ -1396,7 +1396,8 @@ const STORED_RECORDS: &str = "SELECT json_array(
             industry))
           FROM declarations WHERE platform_id = ?1 AND declaration_id IN (SELECT value FROM json_each(?2, '$[2]')))),
     json((SELECT json_group_array(json_array(report_id, revision, hex(content_hash)))
-          FROM accidents WHERE platform_id = ?1 AND report_id IN (SELECT value FROM json_each(?2, '$[3]')))))";
+          FROM accidents WHERE platform_id = ?1 AND report_id IN (SELECT value FROM json_each(?2, '$[3]')))),
+    (SELECT workers_version FROM platforms WHERE id = ?1))";
 
 /// What `load_scope` reads, in one round trip: the statements in the scope, the
 /// declarations of its months and industries, and which of its months are released
@@ -1507,11 +1508,12 @@ impl IngestTx for SqliteIngest {
         if ids.0.is_empty() && ids.1.is_empty() && ids.2.is_empty() && ids.3.is_empty() {
             return Ok(known);
         }
-        let (workers, orders, declarations, accidents): (
+        let (workers, orders, declarations, accidents, workers_version): (
             Vec<StoredWorkerRow>,
             Vec<StoredOrderRow>,
             Vec<(String, i64, String, String, String, String)>,
             Vec<(String, i64, String)>,
+            i64,
         ) = fetch_json_value(
             &mut *self.tx,
             STORED_RECORDS,
@@ -1519,6 +1521,7 @@ impl IngestTx for SqliteIngest {
             serde_json::to_string(&ids).map_err(|e| corrupt(&e.to_string()))?,
         )
         .await?;
+        known.workers_version = Some(workers_version);
         for (id, revision, hash, industries, registered_at, status, left_at, birth) in workers {
             let mut stored = stored(revision, &hash)?;
             stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
@@ -1745,6 +1748,14 @@ impl IngestTx for SqliteIngest {
             );
             q.build()
                 .persistent(chunk.len() == ROWS_PER_STATEMENT / 2)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
+        }
+        if !plan.workers.is_empty() {
+            // Cached worker states hold while this does not move (`ingest::workers`).
+            sqlx::query("UPDATE platforms SET workers_version = workers_version + 1 WHERE id = ?1")
+                .bind(pid)
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;

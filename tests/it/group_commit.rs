@@ -321,3 +321,157 @@ async fn the_load_generator_drives_each_kind_of_small_call() {
     assert_eq!(stored as u64, total, "every accepted order is stored");
     gw.stop().await;
 }
+
+/// Two replicas on one database (two stores and two ingests, each with its worker
+/// cache): a worker that one of them revised is never judged from the other's cached
+/// state, and a worker it revised itself is not either. Orders of W1 after it left
+/// are WORKER_NOT_ACTIVE on whichever replica they arrive.
+#[tokio::test]
+async fn a_cached_worker_is_never_used_after_a_revision_by_any_replica() {
+    use oip_gateway::crosscheck::Candidate;
+    use oip_gateway::domain::fees::RateBook;
+    use oip_gateway::ingest::{Ingest, Policy};
+    use oip_gateway::reference::Reference;
+    use oip_gateway::store::Store;
+    use oip_gateway::store::sqlite::SqliteStore;
+    use oip_gateway::validate;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("shared.db").display());
+    let reference = Reference::builtin();
+    let config =
+        oip_gateway::config::Config::for_test(String::new(), tls_files(), test_platforms());
+    let registration = config
+        .platform_registrations(&reference)
+        .expect("registration")
+        .remove(0);
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
+                .await
+                .expect("open"),
+        );
+        let platform = store
+            .upsert_platform(&registration)
+            .await
+            .expect("platform");
+        let ingest = Ingest::new(
+            store,
+            Arc::new(RateBook::default()),
+            Policy {
+                declaration_deadline_day: 15,
+                accident_margin_ms: 0,
+            },
+        );
+        replicas.push((ingest, platform));
+    }
+    // Applies `records` on replica `r` and returns each outcome (its code if any).
+    let apply = |r: usize, records: Vec<proto::Record>| {
+        let (ingest, platform) = &replicas[r];
+        let reference = &reference;
+        async move {
+            let ctx = validate::Context {
+                now: oip_gateway::domain::time::now_millis(),
+                bounds: validate::Bounds {
+                    max_future_ms: 0,
+                    ..Default::default()
+                },
+                reference,
+                platform,
+            };
+            let candidates: Vec<Candidate> = records
+                .iter()
+                .map(|r| validate::candidate(r, &ctx))
+                .collect();
+            let plan = ingest
+                .apply(platform, candidates, None, &Default::default(), None)
+                .await
+                .expect("apply");
+            plan.outcomes
+                .iter()
+                .map(|o| match o {
+                    oip_gateway::domain::Outcome::Rejected(r) => r.code.as_str().to_string(),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let worker_record = |revision: u32, left_at: &str| {
+        let mut w = worker("W1");
+        w.revision = Some(revision);
+        if !left_at.is_empty() {
+            w.status = "LEFT".into();
+            w.left_at = left_at.into();
+        }
+        proto::Record {
+            kind: Some(proto::record::Kind::Worker(w)),
+        }
+    };
+    let order_on = |id: &str, day: u32| {
+        let mut o = order(id, "W1");
+        o.accepted_at = format!("2025-07-{day:02}T11:00:00+08:00");
+        o.completed_at = format!("2025-07-{day:02}T11:35:00+08:00");
+        proto::Record {
+            kind: Some(proto::record::Kind::Order(o)),
+        }
+    };
+
+    assert_eq!(
+        apply(0, vec![worker_record(1, "")]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    // Replica 0 reads W1 (then keeps it) and judges from what it kept.
+    for (id, day) in [("O1", 2), ("O2", 3)] {
+        assert_eq!(
+            apply(0, vec![order_on(id, day)]).await,
+            ["Accepted { warnings: [] }"],
+            "{id}"
+        );
+    }
+    // Replica 1 records that W1 left on 5 July.
+    assert_eq!(
+        apply(1, vec![worker_record(2, "2025-07-05T00:00:00+08:00")]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    assert_eq!(
+        apply(0, vec![order_on("O3", 10)]).await,
+        ["WORKER_NOT_ACTIVE"],
+        "replica 0 must not judge from the W1 it kept"
+    );
+    // Replica 0 itself takes W1 back; replica 1, which kept the LEFT W1, sees it.
+    assert_eq!(
+        apply(1, vec![order_on("O4", 3)]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    assert_eq!(
+        apply(0, vec![worker_record(3, "")]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    assert_eq!(
+        apply(1, vec![order_on("O5", 11)]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    assert_eq!(
+        apply(0, vec![order_on("O6", 12)]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    // And leaves again on replica 0: its own write is not judged from its cache.
+    assert_eq!(
+        apply(0, vec![order_on("O7", 13)]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    assert_eq!(
+        apply(0, vec![worker_record(4, "2025-07-14T00:00:00+08:00")]).await,
+        ["Accepted { warnings: [] }"]
+    );
+    assert_eq!(
+        apply(0, vec![order_on("O8", 20)]).await,
+        ["WORKER_NOT_ACTIVE"]
+    );
+    assert_eq!(
+        apply(1, vec![order_on("O9", 20)]).await,
+        ["WORKER_NOT_ACTIVE"]
+    );
+}
