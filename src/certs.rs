@@ -144,6 +144,8 @@ pub struct CaArgs {
 /// Whom a certificate names: exactly one of an identity URI or server names.
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
+// clap prints these doc comments as `--help`, where <placeholder> is the convention.
+#[allow(rustdoc::invalid_html_tags)]
 pub struct SubjectArgs {
     /// A client certificate for this identity URI: oip://platform/<USCC>,
     /// oip://tax/<office code>, oip://social-security/<agency code> or

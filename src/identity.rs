@@ -112,7 +112,7 @@ impl Principal {
 }
 
 /// The caller of a call, parsed once from its client certificate by the outermost
-/// layer that needs it (the audit layer, or [`AdmissionLayer`] when it runs alone) and
+/// layer that needs it (the audit layer, or [`crate::edge::AdmissionLayer`] when it runs alone) and
 /// kept in the request extensions for the layers and handlers after it. `None` inside
 /// when the certificate carries no valid `oip://` identity (the handler answers
 /// UNAUTHENTICATED).

@@ -32,6 +32,13 @@ pub mod ingest;
 pub mod loadgen;
 pub mod metrics;
 pub mod ops;
+// Generated from proto/oip/v1/*.proto, whose comments use <placeholders> and
+// [names] as plain text (they are also the API's documentation for other languages).
+#[allow(
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls
+)]
 pub mod proto;
 pub mod reconcile;
 pub mod reference;

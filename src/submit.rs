@@ -6,7 +6,7 @@
 //! (`bulk`) is answered locally and the rest still goes. Whatever stops a run (the
 //! gateway going away, a signal, a read error), the report holds every line that was
 //! answered, written as answers arrive, and the summary names exactly the lines that
-//! were not ([`Summary::unanswered`], [`Summary::unread_from`]); resending the file, or
+//! were not (`Summary::unanswered`, `Summary::unread_from`); resending the file, or
 //! its tail with `--from-line`, is always safe: records already applied answer
 //! DUPLICATE.
 

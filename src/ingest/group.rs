@@ -22,7 +22,7 @@
 //! per-platform lock taken first in the transaction), so several processes may each
 //! run a leader for the same platform and still compute what one process would.
 //!
-//! Leaders run on a thread of their own ([`LeaderThread`]).
+//! Leaders run on a thread of their own (`LeaderThread`).
 //!
 //! A call's deadline holds until its commit starts, as alone: a call past its
 //! deadline when its group's transaction begins is left out; one whose deadline passes
