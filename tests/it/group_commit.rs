@@ -322,156 +322,254 @@ async fn the_load_generator_drives_each_kind_of_small_call() {
     gw.stop().await;
 }
 
-/// Two replicas on one database (two stores and two ingests, each with its worker
-/// cache): a worker that one of them revised is never judged from the other's cached
-/// state, and a worker it revised itself is not either. Orders of W1 after it left
-/// are WORKER_NOT_ACTIVE on whichever replica they arrive.
-#[tokio::test]
-async fn a_cached_worker_is_never_used_after_a_revision_by_any_replica() {
-    use oip_gateway::crosscheck::Candidate;
+/// A replica of the gateway's ingest on the database at `url`: its own store and its
+/// own `Ingest` (with its own worker cache), and platform A's profile.
+async fn replica(
+    url: &str,
+) -> (
+    oip_gateway::ingest::Ingest,
+    oip_gateway::domain::PlatformProfile,
+) {
     use oip_gateway::domain::fees::RateBook;
     use oip_gateway::ingest::{Ingest, Policy};
-    use oip_gateway::reference::Reference;
     use oip_gateway::store::Store;
     use oip_gateway::store::sqlite::SqliteStore;
-    use oip_gateway::validate;
     use std::sync::Arc;
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite:{}", dir.path().join("shared.db").display());
-    let reference = Reference::builtin();
+    let reference = oip_gateway::reference::Reference::builtin();
     let config =
         oip_gateway::config::Config::for_test(String::new(), tls_files(), test_platforms());
     let registration = config
         .platform_registrations(&reference)
         .expect("registration")
         .remove(0);
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
-                .await
-                .expect("open"),
-        );
-        let platform = store
-            .upsert_platform(&registration)
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(url, oip_gateway::vault::Vault::for_test())
             .await
-            .expect("platform");
-        let ingest = Ingest::new(
-            store,
-            Arc::new(RateBook::default()),
-            Policy {
-                declaration_deadline_day: 15,
-                accident_margin_ms: 0,
-            },
-        );
-        replicas.push((ingest, platform));
+            .expect("open"),
+    );
+    let platform = store
+        .upsert_platform(&registration)
+        .await
+        .expect("platform");
+    let ingest = Ingest::new(
+        store,
+        Arc::new(RateBook::default()),
+        Policy {
+            declaration_deadline_day: 15,
+            accident_margin_ms: 0,
+        },
+    );
+    (ingest, platform)
+}
+
+/// Applies `records` through `ingest` and returns each outcome: the rejection's code,
+/// or the outcome itself.
+async fn outcomes(
+    ingest: &oip_gateway::ingest::Ingest,
+    platform: &oip_gateway::domain::PlatformProfile,
+    records: &[proto::Record],
+) -> Vec<String> {
+    use oip_gateway::validate;
+    let reference = oip_gateway::reference::Reference::builtin();
+    let ctx = validate::Context {
+        now: oip_gateway::domain::time::now_millis(),
+        bounds: validate::Bounds {
+            max_future_ms: 0,
+            ..Default::default()
+        },
+        reference: &reference,
+        platform,
+    };
+    let candidates = records
+        .iter()
+        .map(|r| validate::candidate(r, &ctx))
+        .collect();
+    let plan = ingest
+        .apply(platform, candidates, None, &Default::default(), None)
+        .await
+        .expect("apply");
+    plan.outcomes
+        .iter()
+        .map(|o| match o {
+            oip_gateway::domain::Outcome::Rejected(r) => r.code.as_str().to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// W1's revision `revision`, in `industries`, registered on July `registered`, left
+/// on July `left` (if any).
+fn worker_revision(
+    id: &str,
+    revision: u32,
+    industries: &[&str],
+    registered: u32,
+    left: Option<u32>,
+) -> proto::Record {
+    let mut w = worker(id);
+    w.revision = Some(revision);
+    w.industries = industries.iter().map(|s| s.to_string()).collect();
+    w.registered_at = format!("2025-07-{registered:02}T08:00:00+08:00");
+    if let Some(day) = left {
+        w.status = "LEFT".into();
+        w.left_at = format!("2025-07-{day:02}T00:00:00+08:00");
     }
-    // Applies `records` on replica `r` and returns each outcome (its code if any).
+    proto::Record {
+        kind: Some(proto::record::Kind::Worker(w)),
+    }
+}
+
+/// An order of `worker` in `industry` accepted on July `day`.
+fn order_on(id: &str, worker: &str, industry: &str, day: u32) -> proto::Record {
+    let mut o = order(id, worker);
+    o.industry = industry.into();
+    o.accepted_at = format!("2025-07-{day:02}T11:00:00+08:00");
+    o.completed_at = format!("2025-07-{day:02}T11:35:00+08:00");
+    proto::Record {
+        kind: Some(proto::record::Kind::Order(o)),
+    }
+}
+
+const DELIVERY: &str = "INSTANT_DELIVERY";
+const ACCEPTED: &str = "Accepted { warnings: [] }";
+
+/// Two replicas on one database (two stores and two ingests, each with its worker
+/// cache): a worker that one of them revised is never judged from the other's cached
+/// state, and a worker it revised itself is not either. Orders of W1 after it left
+/// are WORKER_NOT_ACTIVE on whichever replica they arrive.
+#[tokio::test]
+async fn a_cached_worker_is_never_used_after_a_revision_by_any_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("shared.db").display());
+    let replicas = [replica(&url).await, replica(&url).await];
     let apply = |r: usize, records: Vec<proto::Record>| {
         let (ingest, platform) = &replicas[r];
-        let reference = &reference;
-        async move {
-            let ctx = validate::Context {
-                now: oip_gateway::domain::time::now_millis(),
-                bounds: validate::Bounds {
-                    max_future_ms: 0,
-                    ..Default::default()
-                },
-                reference,
-                platform,
-            };
-            let candidates: Vec<Candidate> = records
-                .iter()
-                .map(|r| validate::candidate(r, &ctx))
-                .collect();
-            let plan = ingest
-                .apply(platform, candidates, None, &Default::default(), None)
-                .await
-                .expect("apply");
-            plan.outcomes
-                .iter()
-                .map(|o| match o {
-                    oip_gateway::domain::Outcome::Rejected(r) => r.code.as_str().to_string(),
-                    other => format!("{other:?}"),
-                })
-                .collect::<Vec<_>>()
-        }
+        async move { outcomes(ingest, platform, &records).await }
     };
-    let worker_record = |revision: u32, left_at: &str| {
-        let mut w = worker("W1");
-        w.revision = Some(revision);
-        if !left_at.is_empty() {
-            w.status = "LEFT".into();
-            w.left_at = left_at.into();
-        }
-        proto::Record {
-            kind: Some(proto::record::Kind::Worker(w)),
-        }
-    };
-    let order_on = |id: &str, day: u32| {
-        let mut o = order(id, "W1");
-        o.accepted_at = format!("2025-07-{day:02}T11:00:00+08:00");
-        o.completed_at = format!("2025-07-{day:02}T11:35:00+08:00");
-        proto::Record {
-            kind: Some(proto::record::Kind::Order(o)),
-        }
-    };
+    let left =
+        |revision: u32, day: Option<u32>| worker_revision("W1", revision, &[DELIVERY], 1, day);
+    let on = |id: &str, day: u32| order_on(id, "W1", DELIVERY, day);
 
-    assert_eq!(
-        apply(0, vec![worker_record(1, "")]).await,
-        ["Accepted { warnings: [] }"]
-    );
+    assert_eq!(apply(0, vec![left(1, None)]).await, [ACCEPTED]);
     // Replica 0 reads W1 (then keeps it) and judges from what it kept.
     for (id, day) in [("O1", 2), ("O2", 3)] {
-        assert_eq!(
-            apply(0, vec![order_on(id, day)]).await,
-            ["Accepted { warnings: [] }"],
-            "{id}"
-        );
+        assert_eq!(apply(0, vec![on(id, day)]).await, [ACCEPTED], "{id}");
     }
     // Replica 1 records that W1 left on 5 July.
+    assert_eq!(apply(1, vec![left(2, Some(5))]).await, [ACCEPTED]);
     assert_eq!(
-        apply(1, vec![worker_record(2, "2025-07-05T00:00:00+08:00")]).await,
-        ["Accepted { warnings: [] }"]
-    );
-    assert_eq!(
-        apply(0, vec![order_on("O3", 10)]).await,
+        apply(0, vec![on("O3", 10)]).await,
         ["WORKER_NOT_ACTIVE"],
         "replica 0 must not judge from the W1 it kept"
     );
     // Replica 0 itself takes W1 back; replica 1, which kept the LEFT W1, sees it.
-    assert_eq!(
-        apply(1, vec![order_on("O4", 3)]).await,
-        ["Accepted { warnings: [] }"]
-    );
-    assert_eq!(
-        apply(0, vec![worker_record(3, "")]).await,
-        ["Accepted { warnings: [] }"]
-    );
-    assert_eq!(
-        apply(1, vec![order_on("O5", 11)]).await,
-        ["Accepted { warnings: [] }"]
-    );
-    assert_eq!(
-        apply(0, vec![order_on("O6", 12)]).await,
-        ["Accepted { warnings: [] }"]
-    );
+    assert_eq!(apply(1, vec![on("O4", 3)]).await, [ACCEPTED]);
+    assert_eq!(apply(0, vec![left(3, None)]).await, [ACCEPTED]);
+    assert_eq!(apply(1, vec![on("O5", 11)]).await, [ACCEPTED]);
+    assert_eq!(apply(0, vec![on("O6", 12)]).await, [ACCEPTED]);
     // And leaves again on replica 0: its own write is not judged from its cache.
-    assert_eq!(
-        apply(0, vec![order_on("O7", 13)]).await,
-        ["Accepted { warnings: [] }"]
+    assert_eq!(apply(0, vec![on("O7", 13)]).await, [ACCEPTED]);
+    assert_eq!(apply(0, vec![left(4, Some(14))]).await, [ACCEPTED]);
+    assert_eq!(apply(0, vec![on("O8", 20)]).await, ["WORKER_NOT_ACTIVE"]);
+    assert_eq!(apply(1, vec![on("O9", 20)]).await, ["WORKER_NOT_ACTIVE"]);
+}
+
+/// One step of [`kept_workers_judge_as_a_fresh_read_would`]: a call of worker
+/// revisions and orders on a replica, or a replica's restart.
+#[derive(Debug, Clone)]
+enum Step {
+    Call { replica: usize, records: Vec<Pick> },
+    Restart(usize),
+}
+
+/// A record of a generated call.
+#[derive(Debug, Clone)]
+enum Pick {
+    /// Worker, revision, in both industries, registered day, left day (July).
+    Worker(usize, u32, bool, u32, Option<u32>),
+    /// Worker, ride-hailing (else delivery), accepted day (July).
+    Order(usize, bool, u32),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let worker = (
+        0..3usize,
+        1..5u32,
+        any::<bool>(),
+        1..10u32,
+        prop::option::of(5..20u32),
     );
-    assert_eq!(
-        apply(0, vec![worker_record(4, "2025-07-14T00:00:00+08:00")]).await,
-        ["Accepted { warnings: [] }"]
-    );
-    assert_eq!(
-        apply(0, vec![order_on("O8", 20)]).await,
-        ["WORKER_NOT_ACTIVE"]
-    );
-    assert_eq!(
-        apply(1, vec![order_on("O9", 20)]).await,
-        ["WORKER_NOT_ACTIVE"]
-    );
+    let order = (0..3usize, any::<bool>(), 1..25u32);
+    let record = prop_oneof![
+        1 => worker.prop_map(|(w, r, both, reg, left)| Pick::Worker(w, r, both, reg, left)),
+        3 => order.prop_map(|(w, ride, day)| Pick::Order(w, ride, day)),
+    ];
+    prop_oneof![
+        9 => (0..2usize, prop::collection::vec(record, 1..4))
+            .prop_map(|(replica, records)| Step::Call { replica, records }),
+        1 => (0..2usize).prop_map(Step::Restart),
+    ]
+}
+
+/// Replays `steps` on two replicas sharing a database and, call by call, on a third
+/// database through an ingest made afresh for every call (nothing kept): the outcomes
+/// are the same.
+async fn replay_against_fresh_reads(steps: Vec<Step>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = format!("sqlite:{}", dir.path().join("shared.db").display());
+    let fresh = format!("sqlite:{}", dir.path().join("fresh.db").display());
+    let mut replicas = [replica(&shared).await, replica(&shared).await];
+    let industry = |ride: bool| if ride { "RIDE_HAILING" } else { DELIVERY };
+    for (n, step) in steps.into_iter().enumerate() {
+        match step {
+            Step::Restart(r) => replicas[r] = replica(&shared).await,
+            Step::Call {
+                replica: r,
+                records,
+            } => {
+                let records: Vec<proto::Record> = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, record)| match *record {
+                        Pick::Worker(w, revision, both, registered, left) => {
+                            let industries: &[&str] = if both {
+                                &[DELIVERY, "RIDE_HAILING"]
+                            } else {
+                                &[DELIVERY]
+                            };
+                            worker_revision(
+                                &format!("W{w}"),
+                                revision,
+                                industries,
+                                registered,
+                                left,
+                            )
+                        }
+                        Pick::Order(w, ride, day) => {
+                            order_on(&format!("O{n}-{i}"), &format!("W{w}"), industry(ride), day)
+                        }
+                    })
+                    .collect();
+                let (ingest, platform) = &replicas[r];
+                let kept = outcomes(ingest, platform, &records).await;
+                let (ingest, platform) = replica(&fresh).await;
+                let read = outcomes(&ingest, &platform, &records).await;
+                assert_eq!(kept, read, "step {n} on replica {r}");
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Whatever the sequence of worker revisions (new, repeated, older, leaving,
+    /// industries changed) and orders on two replicas, with restarts, a replica that
+    /// keeps workers between transactions answers exactly what a fresh read gives.
+    #[test]
+    fn kept_workers_judge_as_a_fresh_read_would(steps in proptest::collection::vec(step(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(replay_against_fresh_reads(steps));
+    }
 }
