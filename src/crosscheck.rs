@@ -154,7 +154,7 @@ pub struct Known {
     pub scope: HashSet<(Period, String)>,
     /// The platform's workers version when the state was loaded: a counter the store
     /// raises by one in every transaction that writes any of the platform's workers
-    /// (for caches of `workers`, `ingest::workers`). None when nothing was loaded.
+    /// (for caches of `workers`, `ingest::workers`). None when not read from a store.
     pub workers_version: Option<i64>,
 }
 

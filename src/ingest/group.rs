@@ -257,26 +257,10 @@ impl Ingest {
         let live: Vec<usize> = (0..work.len())
             .filter(|&i| work[i].answer.is_none())
             .collect();
-        // Workers cached from earlier transactions are not read again, if no other
+        // Workers kept from earlier transactions are not read again, if no other
         // process has written the platform's workers since (`workers`).
-        let mut touched = Touched::of(live.iter().flat_map(|&i| &work[i].candidates));
-        let mut cached = self.workers.take(platform_id, &mut touched.worker_ids);
-        let mut known = tx.load(&touched).await?;
-        if !cached.workers.is_empty() && !cached.holds(known.workers_version) {
-            let stale = Touched {
-                worker_ids: cached.workers.drain(..).map(|(id, _)| id).collect(),
-                ..Touched::default()
-            };
-            let fresh = tx.load(&stale).await?;
-            known.workers.extend(fresh.workers);
-            known.workers_version = known.workers_version.or(fresh.workers_version);
-        }
-        let loaded: Vec<_> = known
-            .workers
-            .iter()
-            .map(|(id, state)| (id.clone(), state.clone()))
-            .collect();
-        known.workers.extend(cached.workers);
+        let touched = Touched::of(live.iter().flat_map(|&i| &work[i].candidates));
+        let (mut known, loaded) = self.workers.load(&mut *tx, platform_id, touched).await?;
         let scope = Touched::scope(live.iter().flat_map(|&i| &work[i].candidates), &known);
         tx.load_scope(&mut known, &scope).await?;
         laps.lap("load");
@@ -373,7 +357,6 @@ impl Ingest {
             tx.commit().await?;
             laps.lap("commit");
             if let Some(read) = known.workers_version {
-                let written = written.iter().map(String::as_str).collect();
                 self.workers.committed(platform_id, read, loaded, &written);
             }
             for g in guards {

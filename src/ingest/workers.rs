@@ -21,7 +21,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use crate::crosscheck::WorkerState;
+use crate::crosscheck::{Known, Touched, WorkerState};
+use crate::store::{IngestTx, StoreError};
 
 /// Worker states kept at most, over all platforms: about 600 bytes each with the
 /// cache's own bookkeeping (measured filling it with 200,000 typical workers: 112 MB),
@@ -31,8 +32,8 @@ pub const CAPACITY: u64 = 50_000;
 /// The platform's workers version the cache holds and the epoch its entries are
 /// keyed under (a new epoch drops every entry of the platform at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub version: i64,
+struct Stamp {
+    version: i64,
     epoch: u64,
 }
 
@@ -66,7 +67,7 @@ impl WorkerCache {
     /// Takes the cached workers among `ids` out of `ids` and returns them with the
     /// stamp they are valid under: usable only if the transaction reads that same
     /// workers version (see [`Cached::holds`]).
-    pub fn take(&self, platform_id: i64, ids: &mut Vec<String>) -> Cached {
+    fn take(&self, platform_id: i64, ids: &mut Vec<String>) -> Cached {
         let Some(stamp) = self.stamps().get(&platform_id).copied() else {
             return Cached::default();
         };
@@ -86,6 +87,35 @@ impl WorkerCache {
         }
     }
 
+    /// Loads the state of `touched` in `tx` as `IngestTx::load` does, but takes the
+    /// platform's kept workers instead of reading them while they hold (the version
+    /// the transaction reads is the one they were kept at); otherwise reads them too.
+    /// Returns the state and the workers read from the store, to keep after the
+    /// commit ([`Self::committed`]).
+    pub async fn load(
+        &self,
+        tx: &mut dyn IngestTx,
+        platform_id: i64,
+        mut touched: Touched,
+    ) -> Result<(Known, Vec<(String, WorkerState)>), StoreError> {
+        let mut cached = self.take(platform_id, &mut touched.worker_ids);
+        let mut known = tx.load(&touched).await?;
+        if !cached.workers.is_empty() && !cached.holds(known.workers_version) {
+            let stale = Touched {
+                worker_ids: cached.workers.drain(..).map(|(id, _)| id).collect(),
+                ..Touched::default()
+            };
+            known.workers.extend(tx.load(&stale).await?.workers);
+        }
+        let loaded = known
+            .workers
+            .iter()
+            .map(|(id, state)| (id.clone(), state.clone()))
+            .collect();
+        known.workers.extend(cached.workers);
+        Ok((known, loaded))
+    }
+
     /// After a commit: the transaction read the platform's workers version `read`,
     /// read the workers `loaded` from the store and wrote the workers `written` (the
     /// store then raised the version by one). The written ones are dropped, the
@@ -95,7 +125,7 @@ impl WorkerCache {
         platform_id: i64,
         read: i64,
         loaded: Vec<(String, WorkerState)>,
-        written: &HashSet<&str>,
+        written: &HashSet<String>,
     ) {
         let stamp = {
             let mut stamps = self.stamps();
@@ -112,7 +142,7 @@ impl WorkerCache {
         };
         for id in written {
             self.entries
-                .invalidate(&(platform_id, stamp.epoch, (*id).to_string()));
+                .invalidate(&(platform_id, stamp.epoch, id.clone()));
         }
         for (id, state) in loaded {
             if !written.contains(id.as_str()) {
@@ -124,15 +154,15 @@ impl WorkerCache {
 
 /// Workers found in the cache, and the stamp they were cached under.
 #[derive(Debug, Default)]
-pub struct Cached {
-    pub stamp: Option<Stamp>,
-    pub workers: Vec<(String, WorkerState)>,
+struct Cached {
+    stamp: Option<Stamp>,
+    workers: Vec<(String, WorkerState)>,
 }
 
 impl Cached {
     /// Whether the entries hold for a transaction that read the workers version
-    /// `read` (None: the transaction read none, having loaded no record).
-    pub fn holds(&self, read: Option<i64>) -> bool {
+    /// `read` (None: not read from a store).
+    fn holds(&self, read: Option<i64>) -> bool {
         self.stamp.map(|s| s.version) == read && read.is_some()
     }
 }
@@ -192,7 +222,7 @@ mod tests {
             &none,
         );
         // This process writes W2: W1 still holds, under version 6.
-        cache.committed(1, 5, vec![], &HashSet::from(["W2"]));
+        cache.committed(1, 5, vec![], &HashSet::from(["W2".to_string()]));
         let mut want = ids(&["W1", "W2"]);
         let cached = cache.take(1, &mut want);
         assert_eq!(want, ids(&["W2"]));

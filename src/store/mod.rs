@@ -522,7 +522,7 @@ pub trait IngestTx: Send {
     /// their records, or neither does.
     async fn append_audit(&mut self, entries: &access::ChainRows) -> Result<()>;
     /// The stored state of these ids (ids not stored are absent), and the platform's
-    /// workers version (`Known::workers_version`; None when every list is empty).
+    /// workers version (`Known::workers_version`, read even when every list is empty).
     async fn load(&mut self, touched: &Touched) -> Result<Known>;
     /// Adds the statements, declared keys and closed months of these (month, industry)
     /// pairs to `known`.

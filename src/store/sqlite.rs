@@ -1243,13 +1243,10 @@ impl Anchors {
         platform_id: i64,
         outbox: &[OutboxItem],
     ) -> Result<()> {
-        let keys: Vec<&EnrolmentKey> = outbox
-            .iter()
-            .filter_map(|i| i.daily_enrolment.as_ref())
-            .filter(|k| !self.enrolments.contains_key(*k))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let keys = unread(
+            outbox.iter().filter_map(|i| i.daily_enrolment.as_ref()),
+            &self.enrolments,
+        );
         if !keys.is_empty() {
             let rows = stored_enrolments(tx, platform_id, &keys).await?;
             self.enrolments
@@ -1257,13 +1254,10 @@ impl Anchors {
             self.enrolments
                 .extend(rows.into_iter().map(|(k, _, item)| (k, item)));
         }
-        let orders: Vec<&str> = outbox
-            .iter()
-            .filter_map(|i| i.order_id.as_deref())
-            .filter(|id| !self.orders.contains_key(*id))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let orders = unread(
+            outbox.iter().filter_map(|i| i.order_id.as_deref()),
+            &self.orders,
+        );
         if !orders.is_empty() {
             let rows: Vec<(String, Option<i64>)> = fetch_json(
                 &mut **tx,
@@ -1279,6 +1273,18 @@ impl Anchors {
         }
         Ok(())
     }
+}
+
+/// The distinct keys of `keys` that `read` does not hold yet.
+fn unread<'a, K, Q>(keys: impl Iterator<Item = &'a Q>, read: &HashMap<K, Option<i64>>) -> Vec<&'a Q>
+where
+    K: std::borrow::Borrow<Q> + Eq + std::hash::Hash,
+    Q: Eq + std::hash::Hash + ?Sized + 'a,
+{
+    keys.filter(|k| !read.contains_key(*k))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 fn stored(revision: i64, hash: &str) -> Result<Stored> {
@@ -1505,9 +1511,6 @@ impl IngestTx for SqliteIngest {
             &touched.declaration_ids,
             &touched.accident_ids,
         );
-        if ids.0.is_empty() && ids.1.is_empty() && ids.2.is_empty() && ids.3.is_empty() {
-            return Ok(known);
-        }
         let (workers, orders, declarations, accidents, workers_version): (
             Vec<StoredWorkerRow>,
             Vec<StoredOrderRow>,
