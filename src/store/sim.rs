@@ -43,7 +43,8 @@ impl SimStore {
             .busy_timeout(Duration::from_secs(10))
             // Checkpoints every 40 MB of WAL, as the gateway's store (issue 13's
             // profile: at the default 4 MB they took a third of the simulator's time).
-            .pragma("wal_autocheckpoint", "10000");
+            .pragma("wal_autocheckpoint", "10000")
+            .statement_cache_capacity(super::sqlite::STATEMENT_CACHE);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
@@ -81,7 +82,7 @@ impl SimStore {
             q.push(" ON CONFLICT DO NOTHING RETURNING idempotency_key");
             let keys: Vec<(String,)> = q
                 .build_query_as()
-                .persistent(chunk.len() == 1000)
+                .persistent(super::sqlite::kept(chunk.len(), 1000))
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;

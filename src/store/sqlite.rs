@@ -47,11 +47,28 @@ mod writer;
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 ///
 /// Such statements (built with `QueryBuilder`, one shape per row count) stay in sqlx's
-/// per-connection statement cache only at the full chunk size (`persistent`): when
-/// every shape was kept, a 1,000,000-order submit held 72 MB of prepared programs at
-/// the peak (heaptrack, issue 13); preparing every shape each time instead cost 8% of
-/// the writer (perf). Partial chunks are few, and small ones cheap to prepare.
+/// per-connection statement cache only at the full chunk size and at small sizes
+/// ([`kept`]): when every shape was kept, a 1,000,000-order submit held 72 MB of
+/// prepared programs at the peak (heaptrack, issue 13); preparing every shape each
+/// time instead cost 8% of the writer (perf).
 const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Row counts up to which every shape of a multi-row statement is kept prepared: a
+/// group of single-order calls (64 in flight) writes a few dozen rows of each kind,
+/// and preparing those statements afresh was a tenth of the writer's time on
+/// single-order calls (perf, issue 13). The programs of all these shapes together
+/// are a small fraction of the full-size ones.
+pub(crate) const SMALL_SHAPES: usize = 64;
+
+/// Statements kept prepared per connection: every small shape ([`SMALL_SHAPES`]) of
+/// each multi-row statement, the full-size ones, and the fixed statements.
+pub(crate) const STATEMENT_CACHE: usize = 1024;
+
+/// Whether a multi-row statement of `rows` rows, chunked at `full`, is kept prepared
+/// (sqlx's `persistent`): at the full chunk size and at small sizes.
+pub(crate) fn kept(rows: usize, full: usize) -> bool {
+    rows == full || rows <= SMALL_SHAPES
+}
 
 pub struct SqliteStore {
     reader: SqlitePool,
@@ -149,7 +166,8 @@ impl SqliteStore {
             // Statement journals (the undo of one statement within a transaction) in
             // memory: in a temporary file they cost a write for every page a statement
             // touched, 14% of the writer (issue 13's profile).
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            .statement_cache_capacity(STATEMENT_CACHE);
         let writer = Writer::connect(&opts).await.map_err(db_err)?;
         sqlx::migrate!("migrations/sqlite")
             .run(&mut **writer.lock().await)
@@ -1201,7 +1219,7 @@ async fn queue<'a>(
             },
         );
         q.build()
-            .persistent(chunk.len() == ROWS_PER_STATEMENT)
+            .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
             .execute(&mut **tx)
             .await
             .map_err(db_err)?;
@@ -1750,7 +1768,7 @@ impl IngestTx for SqliteIngest {
                  left_at = excluded.left_at, received_at = excluded.received_at",
             );
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT / 2)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT / 2))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
@@ -1794,7 +1812,7 @@ impl IngestTx for SqliteIngest {
                  latest_item = coalesce(excluded.latest_item, latest_item)",
             );
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
@@ -1815,7 +1833,7 @@ impl IngestTx for SqliteIngest {
                     .push_bind(received_at);
             });
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
@@ -1849,7 +1867,7 @@ impl IngestTx for SqliteIngest {
                  received_at = excluded.received_at, arrival = excluded.arrival",
             );
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
@@ -1885,7 +1903,7 @@ impl IngestTx for SqliteIngest {
                  injury_kind = excluded.injury_kind, description = excluded.description, received_at = excluded.received_at",
             );
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
@@ -1909,7 +1927,7 @@ impl IngestTx for SqliteIngest {
                  billable_count = billable_count + excluded.billable_count, updated_at = excluded.updated_at",
             );
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;
@@ -1957,7 +1975,7 @@ impl IngestTx for SqliteIngest {
                  latest_item = coalesce(excluded.latest_item, latest_item)",
             );
             q.build()
-                .persistent(chunk.len() == ROWS_PER_STATEMENT)
+                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(db_err)?;

@@ -411,7 +411,7 @@ pub(super) async fn insert_chain(
                 .push_bind(hash.as_slice());
         });
         q.build()
-            .persistent(chunk.len() == super::ROWS_PER_STATEMENT / 10)
+            .persistent(super::kept(chunk.len(), super::ROWS_PER_STATEMENT / 10))
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
