@@ -2,7 +2,7 @@
 //! run on the same machine (figures are ratios; the machines are noisy).
 //!
 //! `cargo bench --bench ingest` (BENCH_INGEST_SECS=10, BENCH_INGEST_ORDERS=1000000,
-//! BENCH_INGEST_WORKERS=10000, BENCH_INGEST_PHASES=unary,batch)
+//! BENCH_INGEST_WORKERS=10000, BENCH_INGEST_PHASES=unary,stream,submit-stream,batch)
 //!
 //! The reference is `benches/ingest/reference.rs`: a tonic server over the same mTLS
 //! that decodes orders and writes them in multi-row SQLite transactions (the least a
@@ -13,7 +13,10 @@
 //! 1. **Unary**: `oip-gateway load`'s generator (`cli::load`), 64 single-order
 //!    `ReportOrders` calls in flight on one connection for SECS seconds, against the
 //!    ceiling (the reference storing nothing: what this client and machine allow any
-//!    server), the reference, then the gateway. Target: ≥ 20,000 orders/s.
+//!    server), the reference, then the gateway. Target: ≥ 20,000 orders/s. The same
+//!    for single-order client streams (`StreamOrders`, 64 streams of one order in
+//!    flight) and for `SubmitStream` chunks (64 long streams, each sending a one-order
+//!    chunk once the previous is answered).
 //! 2. **Batch**: the reference gets ORDERS orders in 1000-order `ReportOrders` calls, 8
 //!    in flight; the gateway gets a `loadgen` file of WORKERS workers and ORDERS orders
 //!    through `oip-gateway submit` (8 chunks of 1000 in flight). Records/s of each and
@@ -208,31 +211,60 @@ fn row(what: &str, reference: f64, gateway: f64, unit: &str, target: &str) {
     );
 }
 
-async fn unary(dir: &Path, secs: u64) -> anyhow::Result<()> {
+/// The small-call phases: what each carries, and its line's name.
+const SMALL_CALLS: [(&str, Mode, usize, &str); 3] = [
+    ("unary", Mode::Unary, 1, "unary, 1 order, 64 in flight"),
+    ("stream", Mode::Stream, 1, "stream, 1 order, 64 in flight"),
+    (
+        "submit-stream",
+        Mode::SubmitStream,
+        usize::MAX,
+        "submit-stream, 1-order chunks",
+    ),
+];
+
+/// One small-call phase: 64 callers of `mode` for `secs` seconds against the ceiling,
+/// the reference and the gateway, each a fresh process. Every call (stream, chunk)
+/// carries one order; a `Stream` call is one stream of one message, a `SubmitStream`
+/// caller keeps one stream open and sends a chunk once the previous is answered
+/// (`messages` chunks at most, here as many as the duration allows).
+async fn small_calls(
+    dir: &Path,
+    secs: u64,
+    name: &str,
+    mode: Mode,
+    messages: usize,
+    label: &str,
+) -> anyhow::Result<()> {
+    let dir = dir.join(name);
+    for d in ["ceiling", "ref", "gw"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
     let opts = LoadOptions {
-        mode: Mode::Unary,
+        mode,
         in_flight: 64,
         duration: Duration::from_secs(secs),
         records: 1,
-        messages: 1,
+        messages,
         workers: 64,
         id_prefix: format!("U{}-", oip_gateway::domain::time::now_millis()),
         industry: "INSTANT_DELIVERY".into(),
         division: "320100".into(),
         timeout: Duration::from_secs(30),
     };
-    let c = ceiling(&dir.join("ceiling-unary"))?;
+    println!("{label}:");
+    let c = ceiling(&dir.join("ceiling"))?;
     let report = load::run(&[connect(&c.addr).await?], &opts).await?;
     c.stop();
     let ceiling_rate = report.orders_per_second();
     println!("ceiling:   {}", report.lines().join("; "));
-    let r = reference(&dir.join("ref-unary"))?;
+    let r = reference(&dir.join("ref"))?;
     let report = load::run(&[connect(&r.addr).await?], &opts).await?;
     r.stop();
     let reference_rate = report.orders_per_second();
     println!("reference: {}", report.lines().join("; "));
 
-    let g = gateway(&dir.join("gw-unary"))?;
+    let g = gateway(&dir.join("gw"))?;
     let ops = g.ops.clone().unwrap_or_default();
     let before = stages(&ops).await?;
     let report = load::run(&[connect(&g.addr).await?], &opts).await?;
@@ -242,7 +274,7 @@ async fn unary(dir: &Path, secs: u64) -> anyhow::Result<()> {
     g.stop();
     println!("gateway:   {}", report.lines().join("; "));
     row(
-        "unary, 1 order, 64 in flight",
+        label,
         reference_rate,
         report.orders_per_second(),
         "orders/s",
@@ -260,7 +292,7 @@ async fn unary(dir: &Path, secs: u64) -> anyhow::Result<()> {
     print_stages(&before, &after, report.accepted as f64);
     anyhow::ensure!(
         report.failures.is_empty() && report.other_outcomes.is_empty(),
-        "unary calls failed or were not accepted"
+        "{label}: calls failed or were not accepted"
     );
     Ok(())
 }
@@ -409,22 +441,20 @@ fn main() -> anyhow::Result<()> {
     let secs = env_or("BENCH_INGEST_SECS", 10);
     let orders = env_or("BENCH_INGEST_ORDERS", 1_000_000) as usize;
     let workers = env_or("BENCH_INGEST_WORKERS", 10_000) as usize;
-    let phases = std::env::var("BENCH_INGEST_PHASES").unwrap_or_else(|_| "unary,batch".into());
+    let phases = std::env::var("BENCH_INGEST_PHASES")
+        .unwrap_or_else(|_| "unary,stream,submit-stream,batch".into());
+    let phases: Vec<&str> = phases.split(',').map(str::trim).collect();
     let dir = tempfile::tempdir()?;
-    for d in [
-        "ceiling-unary",
-        "ref-unary",
-        "gw-unary",
-        "ref-batch",
-        "gw-batch",
-    ] {
+    for d in ["ref-batch", "gw-batch"] {
         std::fs::create_dir_all(dir.path().join(d))?;
     }
     runtime.block_on(async {
-        if phases.contains("unary") {
-            unary(dir.path(), secs).await?;
+        for (name, mode, messages, label) in SMALL_CALLS {
+            if phases.contains(&name) {
+                small_calls(dir.path(), secs, name, mode, messages, label).await?;
+            }
         }
-        if phases.contains("batch") {
+        if phases.contains(&"batch") {
             batch(dir.path(), workers, orders).await?;
         }
         anyhow::Ok(())

@@ -6,7 +6,10 @@
 //! everything waiting (so concurrent single-order calls share a commit, as the
 //! gateway's group commit does), and answers ACCEPTED after the commit. No validation,
 //! no rules, no aggregates, no outbox, no audit. `RegisterWorkers` answers ACCEPTED
-//! without storing (the load generator registers its workers first).
+//! without storing (the load generator registers its workers first). `StreamOrders`
+//! stores a stream's orders as one job once the stream has ended, and `SubmitStream`
+//! stores each chunk's orders as one job and answers the chunk after its commit, so the
+//! bench's stream phases meet the same intake as its unary phase.
 //!
 //! It runs as its own process (the bench starts itself with `OIP_BENCH_REFERENCE` set
 //! to a database path) and prints `listening on ADDR`, as `oip-gateway serve` does.
@@ -90,6 +93,27 @@ fn accepted(n: usize) -> proto::BatchOutcome {
     }
 }
 
+/// Stores `orders` through the writer (one job, committed with whatever else waits)
+/// and answers each ACCEPTED after the commit; the ceiling (`jobs` None) answers at once.
+async fn store(
+    jobs: Option<&mpsc::Sender<Job>>,
+    orders: Vec<proto::Order>,
+) -> Result<proto::BatchOutcome, Status> {
+    let n = orders.len();
+    let Some(jobs) = jobs else {
+        return Ok(accepted(n));
+    };
+    let (done, wait) = oneshot::channel();
+    jobs.send((orders, done))
+        .await
+        .map_err(|_| Status::unavailable("writer stopped"))?;
+    match wait.await {
+        Ok(Ok(())) => Ok(accepted(n)),
+        Ok(Err(e)) => Err(Status::unavailable(e)),
+        Err(_) => Err(Status::unavailable("writer stopped")),
+    }
+}
+
 fn absent<T>() -> Result<T, Status> {
     Err(Status::unimplemented("not in the reference program"))
 }
@@ -106,20 +130,9 @@ impl PlatformService for Reference {
         &self,
         r: Request<proto::ReportOrdersRequest>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        let orders = r.into_inner().orders;
-        let n = orders.len();
-        let Some(jobs) = &self.jobs else {
-            return Ok(Response::new(accepted(n)));
-        };
-        let (done, wait) = oneshot::channel();
-        jobs.send((orders, done))
+        store(self.jobs.as_ref(), r.into_inner().orders)
             .await
-            .map_err(|_| Status::unavailable("writer stopped"))?;
-        match wait.await {
-            Ok(Ok(())) => Ok(Response::new(accepted(n))),
-            Ok(Err(e)) => Err(Status::unavailable(e)),
-            Err(_) => Err(Status::unavailable("writer stopped")),
-        }
+            .map(Response::new)
     }
     async fn stream_workers(
         &self,
@@ -129,9 +142,14 @@ impl PlatformService for Reference {
     }
     async fn stream_orders(
         &self,
-        _: Request<Streaming<proto::ReportOrdersRequest>>,
+        r: Request<Streaming<proto::ReportOrdersRequest>>,
     ) -> Result<Response<proto::BatchOutcome>, Status> {
-        absent()
+        let mut inbound = r.into_inner();
+        let mut orders = Vec::new();
+        while let Some(m) = inbound.message().await? {
+            orders.extend(m.orders);
+        }
+        store(self.jobs.as_ref(), orders).await.map(Response::new)
     }
     async fn submit_declarations(
         &self,
@@ -163,12 +181,41 @@ impl PlatformService for Reference {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         absent()
     }
-    type SubmitStreamStream = tokio_stream::Empty<Result<proto::BatchOutcome, Status>>;
+    type SubmitStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::BatchOutcome, Status>>;
     async fn submit_stream(
         &self,
-        _: Request<Streaming<proto::SubmitRequest>>,
+        r: Request<Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        absent()
+        let mut inbound = r.into_inner();
+        let jobs = self.jobs.clone();
+        let (answers, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let answer = match inbound.message().await {
+                    Ok(Some(m)) => {
+                        let orders = m
+                            .records
+                            .into_iter()
+                            .filter_map(|r| match r.kind {
+                                Some(proto::record::Kind::Order(o)) => Some(o),
+                                _ => None,
+                            })
+                            .collect();
+                        store(jobs.as_ref(), orders).await
+                    }
+                    Ok(None) => return,
+                    Err(s) => Err(s),
+                };
+                let stop = answer.is_err();
+                if answers.send(answer).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
     async fn list_workers(
         &self,
