@@ -41,34 +41,32 @@ async fn concurrently(
     client: &Client,
     orders: Vec<proto::Order>,
 ) -> BTreeMap<String, Result<String, tonic::Code>> {
-    let calls: Vec<_> = orders
-        .into_iter()
-        .map(|o| {
-            let mut c = client.clone();
-            tokio::spawn(async move {
-                let id = o.order_id.clone();
-                let answer = c
-                    .report_orders(proto::ReportOrdersRequest { orders: vec![o] })
-                    .await
-                    .map(|r| {
-                        let out = &r.get_ref().outcomes[0];
-                        if out.code.is_empty() {
-                            out.outcome().as_str_name().to_string()
-                        } else {
-                            out.code.clone()
-                        }
-                    })
-                    .map_err(|s| s.code());
-                (id, answer)
-            })
-        })
-        .collect();
-    let mut answers = BTreeMap::new();
-    for c in calls {
-        let (id, answer) = c.await.expect("call task");
-        answers.insert(id, answer);
+    concurrently_by_kind(client, orders, |_| Carrier::Unary).await
+}
+
+/// Checks that every acknowledged order was ACCEPTED and is stored and that no failed
+/// one is stored; returns the failed ones' ids.
+fn failed_and_not_stored(
+    answers: &BTreeMap<String, Result<String, tonic::Code>>,
+    stored: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (id, answer) in answers {
+        match answer {
+            Ok(outcome) => {
+                assert_eq!(outcome, "ACCEPTED", "{id}");
+                assert!(stored.contains(id), "{id} was acknowledged but not stored");
+            }
+            Err(code) => {
+                assert!(
+                    !stored.contains(id),
+                    "{id} failed ({code:?}) but was stored"
+                );
+                failed.push(id.clone());
+            }
+        }
     }
-    answers
+    failed
 }
 
 #[tokio::test]
@@ -90,22 +88,7 @@ async fn a_failed_commit_fails_every_call_in_it_and_acknowledges_none() {
         orders.insert(32, order(&format!("FAIL{attempt}"), "W1"));
         let answers = concurrently(&a, orders).await;
         let stored = stored_orders(&gw).await;
-        let mut failed = 0;
-        for (id, answer) in &answers {
-            match answer {
-                Ok(outcome) => {
-                    assert_eq!(outcome, "ACCEPTED", "{id}");
-                    assert!(stored.contains(id), "{id} was acknowledged but not stored");
-                }
-                Err(code) => {
-                    assert!(
-                        !stored.contains(id),
-                        "{id} failed ({code:?}) but was stored"
-                    );
-                    failed += 1;
-                }
-            }
-        }
+        let failed = failed_and_not_stored(&answers, &stored).len();
         let fail_id = format!("FAIL{attempt}");
         assert!(
             answers[&fail_id].is_err(),
@@ -133,6 +116,214 @@ async fn a_failed_commit_fails_every_call_in_it_and_acknowledges_none() {
     assert!(
         shared,
         "the failing order never shared a transaction with another call"
+    );
+    gw.stop().await;
+}
+
+/// How a single order travels in `concurrently_by_kind`.
+#[derive(Debug, Clone, Copy)]
+enum Carrier {
+    Unary,
+    /// A `StreamOrders` client stream of one message of one order.
+    Stream,
+    /// A `SubmitStream` whose one chunk holds the order (answered chunk by chunk).
+    SubmitChunk,
+}
+
+impl Carrier {
+    /// Unary, stream, chunk, unary, … by index.
+    fn by_index(i: usize) -> Self {
+        match i % 3 {
+            0 => Carrier::Unary,
+            1 => Carrier::Stream,
+            _ => Carrier::SubmitChunk,
+        }
+    }
+}
+
+/// One order per call, each carried as `carrier(index)` says, all in flight at once;
+/// each answer (Ok: the order's outcome or code; Err: the status code) by order id.
+async fn concurrently_by_kind(
+    client: &Client,
+    orders: Vec<proto::Order>,
+    carrier: impl Fn(usize) -> Carrier,
+) -> BTreeMap<String, Result<String, tonic::Code>> {
+    let outcome = |out: &proto::BatchOutcome| {
+        let o = &out.outcomes[0];
+        if o.code.is_empty() {
+            o.outcome().as_str_name().to_string()
+        } else {
+            o.code.clone()
+        }
+    };
+    let calls: Vec<_> = orders
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let mut c = client.clone();
+            let how = carrier(i);
+            tokio::spawn(async move {
+                let id = o.order_id.clone();
+                let answer = match how {
+                    Carrier::Unary => c
+                        .report_orders(proto::ReportOrdersRequest { orders: vec![o] })
+                        .await
+                        .map(|r| outcome(r.get_ref())),
+                    Carrier::Stream => c
+                        .stream_orders(tokio_stream::iter(vec![proto::ReportOrdersRequest {
+                            orders: vec![o],
+                        }]))
+                        .await
+                        .map(|r| outcome(r.get_ref())),
+                    Carrier::SubmitChunk => {
+                        let chunk = proto::SubmitRequest {
+                            records: vec![proto::Record {
+                                kind: Some(proto::record::Kind::Order(o)),
+                            }],
+                        };
+                        match c.submit_stream(tokio_stream::iter(vec![chunk])).await {
+                            Err(s) => Err(s),
+                            Ok(r) => match r.into_inner().message().await {
+                                Ok(Some(out)) => Ok(outcome(&out)),
+                                Ok(None) => Err(tonic::Status::unknown("no answer")),
+                                Err(s) => Err(s),
+                            },
+                        }
+                    }
+                }
+                .map_err(|s| s.code());
+                (id, answer)
+            })
+        })
+        .collect();
+    let mut answers = BTreeMap::new();
+    for c in calls {
+        let (id, answer) = c.await.expect("call task");
+        answers.insert(id, answer);
+    }
+    answers
+}
+
+/// Issue 13: "the same for single-order client streams and SubmitStream chunks". Unary
+/// calls, one-order client streams and one-order SubmitStream chunks of one platform,
+/// in flight together, share transactions; the one whose order fails the commit fails
+/// with every call, stream and chunk in its transaction, and none of those is stored;
+/// everything acknowledged is stored; resending what failed stores it (ACCEPTED, not
+/// DUPLICATE: nothing of it was half-applied).
+#[tokio::test]
+async fn a_failed_commit_fails_every_stream_and_chunk_in_it_and_acknowledges_none() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    install_commit_fault(&gw).await;
+    let carrier = Carrier::by_index;
+
+    // For each carrier in turn, the failing order travels that way.
+    for failing in 0..3 {
+        let mut shared_kinds = std::collections::BTreeSet::new();
+        for attempt in 0..10 {
+            let tag = format!("K{failing}-{attempt}");
+            let mut orders: Vec<_> = (0..62)
+                .map(|i| order(&format!("{tag}-{i}"), "W1"))
+                .collect();
+            let fail_id = format!("FAIL{tag}");
+            // Index 30 + failing: carrier(30 + failing) is the carrier `failing`.
+            orders.insert(30 + failing, order(&fail_id, "W1"));
+            let answers = concurrently_by_kind(&a, orders, carrier).await;
+            let stored = stored_orders(&gw).await;
+            let mut failed = failed_and_not_stored(&answers, &stored);
+            failed.retain(|id| *id != fail_id);
+            assert!(
+                answers[&fail_id].is_err(),
+                "the failing commit was acknowledged: {:?}",
+                answers[&fail_id]
+            );
+            assert!(!stored.contains(&fail_id));
+            // Which carriers shared the failing transaction (by their index in the
+            // order they were sent: the ids end with their index).
+            for id in &failed {
+                let n: usize = id
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("index");
+                let at = if n >= 30 + failing { n + 1 } else { n };
+                shared_kinds.insert(at % 3);
+            }
+            if !failed.is_empty() {
+                let resend: Vec<_> = failed.iter().map(|id| order(id, "W1")).collect();
+                let again = concurrently_by_kind(&a, resend, carrier).await;
+                assert!(
+                    again.values().all(|a| a.as_deref() == Ok("ACCEPTED")),
+                    "{again:?}"
+                );
+            }
+            if shared_kinds.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(
+            shared_kinds.len(),
+            3,
+            "a failing {:?} never shared its transaction with every other carrier",
+            carrier(failing)
+        );
+    }
+    gw.stop().await;
+}
+
+/// DUPLICATE and revisions hold whichever small call carries an order: the same
+/// order from 33 calls at once, as unary calls, client streams and SubmitStream chunks,
+/// is ACCEPTED once and DUPLICATE otherwise; revision 1 of one order with 9 different
+/// contents is ACCEPTED once and REVISION_CONFLICT otherwise.
+#[tokio::test]
+async fn every_small_call_keeps_duplicate_and_revision_semantics() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let carrier = Carrier::by_index;
+    // Each call in a task of its own, all at once (the answers are keyed by order id).
+    let mut counts = BTreeMap::<String, usize>::new();
+    let handles: Vec<_> = (0..33)
+        .map(|i| {
+            let c = a.clone();
+            tokio::spawn(async move {
+                concurrently_by_kind(&c, vec![order("SAME", "W1")], move |_| carrier(i)).await
+            })
+        })
+        .collect();
+    for h in handles {
+        for (_, answer) in h.await.expect("call") {
+            *counts.entry(answer.expect("answered")).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([("ACCEPTED".to_string(), 1), ("DUPLICATE".to_string(), 32)])
+    );
+
+    let handles: Vec<_> = (0..9)
+        .map(|i| {
+            let mut o = order("CONFLICT", "W1");
+            o.completed_at = format!("2025-07-02T11:{:02}:00+08:00", 10 + i);
+            let c = a.clone();
+            tokio::spawn(
+                async move { concurrently_by_kind(&c, vec![o], move |_| carrier(i)).await },
+            )
+        })
+        .collect();
+    let mut codes = BTreeMap::<String, usize>::new();
+    for h in handles {
+        for (_, answer) in h.await.expect("call") {
+            *codes.entry(answer.expect("answered")).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            ("ACCEPTED".to_string(), 1),
+            ("REVISION_CONFLICT".to_string(), 8)
+        ])
     );
     gw.stop().await;
 }
