@@ -375,21 +375,7 @@ impl tokio::io::AsyncRead for FailingReader {
 }
 
 fn options(gw: &TestGateway, report: &Path, batch_size: usize) -> submit::SubmitOptions {
-    let certs = certs_dir();
-    submit::SubmitOptions {
-        file: report.with_extension("in"),
-        report: Some(report.to_path_buf()),
-        endpoint: gw.endpoint(),
-        ca: certs.join("ca.pem"),
-        cert: certs.join("platform-a.pem"),
-        key: certs.join("platform-a.key"),
-        domain: "localhost".into(),
-        batch_size,
-        window: 4,
-        progress: false,
-        compress: true,
-        from_line: 1,
-    }
+    gw.submit_options(&report.with_extension("in"), report, batch_size)
 }
 
 #[tokio::test]

@@ -123,20 +123,9 @@ fn report_at(rt: &tokio::runtime::Runtime, file: &Path, batch_size: usize) -> Ve
         c.forward.enabled = false;
     }));
     let report = gw.dir.path().join("report.jsonl");
-    let certs = certs_dir();
     let opts = submit::SubmitOptions {
-        file: file.to_path_buf(),
-        report: Some(report.clone()),
-        endpoint: gw.endpoint(),
-        ca: certs.join("ca.pem"),
-        cert: certs.join("platform-a.pem"),
-        key: certs.join("platform-a.key"),
-        domain: "localhost".into(),
-        batch_size,
-        window: 4,
-        progress: false,
         compress: batch_size.is_multiple_of(2),
-        from_line: 1,
+        ..gw.submit_options(file, &report, batch_size)
     };
     let summary = rt
         .block_on(submit::run(&opts, submit::no_stop()))

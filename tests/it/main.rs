@@ -8,6 +8,7 @@ mod admin;
 mod aggregates;
 mod audit;
 mod backend_sim;
+mod behaviour;
 mod bulk_files;
 mod call_level;
 mod certs_cli;

@@ -112,6 +112,31 @@ impl TestGateway {
         format!("https://{}", self.addr)
     }
 
+    /// `submit`'s options for platform A's certificate: `file` into `report`, chunks of
+    /// `batch_size`, 4 in flight, gzip (change fields with `..` as needed).
+    pub fn submit_options(
+        &self,
+        file: &std::path::Path,
+        report: &std::path::Path,
+        batch_size: usize,
+    ) -> oip_gateway::submit::SubmitOptions {
+        let certs = certs_dir();
+        oip_gateway::submit::SubmitOptions {
+            file: file.to_path_buf(),
+            report: Some(report.to_path_buf()),
+            endpoint: self.endpoint(),
+            ca: certs.join("ca.pem"),
+            cert: certs.join("platform-a.pem"),
+            key: certs.join("platform-a.key"),
+            domain: "localhost".into(),
+            batch_size,
+            window: 4,
+            progress: false,
+            compress: true,
+            from_line: 1,
+        }
+    }
+
     /// A client authenticated with `certs-example/<stem>.pem`.
     pub async fn client(&self, stem: &str) -> Client {
         client(self.addr, stem).await
