@@ -298,7 +298,9 @@ pub async fn serve(db: &Path) -> anyhow::Result<()> {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        // With TCP_NODELAY, as the gateway's listener: without it a delayed ACK holds
+        // some answers for 40 ms.
+        .serve_with_incoming(oip_gateway::tls::incoming(listener))
         .await?;
     Ok(())
 }
