@@ -115,7 +115,7 @@ async fn setup() -> anyhow::Result<Bench> {
         .collect();
     let workers = candidates(&b, &workers);
     b.ingest
-        .apply(&b.platform, workers, None, &Default::default(), None)
+        .apply(&b.platform, workers, None, &Default::default(), Vec::new())
         .await?;
     Ok(b)
 }
@@ -154,7 +154,7 @@ async fn fill(b: &Bench, from: usize, to: usize) -> anyhow::Result<()> {
         let c = candidates(b, &records);
         let plan = b
             .ingest
-            .apply(&b.platform, c, None, &Default::default(), None)
+            .apply(&b.platform, c, None, &Default::default(), Vec::new())
             .await?;
         anyhow::ensure!(
             plan.rejections.is_empty(),
@@ -208,7 +208,7 @@ async fn measure(b: &Bench, size: usize, round: usize) -> anyhow::Result<(Durati
         let t = Instant::now();
         let plan = b
             .ingest
-            .apply(&b.platform, c, None, &Default::default(), None)
+            .apply(&b.platform, c, None, &Default::default(), Vec::new())
             .await?;
         declares.push(t.elapsed());
         anyhow::ensure!(

@@ -117,15 +117,17 @@ impl Ingest {
     ///
     /// With a `deadline`, the call fails with `IngestError::DeadlineExceeded` and
     /// nothing of it is applied when the deadline passes before its commit starts.
-    /// `audit` is the call's entry (outcome OK), appended to the audit chain in the
-    /// same transaction: the records and their entry commit together or not at all.
+    /// `audit` holds the call's entries (outcome OK: a stream's part, and the call's own
+    /// entry when the part is the stream's last), appended to the audit chain in this
+    /// order in the same transaction: the records and their entries commit together or
+    /// not at all.
     pub async fn apply(
         &self,
         platform: &PlatformProfile,
         candidates: Vec<Candidate>,
         deadline: Option<&CallDeadline>,
         trace: &outbox::Trace,
-        audit: Option<crate::audit::Event>,
+        audit: Vec<crate::audit::Event>,
     ) -> Result<Plan, IngestError> {
         if let Some(d) = deadline {
             d.check()?;

@@ -253,16 +253,17 @@ impl PlatformApi {
             .await?)
     }
 
-    /// Validates and applies `items` (numbered from `offset`), appending outcomes.
+    /// Validates and applies `items` (numbered from `part.offset`), appending outcomes.
     async fn apply<R: WireRecord>(
         &self,
         platform: &PlatformProfile,
         note: &CallNote,
         items: &[R],
-        offset: usize,
+        part: Part,
         out: &mut proto::BatchOutcome,
         deadline: Option<&CallDeadline>,
     ) -> Result<(), ApiError> {
+        let offset = part.offset;
         let ctx = validate::Context {
             now: now_millis(),
             bounds: self.limits.bounds(),
@@ -288,11 +289,15 @@ impl PlatformApi {
             .collect();
         self.metrics
             .ingest_laps(&[("validate", validating.elapsed())]);
-        // The entry of the call (or of this part of a stream), written with the records.
-        let entry = note.entry(items.len() as i64, "OK");
+        // The entry of the call (or of this part of a stream), written with the records;
+        // for a stream's last part also the call's own entry, with the stream's total.
+        let mut entries = vec![note.entry(items.len() as i64, "OK")];
+        if part.ends_call {
+            entries.push(note.entry((offset + items.len()) as i64, "OK"));
+        }
         let mut plan = self
             .ingest
-            .apply(platform, candidates, deadline, &note.trace(), Some(entry))
+            .apply(platform, candidates, deadline, &note.trace(), entries)
             .await?;
         let first = out.outcomes.len();
         let summary = out.summary.get_or_insert_with(Default::default);
@@ -354,7 +359,11 @@ impl PlatformApi {
             summary: Some(Default::default()),
             ..Default::default()
         };
-        self.apply(platform, note, items, offset, &mut out, deadline)
+        let part = Part {
+            offset,
+            ends_call: false,
+        };
+        self.apply(platform, note, items, part, &mut out, deadline)
             .await?;
         Ok(out)
     }
@@ -377,10 +386,13 @@ impl PlatformApi {
         if let Some(d) = deadline {
             d.own();
         }
+        // What the stream already holds after the message in hand (see below).
+        let mut ahead: Option<Result<Option<M>, Status>> = None;
         loop {
-            let next = match deadline {
-                None => stream.message().await,
-                Some(d) => tokio::select! {
+            let next = match (ahead.take(), deadline) {
+                (Some(next), _) => next,
+                (None, None) => stream.message().await,
+                (None, Some(d)) => tokio::select! {
                     m = stream.message() => m,
                     () = d.passed() => {
                         d.expire();
@@ -400,6 +412,13 @@ impl PlatformApi {
             else {
                 break;
             };
+            // When the caller has already ended the stream (a stream of one message, or
+            // the last one sent with the end), this part is the call's last: its
+            // transaction also writes the call's own entry, which the audit layer then
+            // does not write in a transaction of its own. Otherwise the next message (or
+            // error) already received is kept for the next turn.
+            ahead = futures::FutureExt::now_or_never(stream.message());
+            let last = matches!(ahead, Some(Ok(None)));
             let items = items_of(msg);
             if seen + items.len() > self.limits.max_stream_records {
                 return Err(ApiError::InvalidArgument(format!(
@@ -411,7 +430,17 @@ impl PlatformApi {
             }
             self.take_records(note, items.len())?;
             let applied = self
-                .apply(platform, note, &items, seen, &mut out, deadline)
+                .apply(
+                    platform,
+                    note,
+                    &items,
+                    Part {
+                        offset: seen,
+                        ends_call: last,
+                    },
+                    &mut out,
+                    deadline,
+                )
                 .await;
             if let Err(e) = &applied {
                 self.part_failed(note, items.len(), e).await?;
@@ -424,6 +453,11 @@ impl PlatformApi {
                 })?;
             seen += items.len();
             note.records(seen as i64);
+            if last {
+                // The stream's end, already received.
+                note.audited_in_transaction();
+                break;
+            }
         }
         Ok(out)
     }
@@ -490,6 +524,16 @@ impl PlatformApi {
         let token = next.map(|k| paging::token(listing, &k)).unwrap_or_default();
         (items, token)
     }
+}
+
+/// Which part of a call a batch of records is.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    /// The index of its first record within the call.
+    offset: usize,
+    /// It is a client stream's last part (the stream's end has arrived): its
+    /// transaction also writes the call's own entry.
+    ends_call: bool,
 }
 
 fn opt_time(t: Option<i64>) -> String {

@@ -291,7 +291,7 @@ impl Ingest {
             .collect();
         let entries: Vec<(Event, Millis)> = plans
             .iter()
-            .filter_map(|(i, _)| work[*i].audit.clone())
+            .flat_map(|(i, _)| work[*i].audit.clone())
             .map(|e| (e, now_millis()))
             .collect();
         // The workers this transaction writes (the store raises the workers version).
@@ -401,7 +401,8 @@ pub(super) struct Work {
     pub candidates: Vec<Candidate>,
     pub deadline: Option<CallDeadline>,
     pub trace: outbox::Trace,
-    /// The call's audit entry, written in the transaction that stores its records.
-    pub audit: Option<Event>,
+    /// The call's audit entries (a stream's part, and the call's own when the part is
+    /// the last), written in this order in the transaction that stores its records.
+    pub audit: Vec<Event>,
     pub answer: Option<Result<Plan, IngestError>>,
 }

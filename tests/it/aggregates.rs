@@ -132,7 +132,13 @@ impl Harness {
             "generated records are valid"
         );
         self.ingest
-            .apply(&self.platform, candidates, None, &Default::default(), None)
+            .apply(
+                &self.platform,
+                candidates,
+                None,
+                &Default::default(),
+                Vec::new(),
+            )
             .await
             .expect("apply");
     }

@@ -308,6 +308,61 @@ async fn entries_of(
     }
 }
 
+/// Issue 13: a client stream whose end arrives with its last message (a one-order
+/// stream, as platforms send live) has its call's entry written in the transaction of
+/// that last part, after the part's entry, not in an audit transaction of its own: the
+/// log holds the same entries in the same order as when the call's entry comes after
+/// the answer, and the audit writer commits no group for those streams.
+#[tokio::test]
+async fn a_client_stream_ending_with_its_last_part_is_audited_in_that_parts_transaction() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let ops = gw.ops_addr.expect("operations listener");
+    let audit_groups = || async {
+        let (_, _, metrics) = http_get(ops, "/metrics").await;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("oip_audit_write_seconds_count"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = audit_groups().await;
+    let streams = 20;
+    for i in 0..streams {
+        let out = a
+            .stream_orders(tokio_stream::iter(vec![proto::ReportOrdersRequest {
+                orders: vec![order(&format!("S{i}"), "W1")],
+            }]))
+            .await
+            .expect("stream")
+            .into_inner();
+        assert_eq!(out.outcomes[0].outcome(), proto::Outcome::Accepted);
+    }
+    let after = audit_groups().await;
+    let s = |o: &str, n: i64| (o.to_string(), n);
+    assert_eq!(
+        entries_of(
+            &gw,
+            PLATFORM_A_ID,
+            "oip.v1.PlatformService/StreamOrders",
+            2 * streams
+        )
+        .await,
+        vec![s("OK", 1); 2 * streams],
+        "each stream: its part's entry, then the call's"
+    );
+    // The streams' ends arrive with their messages (a client sends the message and
+    // the end together), so their entries needed no audit transaction of their own.
+    assert!(
+        after - before < streams as f64 / 2.0,
+        "{} audit writer commits for {streams} one-message streams",
+        after - before
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_streamed_call_is_audited_in_causal_order_with_its_total_last() {
     let gw = TestGateway::spawn().await;

@@ -576,7 +576,7 @@ async fn outcomes(
         .map(|r| validate::candidate(r, &ctx))
         .collect();
     let plan = ingest
-        .apply(platform, candidates, None, &Default::default(), None)
+        .apply(platform, candidates, None, &Default::default(), Vec::new())
         .await
         .expect("apply");
     plan.outcomes
