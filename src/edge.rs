@@ -318,7 +318,9 @@ where
         };
         req.extensions_mut().insert(caller);
         let idle = self.layer.idle;
-        let req = req.map(|b| tonic::body::Body::new(IdleBody::new(b, idle)));
+        let rearm = IdleRearm::default();
+        req.extensions_mut().insert(rearm.clone());
+        let req = req.map(|b| tonic::body::Body::new(IdleBody::new(b, idle, rearm)));
         let call = inner.call(req);
         Box::pin(async move {
             let res = call.await.map_err(Into::into)?;
@@ -369,20 +371,38 @@ where
 
 /// A request body that fails with DEADLINE_EXCEEDED when the caller sends nothing for
 /// `idle` while the handler waits for it (the timer runs only while the handler is
-/// waiting, so a slow commit never counts against the caller).
+/// waiting, so a slow commit never counts against the caller; a handler that looked
+/// ahead without waiting before its own work says so with [`IdleRearm`]).
 pub struct IdleBody {
     inner: tonic::body::Body,
     idle: std::time::Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    rearm: IdleRearm,
+}
+
+/// In the request extensions of a call with an [`IdleBody`]: lets the handler say it
+/// is about to wait for the caller again after work of its own. A poll of the body
+/// that found nothing (a look-ahead, `now_or_never`) started the idle timer; the next
+/// poll drops it, so the handler's work in between (a commit) is not counted as the
+/// caller's idle time.
+#[derive(Debug, Clone, Default)]
+pub struct IdleRearm(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl IdleRearm {
+    /// The idle time counts again from the body's next poll.
+    pub fn rearm(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl IdleBody {
     /// `inner`, failing after `idle` without a frame.
-    pub fn new(inner: tonic::body::Body, idle: std::time::Duration) -> Self {
+    pub fn new(inner: tonic::body::Body, idle: std::time::Duration, rearm: IdleRearm) -> Self {
         Self {
             inner,
             idle,
             timer: None,
+            rearm,
         }
     }
 }
@@ -396,6 +416,13 @@ impl http_body::Body for IdleBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        if this
+            .rearm
+            .0
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            this.timer = None;
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.timer = None;

@@ -377,6 +377,7 @@ impl PlatformApi {
         mut stream: Streaming<M>,
         items_of: impl Fn(M) -> Vec<R>,
         deadline: Option<&CallDeadline>,
+        rearm: Option<crate::edge::IdleRearm>,
     ) -> Result<proto::BatchOutcome, Status> {
         let mut out = proto::BatchOutcome {
             summary: Some(Default::default()),
@@ -458,6 +459,12 @@ impl PlatformApi {
                 note.audited_in_transaction();
                 break;
             }
+            if ahead.is_none()
+                && let Some(r) = &rearm
+            {
+                // The look-ahead's poll armed the idle timer before this part's commit.
+                r.rearm();
+            }
         }
         Ok(out)
     }
@@ -491,6 +498,7 @@ impl PlatformApi {
     ) -> Result<Response<proto::BatchOutcome>, Status> {
         let (platform, note) = self.caller(&req).await?;
         let deadline = req.extensions().get::<CallDeadline>().cloned();
+        let rearm = req.extensions().get::<crate::edge::IdleRearm>().cloned();
         let out = self
             .stream(
                 &platform,
@@ -498,6 +506,7 @@ impl PlatformApi {
                 req.into_inner(),
                 items_of,
                 deadline.as_ref(),
+                rearm,
             )
             .await?;
         note.records(out.outcomes.len() as i64);

@@ -710,3 +710,71 @@ async fn connections_are_aged_out_and_dead_peers_dropped_by_keepalive() {
         .expect("served");
     gw.kill();
 }
+
+/// The idle timeout (`connections.idle_stream_timeout_ms`) counts only the time the
+/// gateway waits for the caller, never its own work: a client stream whose part waits
+/// for its commit longer than the timeout (here the write lock is held by another
+/// connection for 1 s against a 400 ms timeout), and whose caller sends the next
+/// message right after that commit, ends OK with both parts applied. The stream looks
+/// at what the caller has already sent before each commit (to write the call's entry
+/// with the last part); that look must not start the idle timer for the commit.
+#[tokio::test]
+async fn a_slow_commit_never_counts_against_a_client_streams_idle_timeout() {
+    let gw = TestGateway::spawn_with(|c| c.connections.idle_stream_timeout_ms = 400).await;
+    let mut a = gw.client("platform-a").await;
+    let pool = gw.sql().await;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (held, is_held) = tokio::sync::oneshot::channel::<()>();
+    let locker = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.expect("connection");
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .expect("write lock");
+            let _ = held.send(());
+            let _ = released.await;
+            sqlx::query("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .expect("unlock");
+        })
+    };
+    is_held.await.expect("held");
+    let msg = |id: &str| proto::RegisterWorkersRequest {
+        workers: vec![worker(id)],
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(msg("I1")).await.expect("first message");
+    let call = tokio::spawn(async move {
+        a.stream_workers(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    // The first part waits for its commit longer than the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = release.send(());
+    locker.await.expect("locker");
+    // Once it is committed, the caller sends its next message soon after.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM workers WHERE worker_id = 'I1'")
+            .fetch_one(&pool)
+            .await
+            .expect("workers");
+        if n == 1 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(msg("I2")).await.expect("second message");
+    drop(tx);
+    let out = call
+        .await
+        .expect("call task")
+        .expect("the caller was never idle for 400 ms")
+        .into_inner();
+    assert_eq!(out.outcomes.len(), 2);
+    gw.stop().await;
+}
