@@ -419,6 +419,13 @@ impl PlatformApi {
             // does not write in a transaction of its own. Otherwise the next message (or
             // error) already received is kept for the next turn.
             ahead = futures::FutureExt::now_or_never(stream.message());
+            if ahead.is_none()
+                && let Some(r) = &rearm
+            {
+                // That look found nothing and started the idle timer: what follows (this
+                // part's commit) is the gateway's time, not the caller's.
+                r.rearm();
+            }
             let last = matches!(ahead, Some(Ok(None)));
             let items = items_of(msg);
             if seen + items.len() > self.limits.max_stream_records {
@@ -458,12 +465,6 @@ impl PlatformApi {
                 // The stream's end, already received.
                 note.audited_in_transaction();
                 break;
-            }
-            if ahead.is_none()
-                && let Some(r) = &rearm
-            {
-                // The look-ahead's poll armed the idle timer before this part's commit.
-                r.rearm();
             }
         }
         Ok(out)

@@ -25,6 +25,15 @@ async fn install_commit_fault(gw: &TestGateway) {
     pool.close().await;
 }
 
+/// A gateway with the commit fault installed, and platform A's client with worker W1.
+async fn with_commit_fault() -> (TestGateway, Client) {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    install_commit_fault(&gw).await;
+    (gw, a)
+}
+
 async fn stored_orders(gw: &TestGateway) -> std::collections::HashSet<String> {
     let pool = gw.sql().await;
     let rows: Vec<(String,)> = sqlx::query_as("SELECT order_id FROM orders")
@@ -71,10 +80,7 @@ fn failed_and_not_stored(
 
 #[tokio::test]
 async fn a_failed_commit_fails_every_call_in_it_and_acknowledges_none() {
-    let gw = TestGateway::spawn().await;
-    let mut a = gw.client("platform-a").await;
-    register(&mut a, vec![worker("W1")]).await;
-    install_commit_fault(&gw).await;
+    let (gw, a) = with_commit_fault().await;
 
     // 63 ordinary orders and one that fails its transaction's commit, all in flight at
     // once: the calls queue behind the first transaction and commit in groups. Tried
@@ -212,10 +218,7 @@ async fn concurrently_by_kind(
 /// DUPLICATE: nothing of it was half-applied).
 #[tokio::test]
 async fn a_failed_commit_fails_every_stream_and_chunk_in_it_and_acknowledges_none() {
-    let gw = TestGateway::spawn().await;
-    let mut a = gw.client("platform-a").await;
-    register(&mut a, vec![worker("W1")]).await;
-    install_commit_fault(&gw).await;
+    let (gw, a) = with_commit_fault().await;
     let carrier = Carrier::by_index;
 
     // For each carrier in turn, the failing order travels that way.
