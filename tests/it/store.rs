@@ -1112,3 +1112,35 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
         expect(&[("1", "delivered"), ("2", "dead"), ("3", "pending")])
     );
 }
+
+/// The embedded SQLite is built with `.cargo/config.toml`'s `LIBSQLITE3_FLAGS` (issue
+/// 13's profile): without `SQLITE_ENABLE_MEMORY_MANAGEMENT`, whose page cache is one
+/// group under one process-wide mutex for every connection (the writer, the readers and
+/// the simulator's waited on each other's page fetches), and with the memory statistics
+/// off, whose counters took another process-wide mutex around every allocation. A
+/// build that lost the flags (cargo run from outside the checkout, where the file is not
+/// read) fails here.
+#[tokio::test]
+async fn the_embedded_sqlite_shares_no_page_cache_or_allocation_lock_between_connections() {
+    use sqlx::Connection as _;
+    let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    let options: Vec<(String,)> = sqlx::query_as("PRAGMA compile_options")
+        .fetch_all(&mut c)
+        .await
+        .expect("compile options");
+    let options: Vec<String> = options.into_iter().map(|(o,)| o).collect();
+    assert!(
+        options.iter().any(|o| o == "THREADSAFE=1"),
+        "not the bundled build: {options:?}"
+    );
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "{options:?}"
+    );
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "{options:?}"
+    );
+}
