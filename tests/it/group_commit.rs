@@ -275,6 +275,21 @@ async fn a_failed_commit_fails_every_stream_and_chunk_in_it_and_acknowledges_non
     gw.stop().await;
 }
 
+/// How many answers of the calls in `handles` got each label (`label` names each
+/// answer of one call's output).
+async fn tally<T, L: IntoIterator<Item = String>>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+    label: impl Fn(T) -> L,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for h in handles {
+        for l in label(h.await.expect("call")) {
+            *counts.entry(l).or_default() += 1;
+        }
+    }
+    counts
+}
+
 /// DUPLICATE and revisions hold whichever small call carries an order: the same
 /// order from 33 calls at once, as unary calls, client streams and SubmitStream chunks,
 /// is ACCEPTED once and DUPLICATE otherwise; revision 1 of one order with 9 different
@@ -286,7 +301,9 @@ async fn every_small_call_keeps_duplicate_and_revision_semantics() {
     register(&mut a, vec![worker("W1")]).await;
     let carrier = Carrier::by_index;
     // Each call in a task of its own, all at once (the answers are keyed by order id).
-    let mut counts = BTreeMap::<String, usize>::new();
+    let answered = |answers: BTreeMap<String, Result<String, tonic::Code>>| {
+        answers.into_values().map(|a| a.expect("answered"))
+    };
     let handles: Vec<_> = (0..33)
         .map(|i| {
             let c = a.clone();
@@ -295,13 +312,8 @@ async fn every_small_call_keeps_duplicate_and_revision_semantics() {
             })
         })
         .collect();
-    for h in handles {
-        for (_, answer) in h.await.expect("call") {
-            *counts.entry(answer.expect("answered")).or_default() += 1;
-        }
-    }
     assert_eq!(
-        counts,
+        tally(handles, answered).await,
         BTreeMap::from([("ACCEPTED".to_string(), 1), ("DUPLICATE".to_string(), 32)])
     );
 
@@ -315,14 +327,8 @@ async fn every_small_call_keeps_duplicate_and_revision_semantics() {
             )
         })
         .collect();
-    let mut codes = BTreeMap::<String, usize>::new();
-    for h in handles {
-        for (_, answer) in h.await.expect("call") {
-            *codes.entry(answer.expect("answered")).or_default() += 1;
-        }
-    }
     assert_eq!(
-        codes,
+        tally(handles, answered).await,
         BTreeMap::from([
             ("ACCEPTED".to_string(), 1),
             ("REVISION_CONFLICT".to_string(), 8)
@@ -347,13 +353,10 @@ async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
             tokio::spawn(async move { report(&mut c, vec![o]).await })
         })
         .collect();
-    let mut outcomes = BTreeMap::<String, usize>::new();
-    for h in handles {
-        let out = h.await.expect("call");
-        *outcomes
-            .entry(out.outcomes[0].outcome().as_str_name().to_string())
-            .or_default() += 1;
-    }
+    let outcomes = tally(handles, |out: proto::BatchOutcome| {
+        [out.outcomes[0].outcome().as_str_name().to_string()]
+    })
+    .await;
     assert_eq!(
         outcomes,
         BTreeMap::from([("ACCEPTED".to_string(), 1), ("DUPLICATE".to_string(), 31)])
@@ -369,14 +372,11 @@ async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
             tokio::spawn(async move { report(&mut c, vec![o]).await })
         })
         .collect();
-    let mut codes = BTreeMap::<String, usize>::new();
-    for h in handles {
-        let out = h.await.expect("call");
+    let codes = tally(handles, |out: proto::BatchOutcome| {
         let o = &out.outcomes[0];
-        *codes
-            .entry(format!("{} {}", o.outcome().as_str_name(), o.code))
-            .or_default() += 1;
-    }
+        [format!("{} {}", o.outcome().as_str_name(), o.code)]
+    })
+    .await;
     assert_eq!(
         codes,
         BTreeMap::from([
