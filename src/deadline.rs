@@ -55,6 +55,13 @@ impl CommitGuard {
     }
 }
 
+impl CommitGuard {
+    /// Whether this guard holds `deadline` (the same call's, not an equal instant).
+    pub fn guards(&self, deadline: &CallDeadline) -> bool {
+        self.0.same(deadline)
+    }
+}
+
 impl Drop for CommitGuard {
     fn drop(&mut self) {
         let _ =
@@ -73,6 +80,11 @@ impl CallDeadline {
             state: AtomicU8::new(OPEN),
             owned: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether `other` is this call's deadline (a clone of it), not another call's.
+    pub fn same(&self, other: &CallDeadline) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The handler will answer the deadline itself (a stream, which can say how far it

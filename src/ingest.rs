@@ -21,6 +21,8 @@ use crate::store::{Store, StoreError};
 pub mod group;
 pub mod workers;
 
+pub use group::Sequence;
+
 /// Why a batch was not applied.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
@@ -129,6 +131,28 @@ impl Ingest {
         trace: &outbox::Trace,
         audit: Vec<crate::audit::Event>,
     ) -> Result<Plan, IngestError> {
+        self.queue(platform, candidates, deadline, trace, audit, None)?
+            .await
+    }
+
+    /// As [`Ingest::apply`], but the batch enters the platform's lane now, before the
+    /// returned future is awaited: a stream queues its next part while the earlier ones
+    /// are being applied, and they are applied in the order queued (possibly in one
+    /// transaction). With a `sequence`, a part is applied only if every earlier part
+    /// queued with the same sequence was (see [`Sequence`]); otherwise it is answered
+    /// with the earlier part's failure.
+    ///
+    /// Err at once (nothing queued) when the deadline has passed.
+    pub fn queue(
+        &self,
+        platform: &PlatformProfile,
+        candidates: Vec<Candidate>,
+        deadline: Option<&CallDeadline>,
+        trace: &outbox::Trace,
+        audit: Vec<crate::audit::Event>,
+        sequence: Option<&Sequence>,
+    ) -> Result<impl std::future::Future<Output = Result<Plan, IngestError>> + use<>, IngestError>
+    {
         if let Some(d) = deadline {
             d.check()?;
         }
@@ -140,6 +164,7 @@ impl Ingest {
                 deadline: deadline.cloned(),
                 trace: trace.clone(),
                 audit,
+                sequence: sequence.cloned(),
                 answer: None,
             },
             reply,
@@ -155,7 +180,7 @@ impl Ingest {
                 None => drop(tokio::spawn(lead)),
             }
         }
-        answer.await.unwrap_or_else(|_| Err(group::stopped()))
+        Ok(async move { answer.await.unwrap_or_else(|_| Err(group::stopped())) })
     }
 
     /// Releases a platform's month to tax: closes it (rated as of now, unless its first

@@ -1,6 +1,7 @@
 //! `oip.v1.PlatformService`: batch and streaming ingestion, and read-back of the
 //! caller's own records and rejections.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -11,7 +12,7 @@ use crate::access::Access;
 use crate::api::paging;
 use crate::audit::CallNote;
 use crate::config::Limits;
-use crate::crosscheck::Candidate;
+use crate::crosscheck::{Candidate, Plan};
 use crate::deadline::CallDeadline;
 use crate::domain::fees::{Figures, ReconciliationStatus};
 use crate::domain::ids::{mask_id_number, mask_mobile, mask_name};
@@ -20,7 +21,7 @@ use crate::domain::time::{now_millis, to_rfc3339};
 use crate::domain::{Outcome, PlatformProfile, Record, RecordKind};
 use crate::error::{self, ApiError};
 use crate::identity::Principal;
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, Sequence};
 use crate::proto::{self, platform_service_server::PlatformService};
 use crate::reconcile;
 use crate::reference::Reference;
@@ -264,6 +265,28 @@ impl PlatformApi {
         deadline: Option<&CallDeadline>,
     ) -> Result<(), ApiError> {
         let offset = part.offset;
+        let (names, candidates) = self.validated(platform, items, offset);
+        let plan = self
+            .ingest
+            .apply(
+                platform,
+                candidates,
+                deadline,
+                &note.trace(),
+                part.entries(note, items.len()),
+            )
+            .await?;
+        self.answer(names, plan, offset, out);
+        Ok(())
+    }
+
+    /// Each record of `items` (numbered from `offset`) named and validated, in order.
+    fn validated<R: WireRecord>(
+        &self,
+        platform: &PlatformProfile,
+        items: &[R],
+        offset: usize,
+    ) -> (Vec<Named>, Vec<Candidate>) {
         let ctx = validate::Context {
             now: now_millis(),
             bounds: self.limits.bounds(),
@@ -289,16 +312,192 @@ impl PlatformApi {
             .collect();
         self.metrics
             .ingest_laps(&[("validate", validating.elapsed())]);
-        // The entry of the call (or of this part of a stream), written with the records;
-        // for a stream's last part also the call's own entry, with the stream's total.
-        let mut entries = vec![note.entry(items.len() as i64, "OK")];
-        if part.ends_call {
-            entries.push(note.entry((offset + items.len()) as i64, "OK"));
+        (names, candidates)
+    }
+
+    /// `SubmitStream`'s parts, read ahead: each chunk is validated and queued for its
+    /// platform's transaction as soon as it arrives (up to [`PARTS_AHEAD`] chunks and
+    /// [`RECORDS_AHEAD`] records not yet answered), so the next chunks are validated
+    /// while the earlier ones are applied, and chunks that arrive together share a
+    /// transaction (group commit). Answers go out in order, each once its chunk is
+    /// committed. The first failure ends the stream: no later chunk is applied (the
+    /// queued ones are stopped, [`Sequence`]), exactly as if the chunks had been applied
+    /// one after another; a failure found on reading (a refused chunk, a broken stream,
+    /// the deadline) is answered after the chunks before it.
+    async fn submit_parts(
+        &self,
+        platform: PlatformProfile,
+        note: CallNote,
+        mut inbound: Streaming<proto::SubmitRequest>,
+        deadline: Option<CallDeadline>,
+        tx: mpsc::Sender<Result<proto::BatchOutcome, Status>>,
+    ) {
+        let sequence = Sequence::default();
+        let mut pending: VecDeque<Queued> = VecDeque::new();
+        // Records answered (all applied), and records read (the next chunk's offset).
+        let (mut seen, mut read) = (0usize, 0usize);
+        // Why reading stopped, answered once the chunks before it are.
+        let mut stop: Option<ReadStop> = None;
+        let mut watching = deadline.is_some();
+        loop {
+            let ahead: usize = pending.iter().map(|q| q.records).sum();
+            let room = stop.is_none() && pending.len() < PARTS_AHEAD && ahead < RECORDS_AHEAD;
+            if !room && pending.is_empty() {
+                break;
+            }
+            let next = tokio::select! {
+                biased;
+                a = async {
+                    match pending.front_mut() {
+                        Some(q) => Some(q.answer.as_mut().await),
+                        None => None,
+                    }
+                }, if !pending.is_empty() => match a {
+                    Some(answer) => Next::Answer(Box::new(answer)),
+                    None => continue,
+                },
+                m = inbound.message(), if room => Next::Message(m),
+                () = async {
+                    match &deadline {
+                        Some(d) => d.passed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if watching => Next::Deadline,
+            };
+            match next {
+                Next::Answer(answer) => {
+                    let Some(q) = pending.pop_front() else { break };
+                    match *answer {
+                        Ok(plan) => {
+                            let mut out = proto::BatchOutcome {
+                                summary: Some(Default::default()),
+                                ..Default::default()
+                            };
+                            self.answer(q.names, plan, q.offset, &mut out);
+                            seen += q.records;
+                            note.records(seen as i64);
+                            if tx.send(Ok(out)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let e = ApiError::from(e);
+                            let status = match self.part_failed(&note, q.records, &e).await {
+                                Err(audit) => audit.into(),
+                                Ok(()) => match e {
+                                    ApiError::DeadlineExceeded(_) => ApiError::DeadlineExceeded(format!(
+                                        "the caller's deadline passed before this chunk committed; the chunks before it were applied and answered (records before index {seen}), this one and the rest were not"
+                                    ))
+                                    .into(),
+                                    e => e.into(),
+                                },
+                            };
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
+                }
+                Next::Deadline => {
+                    watching = false;
+                    if let Some(d) = &deadline {
+                        d.expire();
+                    }
+                    stop = Some(ReadStop::DeadlineWhileOpen);
+                }
+                Next::Message(Ok(None)) => stop = Some(ReadStop::Ended),
+                Next::Message(Err(status)) => stop = Some(ReadStop::Broken(status)),
+                Next::Message(Ok(Some(m))) => {
+                    let records = m.records;
+                    if let Err(e) = self.take_records(&note, records.len()) {
+                        stop = Some(ReadStop::Refused(e));
+                        continue;
+                    }
+                    if records.len() > self.limits.max_batch_records {
+                        stop = Some(ReadStop::Part(
+                            ApiError::InvalidArgument(format!(
+                                "{} {} in one call; at most {} (send several calls or a stream)",
+                                records.len(),
+                                <proto::Record as WireRecord>::LIST,
+                                self.limits.max_batch_records
+                            )),
+                            records.len(),
+                        ));
+                        continue;
+                    }
+                    let (names, candidates) = self.validated(&platform, &records, read);
+                    let part = Part {
+                        offset: read,
+                        ends_call: false,
+                    };
+                    match self.ingest.queue(
+                        &platform,
+                        candidates,
+                        deadline.as_ref(),
+                        &note.trace(),
+                        part.entries(&note, records.len()),
+                        Some(&sequence),
+                    ) {
+                        Ok(answer) => pending.push_back(Queued {
+                            names,
+                            offset: read,
+                            records: records.len(),
+                            answer: Box::pin(answer),
+                        }),
+                        Err(e) => {
+                            // Only the deadline refuses a part before queueing it.
+                            pending.push_back(Queued {
+                                names,
+                                offset: read,
+                                records: records.len(),
+                                answer: Box::pin(std::future::ready(Err(e))),
+                            });
+                            stop = Some(ReadStop::Ended);
+                        }
+                    }
+                    read += records.len();
+                }
+            }
         }
-        let mut plan = self
-            .ingest
-            .apply(platform, candidates, deadline, &note.trace(), entries)
-            .await?;
+        // Parts queued but not answered (the stream failed or its caller went away)
+        // are not applied unless their transaction is already under way.
+        sequence.stop(crate::ingest::IngestError::Store(
+            crate::store::StoreError::Unavailable(
+                "the stream ended before this chunk was applied".into(),
+            ),
+        ));
+        if !pending.is_empty() {
+            return;
+        }
+        let status = match stop {
+            None | Some(ReadStop::Ended) => return,
+            Some(ReadStop::DeadlineWhileOpen) => ApiError::DeadlineExceeded(format!(
+                "the caller's deadline passed while the stream was open; the chunks before it were applied and answered (records before index {seen}), the rest were not"
+            ))
+            .into(),
+            Some(ReadStop::Broken(status)) => error::with_progress(
+                &error::inbound(status),
+                &format!(
+                    "the chunks before it were applied and answered (records before index {seen})"
+                ),
+            ),
+            Some(ReadStop::Refused(e)) => e.into(),
+            Some(ReadStop::Part(e, records)) => match self.part_failed(&note, records, &e).await {
+                Err(audit) => audit.into(),
+                Ok(()) => e.into(),
+            },
+        };
+        let _ = tx.send(Err(status)).await;
+    }
+
+    /// Appends the outcome of each record of an applied part (named by `names`,
+    /// numbered from `offset`) to `out`, and counts them.
+    fn answer(
+        &self,
+        names: Vec<Named>,
+        mut plan: Plan,
+        offset: usize,
+        out: &mut proto::BatchOutcome,
+    ) {
         let first = out.outcomes.len();
         let summary = out.summary.get_or_insert_with(Default::default);
         out.outcomes.extend(
@@ -325,7 +524,6 @@ impl PlatformApi {
             self.metrics
                 .record(kind, o.outcome().as_str_name(), &o.code);
         }
-        Ok(())
     }
 
     async fn batch<R: WireRecord>(
@@ -544,6 +742,62 @@ struct Part {
     /// It is a client stream's last part (the stream's end has arrived): its
     /// transaction also writes the call's own entry.
     ends_call: bool,
+}
+
+impl Part {
+    /// The audit entries written with the part's `records` records: the part's own,
+    /// and for a stream's last part also the call's, with the stream's total.
+    fn entries(&self, note: &CallNote, records: usize) -> Vec<crate::audit::Event> {
+        let mut entries = vec![note.entry(records as i64, "OK")];
+        if self.ends_call {
+            entries.push(note.entry((self.offset + records) as i64, "OK"));
+        }
+        entries
+    }
+}
+
+/// Chunks of a `SubmitStream` queued and not yet answered, at most.
+const PARTS_AHEAD: usize = 8;
+
+/// Records of a `SubmitStream` queued and not yet answered, at most before the next
+/// chunk is read (a chunk that alone exceeds it is still read): enough for a full
+/// group transaction ([`crate::ingest::group::MAX_GROUP_RECORDS`]) behind the one
+/// under way.
+const RECORDS_AHEAD: usize = 2 * crate::ingest::group::MAX_GROUP_RECORDS;
+
+/// A chunk of a `SubmitStream` queued for its transaction.
+struct Queued {
+    names: Vec<Named>,
+    offset: usize,
+    records: usize,
+    answer: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Plan, crate::ingest::IngestError>> + Send>,
+    >,
+}
+
+/// What a `SubmitStream` waits for next.
+enum Next {
+    /// The first queued chunk's answer.
+    Answer(Box<Result<Plan, crate::ingest::IngestError>>),
+    /// The next chunk (None: the client's side ended).
+    Message(Result<Option<proto::SubmitRequest>, Status>),
+    /// The caller's deadline passed.
+    Deadline,
+}
+
+/// Why a `SubmitStream` read no further.
+enum ReadStop {
+    /// The client's side ended.
+    Ended,
+    /// The deadline passed while the stream was open.
+    DeadlineWhileOpen,
+    /// The stream broke (a transport error or a message that does not decode).
+    Broken(Status),
+    /// The caller's records-a-second rate refused the chunk (nothing of it applied).
+    Refused(ApiError),
+    /// The chunk was refused as a whole (its entry is written with the code), and how
+    /// many records it held.
+    Part(ApiError, usize),
 }
 
 fn opt_time(t: Option<i64>) -> String {
@@ -801,83 +1055,15 @@ impl PlatformService for PlatformApi {
             .max_batch_records
             .min(self.admission.max_records_at_once(note.identity()));
         let deadline = req.extensions().get::<CallDeadline>().cloned();
-        let mut inbound = req.into_inner();
+        let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         if let Some(d) = &deadline {
             d.own();
         }
         tokio::spawn(async move {
-            let mut seen = 0usize;
-            loop {
-                let next = match &deadline {
-                    None => inbound.message().await,
-                    Some(d) => tokio::select! {
-                        m = inbound.message() => m,
-                        () = d.passed() => {
-                            d.expire();
-                            let _ = tx
-                                .send(Err(ApiError::DeadlineExceeded(format!(
-                                    "the caller's deadline passed while the stream was open; the chunks before it were applied and answered (records before index {seen}), the rest were not"
-                                ))
-                                .into()))
-                                .await;
-                            break;
-                        }
-                    },
-                };
-                let records = match next {
-                    Ok(Some(m)) => m.records,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let s = error::with_progress(
-                            &error::inbound(status),
-                            &format!(
-                                "the chunks before it were applied and answered (records before index {seen})"
-                            ),
-                        );
-                        let _ = tx.send(Err(s)).await;
-                        break;
-                    }
-                };
-                if let Err(e) = api.take_records(&note, records.len()) {
-                    let _ = tx.send(Err(e.into())).await;
-                    break;
-                }
-                // An applied chunk's entry is written with its records; a chunk that
-                // failed gets one with the code (the call's own entry follows when the
-                // stream ends).
-                let answer = api
-                    .batch_at(&platform, &note, &records, seen, deadline.as_ref())
-                    .await;
-                if let Err(e) = &answer
-                    && let Err(audit) = api.part_failed(&note, records.len(), e).await
-                {
-                    let _ = tx.send(Err(audit.into())).await;
-                    break;
-                }
-                let answer = match answer {
-                    Ok(out) => out,
-                    Err(ApiError::DeadlineExceeded(_)) => {
-                        let _ = tx
-                            .send(Err(ApiError::DeadlineExceeded(format!(
-                                "the caller's deadline passed before this chunk committed; the chunks before it were applied and answered (records before index {seen}), this one and the rest were not"
-                            ))
-                            .into()))
-                            .await;
-                        break;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        break;
-                    }
-                };
-                seen += records.len();
-                note.records(seen as i64);
-                if tx.send(Ok(answer)).await.is_err() {
-                    break;
-                }
-            }
+            api.submit_parts(platform, note, inbound, deadline, tx)
+                .await
         });
         // The limits a chunk must keep, for clients to size their chunks by.
         let mut res = Response::new(ReceiverStream::new(rx));

@@ -226,7 +226,7 @@ impl Ingest {
                 },
                 Err(Failure::Failed(e)) => {
                     for w in work.iter_mut().filter(|w| w.answer.is_none()) {
-                        w.answer = Some(Err(e.clone()));
+                        w.fail(e.clone());
                     }
                     break;
                 }
@@ -248,10 +248,14 @@ impl Ingest {
         };
         let mut tx = self.store.begin_ingest(platform_id).await?;
         laps.lap("begin");
-        // The wait for the platform's turn may have used deadlines up.
+        // The wait for the platform's turn may have used deadlines up; a part of a
+        // stream whose earlier part failed is not applied (in order: a part that fails
+        // here stops the later ones of its stream).
         for w in work.iter_mut().filter(|w| w.answer.is_none()) {
             if let Some(Err(e)) = w.deadline.as_ref().map(CallDeadline::check) {
-                w.answer = Some(Err(e.into()));
+                w.fail(e.into());
+            } else if let Some(e) = w.sequence.as_ref().and_then(Sequence::stopped) {
+                w.answer = Some(Err(e));
             }
         }
         let live: Vec<usize> = (0..work.len())
@@ -338,16 +342,25 @@ impl Ingest {
             // Right before the commit: a call past its deadline is rolled back (with
             // the others, applied again without it); the rest are committing from here,
             // and the deadline no longer cuts them off.
+            // The parts of one stream share its deadline: one guard for them all.
             let mut guards: Vec<CommitGuard> = Vec::with_capacity(plans.len());
             let mut expired = false;
             for (i, _) in &plans {
-                if let Some(d) = &work[*i].deadline {
-                    match d.begin_commit() {
-                        Ok(g) => guards.push(g),
-                        Err(e) => {
-                            work[*i].answer = Some(Err(e.into()));
-                            expired = true;
+                let Some(d) = work[*i].deadline.clone() else {
+                    continue;
+                };
+                if guards.iter().any(|g| g.guards(&d)) {
+                    continue;
+                }
+                match d.begin_commit() {
+                    Ok(g) => guards.push(g),
+                    Err(e) => {
+                        for (k, _) in &plans {
+                            if work[*k].deadline.as_ref().is_some_and(|o| o.same(&d)) {
+                                work[*k].fail(e.into());
+                            }
                         }
+                        expired = true;
                     }
                 }
             }
@@ -404,5 +417,40 @@ pub(super) struct Work {
     /// The call's audit entries (a stream's part, and the call's own when the part is
     /// the last), written in this order in the transaction that stores its records.
     pub audit: Vec<Event>,
+    /// The stream the call is a part of, when its parts are queued before the earlier
+    /// ones are answered: it is applied only if every earlier part was.
+    pub sequence: Option<Sequence>,
     pub answer: Option<Result<Plan, IngestError>>,
+}
+
+impl Work {
+    /// Answers the call with `e` (not applied); its stream's later parts will not be
+    /// applied either.
+    fn fail(&mut self, e: IngestError) {
+        if let Some(s) = &self.sequence {
+            s.stop(e.clone());
+        }
+        self.answer = Some(Err(e));
+    }
+}
+
+/// The parts of one stream queued in order, each before the earlier ones are answered
+/// (a `SubmitStream` that reads ahead): once a part fails (or the stream stops), no
+/// later part is applied, as if the stream had been applied part after part. Cheap to
+/// clone; every part holds the same.
+#[derive(Clone, Default)]
+pub struct Sequence(Arc<Mutex<Option<IngestError>>>);
+
+impl Sequence {
+    /// Stops the stream: parts not yet in a transaction are answered `e` (the first
+    /// reason is kept) and not applied.
+    pub fn stop(&self, e: IngestError) {
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(e);
+    }
+
+    /// Why the stream stopped, if it did.
+    fn stopped(&self) -> Option<IngestError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }

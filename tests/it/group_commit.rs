@@ -275,6 +275,121 @@ async fn a_failed_commit_fails_every_stream_and_chunk_in_it_and_acknowledges_non
     gw.stop().await;
 }
 
+/// The ingest transactions so far, and the calls they applied
+/// (`oip_ingest_transaction_calls`).
+async fn transactions(gw: &TestGateway) -> (f64, f64) {
+    let ops = gw.ops_addr.expect("operations listener");
+    let (_, _, metrics) = http_get(ops, "/metrics").await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("oip_ingest_transaction_calls_count"),
+        value("oip_ingest_transaction_calls_sum"),
+    )
+}
+
+/// `SubmitStream` reads ahead: the chunks a client sends together are validated and
+/// queued while the earlier ones are applied, share transactions, and are answered in
+/// order, each with its own outcomes (under the call's deadline, which the chunks of
+/// a transaction share). A chunk whose commit fails ends the stream
+/// there, as if the chunks had been applied one after another: every chunk answered
+/// before the failure is stored; the failing chunk, every chunk of its transaction
+/// and every later chunk (already read and queued) are not.
+#[tokio::test]
+async fn submit_stream_chunks_read_ahead_share_transactions_and_stop_at_the_first_failure() {
+    let (gw, mut a) = with_commit_fault().await;
+    const CHUNKS: usize = 24;
+    const PER: usize = 20;
+    let chunks = |tag: &str, failing: Option<usize>| -> Vec<proto::SubmitRequest> {
+        (0..CHUNKS)
+            .map(|c| proto::SubmitRequest {
+                records: (0..PER)
+                    .map(|i| {
+                        let id = if failing == Some(c) && i == PER / 2 {
+                            format!("FAIL{tag}-{c}-{i}")
+                        } else {
+                            format!("{tag}-{c}-{i}")
+                        };
+                        rec_order(order(&id, "W1"))
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+
+    let before = transactions(&gw).await;
+    // With a deadline, which the chunks of one transaction share.
+    let mut call = tonic::Request::new(tokio_stream::iter(chunks("RA", None)));
+    call.set_timeout(std::time::Duration::from_secs(60));
+    let answers = drain(a.submit_stream(call).await.expect("stream").into_inner())
+        .await
+        .expect("answers");
+    let after = transactions(&gw).await;
+    assert_eq!(answers.len(), CHUNKS);
+    for (c, out) in answers.iter().enumerate() {
+        let ids: Vec<_> = out
+            .outcomes
+            .iter()
+            .map(|o| (o.index, o.id.clone()))
+            .collect();
+        let expected: Vec<_> = (0..PER)
+            .map(|i| ((c * PER + i) as u32, format!("RA-{c}-{i}")))
+            .collect();
+        assert_eq!(ids, expected, "chunk {c} answered out of order");
+        assert!(
+            out.outcomes
+                .iter()
+                .all(|o| o.outcome() == proto::Outcome::Accepted),
+            "{out:?}"
+        );
+    }
+    assert_eq!(after.1 - before.1, CHUNKS as f64, "one call per chunk");
+    assert!(
+        after.0 - before.0 < CHUNKS as f64,
+        "{} transactions for {CHUNKS} chunks sent together: none shared",
+        after.0 - before.0
+    );
+
+    // The fault in chunk 12: the stream ends with a failure after the chunks before
+    // that chunk's transaction.
+    let mut answers = a
+        .submit_stream(tokio_stream::iter(chunks("RB", Some(12))))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut answered = 0;
+    let failure = loop {
+        match answers.message().await {
+            Ok(Some(out)) => {
+                assert_eq!(out.outcomes[0].index as usize, answered * PER);
+                answered += 1;
+            }
+            Ok(None) => panic!("the stream ended without the failure"),
+            Err(status) => break status,
+        }
+    };
+    assert!(
+        answered <= 12,
+        "{answered} chunks answered, the 13th failed"
+    );
+    assert_eq!(failure.code(), tonic::Code::Internal, "{failure:?}");
+    let stored = stored_orders(&gw).await;
+    for c in 0..CHUNKS {
+        let kept = (0..PER)
+            .filter(|i| stored.contains(&format!("RB-{c}-{i}")))
+            .count();
+        let expected = if c < answered { PER } else { 0 };
+        assert_eq!(kept, expected, "chunk {c} ({answered} answered)");
+    }
+    gw.stop().await;
+}
+
 /// How many answers of the calls in `handles` got each label (`label` names each
 /// answer of one call's output).
 async fn tally<T, L: IntoIterator<Item = String>>(
@@ -438,18 +553,7 @@ async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
     assert_eq!(billable, 43);
 
     // The transactions did share calls (otherwise this test shows nothing new).
-    let ops = gw.ops_addr.expect("operations listener");
-    let (_, _, metrics) = http_get(ops, "/metrics").await;
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in the metrics"))
-    };
-    let calls = value("oip_ingest_transaction_calls_sum");
-    let transactions = value("oip_ingest_transaction_calls_count");
+    let (transactions, calls) = transactions(&gw).await;
     assert!(
         calls > transactions,
         "{calls} calls in {transactions} transactions: no call shared a transaction"
