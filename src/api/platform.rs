@@ -757,7 +757,7 @@ impl Part {
 }
 
 /// Chunks of a `SubmitStream` queued and not yet answered, at most.
-const PARTS_AHEAD: usize = 8;
+const PARTS_AHEAD: usize = 16;
 
 /// Records of a `SubmitStream` queued and not yet answered, at most before the next
 /// chunk is read (a chunk that alone exceeds it is still read): enough for a full

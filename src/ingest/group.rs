@@ -301,8 +301,9 @@ impl Ingest {
         // The workers this transaction writes (the store raises the workers version).
         let mut written: HashSet<String> = HashSet::new();
         if !writing.is_empty() || !entries.is_empty() {
-            let mut items = Vec::new();
+            let mut queued = false;
             if !writing.is_empty() {
+                let mut items = Vec::new();
                 let keys: Vec<_> = {
                     let mut keys: Vec<_> = writing
                         .iter()
@@ -332,7 +333,8 @@ impl Ingest {
                 let merged = crosscheck::merge_writes(&mut writes);
                 written.extend(merged.workers.iter().map(|w| w.record.worker_id.clone()));
                 laps.lap("plan");
-                tx.write(&merged, &items, now, &mut laps).await?;
+                queued = !items.is_empty();
+                tx.write(&merged, items, now, &mut laps).await?;
             }
             if !entries.is_empty() {
                 let head = tx.audit_head().await?;
@@ -375,7 +377,7 @@ impl Ingest {
             for g in guards {
                 g.committed();
             }
-            if !items.is_empty() {
+            if queued {
                 self.wake.notify_waiters();
             }
         }

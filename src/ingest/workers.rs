@@ -72,15 +72,16 @@ impl WorkerCache {
             return Cached::default();
         };
         let mut workers = Vec::new();
-        ids.retain(
-            |id| match self.entries.get(&(platform_id, stamp.epoch, id.clone())) {
-                Some(state) => {
-                    workers.push((id.clone(), state));
-                    false
-                }
-                None => true,
-            },
-        );
+        let mut rest = Vec::with_capacity(ids.len());
+        // Each id moves into its cache key and back out (no copy per lookup).
+        for id in ids.drain(..) {
+            let key = (platform_id, stamp.epoch, id);
+            match self.entries.get(&key) {
+                Some(state) => workers.push((key.2, state)),
+                None => rest.push(key.2),
+            }
+        }
+        *ids = rest;
         Cached {
             stamp: Some(stamp),
             workers,

@@ -539,7 +539,7 @@ pub trait IngestTx: Send {
     async fn write(
         &mut self,
         plan: &Plan,
-        outbox: &[OutboxItem],
+        outbox: Vec<OutboxItem>,
         received_at: Millis,
         laps: &mut Laps,
     ) -> Result<()>;

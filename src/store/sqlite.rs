@@ -1102,6 +1102,7 @@ async fn queue<'a>(
     tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
+    payloads: Vec<Vec<u8>>,
     anchors: &mut Anchors,
     at: Millis,
 ) -> Result<Newest<'a>> {
@@ -1189,7 +1190,11 @@ async fn queue<'a>(
                 .or_else(|| latest_of_order(id))
         })
         .collect();
-    let mut rows = outbox.iter().zip(&obsolete).zip(seqs.iter().zip(&previous));
+    let mut rows = outbox
+        .iter()
+        .zip(payloads)
+        .zip(&obsolete)
+        .zip(seqs.iter().zip(&previous));
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
@@ -1197,16 +1202,16 @@ async fn queue<'a>(
         );
         q.push_values(
             rows.by_ref().take(chunk.len()),
-            |mut b, ((item, superseded), (seq, previous))| {
+            |mut b, (((item, payload), superseded), (seq, previous))| {
                 b.push_bind(*seq)
                     .push_bind(item.destination.as_str())
                     .push_bind(&item.record_key)
                     .push_bind(&item.idempotency_key)
                     .push_bind(
                         if carries_personal_data(item.destination, &item.record_key) {
-                            vault.seal(&item.payload, AAD_PAYLOAD)
+                            vault.seal(&payload, AAD_PAYLOAD)
                         } else {
-                            item.payload.clone()
+                            payload
                         },
                     )
                     .push_bind(if *superseded { "superseded" } else { "pending" })
@@ -1711,17 +1716,23 @@ impl IngestTx for SqliteIngest {
     async fn write(
         &mut self,
         plan: &Plan,
-        outbox: &[OutboxItem],
+        mut outbox: Vec<OutboxItem>,
         received_at: Millis,
         laps: &mut Laps,
     ) -> Result<()> {
         let pid = self.platform_id;
-        // The items first: the orders' and enrolments' rows name their newest.
+        // The items first: the orders' and enrolments' rows name their newest. Their
+        // payloads move into the statement (not copied).
+        let payloads = outbox
+            .iter_mut()
+            .map(|i| std::mem::take(&mut i.payload))
+            .collect();
         let newest = queue(
             &self.vault,
             &mut self.tx,
             pid,
-            outbox,
+            &outbox,
+            payloads,
             &mut self.anchors,
             received_at,
         )
@@ -2052,6 +2063,7 @@ impl IngestTx for SqliteIngest {
             &mut self.tx,
             self.platform_id,
             outbox,
+            outbox.iter().map(|i| i.payload.clone()).collect(),
             &mut self.anchors,
             at,
         )

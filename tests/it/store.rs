@@ -167,7 +167,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             );
             tx.write(
                 &plan,
-                &oip_gateway::forward::outbox::items(
+                oip_gateway::forward::outbox::items(
                     &plan,
                     &p,
                     &Default::default(),
@@ -196,7 +196,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
         assert_eq!(plan.rejections.len(), 1);
         tx.write(
             &plan,
-            &oip_gateway::forward::outbox::items(
+            oip_gateway::forward::outbox::items(
                 &plan,
                 &p,
                 &Default::default(),
@@ -302,7 +302,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let plan = crosscheck::Plan::default();
         let items = [item("r1", 1), item("r2", 1), item("r1", 2), item("r3", 1)];
-        tx.write(&plan, &items, 10, &mut Laps::start())
+        tx.write(&plan, items.to_vec(), 10, &mut Laps::start())
             .await
             .expect(name);
         tx.commit().await.expect(name);
@@ -419,7 +419,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             let store = store.clone();
             async move {
                 let mut tx = store.begin_ingest(p.id).await.expect("begin");
-                tx.write(&crosscheck::Plan::default(), &items, at, &mut Laps::start())
+                tx.write(&crosscheck::Plan::default(), items, at, &mut Laps::start())
                     .await
                     .expect("write");
                 tx.commit().await.expect("commit");
@@ -856,7 +856,7 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
                 1,
                 &Default::default(),
             );
-            tx.write(&plan, &items, 10, &mut Laps::start())
+            tx.write(&plan, items.to_vec(), 10, &mut Laps::start())
                 .await
                 .expect("write");
             tx.commit().await.expect("commit");
