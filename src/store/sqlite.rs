@@ -1195,41 +1195,92 @@ async fn queue<'a>(
         .zip(payloads)
         .zip(&obsolete)
         .zip(seqs.iter().zip(&previous));
+    let mut run = Overlapped::default();
     for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
-             created_at, handled_at, enrolment, previous, chained) ",
-        );
-        q.push_values(
-            rows.by_ref().take(chunk.len()),
-            |mut b, (((item, payload), superseded), (seq, previous))| {
-                b.push_bind(*seq)
-                    .push_bind(item.destination.as_str())
-                    .push_bind(&item.record_key)
-                    .push_bind(&item.idempotency_key)
-                    .push_bind(
-                        if carries_personal_data(item.destination, &item.record_key) {
-                            vault.seal(&payload, AAD_PAYLOAD)
-                        } else {
-                            payload
-                        },
-                    )
-                    .push_bind(if *superseded { "superseded" } else { "pending" })
-                    .push_bind(at)
-                    .push_bind(at)
-                    .push_bind(superseded.then_some(at))
-                    .push_bind(item.daily_enrolment.is_some())
-                    .push_bind(*previous)
-                    .push_bind(item.daily_enrolment.is_some() || item.order_id.is_some());
-            },
-        );
-        q.build()
-            .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
+        run.then(tx, || {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
+                 created_at, handled_at, enrolment, previous, chained) ",
+            );
+            q.push_values(
+                rows.by_ref().take(chunk.len()),
+                |mut b, (((item, payload), superseded), (seq, previous))| {
+                    b.push_bind(*seq)
+                        .push_bind(item.destination.as_str())
+                        .push_bind(&item.record_key)
+                        .push_bind(&item.idempotency_key)
+                        .push_bind(
+                            if carries_personal_data(item.destination, &item.record_key) {
+                                vault.seal(&payload, AAD_PAYLOAD)
+                            } else {
+                                payload
+                            },
+                        )
+                        .push_bind(if *superseded { "superseded" } else { "pending" })
+                        .push_bind(at)
+                        .push_bind(at)
+                        .push_bind(superseded.then_some(at))
+                        .push_bind(item.daily_enrolment.is_some())
+                        .push_bind(*previous)
+                        .push_bind(item.daily_enrolment.is_some() || item.order_id.is_some());
+                },
+            );
+            (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+        })
+        .await?;
     }
+    run.finish(tx).await?;
     Ok(newest)
+}
+
+/// Multi-row statements of one kind, run one after another on the writer's thread,
+/// each built on the calling thread while the one before it runs (issue 13's profile:
+/// building a statement's arguments and running it took turns, each thread idle while
+/// the other worked). A failed statement fails the rest (the transaction is then
+/// rolled back by its caller).
+#[derive(Default)]
+struct Overlapped<'q> {
+    /// Built and not yet run, and whether to keep it prepared (`kept`).
+    next: Option<(QueryBuilder<'q, Sqlite>, bool)>,
+}
+
+impl<'q> Overlapped<'q> {
+    /// Builds a statement with `build` while the one built before runs.
+    async fn then(
+        &mut self,
+        tx: &mut WriteTx,
+        build: impl FnOnce() -> (QueryBuilder<'q, Sqlite>, bool),
+    ) -> Result<()> {
+        let built = match self.next.take() {
+            None => build(),
+            Some((mut q, persistent)) => {
+                let mut run = std::pin::pin!(q.build().persistent(persistent).execute(&mut **tx));
+                // The first poll hands the statement to the connection's thread.
+                let sent = futures::poll!(run.as_mut());
+                let built = build();
+                match sent {
+                    std::task::Poll::Ready(ran) => ran,
+                    std::task::Poll::Pending => run.await,
+                }
+                .map_err(db_err)?;
+                built
+            }
+        };
+        self.next = Some(built);
+        Ok(())
+    }
+
+    /// Runs the last statement built.
+    async fn finish(mut self, tx: &mut WriteTx) -> Result<()> {
+        if let Some((mut q, persistent)) = self.next.take() {
+            q.build()
+                .persistent(persistent)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
 }
 
 /// The newest item queued by `queue` of each daily enrolment and each order.
@@ -1738,52 +1789,53 @@ impl IngestTx for SqliteIngest {
         )
         .await?;
         laps.lap("write_outbox");
+        let mut run = Overlapped::default();
         for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
-                 birth_date, industries, registered_at, status, left_at, received_at, id_number_hash) ",
-            );
-            let vault = &self.vault;
-            q.push_values(chunk, |mut b, w| {
-                let r = &w.record;
-                b.push_bind(pid)
-                    .push_bind(&r.worker_id)
-                    .push_bind(i64::from(r.revision))
-                    .push_bind(
-                        vault
-                            .mask_hash(&row_of(pid, &r.worker_id), &w.hash)
-                            .to_vec(),
-                    )
-                    .push_bind(r.id_number.id_type().as_str())
-                    .push_bind(vault.seal(r.id_number.as_str().as_bytes(), AAD_ID_NUMBER))
-                    .push_bind(vault.seal(r.name.as_str().as_bytes(), AAD_NAME))
-                    .push_bind(vault.seal(r.mobile.as_str().as_bytes(), AAD_MOBILE))
-                    .push_bind(
-                        r.id_number
-                            .birth_date()
-                            .map(|d| vault.seal(d.to_string().as_bytes(), AAD_BIRTH_DATE)),
-                    )
-                    .push_bind(join(&r.industries))
-                    .push_bind(r.registered_at)
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.left_at)
-                    .push_bind(received_at)
-                    .push_bind(vault.lookup_hash(r.id_number.as_str().as_bytes()).to_vec());
-            });
-            q.push(
-                " ON CONFLICT (platform_id, worker_id) DO UPDATE SET revision = excluded.revision,
-                 content_hash = excluded.content_hash, id_type = excluded.id_type, id_number = excluded.id_number,
-                 id_number_hash = excluded.id_number_hash,
-                 name = excluded.name, mobile = excluded.mobile, birth_date = excluded.birth_date,
-                 industries = excluded.industries, registered_at = excluded.registered_at, status = excluded.status,
-                 left_at = excluded.left_at, received_at = excluded.received_at",
-            );
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT / 2))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
+                     birth_date, industries, registered_at, status, left_at, received_at, id_number_hash) ",
+                );
+                let vault = &self.vault;
+                q.push_values(chunk, |mut b, w| {
+                    let r = &w.record;
+                    b.push_bind(pid)
+                        .push_bind(&r.worker_id)
+                        .push_bind(i64::from(r.revision))
+                        .push_bind(
+                            vault
+                                .mask_hash(&row_of(pid, &r.worker_id), &w.hash)
+                                .to_vec(),
+                        )
+                        .push_bind(r.id_number.id_type().as_str())
+                        .push_bind(vault.seal(r.id_number.as_str().as_bytes(), AAD_ID_NUMBER))
+                        .push_bind(vault.seal(r.name.as_str().as_bytes(), AAD_NAME))
+                        .push_bind(vault.seal(r.mobile.as_str().as_bytes(), AAD_MOBILE))
+                        .push_bind(
+                            r.id_number
+                                .birth_date()
+                                .map(|d| vault.seal(d.to_string().as_bytes(), AAD_BIRTH_DATE)),
+                        )
+                        .push_bind(join(&r.industries))
+                        .push_bind(r.registered_at)
+                        .push_bind(r.status.as_str())
+                        .push_bind(r.left_at)
+                        .push_bind(received_at)
+                        .push_bind(vault.lookup_hash(r.id_number.as_str().as_bytes()).to_vec());
+                });
+                q.push(
+                    " ON CONFLICT (platform_id, worker_id) DO UPDATE SET revision = excluded.revision,
+                     content_hash = excluded.content_hash, id_type = excluded.id_type, id_number = excluded.id_number,
+                     id_number_hash = excluded.id_number_hash,
+                     name = excluded.name, mobile = excluded.mobile, birth_date = excluded.birth_date,
+                     industries = excluded.industries, registered_at = excluded.registered_at, status = excluded.status,
+                     left_at = excluded.left_at, received_at = excluded.received_at",
+                );
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT / 2))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         if !plan.workers.is_empty() {
             // Cached worker states hold while this does not move (`ingest::workers`).
             sqlx::query("UPDATE platforms SET workers_version = workers_version + 1 WHERE id = ?1")
@@ -1793,156 +1845,161 @@ impl IngestTx for SqliteIngest {
                 .map_err(db_err)?;
         }
         laps.lap("write_workers");
+        let mut run = Overlapped::default();
         for chunk in plan.orders.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO orders (platform_id, order_id, revision, content_hash, worker_id, industry, division_code,
-                 accepted_at, completed_at, status, vehicle_plate, received_at, latest_item) ",
-            );
-            q.push_values(chunk, |mut b, w| {
-                let r = &w.record;
-                b.push_bind(pid)
-                    .push_bind(&r.order_id)
-                    .push_bind(i64::from(r.revision))
-                    .push_bind(&w.hash[..])
-                    .push_bind(&r.worker_id)
-                    .push_bind(&r.industry)
-                    .push_bind(&r.division_code)
-                    .push_bind(r.accepted_at)
-                    .push_bind(r.completed_at)
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.vehicle_plate.as_ref().map(|p| p.as_str()))
-                    .push_bind(received_at)
-                    .push_bind(newest.orders.get(r.order_id.as_str()).copied());
-            });
-            q.push(
-                " ON CONFLICT (platform_id, order_id) DO UPDATE SET revision = excluded.revision,
-                 content_hash = excluded.content_hash, worker_id = excluded.worker_id, industry = excluded.industry,
-                 division_code = excluded.division_code, accepted_at = excluded.accepted_at,
-                 completed_at = excluded.completed_at, status = excluded.status,
-                 vehicle_plate = excluded.vehicle_plate, received_at = excluded.received_at,
-                 latest_item = coalesce(excluded.latest_item, latest_item)",
-            );
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO orders (platform_id, order_id, revision, content_hash, worker_id, industry, division_code,
+                     accepted_at, completed_at, status, vehicle_plate, received_at, latest_item) ",
+                );
+                q.push_values(chunk, |mut b, w| {
+                    let r = &w.record;
+                    b.push_bind(pid)
+                        .push_bind(&r.order_id)
+                        .push_bind(i64::from(r.revision))
+                        .push_bind(&w.hash[..])
+                        .push_bind(&r.worker_id)
+                        .push_bind(&r.industry)
+                        .push_bind(&r.division_code)
+                        .push_bind(r.accepted_at)
+                        .push_bind(r.completed_at)
+                        .push_bind(r.status.as_str())
+                        .push_bind(r.vehicle_plate.as_ref().map(|p| p.as_str()))
+                        .push_bind(received_at)
+                        .push_bind(newest.orders.get(r.order_id.as_str()).copied());
+                });
+                q.push(
+                    " ON CONFLICT (platform_id, order_id) DO UPDATE SET revision = excluded.revision,
+                     content_hash = excluded.content_hash, worker_id = excluded.worker_id, industry = excluded.industry,
+                     division_code = excluded.division_code, accepted_at = excluded.accepted_at,
+                     completed_at = excluded.completed_at, status = excluded.status,
+                     vehicle_plate = excluded.vehicle_plate, received_at = excluded.received_at,
+                     latest_item = coalesce(excluded.latest_item, latest_item)",
+                );
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         laps.lap("write_orders");
+        let mut run = Overlapped::default();
         for chunk in plan.rejections.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO rejections (platform_id, kind, record_id, revision, code, field, message, received_at) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(pid)
-                    .push_bind(r.kind.map_or("", crate::domain::RecordKind::as_str))
-                    .push_bind(&r.id)
-                    .push_bind(i64::from(r.revision))
-                    .push_bind(r.rejection.code.as_str())
-                    .push_bind(&r.rejection.field)
-                    .push_bind(&r.rejection.message)
-                    .push_bind(received_at);
-            });
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO rejections (platform_id, kind, record_id, revision, code, field, message, received_at) ",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(pid)
+                        .push_bind(r.kind.map_or("", crate::domain::RecordKind::as_str))
+                        .push_bind(&r.id)
+                        .push_bind(i64::from(r.revision))
+                        .push_bind(r.rejection.code.as_str())
+                        .push_bind(&r.rejection.field)
+                        .push_bind(&r.rejection.message)
+                        .push_bind(received_at);
+                });
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         laps.lap("write_rejections");
         let mut positions = 0_i64..;
+        let mut run = Overlapped::default();
         for chunk in plan.declarations.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO declarations (platform_id, declaration_id, revision, content_hash, period, division_code,
-                 industry, order_count, amount_fen, received_at, arrival) ",
-            );
-            q.push_values(chunk, |mut b, w| {
-                let r = &w.record;
-                b.push_bind(pid)
-                    .push_bind(&r.declaration_id)
-                    .push_bind(i64::from(r.revision))
-                    .push_bind(&w.hash[..])
-                    .push_bind(r.period.to_string())
-                    .push_bind(&r.division_code)
-                    .push_bind(&r.industry)
-                    .push_bind(r.figures.order_count)
-                    .push_bind(r.figures.amount_fen)
-                    .push_bind(received_at)
-                    // Later in the batch is later: it supersedes.
-                    .push_bind(received_at * 100_000 + positions.next().unwrap_or(0));
-            });
-            q.push(
-                " ON CONFLICT (platform_id, declaration_id) DO UPDATE SET revision = excluded.revision,
-                 content_hash = excluded.content_hash, period = excluded.period, division_code = excluded.division_code,
-                 industry = excluded.industry, order_count = excluded.order_count, amount_fen = excluded.amount_fen,
-                 received_at = excluded.received_at, arrival = excluded.arrival",
-            );
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO declarations (platform_id, declaration_id, revision, content_hash, period, division_code,
+                     industry, order_count, amount_fen, received_at, arrival) ",
+                );
+                q.push_values(chunk, |mut b, w| {
+                    let r = &w.record;
+                    b.push_bind(pid)
+                        .push_bind(&r.declaration_id)
+                        .push_bind(i64::from(r.revision))
+                        .push_bind(&w.hash[..])
+                        .push_bind(r.period.to_string())
+                        .push_bind(&r.division_code)
+                        .push_bind(&r.industry)
+                        .push_bind(r.figures.order_count)
+                        .push_bind(r.figures.amount_fen)
+                        .push_bind(received_at)
+                        // Later in the batch is later: it supersedes.
+                        .push_bind(received_at * 100_000 + positions.next().unwrap_or(0));
+                });
+                q.push(
+                    " ON CONFLICT (platform_id, declaration_id) DO UPDATE SET revision = excluded.revision,
+                     content_hash = excluded.content_hash, period = excluded.period, division_code = excluded.division_code,
+                     industry = excluded.industry, order_count = excluded.order_count, amount_fen = excluded.amount_fen,
+                     received_at = excluded.received_at, arrival = excluded.arrival",
+                );
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         laps.lap("write_declarations");
+        let mut run = Overlapped::default();
         for chunk in plan.accidents.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO accidents (platform_id, report_id, revision, content_hash, worker_id, order_id, occurred_at,
-                 division_code, injury_kind, description, received_at) ",
-            );
-            q.push_values(chunk, |mut b, w| {
-                let r = &w.record;
-                b.push_bind(pid)
-                    .push_bind(&r.report_id)
-                    .push_bind(i64::from(r.revision))
-                    .push_bind(
-                        self.vault
-                            .mask_hash(&row_of(pid, &r.report_id), &w.hash)
-                            .to_vec(),
-                    )
-                    .push_bind(&r.worker_id)
-                    .push_bind(&r.order_id)
-                    .push_bind(r.occurred_at)
-                    .push_bind(&r.division_code)
-                    .push_bind(r.injury_kind.as_str())
-                    .push_bind(self.vault.seal(r.description.as_bytes(), AAD_DESCRIPTION))
-                    .push_bind(received_at);
-            });
-            q.push(
-                " ON CONFLICT (platform_id, report_id) DO UPDATE SET revision = excluded.revision,
-                 content_hash = excluded.content_hash, worker_id = excluded.worker_id, order_id = excluded.order_id,
-                 occurred_at = excluded.occurred_at, division_code = excluded.division_code,
-                 injury_kind = excluded.injury_kind, description = excluded.description, received_at = excluded.received_at",
-            );
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO accidents (platform_id, report_id, revision, content_hash, worker_id, order_id, occurred_at,
+                     division_code, injury_kind, description, received_at) ",
+                );
+                q.push_values(chunk, |mut b, w| {
+                    let r = &w.record;
+                    b.push_bind(pid)
+                        .push_bind(&r.report_id)
+                        .push_bind(i64::from(r.revision))
+                        .push_bind(
+                            self.vault
+                                .mask_hash(&row_of(pid, &r.report_id), &w.hash)
+                                .to_vec(),
+                        )
+                        .push_bind(&r.worker_id)
+                        .push_bind(&r.order_id)
+                        .push_bind(r.occurred_at)
+                        .push_bind(&r.division_code)
+                        .push_bind(r.injury_kind.as_str())
+                        .push_bind(self.vault.seal(r.description.as_bytes(), AAD_DESCRIPTION))
+                        .push_bind(received_at);
+                });
+                q.push(
+                    " ON CONFLICT (platform_id, report_id) DO UPDATE SET revision = excluded.revision,
+                     content_hash = excluded.content_hash, worker_id = excluded.worker_id, order_id = excluded.order_id,
+                     occurred_at = excluded.occurred_at, division_code = excluded.division_code,
+                     injury_kind = excluded.injury_kind, description = excluded.description, received_at = excluded.received_at",
+                );
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         laps.lap("write_accidents");
         let deltas: Vec<_> = plan.statement_deltas.iter().collect();
+        let mut run = Overlapped::default();
         for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO volume_statements (platform_id, period, industry, division_code, billable_count, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, (k, d)| {
-                b.push_bind(pid)
-                    .push_bind(k.period.to_string())
-                    .push_bind(&k.industry)
-                    .push_bind(&k.division_code)
-                    .push_bind(**d)
-                    .push_bind(received_at);
-            });
-            q.push(
-                " ON CONFLICT (platform_id, period, industry, division_code) DO UPDATE SET
-                 billable_count = billable_count + excluded.billable_count, updated_at = excluded.updated_at",
-            );
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO volume_statements (platform_id, period, industry, division_code, billable_count, updated_at) ",
+                );
+                q.push_values(chunk, |mut b, (k, d)| {
+                    b.push_bind(pid)
+                        .push_bind(k.period.to_string())
+                        .push_bind(&k.industry)
+                        .push_bind(&k.division_code)
+                        .push_bind(**d)
+                        .push_bind(received_at);
+                });
+                q.push(
+                    " ON CONFLICT (platform_id, period, industry, division_code) DO UPDATE SET
+                     billable_count = billable_count + excluded.billable_count, updated_at = excluded.updated_at",
+                );
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         laps.lap("write_statements");
         for period in &plan.closes {
             sqlx::query("INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)")
@@ -1968,29 +2025,30 @@ impl IngestTx for SqliteIngest {
                 .filter(|(k, _)| !plan.enrolment_deltas.contains_key(**k))
                 .map(|(k, seq)| (*k, 0, Some(*seq))),
         );
+        let mut run = Overlapped::default();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item) ",
-            );
-            q.push_values(chunk, |mut b, (k, delta, item)| {
-                b.push_bind(pid)
-                    .push_bind(&k.worker_id)
-                    .push_bind(k.day.to_string())
-                    .push_bind(&k.division_code)
-                    .push_bind(*delta)
-                    .push_bind(*item);
-            });
-            q.push(
-                " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET
-                 order_count = max(order_count + excluded.order_count, 0),
-                 latest_item = coalesce(excluded.latest_item, latest_item)",
-            );
-            q.build()
-                .persistent(kept(chunk.len(), ROWS_PER_STATEMENT))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_err)?;
+            run.then(&mut self.tx, || {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item) ",
+                );
+                q.push_values(chunk, |mut b, (k, delta, item)| {
+                    b.push_bind(pid)
+                        .push_bind(&k.worker_id)
+                        .push_bind(k.day.to_string())
+                        .push_bind(&k.division_code)
+                        .push_bind(*delta)
+                        .push_bind(*item);
+                });
+                q.push(
+                    " ON CONFLICT (platform_id, worker_id, day, division_code) DO UPDATE SET
+                     order_count = max(order_count + excluded.order_count, 0),
+                     latest_item = coalesce(excluded.latest_item, latest_item)",
+                );
+                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            })
+            .await?;
         }
+        run.finish(&mut self.tx).await?;
         // A day whose last order moved away is no longer an enrolment, but its row
         // stays at 0 orders: it names the day's newest item (`latest_item`), which the
         // withdrawal is, and which a later order of that day supersedes.
