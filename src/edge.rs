@@ -384,14 +384,35 @@ pub struct IdleBody {
 /// is about to wait for the caller again after work of its own. A poll of the body
 /// that found nothing (a look-ahead, `now_or_never`) started the idle timer; the next
 /// poll drops it, so the handler's work in between (a commit) is not counted as the
-/// caller's idle time.
+/// caller's idle time. A handler that reads ahead while its own work is under way
+/// (`SubmitStream`) holds the timer instead ([`IdleRearm::hold`]).
 #[derive(Debug, Clone, Default)]
-pub struct IdleRearm(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub struct IdleRearm(std::sync::Arc<IdleFlags>);
+
+#[derive(Debug, Default)]
+struct IdleFlags {
+    rearm: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicBool,
+}
 
 impl IdleRearm {
     /// The idle time counts again from the body's next poll.
     pub fn rearm(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+        self.0
+            .rearm
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `true`: the handler is working on what the caller sent (the caller may wait for
+    /// its answers before sending more), so no idle time counts, even while the body
+    /// is polled; `false`: it counts again from the body's next poll.
+    pub fn hold(&self, held: bool) {
+        self.0
+            .held
+            .store(held, std::sync::atomic::Ordering::Release);
+        if !held {
+            self.rearm();
+        }
     }
 }
 
@@ -419,6 +440,7 @@ impl http_body::Body for IdleBody {
         if this
             .rearm
             .0
+            .rearm
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
             this.timer = None;
@@ -427,6 +449,10 @@ impl http_body::Body for IdleBody {
             Poll::Ready(frame) => {
                 this.timer = None;
                 Poll::Ready(frame)
+            }
+            Poll::Pending if this.rearm.0.held.load(std::sync::atomic::Ordering::Acquire) => {
+                this.timer = None;
+                Poll::Pending
             }
             Poll::Pending => {
                 let idle = this.idle;

@@ -106,7 +106,9 @@ pub fn bounded(status: &Status, max: usize) -> Status {
 
 /// `status` with what a stream had applied before it failed added to its message.
 pub fn with_progress(status: &Status, progress: &str) -> Status {
-    Status::new(status.code(), format!("{}; {progress}", status.message()))
+    let mut s = Status::new(status.code(), format!("{}; {progress}", status.message()));
+    *s.metadata_mut() = status.metadata().clone();
+    s
 }
 
 /// The status a call ends with when its caller sent nothing for `idle`
@@ -151,6 +153,9 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Store(s) => ApiError::Store(s),
             IngestError::DeadlineExceeded(d) => d.into(),
+            IngestError::NotApplied => {
+                ApiError::Store(StoreError::Unavailable(IngestError::NotApplied.to_string()))
+            }
         }
     }
 }

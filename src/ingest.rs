@@ -31,6 +31,11 @@ pub enum IngestError {
     /// The caller's deadline passed before the commit: rolled back.
     #[error(transparent)]
     DeadlineExceeded(#[from] DeadlineExceeded),
+    /// A part of a stream not applied because the stream stopped before its
+    /// transaction began (its caller went away or the stream broke; see
+    /// [`Sequence::stop`]).
+    #[error("the stream stopped before this part was applied; nothing of it was applied")]
+    NotApplied,
 }
 
 /// Settings of the rules that come from configuration.

@@ -330,10 +330,13 @@ impl PlatformApi {
         note: CallNote,
         mut inbound: Streaming<proto::SubmitRequest>,
         deadline: Option<CallDeadline>,
+        rearm: Option<crate::edge::IdleRearm>,
         tx: mpsc::Sender<Result<proto::BatchOutcome, Status>>,
     ) {
         let sequence = Sequence::default();
         let mut pending: VecDeque<Queued> = VecDeque::new();
+        // Whether the idle timer is held (chunks are being applied).
+        let mut held = false;
         // Records answered (all applied), and records read (the next chunk's offset).
         let (mut seen, mut read) = (0usize, 0usize);
         // Why reading stopped, answered once the chunks before it are.
@@ -341,9 +344,21 @@ impl PlatformApi {
         let mut watching = deadline.is_some();
         loop {
             let ahead: usize = pending.iter().map(|q| q.records).sum();
-            let room = stop.is_none() && pending.len() < PARTS_AHEAD && ahead < RECORDS_AHEAD;
+            let bytes: usize = pending.iter().map(|q| q.bytes).sum();
+            let room = stop.is_none()
+                && pending.len() < PARTS_AHEAD
+                && ahead < RECORDS_AHEAD
+                && bytes < self.limits.max_message_bytes;
             if !room && pending.is_empty() {
                 break;
+            }
+            // While chunks are being applied the caller may wait for their answers:
+            // that is not idle time.
+            if let Some(r) = &rearm
+                && held == pending.is_empty()
+            {
+                held = !pending.is_empty();
+                r.hold(held);
             }
             let next = tokio::select! {
                 biased;
@@ -380,6 +395,8 @@ impl PlatformApi {
                                 break;
                             }
                         }
+                        // Stopped because the stream broke: that is the answer.
+                        Err(crate::ingest::IngestError::NotApplied) => break,
                         Err(e) => {
                             let e = ApiError::from(e);
                             let status = match self.part_failed(&note, q.records, &e).await {
@@ -389,7 +406,12 @@ impl PlatformApi {
                                         "the caller's deadline passed before this chunk committed; the chunks before it were applied and answered (records before index {seen}), this one and the rest were not"
                                     ))
                                     .into(),
-                                    e => e.into(),
+                                    e => error::with_progress(
+                                        &e.into(),
+                                        &format!(
+                                            "the chunks before this one were applied and answered (records before index {seen}); this one and the rest were not (a failed transaction fails every chunk in it)"
+                                        ),
+                                    ),
                                 },
                             };
                             let _ = tx.send(Err(status)).await;
@@ -399,14 +421,22 @@ impl PlatformApi {
                 }
                 Next::Deadline => {
                     watching = false;
+                    // Chunks not yet committing fail with it; if the client's side
+                    // has ended, those already committing end the stream as usual.
                     if let Some(d) = &deadline {
                         d.expire();
                     }
-                    stop = Some(ReadStop::DeadlineWhileOpen);
+                    stop.get_or_insert(ReadStop::DeadlineWhileOpen);
                 }
                 Next::Message(Ok(None)) => stop = Some(ReadStop::Ended),
-                Next::Message(Err(status)) => stop = Some(ReadStop::Broken(status)),
+                Next::Message(Err(status)) => {
+                    // The caller went away or the stream broke: queued chunks not yet
+                    // in a transaction are not applied (no one could be told).
+                    sequence.stop(crate::ingest::IngestError::NotApplied);
+                    stop = Some(ReadStop::Broken(status));
+                }
                 Next::Message(Ok(Some(m))) => {
+                    let bytes = prost::Message::encoded_len(&m);
                     let records = m.records;
                     if let Err(e) = self.take_records(&note, records.len()) {
                         stop = Some(ReadStop::Refused(e));
@@ -441,6 +471,7 @@ impl PlatformApi {
                             names,
                             offset: read,
                             records: records.len(),
+                            bytes,
                             answer: Box::pin(answer),
                         }),
                         Err(e) => {
@@ -449,6 +480,7 @@ impl PlatformApi {
                                 names,
                                 offset: read,
                                 records: records.len(),
+                                bytes,
                                 answer: Box::pin(std::future::ready(Err(e))),
                             });
                             stop = Some(ReadStop::Ended);
@@ -460,12 +492,11 @@ impl PlatformApi {
         }
         // Parts queued but not answered (the stream failed or its caller went away)
         // are not applied unless their transaction is already under way.
-        sequence.stop(crate::ingest::IngestError::Store(
-            crate::store::StoreError::Unavailable(
-                "the stream ended before this chunk was applied".into(),
-            ),
-        ));
-        if !pending.is_empty() {
+        sequence.stop(crate::ingest::IngestError::NotApplied);
+        if let Some(r) = &rearm {
+            r.hold(false);
+        }
+        if !pending.is_empty() && !matches!(stop, Some(ReadStop::Broken(_))) {
             return;
         }
         let status = match stop {
@@ -480,10 +511,10 @@ impl PlatformApi {
                     "the chunks before it were applied and answered (records before index {seen})"
                 ),
             ),
-            Some(ReadStop::Refused(e)) => e.into(),
+            Some(ReadStop::Refused(e)) => error::with_progress(&e.into(), &applied(seen)),
             Some(ReadStop::Part(e, records)) => match self.part_failed(&note, records, &e).await {
                 Err(audit) => audit.into(),
-                Ok(()) => e.into(),
+                Ok(()) => error::with_progress(&e.into(), &applied(seen)),
             },
         };
         let _ = tx.send(Err(status)).await;
@@ -756,6 +787,13 @@ impl Part {
     }
 }
 
+/// How far a `SubmitStream` got, for the status that ends it: `seen` records applied.
+fn applied(seen: usize) -> String {
+    format!(
+        "the chunks before it were applied and answered (records before index {seen}), the rest were not"
+    )
+}
+
 /// Chunks of a `SubmitStream` queued and not yet answered, at most.
 const PARTS_AHEAD: usize = 16;
 
@@ -770,6 +808,8 @@ struct Queued {
     names: Vec<Named>,
     offset: usize,
     records: usize,
+    /// Its message's encoded size.
+    bytes: usize,
     answer: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Plan, crate::ingest::IngestError>> + Send>,
     >,
@@ -1055,6 +1095,7 @@ impl PlatformService for PlatformApi {
             .max_batch_records
             .min(self.admission.max_records_at_once(note.identity()));
         let deadline = req.extensions().get::<CallDeadline>().cloned();
+        let rearm = req.extensions().get::<crate::edge::IdleRearm>().cloned();
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
@@ -1062,7 +1103,7 @@ impl PlatformService for PlatformApi {
             d.own();
         }
         tokio::spawn(async move {
-            api.submit_parts(platform, note, inbound, deadline, tx)
+            api.submit_parts(platform, note, inbound, deadline, rearm, tx)
                 .await
         });
         // The limits a chunk must keep, for clients to size their chunks by.

@@ -156,6 +156,9 @@ struct Leading {
     lanes: Lanes,
     platform_id: i64,
     done: bool,
+    /// The streams of the group under way: stopped with it, so that none of their
+    /// later parts is applied by a new leader.
+    current: Vec<Sequence>,
 }
 
 impl Drop for Leading {
@@ -163,7 +166,13 @@ impl Drop for Leading {
         if self.done {
             return;
         }
+        for s in &self.current {
+            s.stop(stopped());
+        }
         for call in self.lanes.abandon(self.platform_id) {
+            if let Some(s) = &call.work.sequence {
+                s.stop(stopped());
+            }
             let _ = call.reply.send(Err(stopped()));
         }
     }
@@ -183,6 +192,7 @@ impl Ingest {
             lanes: self.lanes.clone(),
             platform_id,
             done: false,
+            current: Vec::new(),
         };
         loop {
             let group = self.lanes.next_group(platform_id);
@@ -191,6 +201,10 @@ impl Ingest {
                 leading.done = true;
                 return;
             }
+            leading.current = group
+                .iter()
+                .filter_map(|c| c.work.sequence.clone())
+                .collect();
             self.commit_group(group).await;
         }
     }

@@ -871,3 +871,150 @@ proptest::proptest! {
         rt.block_on(replay_against_fresh_reads(steps));
     }
 }
+
+/// Holds the database's write lock (`BEGIN IMMEDIATE` on a connection of its own)
+/// until the returned sender is used or dropped: every ingest transaction waits.
+async fn hold_write_lock(
+    pool: &sqlx::SqlitePool,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (held, is_held) = tokio::sync::oneshot::channel::<()>();
+    let pool = pool.clone();
+    let locker = tokio::spawn(async move {
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .expect("write lock");
+        let _ = held.send(());
+        let _ = released.await;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .expect("unlock");
+    });
+    is_held.await.expect("held");
+    (release, locker)
+}
+
+/// A chunk of `n` orders of W1, `<tag>-<i>`.
+fn chunk_of(tag: &str, n: usize) -> proto::SubmitRequest {
+    proto::SubmitRequest {
+        records: (0..n)
+            .map(|i| rec_order(order(&format!("{tag}-{i}"), "W1")))
+            .collect(),
+    }
+}
+
+/// Stored orders whose id starts with `prefix`.
+async fn stored_like(pool: &sqlx::SqlitePool, prefix: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE order_id LIKE ?1")
+        .bind(format!("{prefix}%"))
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    n
+}
+
+/// The read-ahead does not count the gateway's own work as the caller's idle time: a
+/// caller that sends its next chunk only after the previous one's answer, whose first
+/// chunk's commit takes longer than the idle timeout, is answered for both.
+#[tokio::test]
+async fn submit_stream_idle_time_does_not_count_while_its_chunks_are_applied() {
+    let gw = TestGateway::spawn_with(|c| c.connections.idle_stream_timeout_ms = 400).await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let pool = gw.sql().await;
+    let (release, locker) = hold_write_lock(&pool).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(chunk_of("IDLE1", 5)).await.expect("chunk 1");
+    let mut answers = a
+        .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    // The first chunk waits a second for its commit.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let _ = release.send(());
+    locker.await.expect("locker");
+    let first = answers.message().await;
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    tx.send(chunk_of("IDLE2", 5)).await.expect("chunk 2");
+    drop(tx);
+    let second = answers.message().await;
+    assert!(
+        matches!(second, Ok(Some(_))),
+        "the caller was never idle for 400 ms, yet: {second:?}"
+    );
+    assert_eq!(stored_like(&pool, "IDLE").await, 10);
+    gw.stop().await;
+}
+
+/// A caller that goes away (its connection closed) while its chunks wait in the
+/// platform's lane, behind another call's transaction: none of them is applied (no one
+/// could be told), and the other call is.
+#[tokio::test]
+async fn submit_stream_chunks_queued_when_the_caller_goes_away_are_not_applied() {
+    let gw = TestGateway::spawn().await;
+    let mut a = gw.client("platform-a").await;
+    register(&mut a, vec![worker("W1")]).await;
+    let pool = gw.sql().await;
+    let (release, locker) = hold_write_lock(&pool).await;
+    // Another call of platform A, whose transaction waits for the write lock.
+    let mut other = a.clone();
+    let unary = tokio::spawn(async move {
+        other
+            .report_orders(proto::ReportOrdersRequest {
+                orders: (0..100)
+                    .map(|i| order(&format!("OTHER-{i}"), "W1"))
+                    .collect(),
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The stream's caller, through a TCP relay: stopping the relay closes its connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let relay_addr = listener.local_addr().expect("addr");
+    let upstream = gw.addr;
+    let relay = tokio::spawn(async move {
+        let (mut down, _) = listener.accept().await.expect("accept");
+        let mut up = tokio::net::TcpStream::connect(upstream).await.expect("up");
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
+    let mut c = client(relay_addr, "platform-a").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let call = tokio::spawn(async move {
+        let mut answers = c
+            .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        while let Ok(Some(_)) = answers.message().await {}
+    });
+    for k in 1..=5 {
+        tx.send(chunk_of(&format!("LEFT{k}"), 5))
+            .await
+            .expect("chunk");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    relay.abort();
+    let _ = relay.await;
+    call.abort();
+    let _ = call.await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = release.send(());
+    locker.await.expect("locker");
+    let other = unary.await.expect("task").expect("the other call");
+    assert_eq!(other.get_ref().outcomes.len(), 100);
+    // Time for anything still queued to be applied, were it to be.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(stored_like(&pool, "OTHER").await, 100);
+    assert_eq!(stored_like(&pool, "LEFT").await, 0);
+    drop(tx);
+    gw.stop().await;
+}
