@@ -723,25 +723,7 @@ async fn a_slow_commit_never_counts_against_a_client_streams_idle_timeout() {
     let gw = TestGateway::spawn_with(|c| c.connections.idle_stream_timeout_ms = 400).await;
     let mut a = gw.client("platform-a").await;
     let pool = gw.sql().await;
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let (held, is_held) = tokio::sync::oneshot::channel::<()>();
-    let locker = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut conn = pool.acquire().await.expect("connection");
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut *conn)
-                .await
-                .expect("write lock");
-            let _ = held.send(());
-            let _ = released.await;
-            sqlx::query("ROLLBACK")
-                .execute(&mut *conn)
-                .await
-                .expect("unlock");
-        })
-    };
-    is_held.await.expect("held");
+    let (release, locker) = hold_write_lock(&pool).await;
     let msg = |id: &str| proto::RegisterWorkersRequest {
         workers: vec![worker(id)],
     };

@@ -841,3 +841,31 @@ pub async fn tls_connect(
         .await
         .expect("handshake")
 }
+
+/// Holds the database's write lock (`BEGIN IMMEDIATE` on a connection of its own)
+/// until the returned sender is used or dropped: every ingest transaction waits.
+pub async fn hold_write_lock(
+    pool: &sqlx::SqlitePool,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (held, is_held) = tokio::sync::oneshot::channel::<()>();
+    let pool = pool.clone();
+    let locker = tokio::spawn(async move {
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .expect("write lock");
+        let _ = held.send(());
+        let _ = released.await;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .expect("unlock");
+    });
+    is_held.await.expect("held");
+    (release, locker)
+}
