@@ -113,8 +113,23 @@ impl Ingest {
         }
     }
 
-    /// Applies a batch for `platform` and returns the plan (its outcomes are one per
-    /// candidate, in order; its writes are taken out) once it is committed.
+    /// Applies a batch and waits for its plan: [`Ingest::queue`] without a sequence.
+    pub async fn apply(
+        &self,
+        platform: &PlatformProfile,
+        candidates: Vec<Candidate>,
+        deadline: Option<&CallDeadline>,
+        trace: &outbox::Trace,
+        audit: Vec<crate::audit::Event>,
+    ) -> Result<Plan, IngestError> {
+        self.queue(platform, candidates, deadline, trace, audit, None)?
+            .await
+    }
+
+    /// Queues a batch for `platform` in the platform's lane now, and returns a future of
+    /// the plan (its outcomes are one per candidate, in order; its writes are taken out)
+    /// once it is committed: a stream queues its next part while the earlier ones are
+    /// being applied, and they are applied in the order queued.
     ///
     /// Group commit: calls of one platform that arrive while its previous transaction
     /// is under way wait in the platform's lane and are then applied together, in
@@ -128,24 +143,10 @@ impl Ingest {
     /// entry when the part is the stream's last), appended to the audit chain in this
     /// order in the same transaction: the records and their entries commit together or
     /// not at all.
-    pub async fn apply(
-        &self,
-        platform: &PlatformProfile,
-        candidates: Vec<Candidate>,
-        deadline: Option<&CallDeadline>,
-        trace: &outbox::Trace,
-        audit: Vec<crate::audit::Event>,
-    ) -> Result<Plan, IngestError> {
-        self.queue(platform, candidates, deadline, trace, audit, None)?
-            .await
-    }
-
-    /// As [`Ingest::apply`], but the batch enters the platform's lane now, before the
-    /// returned future is awaited: a stream queues its next part while the earlier ones
-    /// are being applied, and they are applied in the order queued (possibly in one
-    /// transaction). With a `sequence`, a part is applied only if every earlier part
-    /// queued with the same sequence was (see [`Sequence`]); otherwise it is answered
-    /// with the earlier part's failure.
+    ///
+    /// With a `sequence`, a part is applied only if every earlier part queued with the
+    /// same sequence was (see [`Sequence`]); otherwise it is answered with the earlier
+    /// part's failure.
     ///
     /// Err at once (nothing queued) when the deadline has passed.
     pub fn queue(

@@ -254,6 +254,20 @@ impl PlatformApi {
             .await?)
     }
 
+    /// INVALID_ARGUMENT when `items` are more than one call (or chunk) may carry
+    /// (`limits.max_batch_records`).
+    fn within_call_limit<R: WireRecord>(&self, items: &[R]) -> Result<(), ApiError> {
+        if items.len() > self.limits.max_batch_records {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} {} in one call; at most {} (send several calls or a stream)",
+                items.len(),
+                R::LIST,
+                self.limits.max_batch_records
+            )));
+        }
+        Ok(())
+    }
+
     /// Validates and applies `items` (numbered from `part.offset`), appending outcomes.
     async fn apply<R: WireRecord>(
         &self,
@@ -384,10 +398,7 @@ impl PlatformApi {
                     let Some(q) = pending.pop_front() else { break };
                     match *answer {
                         Ok(plan) => {
-                            let mut out = proto::BatchOutcome {
-                                summary: Some(Default::default()),
-                                ..Default::default()
-                            };
+                            let mut out = empty_outcome();
                             self.answer(q.names, plan, q.offset, &mut out);
                             seen += q.records;
                             note.records(seen as i64);
@@ -442,16 +453,8 @@ impl PlatformApi {
                         stop = Some(ReadStop::Refused(e));
                         continue;
                     }
-                    if records.len() > self.limits.max_batch_records {
-                        stop = Some(ReadStop::Part(
-                            ApiError::InvalidArgument(format!(
-                                "{} {} in one call; at most {} (send several calls or a stream)",
-                                records.len(),
-                                <proto::Record as WireRecord>::LIST,
-                                self.limits.max_batch_records
-                            )),
-                            records.len(),
-                        ));
+                    if let Err(e) = self.within_call_limit(&records) {
+                        stop = Some(ReadStop::Part(e, records.len()));
                         continue;
                     }
                     let (names, candidates) = self.validated(&platform, &records, read);
@@ -576,18 +579,8 @@ impl PlatformApi {
         offset: usize,
         deadline: Option<&CallDeadline>,
     ) -> Result<proto::BatchOutcome, ApiError> {
-        if items.len() > self.limits.max_batch_records {
-            return Err(ApiError::InvalidArgument(format!(
-                "{} {} in one call; at most {} (send several calls or a stream)",
-                items.len(),
-                R::LIST,
-                self.limits.max_batch_records
-            )));
-        }
-        let mut out = proto::BatchOutcome {
-            summary: Some(Default::default()),
-            ..Default::default()
-        };
+        self.within_call_limit(items)?;
+        let mut out = empty_outcome();
         let part = Part {
             offset,
             ends_call: false,
@@ -608,10 +601,7 @@ impl PlatformApi {
         deadline: Option<&CallDeadline>,
         rearm: Option<crate::edge::IdleRearm>,
     ) -> Result<proto::BatchOutcome, Status> {
-        let mut out = proto::BatchOutcome {
-            summary: Some(Default::default()),
-            ..Default::default()
-        };
+        let mut out = empty_outcome();
         let mut seen = 0usize;
         if let Some(d) = deadline {
             d.own();
@@ -838,6 +828,14 @@ enum ReadStop {
     /// The chunk was refused as a whole (its entry is written with the code), and how
     /// many records it held.
     Part(ApiError, usize),
+}
+
+/// An outcome with no records yet and a zero summary, to append a call's to.
+fn empty_outcome() -> proto::BatchOutcome {
+    proto::BatchOutcome {
+        summary: Some(Default::default()),
+        ..Default::default()
+    }
 }
 
 fn opt_time(t: Option<i64>) -> String {
