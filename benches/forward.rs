@@ -304,6 +304,7 @@ fn main() -> anyhow::Result<()> {
         start: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap_or_default(),
         id_prefix: "B".into(),
         seed: 1,
+        shape: oip_gateway::loadgen::Shape::AsTaken,
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(&orders_file)?);
     loadgen::write(&spec, &mut w)?;

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         start: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap_or_default(),
         id_prefix: "R".into(),
         seed: 7,
+        shape: oip_gateway::loadgen::Shape::AsTaken,
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
     loadgen::write(&spec, &mut w)?;

@@ -14,6 +14,25 @@ pub struct LoadSpec {
     pub start: chrono::NaiveDate,
     pub id_prefix: String,
     pub seed: u64,
+    /// How the orders spread over workers, cities and time.
+    pub shape: Shape,
+}
+
+/// How a generated file's orders spread over workers, cities and time. Either way each
+/// order picks its worker at random and the file holds `workers` workers, then
+/// `orders` orders, over 28 days.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// As a platform takes them: each worker works in one city, and orders come in
+    /// the order they were accepted, with ids in that order (a day's file, or orders
+    /// reported as they happen). What a platform sends.
+    #[default]
+    AsTaken,
+    /// Each order at a random moment of the 28 days, in a random city, in no order:
+    /// nearly every order is a new daily enrolment (a worker in 13 cities a day), and
+    /// the rows it changes are spread over every day stored. The worst case for the
+    /// store; the shape of the files issue 13's first figures were measured on.
+    Scattered,
 }
 
 /// A small, fast, deterministic generator (SplitMix64).
@@ -67,21 +86,104 @@ pub fn write(spec: &LoadSpec, out: &mut impl Write) -> std::io::Result<()> {
         )?;
     }
     let day0 = crate::domain::time::local_midnight(spec.start);
+    const SPAN_MS: u64 = 28 * 86_400_000;
+    // As taken: the o-th order within the o-th of `orders` equal slots of the span.
+    let slot = SPAN_MS / spec.orders.max(1) as u64;
     for o in 0..spec.orders {
         let w = rng.below(spec.workers as u64) as usize;
         let industry = INDUSTRIES[w % INDUSTRIES.len()];
-        let accepted = day0 + rng.below(28 * 86_400_000) as i64;
+        let accepted = day0
+            + match spec.shape {
+                Shape::AsTaken => o as u64 * slot + rng.below(slot),
+                Shape::Scattered => rng.below(SPAN_MS),
+            } as i64;
         let completed = accepted + 600_000 + rng.below(3_000_000) as i64;
         let status = if rng.below(20) == 0 {
             "CANCELLED"
         } else {
             "COMPLETED"
         };
+        let city = match spec.shape {
+            Shape::AsTaken => CITIES[w % CITIES.len()],
+            Shape::Scattered => CITIES[rng.below(CITIES.len() as u64) as usize],
+        };
         writeln!(
             out,
-            r#"{{"kind":"order","order_id":"{p}O{o}","worker_id":"{p}W{w}","industry":"{industry}","division_code":"{}","accepted_at":{accepted},"completed_at":{completed},"status":"{status}"}}"#,
-            CITIES[rng.below(CITIES.len() as u64) as usize],
+            r#"{{"kind":"order","order_id":"{p}O{o}","worker_id":"{p}W{w}","industry":"{industry}","division_code":"{city}","accepted_at":{accepted},"completed_at":{completed},"status":"{status}"}}"#,
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orders(shape: Shape) -> Vec<serde_json::Value> {
+        let spec = LoadSpec {
+            workers: 50,
+            orders: 2000,
+            start: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap_or_default(),
+            id_prefix: "T".into(),
+            seed: 3,
+            shape,
+        };
+        let mut out = Vec::new();
+        write(&spec, &mut out).expect("written");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 2050);
+        lines.into_iter().skip(50).collect()
+    }
+
+    fn field<'a>(o: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        o.get(name).expect(name)
+    }
+
+    fn accepted(orders: &[serde_json::Value]) -> Vec<i64> {
+        orders
+            .iter()
+            .map(|o| field(o, "accepted_at").as_i64().expect("millis"))
+            .collect()
+    }
+
+    #[test]
+    fn as_taken_orders_come_in_time_order_with_one_city_per_worker() {
+        let orders = orders(Shape::AsTaken);
+        let accepted = accepted(&orders);
+        assert!(accepted.windows(2).all(|w| w[0] <= w[1]), "in time order");
+        let span = accepted[accepted.len() - 1] - accepted[0];
+        assert!(span > 27 * 86_400_000, "spread over the 28 days: {span}");
+        let mut cities: std::collections::HashMap<&str, &str> = Default::default();
+        for o in &orders {
+            let w = field(o, "worker_id").as_str().expect("worker");
+            let c = field(o, "division_code").as_str().expect("city");
+            assert_eq!(*cities.entry(w).or_insert(c), c, "{w} works in one city");
+        }
+        let ids: Vec<&str> = orders
+            .iter()
+            .map(|o| field(o, "order_id").as_str().expect("id"))
+            .collect();
+        assert_eq!(ids[0], "TO0");
+        assert_eq!(ids[1999], "TO1999");
+    }
+
+    #[test]
+    fn scattered_orders_are_in_no_time_order_and_workers_in_many_cities() {
+        let orders = orders(Shape::Scattered);
+        let accepted = accepted(&orders);
+        assert!(accepted.windows(2).any(|w| w[0] > w[1]));
+        let mut cities: std::collections::HashMap<&str, std::collections::HashSet<&str>> =
+            Default::default();
+        for o in &orders {
+            cities
+                .entry(field(o, "worker_id").as_str().expect("worker"))
+                .or_default()
+                .insert(field(o, "division_code").as_str().expect("city"));
+        }
+        assert!(cities.values().any(|c| c.len() > 1));
+    }
 }

@@ -199,6 +199,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             orders,
             id_prefix,
             seed,
+            shape,
             out,
         } => {
             let spec = loadgen::LoadSpec {
@@ -207,6 +208,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 start: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap_or_default(),
                 id_prefix,
                 seed,
+                shape,
             };
             let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
             loadgen::write(&spec, &mut w)?;

@@ -166,6 +166,9 @@ pub enum Command {
         /// Seed of the random generator: the same seed writes the same file.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// How the orders spread over workers, cities and time.
+        #[arg(long, value_enum, default_value_t = crate::loadgen::Shape::AsTaken)]
+        shape: crate::loadgen::Shape,
         /// The JSON Lines file to write (replaced if it exists).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,

@@ -34,6 +34,7 @@ fn generated_file() -> Vec<u8> {
         start: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).expect("date"),
         id_prefix: "G".into(),
         seed: 13,
+        shape: oip_gateway::loadgen::Shape::Scattered,
     };
     let mut base = Vec::new();
     oip_gateway::loadgen::write(&spec, &mut base).expect("loadgen");
