@@ -2,7 +2,7 @@
 //! way platforms report orders as they happen (每单必保): N calls in flight over mTLS,
 //! for a bounded duration, each answered call timed. It first registers its own
 //! workers (ids `<prefix>W<n>`), then keeps N callers busy with fresh orders
-//! (`<prefix>O<caller>-<n>`, accepted two hours ago, Asia/Shanghai) until the duration
+//! (`<prefix>O<n>` from one counter, accepted two hours ago, Asia/Shanghai) until the duration
 //! is over, and reports the calls and orders per second and the latency percentiles.
 //!
 //! Modes: `unary` (`ReportOrders`, `--records` orders a call), `stream` (`StreamOrders`,
@@ -11,6 +11,8 @@
 //! the latency is a chunk's, from sending it to its answer).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -145,11 +147,12 @@ fn worker(opts: &LoadOptions, n: usize) -> proto::Worker {
     }
 }
 
-/// Makes the orders of one caller: fresh ids, workers in turn.
+/// Makes the orders of one caller: fresh ids, workers in turn. The callers share one
+/// counter, so ids grow with time across them, as a platform's order numbers do
+/// (time-ordered, whichever of its servers took the order): `<prefix>O<12 digits>`.
 struct Orders {
     prefix: String,
-    caller: usize,
-    next: u64,
+    next: Arc<AtomicU64>,
     workers: usize,
     industry: String,
     division: String,
@@ -161,16 +164,11 @@ impl Orders {
     fn take(&mut self, n: usize) -> Vec<proto::Order> {
         (0..n)
             .map(|_| {
-                let i = self.next;
-                self.next += 1;
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
                 proto::Order {
-                    order_id: format!("{}O{}-{i}", self.prefix, self.caller),
+                    order_id: format!("{}O{i:012}", self.prefix),
                     revision: Some(1),
-                    worker_id: format!(
-                        "{}W{}",
-                        self.prefix,
-                        (i as usize + self.caller) % self.workers
-                    ),
+                    worker_id: format!("{}W{}", self.prefix, i as usize % self.workers),
                     industry: self.industry.clone(),
                     division_code: self.division.clone(),
                     accepted_at: self.accepted_at.clone(),
@@ -274,12 +272,12 @@ pub async fn run(channels: &[Channel], opts: &LoadOptions) -> anyhow::Result<Loa
     let started = Instant::now();
     let until = started + opts.duration;
     let mut callers = Vec::with_capacity(opts.in_flight);
+    let next = Arc::new(AtomicU64::new(0));
     for caller in 0..opts.in_flight.max(1) {
         let mut c = client(caller);
         let mut orders = Orders {
             prefix: opts.id_prefix.clone(),
-            caller,
-            next: 0,
+            next: next.clone(),
             workers: opts.workers.max(1),
             industry: opts.industry.clone(),
             division: opts.division.clone(),
