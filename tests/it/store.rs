@@ -661,6 +661,18 @@ async fn older_database(
     pool
 }
 
+/// Platform A as row 1 of an older database's `platforms`.
+async fn insert_platform_a(pool: &sqlx::SqlitePool) {
+    sqlx::query(
+        "INSERT INTO platforms (id, uscc, name, industries, delivery_tier, updated_at)
+         VALUES (1, ?1, 'P', 'INSTANT_DELIVERY', 'B', 0)",
+    )
+    .bind(oip_gateway::certs::DEMO_PLATFORM_A)
+    .execute(pool)
+    .await
+    .expect("platform");
+}
+
 /// A backend simulator's file made before its key index led with the key's version
 /// (migrations up to 20261202000001) keeps its items, and a key it applied is still a
 /// repeat after the upgrade, whatever the key's last segment.
@@ -725,14 +737,7 @@ async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
         let pool = older_database(dir.path(), &url, "migrations/sqlite", "20261202000001").await;
         let uscc = oip_gateway::certs::DEMO_PLATFORM_A;
         let day = format!("{uscc}/enrolment/W1/2025-07-02/320100");
-        sqlx::query(
-            "INSERT INTO platforms (id, uscc, name, industries, delivery_tier, updated_at)
-             VALUES (1, ?1, 'P', 'INSTANT_DELIVERY', 'B', 0)",
-        )
-        .bind(uscc)
-        .execute(&pool)
-        .await
-        .expect("platform");
+        insert_platform_a(&pool).await;
         // Seq 1 was delivered before enrolment items were flagged; 3 and 4 were
         // flagged by the earlier migration (3 superseded by 4, still pending).
         for (seq, key, state, flagged) in [
@@ -792,6 +797,81 @@ async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
         listed(format!("{uscc}/order/O1")).await,
         states(&[(2, "delivered")])
     );
+}
+
+/// A database made before daily enrolments were keyed by day first (migrations up to
+/// 20261205000001) keeps every row across the upgrade: the counts (a day at 0 orders
+/// is kept as its items' anchor, and not counted) and the newest item each row names,
+/// which a delivery listing walks back from.
+#[tokio::test]
+async fn an_upgrade_keys_daily_enrolments_by_day_and_keeps_every_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("old.db").display());
+    let uscc = oip_gateway::certs::DEMO_PLATFORM_A;
+    {
+        let pool = older_database(dir.path(), &url, "migrations/sqlite", "20261205000001").await;
+        insert_platform_a(&pool).await;
+        for (worker, day, count, item) in [
+            ("W1", "2025-07-02", 2, Some(4)),
+            ("W1", "2025-07-01", 0, Some(3)),
+            ("W2", "2025-07-01", 1, None),
+        ] {
+            sqlx::query(
+                "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item)
+                 VALUES (1, ?1, ?2, '320100', ?3, ?4)",
+            )
+            .bind(worker)
+            .bind(day)
+            .bind(count)
+            .bind(item)
+            .execute(&pool)
+            .await
+            .expect("enrolment");
+        }
+        for seq in [3, 4] {
+            sqlx::query(
+                "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state,
+                   next_attempt_at, created_at, enrolment, chained)
+                 VALUES (?1, 'social-security', ?2, ?2 || '/' || ?1, x'00', 'delivered', 0, ?1, 1, 1)",
+            )
+            .bind(seq)
+            .bind(format!(
+                "{uscc}/enrolment/W1/2025-07-0{}/320100",
+                if seq == 3 { 1 } else { 2 }
+            ))
+            .execute(&pool)
+            .await
+            .expect("item");
+        }
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
+        .await
+        .expect("upgrade");
+    let counted: Vec<(String, String, i64)> = store
+        .all_enrolments(1)
+        .await
+        .expect("enrolments")
+        .into_iter()
+        .map(|(k, n)| (k.worker_id, k.day.to_string(), n))
+        .collect();
+    assert_eq!(
+        counted,
+        vec![
+            ("W1".to_string(), "2025-07-02".to_string(), 2),
+            ("W2".to_string(), "2025-07-01".to_string(), 1),
+        ]
+    );
+    for (day, seq) in [("2025-07-01", 3), ("2025-07-02", 4)] {
+        let listed: Vec<i64> = store
+            .deliveries(&format!("{uscc}/enrolment/W1/{day}/320100"))
+            .await
+            .expect("deliveries")
+            .into_iter()
+            .map(|d| d.created_at)
+            .collect();
+        assert_eq!(listed, vec![seq], "{day}");
+    }
 }
 
 /// An order's items are chained from its row (migration 20261203000001); the ones
