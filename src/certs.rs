@@ -209,7 +209,7 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
     match args.command {
         None => {
             generate(&args.out, args.force)?;
-            println!(
+            crate::outln!(
                 "wrote the example PKI to {} (private keys owner-only; for development and tests only)",
                 args.out.display()
             );
@@ -224,10 +224,10 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                 ],
                 a.force,
             )?;
-            println!("CA: {}", a.name);
-            println!("serial: {}", ca.serial);
-            println!("expires: {not_after}");
-            println!(
+            crate::outln!("CA: {}", a.name);
+            crate::outln!("serial: {}", ca.serial);
+            crate::outln!("expires: {not_after}");
+            crate::outln!(
                 "wrote {} (certificate) and {} (private key, owner-only)",
                 a.out.join("ca.pem").display(),
                 a.out.join("ca.key").display()
@@ -245,10 +245,10 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                 ],
                 a.signing.force,
             )?;
-            println!("{}", subject.describe());
-            println!("serial: {}", issued.cert.serial);
-            println!("expires: {}", rfc3339(issued.cert.not_after));
-            println!(
+            crate::outln!("{}", subject.describe());
+            crate::outln!("serial: {}", issued.cert.serial);
+            crate::outln!("expires: {}", rfc3339(issued.cert.not_after));
+            crate::outln!(
                 "wrote {} (certificate, then the CA's) and {} (private key, owner-only)",
                 cert.display(),
                 key.display()
@@ -269,7 +269,7 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             std::fs::rename(&partial, &a.out)
                 .with_context(|| format!("cannot write {}", a.out.display()))?;
-            println!(
+            crate::outln!(
                 "wrote {} (CRL number {number}, {} revoked, next update in {} days)",
                 a.out.display(),
                 a.serials.len(),
@@ -285,10 +285,10 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                 &[file(a.out.clone(), signed.chain_pem, false)],
                 a.signing.force,
             )?;
-            println!("{}", subject.describe());
-            println!("serial: {}", signed.serial);
-            println!("expires: {}", rfc3339(signed.not_after));
-            println!("wrote {} (certificate, then the CA's)", a.out.display());
+            crate::outln!("{}", subject.describe());
+            crate::outln!("serial: {}", signed.serial);
+            crate::outln!("expires: {}", rfc3339(signed.not_after));
+            crate::outln!("wrote {} (certificate, then the CA's)", a.out.display());
         }
     }
     Ok(())

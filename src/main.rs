@@ -64,7 +64,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         } => {
             let config = config::Config::load(&config)?;
             if print_config {
-                print!("{}", config.redacted_toml());
+                cli::print_out(format_args!("{}", config.redacted_toml()));
                 return Ok(());
             }
             telemetry::init_as(config.logging.format);
@@ -80,7 +80,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             if let Some(ops) = gateway.ops_addr {
                 ready.push_str(&format!("\noperations on {ops}"));
             }
-            println!("{ready}");
+            cli::ready_line(&ready);
             gateway.run_until(stop).await
         }
         Command::Certs(a) => certs::run(a),
@@ -105,7 +105,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-                println!("listening on {}", sim.addr);
+                cli::ready_line(&format!("listening on {}", sim.addr));
                 tokio::signal::ctrl_c().await?;
                 sim.shutdown().await
             }
@@ -117,12 +117,12 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                     .map_err(|s| cli::status_line(&s))?
                     .into_inner();
                 for k in &s.applied {
-                    println!("{:<28} {}", k.kind, k.count);
+                    oip_gateway::outln!("{:<28} {}", k.kind, k.count);
                 }
-                println!("{:<28} {}", "repeated items dropped", s.repeated_items);
-                println!("{:<28} {}", "failed calls (injected)", s.failed_calls);
-                println!("{:<28} {}", "invalid items", s.invalid_items);
-                println!("{:<28} {}", "answered calls", s.answered_calls);
+                oip_gateway::outln!("{:<28} {}", "repeated items dropped", s.repeated_items);
+                oip_gateway::outln!("{:<28} {}", "failed calls (injected)", s.failed_calls);
+                oip_gateway::outln!("{:<28} {}", "invalid items", s.invalid_items);
+                oip_gateway::outln!("{:<28} {}", "answered calls", s.answered_calls);
                 if let Some(f) = &s.faults {
                     print_faults(f);
                 }
@@ -190,7 +190,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             }
             let report = cli::load::run(&channels, &opts).await?;
             for line in report.lines() {
-                println!("{line}");
+                oip_gateway::outln!("{line}");
             }
             Ok(())
         }
@@ -213,7 +213,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
             loadgen::write(&spec, &mut w)?;
             std::io::Write::flush(&mut w)?;
-            println!(
+            oip_gateway::outln!(
                 "wrote {} workers and {orders} orders to {}",
                 spec.workers,
                 out.display()
@@ -287,10 +287,10 @@ fn main() -> ExitCode {
 
 /// The simulator's fault settings, one per line.
 fn print_faults(f: &oip_gateway::proto::Faults) {
-    println!("{:<28} {}", "fault: fail fraction", f.fail_fraction);
-    println!("{:<28} {}", "fault: latency ms", f.latency_ms);
-    println!("{:<28} {}", "fault: paused", f.paused);
-    println!(
+    oip_gateway::outln!("{:<28} {}", "fault: fail fraction", f.fail_fraction);
+    oip_gateway::outln!("{:<28} {}", "fault: latency ms", f.latency_ms);
+    oip_gateway::outln!("{:<28} {}", "fault: paused", f.paused);
+    oip_gateway::outln!(
         "{:<28} {}",
         "fault: rejected keys",
         if f.reject_keys.is_empty() {

@@ -281,7 +281,7 @@ fn print_platform(p: &proto::PlatformRegistration) {
         .iter()
         .map(|(d, t)| format!("{d}={t}"))
         .collect();
-    println!(
+    crate::outln!(
         "{}\t{}\t{}\ttier={}{}\t{}",
         p.uscc,
         p.name,
@@ -298,12 +298,12 @@ fn print_platform(p: &proto::PlatformRegistration) {
 
 fn print_grants(g: &proto::GrantsResponse) {
     if g.grants.is_empty() {
-        println!("0 grants");
+        crate::outln!("0 grants");
     }
     let now = chrono::Utc::now();
     for g in &g.grants {
         let expired = chrono::DateTime::parse_from_rfc3339(&g.expires_at).is_ok_and(|t| t <= now);
-        println!(
+        crate::outln!(
             "{}\t{}\t{}\t{}={}\tgranted={}\tby={}",
             g.identity,
             g.role,
@@ -322,14 +322,14 @@ fn print_grants(g: &proto::GrantsResponse) {
 
 fn print_rate_limits(r: &proto::RateLimitsResponse) {
     if let Some(d) = &r.defaults {
-        println!(
+        crate::outln!(
             "default\tcalls={}/s\trecords={}/s",
             d.calls_per_second.unwrap_or_default(),
             d.records_per_second.unwrap_or_default()
         );
     }
     for o in &r.overrides {
-        println!(
+        crate::outln!(
             "{}\tcalls={}/s\trecords={}/s\tset={}\tby={}",
             o.identity,
             o.calls_per_second.unwrap_or_default(),
@@ -342,7 +342,7 @@ fn print_rate_limits(r: &proto::RateLimitsResponse) {
 
 fn print_rates(r: &proto::RateTables) {
     for b in &r.base_rates {
-        println!(
+        crate::outln!(
             "base\t{}\ttier={}\tfrom={}\t{} fen/order\trecorded={}",
             b.industry,
             if b.tier.is_empty() { "*" } else { &b.tier },
@@ -352,7 +352,7 @@ fn print_rates(r: &proto::RateTables) {
         );
     }
     for f in &r.floats {
-        println!(
+        crate::outln!(
             "float\t{}\t{}\t{}\t×{}\trecorded={}",
             f.uscc,
             f.division_code,
@@ -404,7 +404,7 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                     .await
                     .map_err(|s| status_line(&s))?;
                 if r.get_ref().platforms.is_empty() {
-                    println!("0 platforms");
+                    crate::outln!("0 platforms");
                 }
                 for p in &r.get_ref().platforms {
                     print_platform(p);
@@ -491,7 +491,7 @@ pub async fn run(command: AdminCommand, c: &Connection) -> anyhow::Result<()> {
                     .await
                     .map_err(|s| status_line(&s))?
                     .into_inner();
-                println!("revoked {}", r.revoked);
+                crate::outln!("revoked {}", r.revoked);
                 if r.configured > 0 {
                     eprintln!(
                         "warning: {} of them the configuration grants again at the next start (granted_by configuration); to end them for good, also remove {identity} from admins, [[platforms]] or [[grants]] before that start",
@@ -608,7 +608,7 @@ async fn query_audit(
             .map_err(|s| status_line(&s))?
             .into_inner();
         for e in &page.entries {
-            println!(
+            crate::outln!(
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 e.seq,
                 e.at,
@@ -628,7 +628,7 @@ async fn query_audit(
         request.page_token = page.next_page_token;
     };
     if let Some(footer) = page_footer(n as usize, &next) {
-        println!("{footer}");
+        crate::outln!("{footer}");
     }
     if n == 0 && (!request.action.is_empty() || !request.identity.is_empty()) {
         eprintln!(
@@ -648,7 +648,7 @@ async fn verify(admin: &mut Client) -> anyhow::Result<()> {
         .map_err(|s| status_line(&s))?
         .into_inner();
     if v.ok {
-        println!("audit log intact: {} entries verified", v.checked);
+        crate::outln!("audit log intact: {} entries verified", v.checked);
         Ok(())
     } else {
         anyhow::bail!(
@@ -757,7 +757,7 @@ async fn dead_letters(action: DeadLetterCommand, admin: &mut Client) -> anyhow::
         DeadLetterCommand::List { destination } => {
             let letters = all_dead_letters(admin, destination.as_deref().unwrap_or("")).await?;
             for d in &letters {
-                println!(
+                crate::outln!(
                     "{}\t{}\t{}\tattempts={}\t{}",
                     d.seq,
                     d.destination,
@@ -766,7 +766,7 @@ async fn dead_letters(action: DeadLetterCommand, admin: &mut Client) -> anyhow::
                     one_line(&d.last_error)
                 );
             }
-            println!(
+            crate::outln!(
                 "{}",
                 super::count(letters.len(), "dead letter", "dead letters")
             );
@@ -808,9 +808,9 @@ async fn act(admin: &mut Client, p: DeadLetterPick, replay: bool) -> anyhow::Res
     };
     if p.all {
         let answer = call(admin, vec![], true).await?;
-        println!("{verb} {}", answer.changed);
+        crate::outln!("{verb} {}", answer.changed);
         if answer.superseded > 0 {
-            println!("{}", superseded_line(answer.superseded));
+            crate::outln!("{}", superseded_line(answer.superseded));
         }
         return Ok(());
     }
@@ -826,14 +826,14 @@ async fn act(admin: &mut Client, p: DeadLetterPick, replay: bool) -> anyhow::Res
         call(admin, sorted.act_on.clone(), false).await?
     };
     let changed = answer.changed;
-    println!("{verb} {changed}");
+    crate::outln!("{verb} {changed}");
     if answer.superseded > 0 {
-        println!("{}", superseded_line(answer.superseded));
+        crate::outln!("{}", superseded_line(answer.superseded));
     }
     let asked = sorted.act_on.len() as u64;
     if changed + answer.superseded < asked {
         let missed = asked - changed - answer.superseded;
-        println!(
+        crate::outln!(
             "{missed} of the dead letters picked {} no longer dead letters when the call ran",
             if missed == 1 { "was" } else { "were" }
         );

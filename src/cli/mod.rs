@@ -14,6 +14,39 @@ pub mod status;
 
 use std::path::PathBuf;
 
+/// `println!` for a command's output. When whoever reads it has gone (`oip-gateway
+/// status orders | head -1`), the command ends at once and quietly with success, as
+/// Unix tools do, instead of panicking on the broken pipe; any other failure to write
+/// ends it with a one-line error and exit status 1. Not for a server's lines: a server
+/// keeps serving whatever became of its standard output ([`ready_line`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes `text` to standard output as [`outln!`] does, without adding a newline.
+pub fn print_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(text).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A server's ready line(s) (`listening on ADDR`), written and flushed at once; a
+/// standard output that cannot be written is ignored: the server goes on serving.
+pub fn ready_line(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 use clap::Args;
 use tonic::transport::Channel;
 

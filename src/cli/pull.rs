@@ -370,12 +370,12 @@ pub async fn run(command: PullCommand, c: &Connection) -> anyhow::Result<()> {
         }
     };
     let (written, next, error) = outcome;
-    println!(
+    crate::outln!(
         "wrote {} to {}",
         super::count(written as usize, "record", "records"),
         args.out.display()
     );
-    println!("next cursor: {next}");
+    crate::outln!("next cursor: {next}");
     match error {
         None => Ok(()),
         Some(s) => Err(anyhow::anyhow!(

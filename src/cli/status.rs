@@ -90,16 +90,16 @@ pub async fn run(command: StatusCommand, c: &Connection, json: bool) -> anyhow::
     let page = fetch(command, &mut client).await?;
     for item in &page.items {
         if json {
-            println!("{}", item.json);
+            crate::outln!("{}", item.json);
         } else {
-            println!("{}", item.line);
+            crate::outln!("{}", item.line);
         }
     }
     if let Some(footer) = page_footer(page.items.len(), &page.next_page_token) {
         if json {
             eprintln!("{footer}");
         } else {
-            println!("{footer}");
+            crate::outln!("{footer}");
         }
     }
     Ok(())

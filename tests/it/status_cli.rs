@@ -159,6 +159,40 @@ async fn each_listing_prints_one_line_per_item() {
     gw.stop().await;
 }
 
+/// A command whose reader has gone (`oip-gateway status workers | head -1`) ends quietly
+/// with success instead of panicking on the broken pipe: its standard output here is a
+/// pipe whose reading end is closed before the command starts, so its first write fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_to_a_closed_pipe_ends_the_command_quietly() {
+    let gw = TestGateway::spawn().await;
+    let e = gw.endpoint();
+    seed(&gw).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("load.jsonl");
+    let file = file.to_str().expect("utf-8 path");
+    let runs: [&[&str]; 4] = [
+        &["status", "workers", "--endpoint", &e],
+        &["status", "orders", "--json", "--endpoint", &e],
+        &["loadgen", "--workers", "2", "--orders", "3", "--out", file],
+        &["serve", "--print-config"],
+    ];
+    for args in runs {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .env_remove("OIP_ENDPOINT")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run oip-gateway");
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_says_how_to_continue_and_the_last_page_does_not() {
     let gw = TestGateway::spawn().await;
