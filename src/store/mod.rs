@@ -26,7 +26,10 @@ pub mod sqlite;
 /// created owner-only when missing, the file is created with mode 0600 when missing
 /// (SQLite gives its `-wal` and `-shm` files the same mode), and existing files of an
 /// older start are narrowed to 0600. The files hold sealed personal data and the audit
-/// log: they are nobody else's business.
+/// log: they are nobody else's business. Call it before this process opens the
+/// database with SQLite: it opens and closes the file, and closing any descriptor of a
+/// file drops every POSIX lock the process holds on it, SQLite's included (see
+/// `SqliteStore::probe`).
 pub(crate) fn owner_only_database(path: &std::path::Path) -> std::io::Result<()> {
     if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
         return Ok(());

@@ -256,7 +256,12 @@ impl Store for SqliteStore {
             )));
         }
         // Open connections keep writing to a file whose permissions changed; what a
-        // new connection (or the next checkpoint) would meet is seen here.
+        // new connection (or the next checkpoint) would meet is seen here. Asked with
+        // access(2), never by opening the file: closing any descriptor of a file drops
+        // every POSIX lock this process holds on it, SQLite's included, and another
+        // process (`sqlite3 oip.db` to look, a backup) would then take the gateway for
+        // gone and delete its WAL, acknowledged commits with it (SQLite's "How To
+        // Corrupt", 2.2).
         let wal = {
             let mut p = self.path.clone().into_os_string();
             p.push("-wal");
@@ -264,7 +269,7 @@ impl Store for SqliteStore {
         };
         for file in [&self.path, &wal] {
             if file.exists()
-                && let Err(e) = std::fs::OpenOptions::new().append(true).open(file)
+                && let Err(e) = rustix::fs::access(file, rustix::fs::Access::WRITE_OK)
             {
                 return Err(StoreError::Unavailable(format!(
                     "the database file {} cannot be written: {e}",
