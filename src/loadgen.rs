@@ -72,6 +72,18 @@ fn resident_id(rng: &mut Rng) -> String {
     format!("{first17}{check}")
 }
 
+/// Milliseconds the orders of a generated file spread over: 28 days.
+const SPAN_MS: u64 = 28 * 86_400_000;
+
+/// The `o`-th of `orders` equal parts of the span, as `[start, end)` in milliseconds
+/// from its first day's midnight: where an order as taken falls. Computed in u128
+/// (`o * SPAN_MS` exceeds u64 for a few billion orders); a part shorter than a
+/// millisecond is empty (`start == end`), and its order takes `start`.
+fn part(o: u64, orders: u64) -> (u64, u64) {
+    let at = |o: u64| (u128::from(o) * u128::from(SPAN_MS) / u128::from(orders.max(1))) as u64;
+    (at(o), at(o + 1))
+}
+
 /// Writes `spec.workers` worker lines, then `spec.orders` order lines.
 pub fn write(spec: &LoadSpec, out: &mut impl Write) -> std::io::Result<()> {
     let mut rng = Rng(spec.seed);
@@ -86,15 +98,15 @@ pub fn write(spec: &LoadSpec, out: &mut impl Write) -> std::io::Result<()> {
         )?;
     }
     let day0 = crate::domain::time::local_midnight(spec.start);
-    const SPAN_MS: u64 = 28 * 86_400_000;
-    // As taken: the o-th order within the o-th of `orders` equal slots of the span.
-    let slot = SPAN_MS / spec.orders.max(1) as u64;
     for o in 0..spec.orders {
         let w = rng.below(spec.workers as u64) as usize;
         let industry = INDUSTRIES[w % INDUSTRIES.len()];
         let accepted = day0
             + match spec.shape {
-                Shape::AsTaken => o as u64 * slot + rng.below(slot),
+                Shape::AsTaken => {
+                    let (start, end) = part(o as u64, spec.orders as u64);
+                    start + rng.below(end - start)
+                }
                 Shape::Scattered => rng.below(SPAN_MS),
             } as i64;
         let completed = accepted + 600_000 + rng.below(3_000_000) as i64;
@@ -107,9 +119,15 @@ pub fn write(spec: &LoadSpec, out: &mut impl Write) -> std::io::Result<()> {
             Shape::AsTaken => CITIES[w % CITIES.len()],
             Shape::Scattered => CITIES[rng.below(CITIES.len() as u64) as usize],
         };
+        // As taken, ids grow with time as text too (zero-padded), as a platform's order
+        // numbers do; scattered keeps the ids the first files had.
+        let id = match spec.shape {
+            Shape::AsTaken => format!("{p}O{o:010}"),
+            Shape::Scattered => format!("{p}O{o}"),
+        };
         writeln!(
             out,
-            r#"{{"kind":"order","order_id":"{p}O{o}","worker_id":"{p}W{w}","industry":"{industry}","division_code":"{city}","accepted_at":{accepted},"completed_at":{completed},"status":"{status}"}}"#,
+            r#"{{"kind":"order","order_id":"{id}","worker_id":"{p}W{w}","industry":"{industry}","division_code":"{city}","accepted_at":{accepted},"completed_at":{completed},"status":"{status}"}}"#,
         )?;
     }
     Ok(())
@@ -167,8 +185,33 @@ mod tests {
             .iter()
             .map(|o| field(o, "order_id").as_str().expect("id"))
             .collect();
-        assert_eq!(ids[0], "TO0");
-        assert_eq!(ids[1999], "TO1999");
+        assert_eq!(ids[0], "TO0000000000");
+        assert_eq!(ids[1999], "TO0000001999");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow as text");
+    }
+
+    #[test]
+    fn more_orders_than_milliseconds_still_spread_over_the_whole_span() {
+        for orders in [
+            1,
+            3,
+            2_419_200_000,
+            2_419_200_001,
+            3_000_000_000,
+            u64::MAX / 2,
+        ] {
+            assert_eq!(part(0, orders).0, 0);
+            let (start, end) = part(orders - 1, orders);
+            assert_eq!(end, SPAN_MS, "{orders}");
+            assert!(
+                start <= end && start >= SPAN_MS - SPAN_MS.div_ceil(orders),
+                "{orders}"
+            );
+            if orders > 1000 {
+                let middle = part(orders / 2, orders).0;
+                assert!(middle.abs_diff(SPAN_MS / 2) <= 1, "{orders}: {middle}");
+            }
+        }
     }
 
     #[test]
