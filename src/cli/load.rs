@@ -71,6 +71,9 @@ pub struct LoadReport {
     pub other_outcomes: BTreeMap<String, u64>,
     /// Calls that failed, by gRPC status code name.
     pub failures: BTreeMap<String, u64>,
+    /// The first message of each code in `failures`, which says why (a limit of the
+    /// gateway names its setting).
+    pub failure_examples: BTreeMap<String, String>,
     /// Latency of answered calls (streams; chunks), in microseconds.
     pub latency_us: hdrhistogram::Histogram<u64>,
 }
@@ -115,6 +118,9 @@ impl LoadReport {
         ];
         if !self.failures.is_empty() {
             out.push(format!("failed calls: {:?}", self.failures));
+            for (code, message) in &self.failure_examples {
+                out.push(format!("  first {code}: {message}"));
+            }
         }
         if !self.other_outcomes.is_empty() {
             out.push(format!(
@@ -187,6 +193,7 @@ struct Tally {
     accepted: u64,
     other: BTreeMap<String, u64>,
     failures: BTreeMap<String, u64>,
+    examples: BTreeMap<String, String>,
     latency_us: hdrhistogram::Histogram<u64>,
 }
 
@@ -197,6 +204,7 @@ impl Tally {
             accepted: 0,
             other: BTreeMap::new(),
             failures: BTreeMap::new(),
+            examples: BTreeMap::new(),
             // 1 µs to 10 min, 3 significant digits.
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)?,
         })
@@ -219,7 +227,11 @@ impl Tally {
     }
 
     fn failed(&mut self, s: &tonic::Status) {
-        *self.failures.entry(format!("{:?}", s.code())).or_default() += 1;
+        let code = format!("{:?}", s.code());
+        self.examples
+            .entry(code.clone())
+            .or_insert_with(|| s.message().to_string());
+        *self.failures.entry(code).or_default() += 1;
     }
 }
 
@@ -333,6 +345,9 @@ pub async fn run(channels: &[Channel], opts: &LoadOptions) -> anyhow::Result<Loa
         for (k, v) in t.failures {
             *total.failures.entry(k).or_default() += v;
         }
+        for (k, m) in t.examples {
+            total.examples.entry(k).or_insert(m);
+        }
         total.latency_us.add(&t.latency_us)?;
     }
     Ok(LoadReport {
@@ -343,6 +358,7 @@ pub async fn run(channels: &[Channel], opts: &LoadOptions) -> anyhow::Result<Loa
         accepted: total.accepted,
         other_outcomes: total.other,
         failures: total.failures,
+        failure_examples: total.examples,
         latency_us: total.latency_us,
     })
 }

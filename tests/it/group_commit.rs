@@ -561,11 +561,31 @@ async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
     gw.stop().await;
 }
 
+/// Half a second of `mode` from 8 callers, 2 orders a call (message), 3 messages a
+/// stream, over 5 workers.
+fn small_load(
+    mode: oip_gateway::cli::load::Mode,
+    id_prefix: &str,
+) -> oip_gateway::cli::load::LoadOptions {
+    oip_gateway::cli::load::LoadOptions {
+        mode,
+        in_flight: 8,
+        duration: std::time::Duration::from_millis(500),
+        records: 2,
+        messages: 3,
+        workers: 5,
+        id_prefix: id_prefix.into(),
+        industry: "INSTANT_DELIVERY".into(),
+        division: "320100".into(),
+        timeout: std::time::Duration::from_secs(30),
+    }
+}
+
 /// `oip-gateway load`'s generator, in each mode, against a real gateway: every order
 /// it sends is accepted and stored, and it times every answered call.
 #[tokio::test]
 async fn the_load_generator_drives_each_kind_of_small_call() {
-    use oip_gateway::cli::load::{LoadOptions, Mode, run};
+    use oip_gateway::cli::load::{Mode, run};
     let gw = TestGateway::spawn().await;
     let channel = role_channel(gw.addr, "platform-a").await;
     let mut total = 0;
@@ -573,18 +593,7 @@ async fn the_load_generator_drives_each_kind_of_small_call() {
         .into_iter()
         .enumerate()
     {
-        let opts = LoadOptions {
-            mode,
-            in_flight: 8,
-            duration: std::time::Duration::from_millis(500),
-            records: 2,
-            messages: 3,
-            workers: 5,
-            id_prefix: format!("L{n}-"),
-            industry: "INSTANT_DELIVERY".into(),
-            division: "320100".into(),
-            timeout: std::time::Duration::from_secs(30),
-        };
+        let opts = small_load(mode, &format!("L{n}-"));
         let report = run(std::slice::from_ref(&channel), &opts)
             .await
             .expect("load");
@@ -617,6 +626,34 @@ async fn the_load_generator_drives_each_kind_of_small_call() {
         .await
         .expect("orders");
     assert_eq!(stored as u64, total, "every accepted order is stored");
+    gw.stop().await;
+}
+
+/// A load beyond one of the gateway's limits says which: the report keeps the first
+/// message of each failing code (here RESOURCE_EXHAUSTED, naming the setting).
+#[tokio::test]
+async fn the_load_generator_says_why_calls_failed() {
+    use oip_gateway::cli::load::{Mode, run};
+    let gw = TestGateway::spawn_with(|c| c.connections.max_calls_per_identity = 2).await;
+    let channel = role_channel(gw.addr, "platform-a").await;
+    let opts = small_load(Mode::SubmitStream, "LX-");
+    let report = run(std::slice::from_ref(&channel), &opts)
+        .await
+        .expect("load");
+    assert!(
+        report
+            .failures
+            .get("ResourceExhausted")
+            .is_some_and(|n| *n > 0),
+        "{:?}",
+        report.failures
+    );
+    let lines = report.lines().join("\n");
+    assert!(
+        lines.contains("first ResourceExhausted: ")
+            && lines.contains("connections.max_calls_per_identity"),
+        "{lines}"
+    );
     gw.stop().await;
 }
 
