@@ -505,7 +505,8 @@ impl PlatformApi {
         let status = match stop {
             None | Some(ReadStop::Ended) => return,
             Some(ReadStop::DeadlineWhileOpen) => ApiError::DeadlineExceeded(format!(
-                "the caller's deadline passed while the stream was open; the chunks before it were applied and answered (records before index {seen}), the rest were not"
+                "the caller's deadline passed while the stream was open; {}",
+                applied(seen)
             ))
             .into(),
             Some(ReadStop::Broken(status)) => error::with_progress(

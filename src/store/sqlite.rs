@@ -1200,9 +1200,7 @@ async fn queue<'a>(
         .zip(payloads)
         .zip(&obsolete)
         .zip(seqs.iter().zip(&previous));
-    let mut run = Overlapped::default();
-    for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
-        run.then(tx, || {
+    in_chunks(tx, outbox, ROWS_PER_STATEMENT, |chunk| {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO outbox (seq, destination, record_key, idempotency_key, payload, state, next_attempt_at,
                  created_at, handled_at, enrolment, previous, chained) ",
@@ -1230,11 +1228,9 @@ async fn queue<'a>(
                         .push_bind(item.daily_enrolment.is_some() || item.order_id.is_some());
                 },
             );
-            (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+            q
         })
         .await?;
-    }
-    run.finish(tx).await?;
     Ok(newest)
 }
 
@@ -1286,6 +1282,23 @@ impl<'q> Overlapped<'q> {
         }
         Ok(())
     }
+}
+
+/// One multi-row statement per chunk of `items` (`rows` rows at most), each built by
+/// `build` while the one before it runs ([`Overlapped`]); kept prepared only at full
+/// size (`kept`).
+async fn in_chunks<'q, T>(
+    tx: &mut WriteTx,
+    items: &'q [T],
+    rows: usize,
+    mut build: impl FnMut(&'q [T]) -> QueryBuilder<'q, Sqlite>,
+) -> Result<()> {
+    let mut run = Overlapped::default();
+    for chunk in items.chunks(rows) {
+        run.then(tx, || (build(chunk), kept(chunk.len(), rows)))
+            .await?;
+    }
+    run.finish(tx).await
 }
 
 /// The newest item queued by `queue` of each daily enrolment and each order.
@@ -1794,9 +1807,7 @@ impl IngestTx for SqliteIngest {
         )
         .await?;
         laps.lap("write_outbox");
-        let mut run = Overlapped::default();
-        for chunk in plan.workers.chunks(ROWS_PER_STATEMENT / 2) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &plan.workers, ROWS_PER_STATEMENT / 2, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
                      birth_date, industries, registered_at, status, left_at, received_at, id_number_hash) ",
@@ -1836,11 +1847,9 @@ impl IngestTx for SqliteIngest {
                      industries = excluded.industries, registered_at = excluded.registered_at, status = excluded.status,
                      left_at = excluded.left_at, received_at = excluded.received_at",
                 );
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT / 2))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         if !plan.workers.is_empty() {
             // Cached worker states hold while this does not move (`ingest::workers`).
             sqlx::query("UPDATE platforms SET workers_version = workers_version + 1 WHERE id = ?1")
@@ -1850,9 +1859,7 @@ impl IngestTx for SqliteIngest {
                 .map_err(db_err)?;
         }
         laps.lap("write_workers");
-        let mut run = Overlapped::default();
-        for chunk in plan.orders.chunks(ROWS_PER_STATEMENT) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &plan.orders, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO orders (platform_id, order_id, revision, content_hash, worker_id, industry, division_code,
                      accepted_at, completed_at, status, vehicle_plate, received_at, latest_item) ",
@@ -1881,15 +1888,11 @@ impl IngestTx for SqliteIngest {
                      vehicle_plate = excluded.vehicle_plate, received_at = excluded.received_at,
                      latest_item = coalesce(excluded.latest_item, latest_item)",
                 );
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         laps.lap("write_orders");
-        let mut run = Overlapped::default();
-        for chunk in plan.rejections.chunks(ROWS_PER_STATEMENT) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &plan.rejections, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO rejections (platform_id, kind, record_id, revision, code, field, message, received_at) ",
                 );
@@ -1903,16 +1906,12 @@ impl IngestTx for SqliteIngest {
                         .push_bind(&r.rejection.message)
                         .push_bind(received_at);
                 });
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         laps.lap("write_rejections");
         let mut positions = 0_i64..;
-        let mut run = Overlapped::default();
-        for chunk in plan.declarations.chunks(ROWS_PER_STATEMENT) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &plan.declarations, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO declarations (platform_id, declaration_id, revision, content_hash, period, division_code,
                      industry, order_count, amount_fen, received_at, arrival) ",
@@ -1938,15 +1937,11 @@ impl IngestTx for SqliteIngest {
                      industry = excluded.industry, order_count = excluded.order_count, amount_fen = excluded.amount_fen,
                      received_at = excluded.received_at, arrival = excluded.arrival",
                 );
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         laps.lap("write_declarations");
-        let mut run = Overlapped::default();
-        for chunk in plan.accidents.chunks(ROWS_PER_STATEMENT) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &plan.accidents, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO accidents (platform_id, report_id, revision, content_hash, worker_id, order_id, occurred_at,
                      division_code, injury_kind, description, received_at) ",
@@ -1975,16 +1970,12 @@ impl IngestTx for SqliteIngest {
                      occurred_at = excluded.occurred_at, division_code = excluded.division_code,
                      injury_kind = excluded.injury_kind, description = excluded.description, received_at = excluded.received_at",
                 );
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         laps.lap("write_accidents");
         let deltas: Vec<_> = plan.statement_deltas.iter().collect();
-        let mut run = Overlapped::default();
-        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &deltas, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO volume_statements (platform_id, period, industry, division_code, billable_count, updated_at) ",
                 );
@@ -2000,11 +1991,9 @@ impl IngestTx for SqliteIngest {
                     " ON CONFLICT (platform_id, period, industry, division_code) DO UPDATE SET
                      billable_count = billable_count + excluded.billable_count, updated_at = excluded.updated_at",
                 );
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         laps.lap("write_statements");
         for period in &plan.closes {
             sqlx::query("INSERT OR IGNORE INTO closed_periods (platform_id, period, closed_at) VALUES (?1, ?2, ?3)")
@@ -2030,9 +2019,7 @@ impl IngestTx for SqliteIngest {
                 .filter(|(k, _)| !plan.enrolment_deltas.contains_key(**k))
                 .map(|(k, seq)| (*k, 0, Some(*seq))),
         );
-        let mut run = Overlapped::default();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            run.then(&mut self.tx, || {
+        in_chunks(&mut self.tx, &rows, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO daily_enrolments (platform_id, worker_id, day, division_code, order_count, latest_item) ",
                 );
@@ -2049,11 +2036,9 @@ impl IngestTx for SqliteIngest {
                      order_count = max(order_count + excluded.order_count, 0),
                      latest_item = coalesce(excluded.latest_item, latest_item)",
                 );
-                (q, kept(chunk.len(), ROWS_PER_STATEMENT))
+                q
             })
             .await?;
-        }
-        run.finish(&mut self.tx).await?;
         // A day whose last order moved away is no longer an enrolment, but its row
         // stays at 0 orders: it names the day's newest item (`latest_item`), which the
         // withdrawal is, and which a later order of that day supersedes.
