@@ -7,6 +7,7 @@
 //! retried later and dead-lettered after `max_attempts`.
 
 use std::collections::HashSet;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,8 +144,36 @@ struct Settler {
     store: Arc<dyn Store>,
     destination: Destination,
     max_attempts: u32,
-    running: Option<(JoinHandle<crate::store::Result<()>>, Vec<i64>)>,
+    /// The settlement under way, and what it settles.
+    running: Option<(JoinHandle<crate::store::Result<()>>, Unsettled)>,
     waiting: Vec<(i64, DeliveryOutcome)>,
+    /// The span of each call whose outcomes wait in `waiting`.
+    waiting_calls: Vec<RangeInclusive<i64>>,
+}
+
+/// What is delivered and not yet settled: each seq (to leave out of items already
+/// read) and the span of each call, first seq to last (what the store leaves out:
+/// [`Store::due_items`]).
+#[derive(Debug, Default, Clone)]
+struct Unsettled {
+    seqs: HashSet<i64>,
+    calls: Vec<RangeInclusive<i64>>,
+}
+
+impl Unsettled {
+    /// Adds a call about to be delivered.
+    fn with_call(mut self, due: &[DueItem]) -> Self {
+        self.seqs.extend(due.iter().map(|i| i.seq));
+        self.calls.extend(span(due));
+        self
+    }
+}
+
+/// A call's items from its first seq to its last; None for no items.
+fn span(due: &[DueItem]) -> Option<RangeInclusive<i64>> {
+    let first = due.iter().map(|i| i.seq).min()?;
+    let last = due.iter().map(|i| i.seq).max()?;
+    Some(first..=last)
 }
 
 impl Settler {
@@ -155,18 +184,22 @@ impl Settler {
             max_attempts,
             running: None,
             waiting: Vec::new(),
+            waiting_calls: Vec::new(),
         }
     }
 
-    /// Seqs delivered and not yet recorded.
-    fn unsettled(&self) -> HashSet<i64> {
-        let running = self
+    /// What is delivered and not yet recorded.
+    fn unsettled(&self) -> Unsettled {
+        let mut unsettled = self
             .running
-            .iter()
-            .flat_map(|(_, seqs)| seqs.iter().copied());
-        running
-            .chain(self.waiting.iter().map(|(seq, _)| *seq))
-            .collect()
+            .as_ref()
+            .map(|(_, running)| running.clone())
+            .unwrap_or_default();
+        unsettled
+            .seqs
+            .extend(self.waiting.iter().map(|(seq, _)| *seq));
+        unsettled.calls.extend(self.waiting_calls.iter().cloned());
+        unsettled
     }
 
     fn busy(&self) -> bool {
@@ -185,11 +218,14 @@ impl Settler {
             return;
         }
         let outcomes = std::mem::take(&mut self.waiting);
-        let seqs = outcomes.iter().map(|(seq, _)| *seq).collect();
+        let settling = Unsettled {
+            seqs: outcomes.iter().map(|(seq, _)| *seq).collect(),
+            calls: std::mem::take(&mut self.waiting_calls),
+        };
         let (store, max_attempts) = (self.store.clone(), self.max_attempts);
         let task =
             tokio::spawn(async move { store.settle(&outcomes, max_attempts, now_millis()).await });
-        self.running = Some((task, seqs));
+        self.running = Some((task, settling));
     }
 
     /// Waits for the running settlement: false if it failed (logged; its items stay
@@ -267,7 +303,7 @@ pub fn spawn(
                 // read again when none of them is left, since more may be due by now.
                 let due = match prefetched
                     .take()
-                    .map(|d| next_call(d, &skip, batch, MAX_CALL_BYTES))
+                    .map(|d| next_call(d, &skip.seqs, batch, MAX_CALL_BYTES))
                 {
                     Some(due) if !due.is_empty() => due,
                     _ => take(&*store, destination, &skip, batch).await,
@@ -299,11 +335,7 @@ pub fn spawn(
                     // skip this call's items, and an item that waits for one of them
                     // is not due, as it is still pending (issue 13: reading took
                     // nearly half of each delivery cycle).
-                    let ahead: HashSet<i64> = skip
-                        .iter()
-                        .copied()
-                        .chain(due.iter().map(|i| i.seq))
-                        .collect();
+                    let ahead = skip.clone().with_call(&due);
                     let (outcome, next) = tokio::join!(
                         deliver(&mut backend, &due, &settings, &mut settler, &mut backoff),
                         take(&*store, destination, &ahead, batch)
@@ -331,24 +363,23 @@ fn short(due: &[DueItem], batch: usize, max_bytes: usize) -> bool {
         && due.iter().map(|i| i.payload.len()).sum::<usize>() < max_bytes / 2
 }
 
-/// Reads the due items of `destination` but those in `skip` (which the store leaves
-/// out, so their payloads are not read again: issue 13's profile found the readers
-/// busier than the writer re-reading them) and keeps those of the next call
+/// Reads the due items of `destination` outside the calls in `skip` (which the store
+/// leaves out, so their payloads are not read again: issue 13's profile found the
+/// readers busier than the writer re-reading them) and keeps those of the next call
 /// (`next_call`); none when the outbox cannot be read (logged; the dispatcher tries
 /// again).
 async fn take(
     store: &dyn Store,
     destination: Destination,
-    skip: &HashSet<i64>,
+    skip: &Unsettled,
     batch: usize,
 ) -> Vec<DueItem> {
     let limit = u32::try_from(batch).unwrap_or(u32::MAX);
-    let excluded: Vec<i64> = skip.iter().copied().collect();
     match store
-        .due_items(destination, now_millis(), limit, &excluded)
+        .due_items(destination, now_millis(), limit, &skip.calls)
         .await
     {
-        Ok(d) => next_call(d, skip, batch, MAX_CALL_BYTES),
+        Ok(d) => next_call(d, &skip.seqs, batch, MAX_CALL_BYTES),
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
             Vec::new()
@@ -391,6 +422,7 @@ async fn deliver(
     match backend.deliver(due, settings.request_timeout).await {
         Ok(answer) if answer.results.len() == due.len() => {
             let retry_at = now_millis() + settings.invalid_retry.as_millis() as i64;
+            settler.waiting_calls.extend(span(due));
             settler.waiting.extend(due.iter().zip(&answer.results).map(|(item, r)| {
                 let outcome = match r.result() {
                     proto::DeliveryResult::Delivered | proto::DeliveryResult::Repeated => {
@@ -487,6 +519,21 @@ mod tests {
         let big = vec![item(7, 5_000), item(8, 10)];
         assert_eq!(seqs(&next_call(big, &none, 10, 1_000)), vec![7]);
         assert!(next_call(Vec::new(), &none, 10, 1_000).is_empty());
+    }
+
+    #[test]
+    fn a_call_about_to_be_delivered_is_left_out_by_its_seqs_and_its_span() {
+        assert_eq!(span(&[]), None);
+        let call = [item(7, 1), item(3, 1), item(12, 1)];
+        assert_eq!(span(&call), Some(3..=12));
+        let before = Unsettled {
+            seqs: [1].into(),
+            calls: vec![1..=1],
+        };
+        let ahead = before.with_call(&call);
+        assert_eq!(ahead.seqs, [1, 3, 7, 12].into());
+        assert_eq!(ahead.calls, vec![1..=1, 3..=12]);
+        assert_eq!(Unsettled::default().with_call(&[]).calls, vec![]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the ids as one JSON array parameter (`json_each`), whatever the batch size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -750,42 +751,51 @@ impl Store for SqliteStore {
         destination: Destination,
         now: Millis,
         limit: u32,
-        excluded: &[i64],
+        excluded: &[RangeInclusive<i64>],
     ) -> Result<Vec<DueItem>> {
         // The earlier items an item waits for are open ones: `outbox_open` holds only
         // those, so the check does not walk every delivered version of a record. A
         // daily enrolment's item is not in it and waits for nothing: each one
         // supersedes the one before. (The partial indexes' WHERE terms, repeated
-        // here, are what let SQLite use them.)
-        let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
-             WHERE o.destination = ?1 AND o.state IN ('pending', 'dead') AND o.state = 'pending'
-               AND o.next_attempt_at <= ?2
-               AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
-                               WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
-                                 AND e.enrolment = 0
-                                 AND e.state = 'pending' AND e.destination = o.destination AND e.seq < o.seq)
-               AND o.seq NOT IN (SELECT value FROM json_each(?4))
-             ORDER BY o.seq LIMIT ?3",
-        )
-        .bind(destination.as_str())
-        .bind(now)
-        .bind(i64::from(limit))
-        .bind(serde_json::to_string(excluded).map_err(|e| corrupt(&e.to_string()))?)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        rows.into_iter()
-            .map(|(seq, idempotency_key, payload, attempts)| {
-                Ok(DueItem {
+        // here, are what let SQLite use them.) The seqs outside the excluded ranges
+        // are read one gap after the other, each a seek in `outbox_due`.
+        let mut conn = self.reader.acquire().await.map_err(db_err)?;
+        let mut due = Vec::new();
+        for gap in super::outside(excluded) {
+            let left = u64::from(limit).saturating_sub(due.len() as u64);
+            if left == 0 {
+                break;
+            }
+            let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
+                "SELECT o.seq, o.idempotency_key, o.payload, o.attempts FROM outbox o
+                 WHERE o.destination = ?1 AND o.state IN ('pending', 'dead') AND o.state = 'pending'
+                   AND o.seq BETWEEN ?4 AND ?5
+                   AND o.next_attempt_at <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM outbox e INDEXED BY outbox_open
+                                   WHERE e.record_key = o.record_key AND e.state IN ('pending', 'dead')
+                                     AND e.enrolment = 0
+                                     AND e.state = 'pending' AND e.destination = o.destination AND e.seq < o.seq)
+                 ORDER BY o.seq LIMIT ?3",
+            )
+            .bind(destination.as_str())
+            .bind(now)
+            .bind(i64::try_from(left).unwrap_or(i64::MAX))
+            .bind(gap.start())
+            .bind(gap.end())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+            for (seq, idempotency_key, payload, attempts) in rows {
+                due.push(DueItem {
                     seq,
                     idempotency_key,
                     payload: clear_payload(&self.vault, payload)?,
                     attempts: u32::try_from(attempts)
                         .map_err(|_| corrupt("attempts out of range"))?,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(due)
     }
 
     async fn settle(

@@ -282,6 +282,11 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
     }
 }
 
+/// The idempotency keys of due items, in order.
+fn keys(due: &[oip_gateway::store::DueItem]) -> Vec<&str> {
+    due.iter().map(|d| d.idempotency_key.as_str()).collect()
+}
+
 #[tokio::test]
 async fn the_outbox_delivers_in_order_and_dead_letters() {
     use oip_gateway::store::{DeliveryOutcome, Destination, OutboxItem};
@@ -312,8 +317,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             .due_items(Destination::SocialSecurity, 10, 10, &[])
             .await
             .expect(name);
-        let keys: Vec<_> = due.iter().map(|d| d.idempotency_key.as_str()).collect();
-        assert_eq!(keys, vec!["r1/1", "r2/1", "r3/1"], "{name}");
+        assert_eq!(keys(&due), vec!["r1/1", "r2/1", "r3/1"], "{name}");
         // Excluded items (delivered, not yet settled) are left out; the items behind
         // them still wait, as the excluded ones are still pending.
         let rest = store
@@ -321,17 +325,29 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
                 Destination::SocialSecurity,
                 10,
                 10,
-                &[due[0].seq, due[2].seq],
+                &[due[0].seq..=due[0].seq, due[2].seq..=due[2].seq],
             )
             .await
             .expect(name);
-        assert_eq!(
-            rest.iter()
-                .map(|d| d.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-            vec!["r2/1"],
-            "{name}"
-        );
+        assert_eq!(keys(&rest), vec!["r2/1"], "{name}");
+        // The limit counts across the gaps between the ranges.
+        let social = async |limit: u32, excluded: &[std::ops::RangeInclusive<i64>]| {
+            let due = store
+                .due_items(Destination::SocialSecurity, 10, limit, excluded)
+                .await
+                .expect(name);
+            keys(&due)
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let middle = [due[1].seq..=due[1].seq];
+        assert_eq!(social(2, &middle).await, ["r1/1", "r3/1"], "{name}");
+        assert_eq!(social(1, &middle).await, ["r1/1"], "{name}");
+        // A range stands for one call delivered and not yet settled, from its first
+        // seq to its last: all of it is left out, r2/1 too, which lies inside.
+        let first_two = [due[0].seq..=due[1].seq];
+        assert_eq!(social(10, &first_two).await, ["r3/1"], "{name}");
         assert!(
             store
                 .due_items(Destination::Tax, 10, 10, &[])
@@ -359,17 +375,25 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
                 .is_empty(),
             "{name}: r1/1 not due yet, r1/2 behind it"
         );
+        // Due again at 20, but not while a call that spans it is unsettled.
+        assert!(
+            store
+                .due_items(
+                    Destination::SocialSecurity,
+                    20,
+                    10,
+                    &[due[0].seq - 1..=due[2].seq]
+                )
+                .await
+                .expect(name)
+                .is_empty(),
+            "{name}"
+        );
         let again = store
             .due_items(Destination::SocialSecurity, 20, 10, &[])
             .await
             .expect(name);
-        assert_eq!(
-            again
-                .iter()
-                .map(|d| d.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-            vec!["r1/1"]
-        );
+        assert_eq!(keys(&again), vec!["r1/1"]);
         assert_eq!(again[0].attempts, 1);
         store
             .settle(&[(again[0].seq, invalid)], 2, 21)
@@ -385,12 +409,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             .due_items(Destination::SocialSecurity, 21, 10, &[])
             .await
             .expect(name);
-        assert_eq!(
-            last.iter()
-                .map(|d| d.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-            vec!["r1/2"]
-        );
+        assert_eq!(keys(&last), vec!["r1/2"]);
     }
 }
 
