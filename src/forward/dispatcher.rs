@@ -6,7 +6,6 @@
 //! limit, with exponential backoff and jitter; an item the backend refuses as invalid is
 //! retried later and dead-lettered after `max_attempts`.
 
-use std::collections::HashSet;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,23 +150,10 @@ struct Settler {
     waiting_calls: Vec<RangeInclusive<i64>>,
 }
 
-/// What is delivered and not yet settled: each seq (to leave out of items already
-/// read) and the span of each call, first seq to last (what the store leaves out:
-/// [`Store::due_items`]).
-#[derive(Debug, Default, Clone)]
-struct Unsettled {
-    seqs: HashSet<i64>,
-    calls: Vec<RangeInclusive<i64>>,
-}
-
-impl Unsettled {
-    /// Adds a call about to be delivered.
-    fn with_call(mut self, due: &[DueItem]) -> Self {
-        self.seqs.extend(due.iter().map(|i| i.seq));
-        self.calls.extend(span(due));
-        self
-    }
-}
+/// What is delivered and not yet settled: the span of each call, first seq to last
+/// (what the store leaves out: [`Store::due_items`]). Every item read is outside them,
+/// so no item of a call is read again.
+type Unsettled = Vec<RangeInclusive<i64>>;
 
 /// A call's items from its first seq to its last; None for no items.
 fn span(due: &[DueItem]) -> Option<RangeInclusive<i64>> {
@@ -190,16 +176,8 @@ impl Settler {
 
     /// What is delivered and not yet recorded.
     fn unsettled(&self) -> Unsettled {
-        let mut unsettled = self
-            .running
-            .as_ref()
-            .map(|(_, running)| running.clone())
-            .unwrap_or_default();
-        unsettled
-            .seqs
-            .extend(self.waiting.iter().map(|(seq, _)| *seq));
-        unsettled.calls.extend(self.waiting_calls.iter().cloned());
-        unsettled
+        let running = self.running.iter().flat_map(|(_, calls)| calls);
+        running.chain(&self.waiting_calls).cloned().collect()
     }
 
     fn busy(&self) -> bool {
@@ -218,10 +196,7 @@ impl Settler {
             return;
         }
         let outcomes = std::mem::take(&mut self.waiting);
-        let settling = Unsettled {
-            seqs: outcomes.iter().map(|(seq, _)| *seq).collect(),
-            calls: std::mem::take(&mut self.waiting_calls),
-        };
+        let settling = std::mem::take(&mut self.waiting_calls);
         let (store, max_attempts) = (self.store.clone(), self.max_attempts);
         let task =
             tokio::spawn(async move { store.settle(&outcomes, max_attempts, now_millis()).await });
@@ -303,7 +278,7 @@ pub fn spawn(
                 // read again when none of them is left, since more may be due by now.
                 let due = match prefetched
                     .take()
-                    .map(|d| next_call(d, &skip.seqs, batch, MAX_CALL_BYTES))
+                    .map(|d| next_call(d, batch, MAX_CALL_BYTES))
                 {
                     Some(due) if !due.is_empty() => due,
                     _ => take(&*store, destination, &skip, batch).await,
@@ -335,7 +310,7 @@ pub fn spawn(
                     // skip this call's items, and an item that waits for one of them
                     // is not due, as it is still pending (issue 13: reading took
                     // nearly half of each delivery cycle).
-                    let ahead = skip.clone().with_call(&due);
+                    let ahead: Unsettled = skip.iter().cloned().chain(span(&due)).collect();
                     let (outcome, next) = tokio::join!(
                         deliver(&mut backend, &due, &settings, &mut settler, &mut backoff),
                         take(&*store, destination, &ahead, batch)
@@ -376,10 +351,10 @@ async fn take(
 ) -> Vec<DueItem> {
     let limit = u32::try_from(batch).unwrap_or(u32::MAX);
     match store
-        .due_items(destination, now_millis(), limit, &skip.calls)
+        .due_items(destination, now_millis(), limit, skip)
         .await
     {
-        Ok(d) => next_call(d, &skip.seqs, batch, MAX_CALL_BYTES),
+        Ok(d) => next_call(d, batch, MAX_CALL_BYTES),
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
             Vec::new()
@@ -387,18 +362,13 @@ async fn take(
     }
 }
 
-/// The items of the next call: the due ones not in `skip` (delivered, not yet
-/// recorded), in order, at most `batch` and at most `max_bytes` of payload (the first
-/// whatever its size).
-fn next_call(
-    due: Vec<DueItem>,
-    skip: &HashSet<i64>,
-    batch: usize,
-    max_bytes: usize,
-) -> Vec<DueItem> {
+/// The items of the next call: the due ones in order, at most `batch` and at most
+/// `max_bytes` of payload (the first whatever its size). None of them is delivered and
+/// unsettled: they were read outside every unsettled call, and those read ahead,
+/// while the last call was delivered, outside that call too.
+fn next_call(due: Vec<DueItem>, batch: usize, max_bytes: usize) -> Vec<DueItem> {
     let mut bytes = 0;
     due.into_iter()
-        .filter(|i| !skip.contains(&i.seq))
         .take(batch)
         .enumerate()
         .take_while(|(n, i)| {
@@ -505,35 +475,20 @@ mod tests {
     }
 
     #[test]
-    fn a_call_skips_unsettled_items_and_stops_at_the_count_or_the_bytes() {
+    fn a_call_stops_at_the_count_or_the_bytes() {
         let due = || (1..=6).map(|s| item(s, 100)).collect::<Vec<_>>();
-        let none = HashSet::new();
-        assert_eq!(seqs(&next_call(due(), &none, 4, 10_000)), vec![1, 2, 3, 4]);
-        assert_eq!(seqs(&next_call(due(), &none, 10, 250)), vec![1, 2]);
-        let unsettled: HashSet<i64> = [1, 3].into();
-        assert_eq!(
-            seqs(&next_call(due(), &unsettled, 3, 10_000)),
-            vec![2, 4, 5]
-        );
+        assert_eq!(seqs(&next_call(due(), 4, 10_000)), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(&next_call(due(), 10, 250)), vec![1, 2]);
         // One item larger than the limit still goes, alone.
         let big = vec![item(7, 5_000), item(8, 10)];
-        assert_eq!(seqs(&next_call(big, &none, 10, 1_000)), vec![7]);
-        assert!(next_call(Vec::new(), &none, 10, 1_000).is_empty());
+        assert_eq!(seqs(&next_call(big, 10, 1_000)), vec![7]);
+        assert!(next_call(Vec::new(), 10, 1_000).is_empty());
     }
 
     #[test]
-    fn a_call_about_to_be_delivered_is_left_out_by_its_seqs_and_its_span() {
+    fn a_call_spans_its_first_seq_to_its_last() {
         assert_eq!(span(&[]), None);
-        let call = [item(7, 1), item(3, 1), item(12, 1)];
-        assert_eq!(span(&call), Some(3..=12));
-        let before = Unsettled {
-            seqs: [1].into(),
-            calls: vec![1..=1],
-        };
-        let ahead = before.with_call(&call);
-        assert_eq!(ahead.seqs, [1, 3, 7, 12].into());
-        assert_eq!(ahead.calls, vec![1..=1, 3..=12]);
-        assert_eq!(Unsettled::default().with_call(&[]).calls, vec![]);
+        assert_eq!(span(&[item(7, 1), item(3, 1), item(12, 1)]), Some(3..=12));
     }
 
     #[test]
