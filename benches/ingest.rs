@@ -444,6 +444,11 @@ async fn batch(
     Ok(())
 }
 
+/// The gateway's allocator (`src/main.rs`) for the reference and the load generator
+/// too, so the ratios compare the work, not the allocators.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     if let Some(db) = std::env::var_os("OIP_BENCH_REFERENCE") {

@@ -10,6 +10,13 @@ use clap::Parser;
 use oip_gateway::cli::args::{Cli, Command, SimAction, SimClient, SubmitArgs};
 use oip_gateway::{app, certs, cli, config, loadgen, submit, telemetry};
 
+/// jemalloc instead of glibc's malloc, whose `malloc` and `free` were about a quarter of
+/// the ingest and runtime threads' samples in `perf` of a 200,000-record submit, for
+/// the same peak memory (issue 13; README, "Speed of live orders and bulk files").
+/// Its background threads return freed memory to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 async fn sim_control(
     c: &SimClient,
 ) -> anyhow::Result<
