@@ -360,10 +360,16 @@ pub fn accept(
                 return;
             }
             let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = tx.closed() => return,
+                biased;
                 _ = stop.changed() => continue,
+                () = tx.closed() => return,
+                a = listener.accept() => a,
             };
+            if *stop.borrow() {
+                // Stopped while the connection was being accepted: it is closed
+                // unserved, as the ones still in the listener's backlog are.
+                return;
+            }
             let (tcp, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {

@@ -186,7 +186,12 @@ async fn metrics(State(ops): State<Ops>) -> axum::response::Response {
         .into_response()
 }
 
-/// Probes the store every `every` and keeps gRPC health in step with readiness.
+/// Probes the store every `every` and keeps gRPC health in step with readiness,
+/// announcing only changes. The services start SERVING (registered so before the probe
+/// starts), and `tonic_health` notifies every `Watch` caller of each status it is
+/// given, changed or not: re-announcing SERVING at the first probe sent watchers a
+/// second SERVING, which a watcher waiting for the next change (NOT_SERVING at
+/// shutdown) took for it.
 pub fn spawn_probe(
     ops: Ops,
     store: Arc<dyn Store>,
@@ -196,7 +201,7 @@ pub fn spawn_probe(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut was_ready = None;
+        let mut was_ready = true;
         loop {
             let problem = match tokio::time::timeout(Duration::from_secs(5), store.probe()).await {
                 Ok(Ok(())) => None,
@@ -218,7 +223,7 @@ pub fn spawn_probe(
             }
             ops.readiness.set_problem(problem);
             let ready = ops.readiness.why_not().is_none();
-            if was_ready != Some(ready) {
+            if was_ready != ready {
                 let status = if ready {
                     tonic_health::ServingStatus::Serving
                 } else {
@@ -228,7 +233,7 @@ pub fn spawn_probe(
                 for name in &services {
                     health.set_service_status(*name, status).await;
                 }
-                was_ready = Some(ready);
+                was_ready = ready;
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

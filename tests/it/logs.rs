@@ -131,14 +131,14 @@ async fn queue_depth_and_oldest_pending_age_are_logged() {
                     && l.contains("oldest_pending_age_s=")
             })
         };
-        if reported("social-security", "1") {
-            assert!(reported("tax", "0"), "the tax queue is reported too");
+        // Each report logs one destination after the other: wait for both lines.
+        if reported("social-security", "1") && reported("tax", "0") {
             gw.kill();
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no queue report with the pending worker in the logs"
+            "no queue report with the pending worker (social-security) and the tax queue in the logs"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
