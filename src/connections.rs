@@ -354,22 +354,20 @@ pub fn accept(
         let refused_log = Arc::new(LogBudget::new());
         let capacity_log = Arc::new(LogBudget::new());
         loop {
-            if *stop.borrow() {
-                // Shutting down: the listener closes, new connections are refused at
-                // once (clients fail over instead of waiting on a draining server).
-                return;
-            }
             let accepted = tokio::select! {
                 biased;
-                _ = stop.changed() => continue,
+                _ = stop.changed() => None,
                 () = tx.closed() => return,
-                a = listener.accept() => a,
+                a = listener.accept() => Some(a),
             };
             if *stop.borrow() {
-                // Stopped while the connection was being accepted: it is closed
-                // unserved, as the ones still in the listener's backlog are.
+                // Shutting down: the listener closes, new connections are refused at
+                // once (clients fail over instead of waiting on a draining server),
+                // and one accepted as it stopped is closed unserved, as those still
+                // in the listener's backlog are.
                 return;
             }
+            let Some(accepted) = accepted else { continue };
             let (tcp, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {

@@ -762,8 +762,8 @@ impl Store for SqliteStore {
         let mut conn = self.reader.acquire().await.map_err(db_err)?;
         let mut due = Vec::new();
         for gap in super::outside(excluded) {
-            let left = u64::from(limit).saturating_sub(due.len() as u64);
-            if left == 0 {
+            let left = i64::from(limit) - due.len() as i64;
+            if left <= 0 {
                 break;
             }
             let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
@@ -779,7 +779,7 @@ impl Store for SqliteStore {
             )
             .bind(destination.as_str())
             .bind(now)
-            .bind(i64::try_from(left).unwrap_or(i64::MAX))
+            .bind(left)
             .bind(gap.start())
             .bind(gap.end())
             .fetch_all(&mut *conn)
