@@ -8,8 +8,10 @@
 //! The reference is `benches/ingest/reference.rs`: a tonic server over the same mTLS
 //! that decodes orders and writes them in multi-row SQLite transactions (the least a
 //! durable intake can do). The gateway is the release binary on the shipped
-//! configuration (forwarding to its embedded simulator), with rates high enough not to
-//! bind. Each runs as its own process; the load comes from this process.
+//! configuration, with rates high enough not to bind, forwarding to the backend
+//! simulator run as a process of its own (`oip-gateway backend-sim serve`). Each runs
+//! as its own process; the load comes from this process (small calls) or from
+//! `oip-gateway submit` (batches).
 //!
 //! 1. **Unary**: `oip-gateway load`'s generator (`cli::load`), 64 single-order
 //!    `ReportOrders` calls in flight on one connection for SECS seconds, against the
@@ -32,7 +34,10 @@
 //! 4. **Memory** (during 2): the gateway's peak resident memory. Target: ≤ 150 MB.
 //!
 //! After each gateway phase the time of each ingest stage per record is printed, from
-//! the gateway's `oip_ingest_stage_seconds_total`.
+//! the gateway's `oip_ingest_stage_seconds_total`, and the CPU time per record of the
+//! gateway, the simulator and the client (`/proc/PID/stat`), against what the
+//! machine's cores allow in all at the target rate: all three share the cores, so the
+//! client's and the simulator's shares bound what any gateway could reach here.
 
 #[path = "ingest/reference.rs"]
 mod reference;
@@ -40,8 +45,12 @@ mod reference;
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 use std::collections::BTreeMap;
 
+use cpu::{cpu_secs, run_timed};
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -93,6 +102,11 @@ impl Server {
         })
     }
 
+    /// The CPU time the server has used so far, in seconds.
+    fn cpu(&self) -> f64 {
+        cpu_secs(self.child.id())
+    }
+
     fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -115,7 +129,22 @@ fn ceiling(dir: &Path) -> anyhow::Result<Server> {
     Server::start(cmd, false)
 }
 
-fn gateway(dir: &Path) -> anyhow::Result<Server> {
+/// The gateway on the shipped configuration, delivering to the backend simulator run
+/// as a process of its own (as a backend would be), so that the CPU each uses can be
+/// told apart. Returns the gateway and the simulator.
+fn gateway(dir: &Path) -> anyhow::Result<(Server, Server)> {
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_oip-gateway"));
+    sim.args([
+        "backend-sim",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+    ])
+    .arg(format!("sqlite:{}", dir.join("backend-sim.db").display()))
+    .env("RUST_LOG", "warn");
+    let sim = Server::start(sim, false)?;
+    let backend = format!("https://{}", sim.addr);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-gateway"));
     cmd.args(["serve"])
         .env("OIP_LISTEN", "127.0.0.1:0")
@@ -124,11 +153,39 @@ fn gateway(dir: &Path) -> anyhow::Result<Server> {
             "OIP_DATABASE_URL",
             format!("sqlite:{}", dir.join("oip.db").display()),
         )
+        .env("OIP_FORWARD__SIMULATE", "false")
+        .env("OIP_FORWARD__SOCIAL_SECURITY_ENDPOINT", &backend)
+        .env("OIP_FORWARD__TAX_ENDPOINT", &backend)
         .env("OIP_RATE_LIMITS__CALLS_PER_SECOND", "10000000")
         .env("OIP_RATE_LIMITS__RECORDS_PER_SECOND", "100000000")
         .env("OIP_CONNECTIONS__MAX_CALLS_PER_IDENTITY", "100000")
         .env("RUST_LOG", "warn");
-    Server::start(cmd, true)
+    Ok((Server::start(cmd, true)?, sim))
+}
+
+/// CPU time per record of each process at work in a gateway phase, in microseconds,
+/// against what the machine's cores allow at the target rate (`target_rate` records
+/// a second): the share left to the gateway once the client and the simulator have
+/// theirs shows whether the target can be met here at all.
+fn print_cpu(
+    records: f64,
+    (gateway, simulator, client): (f64, f64, f64),
+    client_name: &str,
+    target_rate: f64,
+) {
+    let per = |secs: f64| secs * 1e6 / records.max(1.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let budget = cores * 1e6 / target_rate.max(1e-9);
+    println!(
+        "  CPU µs a record: gateway {:.1}, backend simulator {:.1}, {client_name} {:.1}; in all {:.1}. \
+         At the target ({target_rate:.0} records/s) the machine's {cores} cores allow {budget:.1} in all, \
+         {:.1} once the simulator and the client have theirs",
+        per(gateway),
+        per(simulator),
+        per(client),
+        per(gateway + simulator + client),
+        budget - per(simulator + client),
+    );
 }
 
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
@@ -269,14 +326,18 @@ async fn small_calls(
     let reference_rate = report.orders_per_second();
     println!("reference: {}", report.lines().join("; "));
 
-    let g = gateway(&dir.join("gw"))?;
+    let (g, sim) = gateway(&dir.join("gw"))?;
     let ops = g.ops.clone().unwrap_or_default();
     let before = stages(&ops).await?;
-    let report = load::run(&[connect(&g.addr).await?], &opts).await?;
+    let channel = connect(&g.addr).await?;
+    let cpu_before = (g.cpu(), sim.cpu(), cpu_secs(std::process::id()));
+    let report = load::run(&[channel], &opts).await?;
+    let cpu_after = (g.cpu(), sim.cpu(), cpu_secs(std::process::id()));
     let after = stages(&ops).await?;
     let calls = metric_sum(&ops, "oip_ingest_transaction_calls_sum").await?;
     let txs = metric_sum(&ops, "oip_ingest_transaction_calls_count").await?;
     g.stop();
+    sim.stop();
     println!("gateway:   {}", report.lines().join("; "));
     row(
         label,
@@ -295,6 +356,16 @@ async fn small_calls(
         calls / txs.max(1.0)
     );
     print_stages(&before, &after, report.accepted as f64);
+    print_cpu(
+        report.accepted as f64,
+        (
+            cpu_after.0 - cpu_before.0,
+            cpu_after.1 - cpu_before.1,
+            cpu_after.2 - cpu_before.2,
+        ),
+        "load generator",
+        20_000.0,
+    );
     anyhow::ensure!(
         report.failures.is_empty() && report.other_outcomes.is_empty(),
         "{label}: calls failed or were not accepted"
@@ -367,7 +438,7 @@ async fn batch(
     std::io::Write::flush(&mut w)?;
     drop(w);
 
-    let g = gateway(&dir.join("gw-batch"))?;
+    let (g, sim) = gateway(&dir.join("gw-batch"))?;
     let ops = g.ops.clone().unwrap_or_default();
     let pid = g.child.id();
     let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
@@ -382,15 +453,17 @@ async fn batch(
         })
     };
     let before = stages(&ops).await?;
+    let cpu_before = (g.cpu(), sim.cpu());
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
-        .args(["submit", "--quiet", "--endpoint"])
-        .arg(format!("https://{}", g.addr))
-        .arg("--report")
-        .arg(dir.join("report.jsonl"))
-        .arg(&file)
-        .stdout(Stdio::null())
-        .status()?;
+    let (status, client_cpu) = run_timed(
+        Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+            .args(["submit", "--quiet", "--endpoint"])
+            .arg(format!("https://{}", g.addr))
+            .arg("--report")
+            .arg(dir.join("report.jsonl"))
+            .arg(&file)
+            .stdout(Stdio::null()),
+    )?;
     let submit_secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(status.success(), "submit failed: {status}");
     let after = stages(&ops).await?;
@@ -406,9 +479,11 @@ async fn batch(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let drain_secs = drain_started.elapsed().as_secs_f64();
+    let cpu = (g.cpu() - cpu_before.0, sim.cpu() - cpu_before.1, client_cpu);
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     g.stop();
+    sim.stop();
     let items: f64 = {
         let pool = sqlx::SqlitePool::connect(&format!(
             "sqlite:{}?mode=ro",
@@ -441,6 +516,7 @@ async fn batch(
         peak.load(Ordering::Relaxed) as f64 / 1024.0
     );
     print_stages(&before, &after, records);
+    print_cpu(records, cpu, "submit client", 0.3 * reference_rate);
     Ok(())
 }
 
@@ -470,7 +546,14 @@ fn main() -> anyhow::Result<()> {
         }
         if phases.contains(&"batch") {
             let r = reference(&dir.path().join("ref-batch"))?;
+            let cpu_before = (r.cpu(), cpu_secs(std::process::id()));
             let reference_rate = reference_batches(&r.addr, orders, 8).await?;
+            let per = |secs: f64| secs * 1e6 / orders.max(1) as f64;
+            println!(
+                "batch reference: CPU µs a record: server {:.1}, its load generator {:.1}",
+                per(r.cpu() - cpu_before.0),
+                per(cpu_secs(std::process::id()) - cpu_before.1)
+            );
             r.stop();
             let shapes = std::env::var("BENCH_INGEST_SHAPES")
                 .unwrap_or_else(|_| "as-taken,scattered".into());
