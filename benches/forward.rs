@@ -20,10 +20,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oip_gateway::access::{Grant, Role};
 use oip_gateway::app::Gateway;
 use oip_gateway::backend_sim::{BackendSim, SimConfig};
 use oip_gateway::config::Config;
+use oip_gateway::domain::grant::{Grant, Role};
 use oip_gateway::proto::{
     self, backend_sim_control_client::BackendSimControlClient,
     social_security_service_client::SocialSecurityServiceClient,

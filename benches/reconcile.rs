@@ -15,12 +15,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oip_gateway::crosscheck::Candidate;
 use oip_gateway::domain::PlatformProfile;
+use oip_gateway::domain::batch::Candidate;
 use oip_gateway::domain::period::Period;
+use oip_gateway::domain::reconcile;
 use oip_gateway::ingest::{Ingest, Policy};
 use oip_gateway::proto;
-use oip_gateway::reconcile;
 use oip_gateway::reference::Reference;
 use oip_gateway::store::Store;
 use oip_gateway::store::sqlite::SqliteStore;

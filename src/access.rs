@@ -5,96 +5,50 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::domain::PlatformProfile;
+use crate::domain::grant::{Grant, Role};
 use crate::domain::time::Millis;
 use crate::error::ApiError;
 use crate::identity::Principal;
 use crate::reference::Reference;
 use crate::store::Store;
 
-/// The roles of spec/README.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Platform,
-    Tax,
-    SocialSecurity,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Platform => "platform",
-            Role::Tax => "tax",
-            Role::SocialSecurity => "social-security",
-            Role::Admin => "admin",
-        }
+/// Checks a grant an administrator is about to make: the identity is a gateway
+/// identity of the same role, and the scope fits the role (the platform's own
+/// USCC; a known division; `*` for an administrator). Returns why not.
+pub fn check_grant(grant: &Grant, reference: &Reference) -> Result<(), String> {
+    let principal = Principal::from_uri(&grant.identity).map_err(|e| e.to_string())?;
+    if principal.role != grant.role {
+        return Err(format!(
+            "{} is a {} identity and cannot hold the {} role",
+            crate::domain::outcome::quoted(&grant.identity),
+            principal.role,
+            grant.role
+        ));
     }
-    pub fn parse(s: &str) -> Option<Self> {
-        [Role::Platform, Role::Tax, Role::SocialSecurity, Role::Admin]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+    if grant.role == Role::Tax
+        && let Some(county) = reference.division(&grant.scope).filter(|d| d.is_county())
+    {
+        return Err(county_for_tax(reference, county));
     }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One row of the grant table. `scope` is the platform's USCC for the platform role,
-/// a division code for tax and social security, `*` for an administrator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    pub identity: String,
-    pub role: Role,
-    pub scope: String,
-    pub expires_at: Option<Millis>,
-}
-
-impl Grant {
-    pub fn is_live(&self, now: Millis) -> bool {
-        self.expires_at.is_none_or(|e| now < e)
-    }
-
-    /// Checks a grant an administrator is about to make: the identity is a gateway
-    /// identity of the same role, and the scope fits the role (the platform's own
-    /// USCC; a known division; `*` for an administrator). Returns why not.
-    pub fn check(&self, reference: &Reference) -> Result<(), String> {
-        let principal = Principal::from_uri(&self.identity).map_err(|e| e.to_string())?;
-        if principal.role != self.role {
-            return Err(format!(
-                "{} is a {} identity and cannot hold the {} role",
-                crate::domain::outcome::quoted(&self.identity),
-                principal.role,
-                self.role
-            ));
-        }
-        if self.role == Role::Tax
-            && let Some(county) = reference.division(&self.scope).filter(|d| d.is_county())
-        {
-            return Err(county_for_tax(reference, county));
-        }
-        let fits = match self.role {
-            Role::Platform => self.scope == principal.subject,
-            Role::Tax | Role::SocialSecurity => reference.serves(&self.scope),
-            Role::Admin => self.scope == "*",
-        };
-        if fits {
-            Ok(())
-        } else {
-            Err(format!(
-                "scope {} does not fit the {} role (expected {})",
-                crate::domain::outcome::quoted(&self.scope),
-                self.role,
-                match self.role {
-                    Role::Platform => "the platform's own USCC",
-                    Role::Tax | Role::SocialSecurity =>
-                        "a known division code this gateway serves (reference.served_divisions)",
-                    Role::Admin => "\"*\"",
-                }
-            ))
-        }
+    let fits = match grant.role {
+        Role::Platform => grant.scope == principal.subject,
+        Role::Tax | Role::SocialSecurity => reference.serves(&grant.scope),
+        Role::Admin => grant.scope == "*",
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "scope {} does not fit the {} role (expected {})",
+            crate::domain::outcome::quoted(&grant.scope),
+            grant.role,
+            match grant.role {
+                Role::Platform => "the platform's own USCC",
+                Role::Tax | Role::SocialSecurity =>
+                    "a known division code this gateway serves (reference.served_divisions)",
+                Role::Admin => "\"*\"",
+            }
+        ))
     }
 }
 
@@ -398,26 +352,14 @@ mod tests {
             scope: scope.into(),
             expires_at: None,
         };
-        assert!(g("oip://tax/js-tax", Role::Tax, "320100").check(&r).is_ok());
-        assert!(
-            g("oip://tax/js-tax", Role::Tax, "999999")
-                .check(&r)
-                .is_err()
-        );
-        assert!(g("oip://tax/js-tax", Role::Admin, "*").check(&r).is_err());
-        assert!(g("oip://admin/ops", Role::Admin, "*").check(&r).is_ok());
-        assert!(
-            g("oip://admin/ops", Role::Admin, "320000")
-                .check(&r)
-                .is_err()
-        );
+        assert!(check_grant(&g("oip://tax/js-tax", Role::Tax, "320100"), &r).is_ok());
+        assert!(check_grant(&g("oip://tax/js-tax", Role::Tax, "999999"), &r).is_err());
+        assert!(check_grant(&g("oip://tax/js-tax", Role::Admin, "*"), &r).is_err());
+        assert!(check_grant(&g("oip://admin/ops", Role::Admin, "*"), &r).is_ok());
+        assert!(check_grant(&g("oip://admin/ops", Role::Admin, "320000"), &r).is_err());
         let a = "oip://platform/91320100MA1DEMA010";
-        assert!(g(a, Role::Platform, "91320100MA1DEMA010").check(&r).is_ok());
-        assert!(
-            g(a, Role::Platform, "91320500MA1DEMB02D")
-                .check(&r)
-                .is_err()
-        );
-        assert!(g("tax/x", Role::Tax, "320100").check(&r).is_err());
+        assert!(check_grant(&g(a, Role::Platform, "91320100MA1DEMA010"), &r).is_ok());
+        assert!(check_grant(&g(a, Role::Platform, "91320500MA1DEMB02D"), &r).is_err());
+        assert!(check_grant(&g("tax/x", Role::Tax, "320100"), &r).is_err());
     }
 }

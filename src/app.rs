@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 
-use crate::access::{Access, Grant, Role};
+use crate::access::Access;
 use crate::api::admin::AdminApi;
 use crate::api::platform::PlatformApi;
 use crate::api::pull::{Puller, SocialSecurityApi, TaxApi};
@@ -19,6 +19,7 @@ use crate::audit::{self, AuditLayer, Auditor};
 use crate::backend_sim::{BackendSim, SimConfig};
 use crate::config::{Config, StatementRelease};
 use crate::domain::fees::{BaseRate, FloatRate, RateBook};
+use crate::domain::grant::{Grant, Role};
 use crate::forward::dispatcher::{self, Backend, DispatchSettings};
 use crate::forward::release::{self, ReleasePolicy};
 use crate::ingest::{Ingest, Policy};
@@ -182,8 +183,7 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 scope: scope.clone(),
                 expires_at: None,
             };
-            grant
-                .check(&reference)
+            crate::access::check_grant(&grant, &reference)
                 .map_err(|e| anyhow::anyhow!("grants[{i}]: {e}"))?;
             seeds.push(grant);
         }

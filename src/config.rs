@@ -852,7 +852,7 @@ impl Config {
         }
         for (i, a) in self.admins.iter().enumerate() {
             match Principal::from_uri(a) {
-                Ok(p) if p.role == crate::access::Role::Admin => {}
+                Ok(p) if p.role == crate::domain::grant::Role::Admin => {}
                 _ => {
                     return Err(invalid(
                         format!("admins[{i}]"),

@@ -13,7 +13,7 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::access::Role;
+use crate::domain::grant::Role;
 use crate::domain::ids::CreditCode;
 
 /// The URI scheme of gateway identities.

@@ -7,15 +7,15 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::crosscheck::{Candidate, Plan};
 use crate::deadline::{CallDeadline, DeadlineExceeded};
 use crate::domain::PlatformProfile;
+use crate::domain::batch::{Candidate, Plan};
 use crate::domain::fees::RateBook;
 use crate::domain::period::Period;
+use crate::domain::reconcile;
 use crate::domain::time::now_millis;
 use crate::forward::outbox;
 use crate::metrics::Metrics;
-use crate::reconcile;
 use crate::store::{Store, StoreError};
 
 pub mod group;

@@ -40,7 +40,6 @@ pub mod ops;
     rustdoc::bare_urls
 )]
 pub mod proto;
-pub mod reconcile;
 pub mod reference;
 pub mod store;
 pub mod submit;

@@ -14,8 +14,8 @@
 
 use chrono::NaiveDate;
 
-use crate::crosscheck::Candidate;
 use crate::domain::RecordKind;
+use crate::domain::batch::Candidate;
 use crate::domain::fees::Figures;
 use crate::domain::ids::{IdNumber, IdType, Mobile, PersonName, Plate};
 use crate::domain::outcome::{echo, shown_division};

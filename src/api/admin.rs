@@ -8,12 +8,13 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use tonic::{Request, Response, Status};
 
-use crate::access::{Access, Grant, Role};
+use crate::access::Access;
 use crate::api::paging;
 use crate::audit;
 use crate::deadline::{CallDeadline, CommitGuard};
 use crate::domain::PlatformProfile;
 use crate::domain::fees::{BaseRate, FloatRate, Multiplier, RateBook};
+use crate::domain::grant::{Grant, Role};
 use crate::domain::ids::CreditCode;
 use crate::domain::outcome::{quoted, shown_division};
 use crate::domain::platform::DeliveryTier;
@@ -534,7 +535,7 @@ impl AdminService for AdminApi {
                     scope: scope.clone(),
                     expires_at,
                 };
-                g.check(&self.reference).map_err(bad)?;
+                crate::access::check_grant(&g, &self.reference).map_err(bad)?;
                 Ok(g)
             })
             .collect::<Result<Vec<_>, ApiError>>()?;

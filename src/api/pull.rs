@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::access::{Access, DivisionScope, Role};
+use crate::access::{Access, DivisionScope};
 use crate::audit::{self, Auditor, Event};
 use crate::deadline::CallDeadline;
+use crate::domain::grant::Role;
 use crate::domain::ids::CreditCode;
 use crate::domain::outcome::quoted;
 use crate::domain::period::Period;

@@ -1,11 +1,14 @@
 //! The domain: records, identifiers, times and outcomes. Pure: no tonic, no sqlx.
 
 pub mod audit;
+pub mod batch;
 pub mod fees;
+pub mod grant;
 pub mod ids;
 pub mod outcome;
 pub mod period;
 pub mod platform;
+pub mod reconcile;
 pub mod records;
 pub mod time;
 

@@ -7,12 +7,12 @@ use prost::Message;
 
 use std::collections::HashMap;
 
-use crate::crosscheck::{EnrolmentKey, Plan, Reconciliation, Write};
+use crate::domain::batch::{EnrolmentKey, Plan, Reconciliation, Write};
 use crate::domain::fees::{Figures, ReconciliationStatus};
+use crate::domain::reconcile::RatedStatement;
 use crate::domain::time::to_rfc3339;
 use crate::domain::{Accident, Declaration, Order, PlatformProfile, Worker};
 use crate::proto::{self, social_security_item, tax_item};
-use crate::reconcile::RatedStatement;
 use crate::store::{Destination, OutboxItem};
 
 /// The call that stored what an item delivers, carried in its header

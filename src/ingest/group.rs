@@ -38,9 +38,10 @@ use tokio::sync::oneshot;
 
 use super::{Ingest, IngestError};
 use crate::audit::Event;
-use crate::crosscheck::{self, Candidate, Plan, Rules, Touched};
+use crate::crosscheck::{self, Rules};
 use crate::deadline::{CallDeadline, CommitGuard};
 use crate::domain::PlatformProfile;
+use crate::domain::batch::{Candidate, Plan, Touched};
 use crate::domain::time::{Millis, now_millis};
 use crate::forward::outbox;
 use crate::store::{Laps, StoreError};

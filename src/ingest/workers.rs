@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use crate::crosscheck::{Known, Touched, WorkerState};
+use crate::domain::batch::{Known, Touched, WorkerState};
 use crate::store::{IngestTx, StoreError};
 
 /// Worker states kept at most, over all platforms: about 600 bytes each with the
@@ -171,7 +171,7 @@ impl Cached {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crosscheck::Stored;
+    use crate::domain::batch::Stored;
     use crate::domain::records::WorkerStatus;
 
     fn state(revision: u32) -> WorkerState {

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use super::{Destination, Result};
-use crate::access::{Grant, Role};
 use crate::domain::PlatformProfile;
 use crate::domain::audit::AuditEntry;
+use crate::domain::grant::{Grant, Role};
 use crate::domain::time::Millis;
 
 /// A grant as an administrator lists it.

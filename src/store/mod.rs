@@ -8,16 +8,16 @@
 
 use async_trait::async_trait;
 
-use crate::access::Grant;
+use crate::domain::grant::Grant;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 
-use crate::crosscheck::{EnrolmentKey, Known, Plan, Touched};
 use crate::domain::PlatformProfile;
+use crate::domain::batch::{EnrolmentKey, Known, Plan, Touched};
 use crate::domain::fees::{BaseRate, FloatRate, RateBook};
 use crate::domain::period::Period;
+use crate::domain::reconcile::Statements;
 use crate::domain::time::Millis;
-use crate::reconcile::Statements;
 
 pub mod access;
 pub mod sim;

@@ -24,20 +24,20 @@ use super::{
     OutboxItem, Page, PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result,
     Store, StoreError, UnreleasedMonth, WorkerRow,
 };
-use crate::access::{Grant, Role};
-use crate::crosscheck::{
+use crate::domain::batch::{
     EnrolmentKey, Known, OrderFacts, Plan, Stored, StoredDeclaration, StoredOrder, Touched,
     WorkerState,
 };
 use crate::domain::fees::{BaseRate, Figures, FloatRate, Multiplier, RateBook};
+use crate::domain::grant::{Grant, Role};
 use crate::domain::ids::CreditCode;
 use crate::domain::period::Period;
 use crate::domain::platform::DeliveryTier;
+use crate::domain::reconcile::{StatementKey, Statements};
 use crate::domain::records::ContentHash;
 use crate::domain::time::Millis;
 use crate::domain::{Declaration, OrderStatus};
 use crate::domain::{PlatformProfile, WorkerStatus};
-use crate::reconcile::{StatementKey, Statements};
 use crate::vault::{Vault, VaultError};
 use std::sync::Arc;
 

@@ -6,14 +6,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use oip_gateway::crosscheck::{Candidate, EnrolmentKey};
 use oip_gateway::domain::PlatformProfile;
+use oip_gateway::domain::batch::{Candidate, EnrolmentKey};
 use oip_gateway::domain::fees::RateBook;
 use oip_gateway::domain::period::Period;
+use oip_gateway::domain::reconcile::StatementKey;
 use oip_gateway::domain::time::{local_date, parse_wire_time};
 use oip_gateway::ingest::{Ingest, Policy};
 use oip_gateway::proto;
-use oip_gateway::reconcile::StatementKey;
 use oip_gateway::reference::Reference;
 use oip_gateway::store::sqlite::SqliteStore;
 use oip_gateway::store::{PageRequest, Store};

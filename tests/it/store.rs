@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use oip_gateway::access::{Grant, Role};
-use oip_gateway::crosscheck::{self, Candidate, Known, Rules, Touched};
+use oip_gateway::crosscheck::{self, Rules};
+use oip_gateway::domain::batch;
+use oip_gateway::domain::batch::{Candidate, Known, Touched};
 use oip_gateway::domain::fees::RateBook;
+use oip_gateway::domain::grant::{Grant, Role};
 use oip_gateway::domain::platform::DeliveryTier;
 use oip_gateway::domain::{PlatformProfile, Record, RecordKind};
 use oip_gateway::reference::Reference;
@@ -305,7 +307,7 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
             order_id: None,
         };
         let mut tx = store.begin_ingest(p.id).await.expect(name);
-        let plan = crosscheck::Plan::default();
+        let plan = batch::Plan::default();
         let items = [item("r1", 1), item("r2", 1), item("r1", 2), item("r3", 1)];
         tx.write(&plan, items.to_vec(), 10, &mut Laps::start())
             .await
@@ -438,7 +440,7 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             let store = store.clone();
             async move {
                 let mut tx = store.begin_ingest(p.id).await.expect("begin");
-                tx.write(&crosscheck::Plan::default(), items, at, &mut Laps::start())
+                tx.write(&batch::Plan::default(), items, at, &mut Laps::start())
                     .await
                     .expect("write");
                 tx.commit().await.expect("commit");

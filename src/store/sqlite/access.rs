@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{AAD_ID_NUMBER, AAD_NAME, SqliteStore, clear_payload, corrupt, db_err, sealed_err};
-use crate::access::{Grant, Role};
 use crate::domain::PlatformProfile;
 use crate::domain::audit::{AuditEntry, GENESIS};
+use crate::domain::grant::{Grant, Role};
 use crate::domain::time::Millis;
 use crate::store::access::{
     AccessStore, AuditQuery, ChainRows, GrantRow, JournalEntry, JournalPage, Person,
