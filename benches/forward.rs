@@ -17,6 +17,7 @@
 //! Then the whole journal is pulled once as social security and once as tax (every
 //! page audited), timing each pull.
 
+use oip_gateway::store::{Destination, GrantRepo, OutboxRepo};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,7 @@ use oip_gateway::proto::{
     social_security_service_client::SocialSecurityServiceClient,
     tax_service_client::TaxServiceClient,
 };
-use oip_gateway::store::AccessStore;
 use oip_gateway::store::sqlite::SqliteStore;
-use oip_gateway::store::{Destination, Store};
 use oip_gateway::{loadgen, submit, tls};
 
 fn env_list(name: &str, default: &str) -> Vec<usize> {

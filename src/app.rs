@@ -2,6 +2,7 @@
 //! registrations, services, the mTLS listener. [`Gateway::start`] returns once the
 //! listener is bound, with its address; the gateway runs until shut down.
 
+use crate::store::{GrantRepo, PlatformRepo, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,7 +31,6 @@ use crate::proto::social_security_service_server::SocialSecurityServiceServer;
 use crate::proto::tax_backend_client::TaxBackendClient;
 use crate::proto::tax_service_server::TaxServiceServer;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AccessStore, Store};
 use crate::{proto, tls};
 use std::time::Duration;
 use tokio::sync::watch;

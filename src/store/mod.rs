@@ -13,11 +13,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 
 use crate::domain::PlatformProfile;
+use crate::domain::audit::AuditEntry;
 use crate::domain::batch::{EnrolmentKey, Known, Plan, Touched};
 use crate::domain::fees::{BaseRate, FloatRate, RateBook};
+use crate::domain::grant::Role;
 use crate::domain::period::Period;
 use crate::domain::reconcile::Statements;
 use crate::domain::time::Millis;
+use access::{AuditQuery, ChainRows, GrantRow, JournalPage, Person, RateLimitRow};
 
 pub mod access;
 pub mod sim;
@@ -134,8 +137,6 @@ pub fn lock_database(url: &str) -> anyhow::Result<DatabaseLock> {
     file.sync_all()?;
     Ok(DatabaseLock { _file: Some(file) })
 }
-
-pub use access::AccessStore;
 
 /// Storage failures. Every variant is the gateway's problem, not the caller's.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -389,31 +390,79 @@ pub struct DeclarationRow {
     pub superseded: bool,
 }
 
+/// The store: every repository, and readiness. A backend implements each repository
+/// ([`sqlite::SqliteStore`]); callers hold an `Arc<dyn Store>` and bring into scope
+/// the repositories whose methods they call.
 #[async_trait]
-pub trait Store: AccessStore + Send + Sync + 'static {
+pub trait Store:
+    PlatformRepo
+    + IngestRepo
+    + ListingRepo
+    + OutboxRepo
+    + GrantRepo
+    + AuditRepo
+    + PullRepo
+    + Send
+    + Sync
+    + 'static
+{
     /// Whether the store takes writes now (readiness, `/ready`): its migrations are all
     /// applied, its files can be written, and a write commits. The error says which
     /// failed (no personal data).
     async fn probe(&self) -> Result<()>;
+}
+
+/// Platforms and the rate book: registered from configuration or by administrators,
+/// read on every call.
+#[async_trait]
+pub trait PlatformRepo: Send + Sync {
     /// Creates or replaces a platform (its divisions are replaced as a whole).
     async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile>;
+
+    /// The platform registered under this USCC, if any.
     async fn platform(&self, uscc: &str) -> Result<Option<PlatformProfile>>;
 
-    async fn put_grant(&self, grant: &Grant) -> Result<()>;
-    /// Every grant held by `identity`, expired ones included (the caller decides).
-    async fn grants(&self, identity: &str) -> Result<Vec<Grant>>;
+    /// Every registered platform.
+    async fn platforms(&self) -> Result<Vec<PlatformProfile>>;
 
+    /// Every version of every rate.
+    async fn rate_book(&self) -> Result<RateBook>;
+
+    /// Appends rate rows (new versions; nothing is overwritten).
+    async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()>;
+}
+
+/// A platform's batch transactions, serialised per platform, and the months
+/// awaiting release to tax.
+#[async_trait]
+pub trait IngestRepo: Send + Sync {
     /// Opens the transaction of one batch for a platform. Batches of one platform are
     /// serialised, so `load` sees everything committed before.
     async fn begin_ingest(&self, platform_id: i64) -> Result<Box<dyn IngestTx>>;
 
+    /// Months with statements that have not been released to tax.
+    async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>>;
+}
+
+/// What a platform reads back: its records, its rejections and its aggregates
+/// (volume statements, daily enrolments, closed months).
+#[async_trait]
+pub trait ListingRepo: Send + Sync {
+    /// A page of a platform's workers in worker-id order (personal data in clear).
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>>;
+
+    /// A page of a platform's orders in order-id order.
     async fn list_orders(&self, platform_id: i64, page: &PageRequest) -> Result<Page<OrderRow>>;
+
+    /// A page of a platform's kept rejections, in the order they were stored.
     async fn list_rejections(
         &self,
         platform_id: i64,
         page: &PageRequest,
     ) -> Result<Page<RejectionRecord>>;
+
+    /// A page of a platform's declarations (what each declares, and whether a later one
+    /// replaced it).
     async fn list_declarations(
         &self,
         platform_id: i64,
@@ -422,18 +471,21 @@ pub trait Store: AccessStore + Send + Sync + 'static {
 
     /// Statement counts of these (month, industry) pairs.
     async fn statements(&self, platform_id: i64, scope: &[(Period, String)]) -> Result<Statements>;
+
     /// Every statement of a platform (for checks and reports).
     async fn all_statements(&self, platform_id: i64) -> Result<Statements>;
+
     /// Every daily enrolment of a platform.
     async fn all_enrolments(&self, platform_id: i64) -> Result<BTreeMap<EnrolmentKey, i64>>;
+
     /// When the platform's months closed.
     async fn closed_periods(&self, platform_id: i64) -> Result<HashMap<Period, Millis>>;
+}
 
-    /// Every version of every rate.
-    async fn rate_book(&self) -> Result<RateBook>;
-    /// Appends rate rows (new versions; nothing is overwritten).
-    async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()>;
-
+/// The transactional outbox as delivery sees it: due items, settlement, the
+/// deliveries of a record, dead letters.
+#[async_trait]
+pub trait OutboxRepo: Send + Sync {
     /// Up to `limit` pending items of a destination that are due, in seq order, skipping
     /// any item whose record has an earlier pending item, and every item whose seq lies
     /// in one of the `excluded` ranges (inclusive, in any order, overlapping or not).
@@ -452,6 +504,7 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         limit: u32,
         excluded: &[RangeInclusive<i64>],
     ) -> Result<Vec<DueItem>>;
+
     /// Records what the backend answered, in one transaction.
     async fn settle(
         &self,
@@ -459,9 +512,14 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         max_attempts: u32,
         now: Millis,
     ) -> Result<()>;
+
+    /// How many items of a destination are pending and dead, and when the oldest
+    /// pending one was queued.
     async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth>;
+
     /// Every outbox item of a record (`platform/kind/id`), oldest first.
     async fn deliveries(&self, record_key: &str) -> Result<Vec<DeliveryRow>>;
+
     /// Dead letters in seq order after `after`, at most `limit`.
     async fn dead_letters(
         &self,
@@ -469,6 +527,7 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Vec<DeadLetter>>;
+
     /// Replays or discards the selected dead letters (items not dead are left alone);
     /// returns how many changed. A dead letter with a later item of its record that
     /// is pending or delivered is superseded instead of replayed: sent again, it could
@@ -480,9 +539,81 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         by: &str,
         now: Millis,
     ) -> Result<DeadLettersHandled>;
+}
 
-    /// Months with statements that have not been released to tax.
-    async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>>;
+/// Grants and per-identity rate limits: the access tables (spec/README.md, roles).
+#[async_trait]
+pub trait GrantRepo: Send + Sync {
+    /// Creates or replaces one grant.
+    async fn put_grant(&self, grant: &Grant) -> Result<()>;
+
+    /// Every grant held by `identity`, expired ones included (the caller decides).
+    async fn grants(&self, identity: &str) -> Result<Vec<Grant>>;
+
+    /// Creates or replaces grants, recording who made them.
+    async fn put_grants(&self, grants: &[Grant], by: &str, now: Millis) -> Result<()>;
+
+    /// Deletes the listed scopes of a role (all of its scopes when `scopes` is empty);
+    /// returns how many grants went.
+    async fn revoke_grants(&self, identity: &str, role: Role, scopes: &[String]) -> Result<u64>;
+
+    /// Every grant (of `identity` when given), expired ones included.
+    async fn list_grants(&self, identity: Option<&str>) -> Result<Vec<GrantRow>>;
+
+    /// Sets (or replaces) one identity's rates.
+    async fn put_rate_limit(&self, row: &RateLimitRow) -> Result<()>;
+
+    /// Removes one identity's rates; whether it had any.
+    async fn clear_rate_limit(&self, identity: &str) -> Result<bool>;
+
+    /// Every identity's rates, ordered by identity.
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>>;
+}
+
+/// The hash-chained audit log (`domain::audit`): its head, appends, the stored chain
+/// for verification, queries and retention.
+#[async_trait]
+pub trait AuditRepo: Send + Sync {
+    /// The newest entry's seq and hash, or the anchor (0 and genesis when empty).
+    async fn audit_head(&self) -> Result<(i64, [u8; 32])>;
+
+    /// Appends entries whose seq and hash the caller computed from the head.
+    async fn append_audit(&self, entries: &ChainRows) -> Result<()>;
+
+    /// A writer transaction for appending entries: its head is read inside it, so that
+    /// entries appended by ingest transactions (`IngestTx::append_audit`) and by it
+    /// form one chain.
+    async fn begin_audit(&self) -> Result<Box<dyn AuditTx>>;
+
+    /// Where the stored chain starts: the seq and hash of the last entry removed by
+    /// retention, or 0 and genesis.
+    async fn audit_anchor(&self) -> Result<(i64, [u8; 32])>;
+
+    /// Up to `limit` entries after `after`, with their stored hashes.
+    async fn audit_chain(&self, after: i64, limit: u32) -> Result<ChainRows>;
+
+    /// Audit entries matching `query`, oldest first.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// Removes entries older than `before` (never the newest), moving the anchor to
+    /// the last removed; returns how many went and the anchor, or None when none did.
+    async fn prune_audit(&self, before: Millis) -> Result<Option<(u64, i64, [u8; 32])>>;
+}
+
+/// The journal the tax bureau and social security pull by cursor, and the
+/// identities the social-security pull attaches to its items.
+#[async_trait]
+pub trait PullRepo: Send + Sync {
+    /// The newest journal seq (0 when empty).
+    async fn journal_end(&self) -> Result<i64>;
+
+    /// Entries of `destination` among the seqs `after + 1 ..= after + scan`.
+    async fn journal(&self, destination: Destination, after: i64, scan: u32)
+    -> Result<JournalPage>;
+
+    /// The identities of workers, by (platform USCC, worker id); unknown ones absent.
+    async fn persons(&self, keys: &[(String, String)])
+    -> Result<HashMap<(String, String), Person>>;
 }
 
 /// Where a batch's time went, stage by stage (for `oip_ingest_stage_seconds_total`):
@@ -521,6 +652,7 @@ pub trait AuditTx: Send {
     async fn audit_head(&mut self) -> Result<(i64, [u8; 32])>;
     /// Appends entries whose seq and hash the caller computed from [`Self::audit_head`].
     async fn append_audit(&mut self, entries: &access::ChainRows) -> Result<()>;
+    /// Commits the appended entries.
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -562,6 +694,7 @@ pub trait IngestTx: Send {
     /// Releases a month to tax: closes it at `at` unless already closed, marks it
     /// released and queues `outbox` (its statements).
     async fn release(&mut self, period: Period, at: Millis, outbox: &[OutboxItem]) -> Result<()>;
+    /// Commits everything written in the transaction (durable on return).
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 

@@ -20,16 +20,16 @@ use writer::{WriteTx, Writer};
 
 use super::{
     DeadLetter, DeadLetterAction, DeadLetterSelection, DeadLettersHandled, DeclarationRow,
-    DeliveryOutcome, DeliveryRow, Destination, DueItem, IngestTx, Laps, MonthState, OrderRow,
-    OutboxItem, Page, PageRequest, PlatformRegistration, QueueDepth, RejectionRecord, Result,
-    Store, StoreError, UnreleasedMonth, WorkerRow,
+    DeliveryOutcome, DeliveryRow, Destination, DueItem, IngestRepo, IngestTx, Laps, ListingRepo,
+    MonthState, OrderRow, OutboxItem, OutboxRepo, Page, PageRequest, PlatformRegistration,
+    PlatformRepo, QueueDepth, RejectionRecord, Result, Store, StoreError, UnreleasedMonth,
+    WorkerRow,
 };
 use crate::domain::batch::{
     EnrolmentKey, Known, OrderFacts, Plan, Stored, StoredDeclaration, StoredOrder, Touched,
     WorkerState,
 };
 use crate::domain::fees::{BaseRate, Figures, FloatRate, Multiplier, RateBook};
-use crate::domain::grant::{Grant, Role};
 use crate::domain::ids::CreditCode;
 use crate::domain::period::Period;
 use crate::domain::platform::DeliveryTier;
@@ -288,7 +288,10 @@ impl Store for SqliteStore {
         .map_err(db_err)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl PlatformRepo for SqliteStore {
     async fn upsert_platform(&self, reg: &PlatformRegistration) -> Result<PlatformProfile> {
         let mut tx = self.write_tx().await?;
         let now = crate::domain::time::now_millis();
@@ -390,42 +393,105 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn put_grant(&self, grant: &Grant) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO grants (identity, role, scope, expires_at, granted_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (identity, role, scope) DO UPDATE SET expires_at = excluded.expires_at, granted_at = excluded.granted_at",
-        )
-        .bind(&grant.identity)
-        .bind(grant.role.as_str())
-        .bind(&grant.scope)
-        .bind(grant.expires_at)
-        .bind(crate::domain::time::now_millis())
-        .execute(&mut **self.writer.lock().await)
-        .await
-        .map_err(db_err)?;
-        Ok(())
+    async fn platforms(&self) -> Result<Vec<PlatformProfile>> {
+        let usccs: Vec<(String,)> = sqlx::query_as("SELECT uscc FROM platforms ORDER BY uscc")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(usccs.len());
+        for (uscc,) in usccs {
+            if let Some(p) = self.platform(&uscc).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
-    async fn grants(&self, identity: &str) -> Result<Vec<Grant>> {
-        let rows: Vec<(String, String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT identity, role, scope, expires_at FROM grants WHERE identity = ?1",
+    async fn rate_book(&self) -> Result<RateBook> {
+        let bases: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT industry, tier, effective_from, fen_per_order, recorded_at FROM base_rates",
         )
-        .bind(identity)
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        rows.into_iter()
-            .map(|(identity, role, scope, expires_at)| {
-                Ok(Grant {
-                    identity,
-                    role: Role::parse(&role).ok_or_else(|| corrupt("unknown role in grants"))?,
-                    scope,
-                    expires_at,
+        let floats: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT uscc, division_code, year, multiplier_e4, recorded_at FROM float_rates",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(RateBook {
+            bases: bases
+                .into_iter()
+                .map(|(industry, tier, from, fen, at)| {
+                    Ok(BaseRate {
+                        industry,
+                        tier: if tier.is_empty() {
+                            None
+                        } else {
+                            Some(
+                                DeliveryTier::parse(&tier)
+                                    .ok_or_else(|| corrupt("unknown tier in base_rates"))?,
+                            )
+                        },
+                        effective_from: NaiveDate::from_str(&from)
+                            .map_err(|_| corrupt("effective_from is not a date"))?,
+                        fen_per_order: fen,
+                        recorded_at: at,
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<_>>()?,
+            floats: floats
+                .into_iter()
+                .map(|(uscc, division_code, year, m, at)| {
+                    Ok(FloatRate {
+                        uscc,
+                        division_code,
+                        year: i32::try_from(year).map_err(|_| corrupt("year out of range"))?,
+                        multiplier: Multiplier::from_ten_thousandths(m),
+                        recorded_at: at,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
     }
 
+    async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for b in bases {
+            sqlx::query(
+                "INSERT OR IGNORE INTO base_rates (industry, tier, effective_from, fen_per_order, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&b.industry)
+            .bind(b.tier.map_or("", |t| t.as_str()))
+            .bind(b.effective_from.to_string())
+            .bind(b.fen_per_order)
+            .bind(b.recorded_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for f in floats {
+            sqlx::query(
+                "INSERT OR IGNORE INTO float_rates (uscc, division_code, year, multiplier_e4, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&f.uscc)
+            .bind(&f.division_code)
+            .bind(i64::from(f.year))
+            .bind(f.multiplier.ten_thousandths())
+            .bind(f.recorded_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+}
+
+#[async_trait]
+impl IngestRepo for SqliteStore {
     async fn begin_ingest(&self, platform_id: i64) -> Result<Box<dyn IngestTx>> {
         let tx = self.write_tx().await?;
         Ok(Box::new(SqliteIngest {
@@ -436,6 +502,34 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>> {
+        let rows: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT m.platform_id, p.uscc, m.period, c.closed_at
+             FROM (SELECT DISTINCT platform_id, period FROM volume_statements) m
+             JOIN platforms p ON p.id = m.platform_id
+             LEFT JOIN closed_periods c ON c.platform_id = m.platform_id AND c.period = m.period
+             WHERE NOT EXISTS (SELECT 1 FROM released_periods r
+                               WHERE r.platform_id = m.platform_id AND r.period = m.period)
+             ORDER BY m.platform_id, m.period",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(platform_id, uscc, period, closed_at)| {
+                Ok(UnreleasedMonth {
+                    platform_id,
+                    uscc,
+                    period: period_of(&period)?,
+                    closed_at,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ListingRepo for SqliteStore {
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>> {
         type Row = (
             String,
@@ -663,89 +757,10 @@ impl Store for SqliteStore {
             .map(|(p, at)| Ok((period_of(&p)?, at)))
             .collect()
     }
+}
 
-    async fn rate_book(&self) -> Result<RateBook> {
-        let bases: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT industry, tier, effective_from, fen_per_order, recorded_at FROM base_rates",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        let floats: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT uscc, division_code, year, multiplier_e4, recorded_at FROM float_rates",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        Ok(RateBook {
-            bases: bases
-                .into_iter()
-                .map(|(industry, tier, from, fen, at)| {
-                    Ok(BaseRate {
-                        industry,
-                        tier: if tier.is_empty() {
-                            None
-                        } else {
-                            Some(
-                                DeliveryTier::parse(&tier)
-                                    .ok_or_else(|| corrupt("unknown tier in base_rates"))?,
-                            )
-                        },
-                        effective_from: NaiveDate::from_str(&from)
-                            .map_err(|_| corrupt("effective_from is not a date"))?,
-                        fen_per_order: fen,
-                        recorded_at: at,
-                    })
-                })
-                .collect::<Result<_>>()?,
-            floats: floats
-                .into_iter()
-                .map(|(uscc, division_code, year, m, at)| {
-                    Ok(FloatRate {
-                        uscc,
-                        division_code,
-                        year: i32::try_from(year).map_err(|_| corrupt("year out of range"))?,
-                        multiplier: Multiplier::from_ten_thousandths(m),
-                        recorded_at: at,
-                    })
-                })
-                .collect::<Result<_>>()?,
-        })
-    }
-
-    async fn append_rates(&self, bases: &[BaseRate], floats: &[FloatRate]) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        for b in bases {
-            sqlx::query(
-                "INSERT OR IGNORE INTO base_rates (industry, tier, effective_from, fen_per_order, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&b.industry)
-            .bind(b.tier.map_or("", |t| t.as_str()))
-            .bind(b.effective_from.to_string())
-            .bind(b.fen_per_order)
-            .bind(b.recorded_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        for f in floats {
-            sqlx::query(
-                "INSERT OR IGNORE INTO float_rates (uscc, division_code, year, multiplier_e4, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&f.uscc)
-            .bind(&f.division_code)
-            .bind(i64::from(f.year))
-            .bind(f.multiplier.ten_thousandths())
-            .bind(f.recorded_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)
-    }
-
+#[async_trait]
+impl OutboxRepo for SqliteStore {
     async fn due_items(
         &self,
         destination: Destination,
@@ -838,6 +853,23 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await.map_err(db_err)
+    }
+
+    async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth> {
+        let (pending, dead, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),
+                    min(created_at) FILTER (WHERE state = 'pending')
+             FROM outbox WHERE destination = ?1 AND state IN ('pending', 'dead')",
+        )
+        .bind(destination.as_str())
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(QueueDepth {
+            pending: u64::try_from(pending).unwrap_or(0),
+            dead: u64::try_from(dead).unwrap_or(0),
+            oldest_pending_at: oldest,
+        })
     }
 
     async fn deliveries(&self, record_key: &str) -> Result<Vec<DeliveryRow>> {
@@ -1020,48 +1052,6 @@ impl Store for SqliteStore {
         Ok(DeadLettersHandled {
             changed,
             superseded,
-        })
-    }
-
-    async fn unreleased_months(&self) -> Result<Vec<UnreleasedMonth>> {
-        let rows: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT m.platform_id, p.uscc, m.period, c.closed_at
-             FROM (SELECT DISTINCT platform_id, period FROM volume_statements) m
-             JOIN platforms p ON p.id = m.platform_id
-             LEFT JOIN closed_periods c ON c.platform_id = m.platform_id AND c.period = m.period
-             WHERE NOT EXISTS (SELECT 1 FROM released_periods r
-                               WHERE r.platform_id = m.platform_id AND r.period = m.period)
-             ORDER BY m.platform_id, m.period",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        rows.into_iter()
-            .map(|(platform_id, uscc, period, closed_at)| {
-                Ok(UnreleasedMonth {
-                    platform_id,
-                    uscc,
-                    period: period_of(&period)?,
-                    closed_at,
-                })
-            })
-            .collect()
-    }
-
-    async fn queue_depth(&self, destination: Destination) -> Result<QueueDepth> {
-        let (pending, dead, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),
-                    min(created_at) FILTER (WHERE state = 'pending')
-             FROM outbox WHERE destination = ?1 AND state IN ('pending', 'dead')",
-        )
-        .bind(destination.as_str())
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db_err)?;
-        Ok(QueueDepth {
-            pending: u64::try_from(pending).unwrap_or(0),
-            dead: u64::try_from(dead).unwrap_or(0),
-            oldest_pending_at: oldest,
         })
     }
 }

@@ -5,7 +5,7 @@
 use oip_gateway::certs::DEMO_PLATFORM_A;
 use oip_gateway::domain::audit::{AuditEntry, GENESIS};
 use oip_gateway::proto;
-use oip_gateway::store::AccessStore;
+use oip_gateway::store::AuditRepo;
 use oip_gateway::store::sqlite::SqliteStore;
 use tonic::Code;
 

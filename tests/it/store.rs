@@ -1,6 +1,7 @@
 //! The store conformance suite: written against the `Store` trait, run against every
 //! backend (SQLite today; PostgreSQL joins the list when it lands).
 
+use oip_gateway::store::{IngestRepo, ListingRepo, OutboxRepo, PlatformRepo};
 use std::sync::Arc;
 
 use chrono::NaiveDate;

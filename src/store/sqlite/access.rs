@@ -1,5 +1,5 @@
-//! [`AccessStore`] on SQLite: grants, the platform list, the audit log and the
-//! journal (the outbox read in seq order, which is commit order: SQLite has one
+//! The grant, audit and pull repositories on SQLite: grants and rate limits, the audit
+//! log and the journal (the outbox read in seq order, which is commit order: SQLite has one
 //! writer, so a seq is never committed after a higher one).
 
 use crate::store::access::RateLimitRow;
@@ -9,14 +9,11 @@ use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{AAD_ID_NUMBER, AAD_NAME, SqliteStore, clear_payload, corrupt, db_err, sealed_err};
-use crate::domain::PlatformProfile;
 use crate::domain::audit::{AuditEntry, GENESIS};
 use crate::domain::grant::{Grant, Role};
 use crate::domain::time::Millis;
-use crate::store::access::{
-    AccessStore, AuditQuery, ChainRows, GrantRow, JournalEntry, JournalPage, Person,
-};
-use crate::store::{Destination, Result, Store};
+use crate::store::access::{AuditQuery, ChainRows, GrantRow, JournalEntry, JournalPage, Person};
+use crate::store::{AuditRepo, Destination, GrantRepo, PullRepo, Result};
 
 type AuditRow = (
     i64,
@@ -59,7 +56,43 @@ fn entry_of(row: AuditRow) -> Result<(AuditEntry, [u8; 32])> {
 }
 
 #[async_trait]
-impl AccessStore for SqliteStore {
+impl GrantRepo for SqliteStore {
+    async fn put_grant(&self, grant: &Grant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO grants (identity, role, scope, expires_at, granted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (identity, role, scope) DO UPDATE SET expires_at = excluded.expires_at, granted_at = excluded.granted_at",
+        )
+        .bind(&grant.identity)
+        .bind(grant.role.as_str())
+        .bind(&grant.scope)
+        .bind(grant.expires_at)
+        .bind(crate::domain::time::now_millis())
+        .execute(&mut **self.writer.lock().await)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn grants(&self, identity: &str) -> Result<Vec<Grant>> {
+        let rows: Vec<(String, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT identity, role, scope, expires_at FROM grants WHERE identity = ?1",
+        )
+        .bind(identity)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(identity, role, scope, expires_at)| {
+                Ok(Grant {
+                    identity,
+                    role: Role::parse(&role).ok_or_else(|| corrupt("unknown role in grants"))?,
+                    scope,
+                    expires_at,
+                })
+            })
+            .collect()
+    }
+
     async fn put_grants(&self, grants: &[Grant], by: &str, now: Millis) -> Result<()> {
         if grants.is_empty() {
             return Ok(());
@@ -179,21 +212,10 @@ impl AccessStore for SqliteStore {
             })
             .collect()
     }
+}
 
-    async fn platforms(&self) -> Result<Vec<PlatformProfile>> {
-        let usccs: Vec<(String,)> = sqlx::query_as("SELECT uscc FROM platforms ORDER BY uscc")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_err)?;
-        let mut out = Vec::with_capacity(usccs.len());
-        for (uscc,) in usccs {
-            if let Some(p) = self.platform(&uscc).await? {
-                out.push(p);
-            }
-        }
-        Ok(out)
-    }
-
+#[async_trait]
+impl AuditRepo for SqliteStore {
     async fn audit_head(&self) -> Result<(i64, [u8; 32])> {
         chain_head(&mut **self.writer.lock().await).await
     }
@@ -290,7 +312,10 @@ impl AccessStore for SqliteStore {
         tx.commit().await.map_err(db_err)?;
         Ok(Some((done.rows_affected(), seq, hash)))
     }
+}
 
+#[async_trait]
+impl PullRepo for SqliteStore {
     async fn journal_end(&self) -> Result<i64> {
         let (end,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
             .fetch_one(&self.reader)
