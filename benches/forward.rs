@@ -160,7 +160,6 @@ async fn run(
     config.forward.batch_size = batch_size;
     // While paused, retry often enough that the resume is noticed at once.
     config.forward.max_backoff_ms = 200;
-    let config_vault = config.vault()?;
     let gateway = Gateway::start(config).await?;
     let endpoint = format!("https://{}", gateway.addr);
     let filled = Instant::now();
@@ -175,7 +174,7 @@ async fn run(
     );
 
     // What is queued (the month's release follows its first batch; wait for it).
-    let store = SqliteStore::open(&db, config_vault).await?;
+    let store = SqliteStore::open(&db).await?;
     let mut queued = (0, 0);
     for _ in 0..100 {
         let q = (

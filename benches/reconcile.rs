@@ -60,11 +60,7 @@ fn candidates(b: &Bench, records: &[proto::Record]) -> Vec<Candidate> {
 async fn setup() -> anyhow::Result<Bench> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &format!("sqlite:{}", dir.path().join("bench.db").display()),
-            oip_gateway::vault::Vault::for_test(),
-        )
-        .await?,
+        SqliteStore::open(&format!("sqlite:{}", dir.path().join("bench.db").display())).await?,
     );
     let reference = Reference::builtin();
     // The shipped configuration (cargo runs benches from the repository root).
@@ -75,6 +71,7 @@ async fn setup() -> anyhow::Result<Bench> {
     let rates = oip_gateway::app::load_rates(&config, store.as_ref()).await?;
     let ingest = Ingest::new(
         store.clone(),
+        oip_gateway::pii::Pii::for_test(),
         Arc::new(rates),
         Policy {
             declaration_deadline_day: 15,

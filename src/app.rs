@@ -2,6 +2,7 @@
 //! registrations, services, the mTLS listener. [`Gateway::start`] returns once the
 //! listener is bound, with its address; the gateway runs until shut down.
 
+use crate::pii::Pii;
 use crate::store::{GrantRepo, PlatformRepo, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ fn sibling_database(url: &str) -> String {
 /// endpoints are configured).
 async fn start_forwarding(
     config: &Config,
-    store: Arc<dyn Store>,
+    (store, pii): (Arc<dyn Store>, Pii),
     wake: Arc<tokio::sync::Notify>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(Option<BackendSim>, Vec<JoinHandle<()>>)> {
@@ -140,7 +141,16 @@ async fn start_forwarding(
     ];
     let mut tasks: Vec<JoinHandle<()>> = backends
         .into_iter()
-        .map(|b| dispatcher::spawn(store.clone(), b, settings, wake.clone(), stop.clone()))
+        .map(|b| {
+            dispatcher::spawn(
+                store.clone(),
+                pii.clone(),
+                b,
+                settings,
+                wake.clone(),
+                stop.clone(),
+            )
+        })
         .collect();
     tasks.push(dispatcher::spawn_queue_reporter(
         store,
@@ -150,12 +160,18 @@ async fn start_forwarding(
     Ok((sim, tasks))
 }
 
-/// Opens the store and registers the configured platforms and administrators.
-pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store, brings its personal data under the current key (`pii::reseal`)
+/// and registers the configured platforms and administrators. Returns the store and
+/// the sealing of personal data every part above it uses.
+pub async fn prepare_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Pii)> {
     let reference = config.reference()?;
-    let store = SqliteStore::open(&config.database_url, config.vault()?)
+    let pii = Pii::new(config.vault()?);
+    let store = SqliteStore::open(&config.database_url)
         .await
         .with_context(|| format!("database_url {}", config.database_url))?;
+    crate::pii::reseal::reseal(&pii, &store)
+        .await
+        .context("bringing personal data under the current key")?;
     let now = crate::domain::time::now_millis();
     let mut seeds = Vec::new();
     for reg in config.platform_registrations(&reference)? {
@@ -191,7 +207,7 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     store
         .put_grants(&seeds, crate::store::access::CONFIGURATION, now)
         .await?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), pii))
 }
 
 /// Appends the configured rate tables where they differ from the newest stored
@@ -456,17 +472,23 @@ impl Gateway {
         } else {
             None
         };
-        let store = prepare_store(&config).await?;
+        let (store, pii) = prepare_store(&config).await?;
         let rates = Arc::new(load_rates(&config, store.as_ref()).await?);
         let policy = Policy {
             declaration_deadline_day: config.fees.declaration_deadline_day,
             accident_margin_ms: config.accidents.window_margin_minutes * 60_000,
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let ingest = Ingest::new(store.clone(), rates, policy).with_metrics(metrics.clone());
+        let ingest =
+            Ingest::new(store.clone(), pii.clone(), rates, policy).with_metrics(metrics.clone());
         let backend_sim = if config.forward.enabled {
-            let (sim, tasks) =
-                start_forwarding(&config, store.clone(), ingest.wake(), stop_rx.clone()).await?;
+            let (sim, tasks) = start_forwarding(
+                &config,
+                (store.clone(), pii.clone()),
+                ingest.wake(),
+                stop_rx.clone(),
+            )
+            .await?;
             background.extend(tasks);
             sim
         } else {
@@ -526,6 +548,7 @@ impl Gateway {
             }
         }));
         let puller = Puller {
+            pii: pii.clone(),
             admission: admission.clone(),
             access: access.clone(),
             store: store.clone(),
@@ -537,6 +560,7 @@ impl Gateway {
         let social_security =
             SocialSecurityServiceServer::new(SocialSecurityApi(puller)).accept_compressed(gzip);
         let platform = PlatformApi {
+            pii: pii.clone(),
             access: access.clone(),
             ingest,
             store: store.clone(),

@@ -16,6 +16,7 @@ use crate::domain::reconcile;
 use crate::domain::time::now_millis;
 use crate::forward::outbox;
 use crate::metrics::Metrics;
+use crate::pii::Pii;
 use crate::store::{Store, StoreError};
 
 pub mod group;
@@ -48,6 +49,8 @@ pub struct Policy {
 #[derive(Clone)]
 pub struct Ingest {
     store: Arc<dyn Store>,
+    /// Seals the personal data of what is written and opens what is loaded.
+    pii: Pii,
     /// Replaced as a whole when an administrator appends rates; each batch uses the
     /// book current when it starts.
     rates: Arc<RwLock<Arc<RateBook>>>,
@@ -67,9 +70,10 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn Store>, rates: Arc<RateBook>, policy: Policy) -> Self {
+    pub fn new(store: Arc<dyn Store>, pii: Pii, rates: Arc<RateBook>, policy: Policy) -> Self {
         Self {
             store,
+            pii,
             rates: Arc::new(RwLock::new(rates)),
             policy,
             wake: Arc::new(tokio::sync::Notify::new()),

@@ -32,6 +32,7 @@ pub mod ingest;
 pub mod loadgen;
 pub mod metrics;
 pub mod ops;
+pub mod pii;
 // Generated from proto/oip/v1/*.proto, whose comments use <placeholders> and
 // [names] as plain text (they are also the API's documentation for other languages).
 #[allow(

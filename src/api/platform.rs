@@ -23,9 +23,10 @@ use crate::domain::{Outcome, PlatformProfile, Record, RecordKind};
 use crate::error::{self, ApiError};
 use crate::identity::Principal;
 use crate::ingest::{Ingest, Sequence};
+use crate::pii::Pii;
 use crate::proto::{self, platform_service_server::PlatformService};
 use crate::reference::Reference;
-use crate::store::{PageRequest, Store};
+use crate::store::{PageRequest, Store, StoreError};
 use crate::validate;
 
 /// Response metadata of `SubmitStream`: the most records a chunk may carry.
@@ -44,6 +45,8 @@ pub struct PlatformApi {
     pub access: Access,
     pub ingest: Ingest,
     pub store: Arc<dyn Store>,
+    /// Opens the workers' personal data a listing shows (masked).
+    pub pii: Pii,
     pub reference: Arc<Reference>,
     pub limits: Limits,
     /// Writes the intent entries of changes (see `started`).
@@ -1132,15 +1135,18 @@ impl PlatformService for PlatformApi {
             .items
             .into_iter()
             .map(|w| {
+                let id_number = self.pii.open_id_number(&w.id_number)?;
+                let name = self.pii.open_name(&w.name)?;
+                let mobile = self.pii.open_mobile(&w.mobile)?;
                 let key = w.worker_id.clone();
                 let stored = proto::StoredWorker {
                     worker: Some(proto::Worker {
                         worker_id: w.worker_id,
                         revision: Some(w.revision),
                         id_type: w.id_type,
-                        id_number: mask_id_number(&w.id_number),
-                        name: mask_name(&w.name),
-                        mobile: mask_mobile(&w.mobile),
+                        id_number: mask_id_number(&id_number),
+                        name: mask_name(&name),
+                        mobile: mask_mobile(&mobile),
                         industries: w.industries,
                         registered_at: to_rfc3339(w.registered_at),
                         status: w.status,
@@ -1148,9 +1154,10 @@ impl PlatformService for PlatformApi {
                     }),
                     received_at_ms: w.received_at,
                 };
-                (stored, key)
+                Ok((stored, key))
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()
+            .map_err(ApiError::from)?;
         let (workers, next_page_token) = self.bounded(WORKERS, workers, page.next);
         note.records(workers.len() as i64);
         Ok(Response::new(proto::ListWorkersResponse {

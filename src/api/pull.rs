@@ -25,6 +25,7 @@ use crate::domain::period::Period;
 use crate::domain::time::{now_millis, parse_wire_time};
 use crate::error::ApiError;
 use crate::identity::Principal;
+use crate::pii::Pii;
 use crate::proto::social_security_item::Payload as SsPayload;
 use crate::proto::tax_item::Payload as TaxPayload;
 use crate::proto::{
@@ -126,6 +127,8 @@ fn select_ss(
 pub struct Puller {
     pub access: Access,
     pub store: Arc<dyn Store>,
+    /// Opens the sealed items and identities the pulls return.
+    pub pii: Pii,
     pub auditor: Auditor,
     pub reference: Arc<Reference>,
     /// Paces what each office receives (records a second).
@@ -262,11 +265,12 @@ impl Puller {
     where
         M: Send + 'static,
         S: Fn(&JournalEntry, &Filter) -> Result<Option<(String, M)>, Status> + Send + 'static,
-        P: Fn(Arc<dyn Store>, Vec<(i64, M)>) -> Fut + Send + 'static,
+        P: Fn(Arc<dyn Store>, Pii, Vec<(i64, M)>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(Vec<(i64, M)>, &'static str), ApiError>> + Send,
     {
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
+        let pii = self.pii.clone();
         let auditor = self.auditor.clone();
         let access = self.access.clone();
         let admission = self.admission.clone();
@@ -302,13 +306,22 @@ impl Puller {
                     return;
                 }
                 let scan = u32::try_from(end - cursor).unwrap_or(SCAN).min(SCAN);
-                let journal = match store.journal(destination, cursor, scan).await {
-                    Ok(j) => j,
-                    Err(e) => {
-                        let _ = tx.send(Err(ApiError::from(e).into())).await;
-                        return;
-                    }
-                };
+                let journal =
+                    match store
+                        .journal(destination, cursor, scan)
+                        .await
+                        .and_then(|mut j| {
+                            for e in &mut j.entries {
+                                e.payload = pii.open_payload(std::mem::take(&mut e.payload))?;
+                            }
+                            Ok(j)
+                        }) {
+                        Ok(j) => j,
+                        Err(e) => {
+                            let _ = tx.send(Err(ApiError::from(e).into())).await;
+                            return;
+                        }
+                    };
                 let mut divisions = BTreeSet::new();
                 let mut selected = Vec::new();
                 let mut scanned_to = journal.scanned_to.min(end);
@@ -336,7 +349,8 @@ impl Puller {
                     admission
                         .pace_records(&caller.identity, selected.len())
                         .await;
-                    let (messages, action) = match page(store.clone(), selected).await {
+                    let (messages, action) = match page(store.clone(), pii.clone(), selected).await
+                    {
                         Ok(x) => x,
                         Err(e) => {
                             let _ = tx.send(Err(e.into())).await;
@@ -415,26 +429,24 @@ impl TaxService for TaxApi {
         req: Request<proto::PullRequest>,
     ) -> Result<Response<Self::PullContributionsStream>, Status> {
         let pull = self.0.start(&req, Role::Tax, Destination::Tax).await?;
-        Ok(Response::new(
-            self.0.run(
-                pull,
-                |entry, filter| {
-                    Ok(select_tax(entry, filter)?.map(|(d, item)| {
-                        (
-                            d,
-                            proto::ContributionChange {
-                                cursor: entry.seq.to_string(),
-                                item: Some(item),
-                            },
-                        )
-                    }))
-                },
-                |_store, selected| async move {
-                    Ok((selected, crate::domain::audit::SPECIAL_ACTIONS[0]))
-                },
-                |cursor| proto::ContributionChange { cursor, item: None },
-            ),
-        ))
+        Ok(Response::new(self.0.run(
+            pull,
+            |entry, filter| {
+                Ok(select_tax(entry, filter)?.map(|(d, item)| {
+                    (
+                        d,
+                        proto::ContributionChange {
+                            cursor: entry.seq.to_string(),
+                            item: Some(item),
+                        },
+                    )
+                }))
+            },
+            |_store, _pii, selected| async move {
+                Ok((selected, crate::domain::audit::SPECIAL_ACTIONS[0]))
+            },
+            |cursor| proto::ContributionChange { cursor, item: None },
+        )))
     }
 }
 
@@ -445,6 +457,7 @@ pub struct SocialSecurityApi(pub Puller);
 /// Adds the insured person to each enrolment of a page.
 async fn with_persons(
     store: Arc<dyn Store>,
+    pii: Pii,
     mut selected: Vec<(i64, proto::SocialSecurityChange)>,
 ) -> Result<(Vec<(i64, proto::SocialSecurityChange)>, &'static str), ApiError> {
     let key = |c: &proto::SocialSecurityChange| -> Option<(String, String)> {
@@ -462,8 +475,8 @@ async fn with_persons(
         if let Some(p) = key(c).and_then(|k| persons.get(&k)) {
             c.person = Some(proto::InsuredPerson {
                 id_type: p.id_type.clone(),
-                id_number: p.id_number.clone(),
-                name: p.name.clone(),
+                id_number: pii.open_id_number(&p.id_number)?,
+                name: pii.open_name(&p.name)?,
             });
         }
     }

@@ -17,11 +17,12 @@ use tonic::transport::Channel;
 
 use crate::domain::outcome::scrub_reason;
 use crate::domain::time::now_millis;
+use crate::pii::Pii;
 use crate::proto::{
     self, social_security_backend_client::SocialSecurityBackendClient,
     tax_backend_client::TaxBackendClient,
 };
-use crate::store::{DeliveryOutcome, Destination, DueItem, Store};
+use crate::store::{DeliveryOutcome, Destination, DueItem, Store, StoreError};
 
 /// Dispatcher settings (from `[forward]` in the configuration).
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +246,7 @@ const MAX_UNSETTLED_BATCHES: usize = 10;
 /// then records what it delivered.
 pub fn spawn(
     store: Arc<dyn Store>,
+    pii: Pii,
     mut backend: Backend,
     settings: DispatchSettings,
     wake: Arc<Notify>,
@@ -281,7 +283,7 @@ pub fn spawn(
                     .map(|d| next_call(d, batch, MAX_CALL_BYTES))
                 {
                     Some(due) if !due.is_empty() => due,
-                    _ => take(&*store, destination, &skip, batch).await,
+                    _ => take(&*store, &pii, destination, &skip, batch).await,
                 };
                 if !lingered && !settings.linger.is_zero() && short(&due, batch, MAX_CALL_BYTES) {
                     lingered = true;
@@ -313,7 +315,7 @@ pub fn spawn(
                     let ahead: Unsettled = skip.iter().cloned().chain(span(&due)).collect();
                     let (outcome, next) = tokio::join!(
                         deliver(&mut backend, &due, &settings, &mut settler, &mut backoff),
-                        take(&*store, destination, &ahead, batch)
+                        take(&*store, &pii, destination, &ahead, batch)
                     );
                     pause = outcome;
                     prefetched = pause.is_none().then_some(next);
@@ -341,19 +343,28 @@ fn short(due: &[DueItem], batch: usize, max_bytes: usize) -> bool {
 /// Reads the due items of `destination` outside the calls in `skip` (which the store
 /// leaves out, so their payloads are not read again: issue 13's profile found the
 /// readers busier than the writer re-reading them) and keeps those of the next call
-/// (`next_call`); none when the outbox cannot be read (logged; the dispatcher tries
-/// again).
+/// (`next_call`), their payloads opened by `pii`; none when the outbox cannot be read
+/// (logged; the dispatcher tries again).
 async fn take(
     store: &dyn Store,
+    pii: &Pii,
     destination: Destination,
     skip: &Unsettled,
     batch: usize,
 ) -> Vec<DueItem> {
     let limit = u32::try_from(batch).unwrap_or(u32::MAX);
-    match store
+    let due = store
         .due_items(destination, now_millis(), limit, skip)
         .await
-    {
+        .and_then(|due| {
+            due.into_iter()
+                .map(|mut i| {
+                    i.payload = pii.open_payload(std::mem::take(&mut i.payload))?;
+                    Ok(i)
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        });
+    match due {
         Ok(d) => next_call(d, batch, MAX_CALL_BYTES),
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");

@@ -279,7 +279,10 @@ impl Ingest {
         // Workers kept from earlier transactions are not read again, if no other
         // process has written the platform's workers since (`workers`).
         let touched = Touched::of(live.iter().flat_map(|&i| &work[i].candidates));
-        let (mut known, loaded) = self.workers.load(&mut *tx, platform_id, touched).await?;
+        let (mut known, loaded) = self
+            .workers
+            .load(&mut *tx, &self.pii, platform_id, touched)
+            .await?;
         let scope = Touched::scope(live.iter().flat_map(|&i| &work[i].candidates), &known);
         tx.load_scope(&mut known, &scope).await?;
         laps.lap("load");
@@ -349,7 +352,9 @@ impl Ingest {
                 written.extend(merged.workers.iter().map(|w| w.record.worker_id.clone()));
                 laps.lap("plan");
                 queued = !items.is_empty();
-                tx.write(&merged, items, now, &mut laps).await?;
+                let sealed = self.pii.seal_writes(platform_id, &merged);
+                self.pii.seal_outbox(&mut items);
+                tx.write(&merged, &sealed, items, now, &mut laps).await?;
             }
             if !entries.is_empty() {
                 let head = tx.audit_head().await?;

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::domain::batch::{Known, Touched, WorkerState};
+use crate::pii::Pii;
 use crate::store::{IngestTx, StoreError};
 
 /// Worker states kept at most, over all platforms: about 600 bytes each with the
@@ -88,7 +89,7 @@ impl WorkerCache {
         }
     }
 
-    /// Loads the state of `touched` in `tx` as `IngestTx::load` does, but takes the
+    /// Loads the state of `touched` in `tx` as `IngestTx::load` does (opened by `pii`), but takes the
     /// platform's kept workers instead of reading them while they hold (the version
     /// the transaction reads is the one they were kept at); otherwise reads them too.
     /// Returns the state and the workers read from the store, to keep after the
@@ -96,17 +97,19 @@ impl WorkerCache {
     pub async fn load(
         &self,
         tx: &mut dyn IngestTx,
+        pii: &Pii,
         platform_id: i64,
         mut touched: Touched,
     ) -> Result<(Known, Vec<(String, WorkerState)>), StoreError> {
         let mut cached = self.take(platform_id, &mut touched.worker_ids);
-        let mut known = tx.load(&touched).await?;
+        let mut known = pii.open_loaded(platform_id, tx.load(&touched).await?)?;
         if !cached.workers.is_empty() && !cached.holds(known.workers_version) {
             let stale = Touched {
                 worker_ids: cached.workers.drain(..).map(|(id, _)| id).collect(),
                 ..Touched::default()
             };
-            known.workers.extend(tx.load(&stale).await?.workers);
+            let fresh = pii.open_loaded(platform_id, tx.load(&stale).await?)?;
+            known.workers.extend(fresh.workers);
         }
         let loaded = known
             .workers

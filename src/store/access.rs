@@ -52,8 +52,9 @@ pub struct JournalEntry {
     pub seq: i64,
     /// `platform/kind/id`.
     pub record_key: String,
-    /// The encoded delivery item (in clear).
-    pub payload: Vec<u8>,
+    /// The encoded delivery item as stored: sealed when it carries personal data
+    /// (`pii::Pii::open_payload`).
+    pub payload: super::Sealed,
 }
 
 /// A bounded scan of the journal.
@@ -68,6 +69,8 @@ pub struct JournalPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Person {
     pub id_type: String,
-    pub id_number: String,
-    pub name: String,
+    /// Sealed (`pii::Pii::open_id_number`).
+    pub id_number: super::Sealed,
+    /// Sealed (`pii::Pii::open_name`).
+    pub name: super::Sealed,
 }

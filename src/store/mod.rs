@@ -177,9 +177,12 @@ pub struct WorkerRow {
     pub worker_id: String,
     pub revision: u32,
     pub id_type: String,
-    pub id_number: String,
-    pub name: String,
-    pub mobile: String,
+    /// Sealed (`pii::Pii::open_id_number` gives it in clear).
+    pub id_number: Sealed,
+    /// Sealed (`pii::Pii::open_name`).
+    pub name: Sealed,
+    /// Sealed (`pii::Pii::open_mobile`).
+    pub mobile: Sealed,
     pub industries: Vec<String>,
     pub registered_at: Millis,
     pub status: String,
@@ -280,7 +283,9 @@ pub struct OutboxItem {
 pub struct DueItem {
     pub seq: i64,
     pub idempotency_key: String,
-    pub payload: Vec<u8>,
+    /// The encoded delivery item as stored: sealed when it carries personal data
+    /// (`pii::Pii::open_payload` gives it in clear).
+    pub payload: Sealed,
     pub attempts: u32,
 }
 
@@ -390,6 +395,84 @@ pub struct DeclarationRow {
     pub superseded: bool,
 }
 
+/// Bytes sealed above the store by `pii` (AES-256-GCM under a key the store never
+/// holds), or a value in clear in a database written before sealing: the store keeps
+/// and returns them as they are.
+pub type Sealed = Vec<u8>;
+
+/// A worker write's personal data, sealed by `pii::Pii::seal_writes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedWorker {
+    /// The record's content hash, masked for its row.
+    pub content_hash: [u8; 32],
+    pub id_number: Sealed,
+    pub name: Sealed,
+    pub mobile: Sealed,
+    /// From the resident ID number (GB 11643); None for other identity documents.
+    pub birth_date: Option<Sealed>,
+    /// The keyed hash the ID number is looked up by.
+    pub id_number_hash: [u8; 32],
+}
+
+/// An accident write's personal data (the description, which may hold medical
+/// detail), sealed by `pii::Pii::seal_writes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedAccident {
+    /// The record's content hash, masked for its row.
+    pub content_hash: [u8; 32],
+    pub description: Sealed,
+}
+
+/// The sealed part of a plan's writes: one entry per `Plan::workers` and
+/// `Plan::accidents` write, in the same order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealedWrites {
+    pub workers: Vec<SealedWorker>,
+    pub accidents: Vec<SealedAccident>,
+}
+
+/// What [`IngestTx::load`] reads, as stored: `known` holds the content hashes of
+/// workers and accidents masked and no birth dates; `birth_dates` holds each loaded
+/// worker's sealed birth date. `pii::Pii::open_loaded` makes it the rules' state.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub known: Known,
+    pub birth_dates: HashMap<String, Sealed>,
+}
+
+/// A stored worker's sealed values, for re-sealing ([`SealedRepo`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SealedWorkerRow {
+    pub platform_id: i64,
+    pub worker_id: String,
+    pub id_number: Sealed,
+    pub name: Sealed,
+    pub mobile: Sealed,
+    pub birth_date: Option<Sealed>,
+    /// As stored: masked, or plain in a row written before sealing.
+    pub content_hash: Vec<u8>,
+    pub id_number_hash: Vec<u8>,
+}
+
+/// A stored accident's sealed description, for re-sealing ([`SealedRepo`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SealedAccidentRow {
+    pub platform_id: i64,
+    pub report_id: String,
+    pub description: Sealed,
+    /// As stored: masked, or plain in a row written before sealing.
+    pub content_hash: Vec<u8>,
+}
+
+/// An outbox item's payload as stored, for re-sealing ([`SealedRepo`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredPayload {
+    pub seq: i64,
+    pub destination: String,
+    pub record_key: String,
+    pub payload: Sealed,
+}
+
 /// The store: every repository, and readiness. A backend implements each repository
 /// ([`sqlite::SqliteStore`]); callers hold an `Arc<dyn Store>` and bring into scope
 /// the repositories whose methods they call.
@@ -402,6 +485,7 @@ pub trait Store:
     + GrantRepo
     + AuditRepo
     + PullRepo
+    + SealedRepo
     + Send
     + Sync
     + 'static
@@ -646,6 +730,42 @@ impl Laps {
 /// transaction, after every earlier appending transaction committed (one writer at a
 /// time), so the chain stays one chain whichever transaction appends. Dropping it
 /// without `commit` rolls back.
+/// Personal data as stored, for bringing it under the current key (`pii::reseal`):
+/// read in pages in key order, written back a page per transaction. Values are sealed
+/// and unsealed above the store; these methods move bytes.
+#[async_trait]
+pub trait SealedRepo: Send + Sync {
+    /// The key everything was last brought under (None: never recorded).
+    async fn sealed_with(&self) -> Result<Option<String>>;
+    /// Records the key everything is now under.
+    async fn set_sealed_with(&self, key: &str) -> Result<()>;
+    /// Up to `limit` workers after `after` (platform id, worker id), in that order.
+    async fn sealed_workers(
+        &self,
+        after: &(i64, String),
+        limit: u32,
+    ) -> Result<Vec<SealedWorkerRow>>;
+    /// Replaces the sealed values, hashes and lookup hashes of these workers, in one
+    /// transaction.
+    async fn replace_sealed_workers(&self, rows: &[SealedWorkerRow]) -> Result<()>;
+    /// Up to `limit` accidents after `after` (platform id, report id), in that order.
+    async fn sealed_accidents(
+        &self,
+        after: &(i64, String),
+        limit: u32,
+    ) -> Result<Vec<SealedAccidentRow>>;
+    /// Replaces the descriptions and hashes of these accidents, in one transaction.
+    async fn replace_sealed_accidents(&self, rows: &[SealedAccidentRow]) -> Result<()>;
+    /// Up to `limit` outbox items after seq `after`, in seq order.
+    async fn stored_payloads(&self, after: i64, limit: u32) -> Result<Vec<StoredPayload>>;
+    /// Replaces these items' payloads (seq, payload), in one transaction.
+    async fn replace_payloads(&self, rows: &[(i64, Sealed)]) -> Result<()>;
+    /// Removes the old images of replaced values: from the write-ahead log always, and
+    /// from the whole file when `rebuild` (values stored in clear may linger in pages
+    /// freed before).
+    async fn purge_old_images(&self, rebuild: bool) -> Result<()>;
+}
+
 #[async_trait]
 pub trait AuditTx: Send {
     /// The newest entry's seq and chain hash, or the anchor (0 and genesis when empty).
@@ -665,8 +785,9 @@ pub trait IngestTx: Send {
     /// their records, or neither does.
     async fn append_audit(&mut self, entries: &access::ChainRows) -> Result<()>;
     /// The stored state of these ids (ids not stored are absent), and the platform's
-    /// workers version (`Known::workers_version`, read even when every list is empty).
-    async fn load(&mut self, touched: &Touched) -> Result<Known>;
+    /// workers version (`Known::workers_version`, read even when every list is empty),
+    /// with personal data and hashes as stored ([`Loaded`]).
+    async fn load(&mut self, touched: &Touched) -> Result<Loaded>;
     /// Adds the statements, declared keys and closed months of these (month, industry)
     /// pairs to `known`.
     async fn load_scope(&mut self, known: &mut Known, scope: &[(Period, String)]) -> Result<()>;
@@ -682,6 +803,7 @@ pub trait IngestTx: Send {
     async fn write(
         &mut self,
         plan: &Plan,
+        sealed: &SealedWrites,
         outbox: Vec<OutboxItem>,
         received_at: Millis,
         laps: &mut Laps,

@@ -21,9 +21,9 @@ use writer::{WriteTx, Writer};
 use super::{
     DeadLetter, DeadLetterAction, DeadLetterSelection, DeadLettersHandled, DeclarationRow,
     DeliveryOutcome, DeliveryRow, Destination, DueItem, IngestRepo, IngestTx, Laps, ListingRepo,
-    MonthState, OrderRow, OutboxItem, OutboxRepo, Page, PageRequest, PlatformRegistration,
-    PlatformRepo, QueueDepth, RejectionRecord, Result, Store, StoreError, UnreleasedMonth,
-    WorkerRow,
+    Loaded, MonthState, OrderRow, OutboxItem, OutboxRepo, Page, PageRequest, PlatformRegistration,
+    PlatformRepo, QueueDepth, RejectionRecord, Result, SealedWrites, Store, StoreError,
+    UnreleasedMonth, WorkerRow,
 };
 use crate::domain::batch::{
     EnrolmentKey, Known, OrderFacts, Plan, Stored, StoredDeclaration, StoredOrder, Touched,
@@ -38,8 +38,6 @@ use crate::domain::records::ContentHash;
 use crate::domain::time::Millis;
 use crate::domain::{Declaration, OrderStatus};
 use crate::domain::{PlatformProfile, WorkerStatus};
-use crate::vault::{Vault, VaultError};
-use std::sync::Arc;
 
 mod access;
 mod seal;
@@ -76,45 +74,6 @@ pub struct SqliteStore {
     writer: Writer,
     /// The database file (its `-wal` beside it).
     path: std::path::PathBuf,
-    /// Seals personal data on write, opens it on read.
-    vault: Arc<Vault>,
-}
-
-/// Associated data naming the column a sealed value belongs to.
-const AAD_ID_NUMBER: &[u8] = b"workers.id_number";
-const AAD_NAME: &[u8] = b"workers.name";
-const AAD_MOBILE: &[u8] = b"workers.mobile";
-const AAD_DESCRIPTION: &[u8] = b"accidents.description";
-const AAD_BIRTH_DATE: &[u8] = b"workers.birth_date";
-
-/// The row a masked content hash belongs to (`Vault::mask_hash`).
-fn row_of(platform_id: i64, id: &str) -> Vec<u8> {
-    let mut row = platform_id.to_be_bytes().to_vec();
-    row.extend_from_slice(id.as_bytes());
-    row
-}
-const AAD_PAYLOAD: &[u8] = b"outbox.payload";
-
-fn sealed_err(e: VaultError) -> StoreError {
-    StoreError::Corrupt(format!("personal data: {e}"))
-}
-
-/// Outbox items sealed at rest: worker records (ID number, name, mobile) and accident
-/// reports (medical detail) for social security. Orders, daily enrolments and
-/// everything for tax carry no personal data and stay clear (sealing every order
-/// would cost a seal per item on the hottest path for nothing).
-fn carries_personal_data(destination: Destination, record_key: &str) -> bool {
-    destination == Destination::SocialSecurity
-        && matches!(record_key.split('/').nth(1), Some("worker" | "accident"))
-}
-
-/// An outbox payload in clear (sealed ones are opened; see `carries_personal_data`).
-fn clear_payload(vault: &Vault, payload: Vec<u8>) -> Result<Vec<u8>> {
-    if Vault::key_id(&payload).is_some() {
-        vault.open(&payload, AAD_PAYLOAD).map_err(sealed_err)
-    } else {
-        Ok(payload)
-    }
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -141,9 +100,10 @@ impl SqliteStore {
         self.writer.begin().await.map_err(db_err)
     }
 
-    /// Opens (creating if needed) the database at a `sqlite:` URL or plain path,
-    /// applies the migrations and brings personal data under the vault's current key.
-    pub async fn open(url: &str, vault: Vault) -> Result<Self> {
+    /// Opens (creating if needed) the database at a `sqlite:` URL or plain path and
+    /// applies the migrations. Personal data is brought under the current key above
+    /// the store (`pii::reseal`).
+    pub async fn open(url: &str) -> Result<Self> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -183,9 +143,7 @@ impl SqliteStore {
             reader,
             writer,
             path: Path::new(path).to_path_buf(),
-            vault: Arc::new(vault),
         };
-        store.reseal().await?;
         Ok(store)
     }
 }
@@ -497,7 +455,6 @@ impl IngestRepo for SqliteStore {
         Ok(Box::new(SqliteIngest {
             tx,
             platform_id,
-            vault: self.vault.clone(),
             anchors: Anchors::default(),
         }))
     }
@@ -563,12 +520,9 @@ impl ListingRepo for SqliteStore {
                     worker_id: r.0,
                     revision: revision_of(r.1)?,
                     id_type: r.2,
-                    id_number: self
-                        .vault
-                        .open_str(&r.3, AAD_ID_NUMBER)
-                        .map_err(sealed_err)?,
-                    name: self.vault.open_str(&r.4, AAD_NAME).map_err(sealed_err)?,
-                    mobile: self.vault.open_str(&r.5, AAD_MOBILE).map_err(sealed_err)?,
+                    id_number: r.3,
+                    name: r.4,
+                    mobile: r.5,
                     industries: split(&r.6),
                     registered_at: r.7,
                     status: r.8,
@@ -804,7 +758,7 @@ impl OutboxRepo for SqliteStore {
                 due.push(DueItem {
                     seq,
                     idempotency_key,
-                    payload: clear_payload(&self.vault, payload)?,
+                    payload,
                     attempts: u32::try_from(attempts)
                         .map_err(|_| corrupt("attempts out of range"))?,
                 });
@@ -1103,7 +1057,6 @@ fn destinations_json(destination: Option<Destination>) -> Result<String> {
 /// other transaction takes them. Returns the seq of the newest item of each daily
 /// enrolment and each order queued, for the caller to record on their rows.
 async fn queue<'a>(
-    vault: &Vault,
     tx: &mut WriteTx,
     platform_id: i64,
     outbox: &'a [OutboxItem],
@@ -1212,13 +1165,7 @@ async fn queue<'a>(
                         .push_bind(item.destination.as_str())
                         .push_bind(&item.record_key)
                         .push_bind(&item.idempotency_key)
-                        .push_bind(
-                            if carries_personal_data(item.destination, &item.record_key) {
-                                vault.seal(&payload, AAD_PAYLOAD)
-                            } else {
-                                payload
-                            },
-                        )
+                        .push_bind(payload)
                         .push_bind(if *superseded { "superseded" } else { "pending" })
                         .push_bind(at)
                         .push_bind(at)
@@ -1311,7 +1258,6 @@ struct Newest<'a> {
 struct SqliteIngest {
     tx: WriteTx,
     platform_id: i64,
-    vault: Arc<Vault>,
     /// The newest items of the orders and enrolments this transaction has read.
     anchors: Anchors,
 }
@@ -1594,8 +1540,9 @@ fn hash_of_hex(hex: &str) -> Result<ContentHash> {
 
 #[async_trait]
 impl IngestTx for SqliteIngest {
-    async fn load(&mut self, touched: &Touched) -> Result<Known> {
+    async fn load(&mut self, touched: &Touched) -> Result<Loaded> {
         let mut known = Known::default();
+        let mut birth_dates = HashMap::new();
         let pid = self.platform_id;
         let ids = (
             &touched.worker_ids,
@@ -1618,19 +1565,12 @@ impl IngestTx for SqliteIngest {
         .await?;
         known.workers_version = Some(workers_version);
         for (id, revision, hash, industries, registered_at, status, left_at, birth) in workers {
-            let mut stored = stored(revision, &hash)?;
-            stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
-            let birth = match birth.filter(|b| !b.is_empty()) {
-                None => None,
-                Some(b) => {
-                    let sealed = hex::decode(&b).map_err(|_| corrupt("birth_date is not hex"))?;
-                    Some(
-                        self.vault
-                            .open_str(&sealed, AAD_BIRTH_DATE)
-                            .map_err(sealed_err)?,
-                    )
-                }
-            };
+            // Hash and birth date as stored: `pii` unmasks and opens them.
+            let stored = stored(revision, &hash)?;
+            if let Some(b) = birth.filter(|b| !b.is_empty()) {
+                let sealed = hex::decode(&b).map_err(|_| corrupt("birth_date is not hex"))?;
+                birth_dates.insert(id.clone(), sealed);
+            }
             let state = WorkerState {
                 stored,
                 industries: split(&industries),
@@ -1638,11 +1578,7 @@ impl IngestTx for SqliteIngest {
                 status: WorkerStatus::parse(&status)
                     .ok_or_else(|| corrupt("unknown worker status"))?,
                 left_at,
-                birth_date: birth
-                    .map(|b| {
-                        NaiveDate::from_str(&b).map_err(|_| corrupt("birth_date is not a date"))
-                    })
-                    .transpose()?,
+                birth_date: None,
             };
             known.workers.insert(id, state);
         }
@@ -1696,11 +1632,9 @@ impl IngestTx for SqliteIngest {
             );
         }
         for (id, revision, hash) in accidents {
-            let mut stored = stored(revision, &hash)?;
-            stored.hash = self.vault.mask_hash(&row_of(pid, &id), &stored.hash);
-            known.accidents.insert(id, stored);
+            known.accidents.insert(id, stored(revision, &hash)?);
         }
-        Ok(known)
+        Ok(Loaded { known, birth_dates })
     }
 
     async fn enrolment_counts(
@@ -1785,6 +1719,7 @@ impl IngestTx for SqliteIngest {
     async fn write(
         &mut self,
         plan: &Plan,
+        sealed: &SealedWrites,
         mut outbox: Vec<OutboxItem>,
         received_at: Millis,
         laps: &mut Laps,
@@ -1796,8 +1731,14 @@ impl IngestTx for SqliteIngest {
             .iter_mut()
             .map(|i| std::mem::take(&mut i.payload))
             .collect();
+        if sealed.workers.len() != plan.workers.len()
+            || sealed.accidents.len() != plan.accidents.len()
+        {
+            return Err(corrupt(
+                "the sealed writes do not match the plan's workers and accidents",
+            ));
+        }
         let newest = queue(
-            &self.vault,
             &mut self.tx,
             pid,
             &outbox,
@@ -1807,37 +1748,29 @@ impl IngestTx for SqliteIngest {
         )
         .await?;
         laps.lap("write_outbox");
-        in_chunks(&mut self.tx, &plan.workers, ROWS_PER_STATEMENT / 2, |chunk| {
+        let workers: Vec<_> = plan.workers.iter().zip(&sealed.workers).collect();
+        in_chunks(&mut self.tx, &workers, ROWS_PER_STATEMENT / 2, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO workers (platform_id, worker_id, revision, content_hash, id_type, id_number, name, mobile,
                      birth_date, industries, registered_at, status, left_at, received_at, id_number_hash) ",
                 );
-                let vault = &self.vault;
-                q.push_values(chunk, |mut b, w| {
+                q.push_values(chunk, |mut b, (w, sealed)| {
                     let r = &w.record;
                     b.push_bind(pid)
                         .push_bind(&r.worker_id)
                         .push_bind(i64::from(r.revision))
-                        .push_bind(
-                            vault
-                                .mask_hash(&row_of(pid, &r.worker_id), &w.hash)
-                                .to_vec(),
-                        )
+                        .push_bind(sealed.content_hash.to_vec())
                         .push_bind(r.id_number.id_type().as_str())
-                        .push_bind(vault.seal(r.id_number.as_str().as_bytes(), AAD_ID_NUMBER))
-                        .push_bind(vault.seal(r.name.as_str().as_bytes(), AAD_NAME))
-                        .push_bind(vault.seal(r.mobile.as_str().as_bytes(), AAD_MOBILE))
-                        .push_bind(
-                            r.id_number
-                                .birth_date()
-                                .map(|d| vault.seal(d.to_string().as_bytes(), AAD_BIRTH_DATE)),
-                        )
+                        .push_bind(&sealed.id_number)
+                        .push_bind(&sealed.name)
+                        .push_bind(&sealed.mobile)
+                        .push_bind(&sealed.birth_date)
                         .push_bind(join(&r.industries))
                         .push_bind(r.registered_at)
                         .push_bind(r.status.as_str())
                         .push_bind(r.left_at)
                         .push_bind(received_at)
-                        .push_bind(vault.lookup_hash(r.id_number.as_str().as_bytes()).to_vec());
+                        .push_bind(sealed.id_number_hash.to_vec());
                 });
                 q.push(
                     " ON CONFLICT (platform_id, worker_id) DO UPDATE SET revision = excluded.revision,
@@ -1941,27 +1874,24 @@ impl IngestTx for SqliteIngest {
             })
             .await?;
         laps.lap("write_declarations");
-        in_chunks(&mut self.tx, &plan.accidents, ROWS_PER_STATEMENT, |chunk| {
+        let accidents: Vec<_> = plan.accidents.iter().zip(&sealed.accidents).collect();
+        in_chunks(&mut self.tx, &accidents, ROWS_PER_STATEMENT, |chunk| {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO accidents (platform_id, report_id, revision, content_hash, worker_id, order_id, occurred_at,
                      division_code, injury_kind, description, received_at) ",
                 );
-                q.push_values(chunk, |mut b, w| {
+                q.push_values(chunk, |mut b, (w, sealed)| {
                     let r = &w.record;
                     b.push_bind(pid)
                         .push_bind(&r.report_id)
                         .push_bind(i64::from(r.revision))
-                        .push_bind(
-                            self.vault
-                                .mask_hash(&row_of(pid, &r.report_id), &w.hash)
-                                .to_vec(),
-                        )
+                        .push_bind(sealed.content_hash.to_vec())
                         .push_bind(&r.worker_id)
                         .push_bind(&r.order_id)
                         .push_bind(r.occurred_at)
                         .push_bind(&r.division_code)
                         .push_bind(r.injury_kind.as_str())
-                        .push_bind(self.vault.seal(r.description.as_bytes(), AAD_DESCRIPTION))
+                        .push_bind(&sealed.description)
                         .push_bind(received_at);
                 });
                 q.push(
@@ -2107,7 +2037,6 @@ impl IngestTx for SqliteIngest {
                 .map_err(db_err)?;
         }
         queue(
-            &self.vault,
             &mut self.tx,
             self.platform_id,
             outbox,

@@ -78,12 +78,9 @@ struct Harness {
 impl Harness {
     async fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(
-            &format!("sqlite:{}", dir.path().join("p.db").display()),
-            oip_gateway::vault::Vault::for_test(),
-        )
-        .await
-        .expect("open");
+        let store = SqliteStore::open(&format!("sqlite:{}", dir.path().join("p.db").display()))
+            .await
+            .expect("open");
         let store: Arc<dyn Store> = Arc::new(store);
         let reference = Reference::builtin();
         let config = oip_gateway::config::Config::for_test(
@@ -98,6 +95,7 @@ impl Harness {
         let platform = store.upsert_platform(&reg).await.expect("platform");
         let ingest = Ingest::new(
             store.clone(),
+            oip_gateway::pii::Pii::for_test(),
             Arc::new(RateBook::default()),
             Policy {
                 declaration_deadline_day: 15,

@@ -209,12 +209,9 @@ async fn grant_expecting(admin: &mut Admin, code: Code) {
 #[tokio::test]
 async fn retention_removes_old_entries_and_verification_starts_at_the_anchor() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(
-        &format!("sqlite:{}", dir.path().join("a.db").display()),
-        oip_gateway::vault::Vault::for_test(),
-    )
-    .await
-    .expect("open");
+    let store = SqliteStore::open(&format!("sqlite:{}", dir.path().join("a.db").display()))
+        .await
+        .expect("open");
     let day = 24 * 3600 * 1000;
     let now = oip_gateway::domain::time::now_millis();
     let mut previous = GENESIS;

@@ -677,17 +677,14 @@ async fn replica(
         .platform_registrations(&reference)
         .expect("registration")
         .remove(0);
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(url, oip_gateway::vault::Vault::for_test())
-            .await
-            .expect("open"),
-    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(url).await.expect("open"));
     let platform = store
         .upsert_platform(&registration)
         .await
         .expect("platform");
     let ingest = Ingest::new(
         store,
+        oip_gateway::pii::Pii::for_test(),
         Arc::new(RateBook::default()),
         Policy {
             declaration_deadline_day: 15,

@@ -12,6 +12,7 @@ use oip_gateway::domain::fees::RateBook;
 use oip_gateway::domain::grant::{Grant, Role};
 use oip_gateway::domain::platform::DeliveryTier;
 use oip_gateway::domain::{PlatformProfile, Record, RecordKind};
+use oip_gateway::pii::Pii;
 use oip_gateway::reference::Reference;
 use oip_gateway::store::sqlite::SqliteStore;
 use oip_gateway::store::{Laps, PageRequest, PlatformRegistration, Store};
@@ -40,9 +41,7 @@ fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
 async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("conf.db").display());
-    let sqlite = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
-        .await
-        .expect("open sqlite");
+    let sqlite = SqliteStore::open(&url).await.expect("open sqlite");
     vec![("sqlite", Arc::new(sqlite), dir)]
 }
 
@@ -153,6 +152,7 @@ async fn grants_round_trip() {
 
 #[tokio::test]
 async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
+    let pii = Pii::for_test();
     for (name, store, _dir) in backends().await {
         let p = store
             .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
@@ -162,7 +162,9 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
         // Dropped without commit: nothing stays.
         {
             let mut tx = store.begin_ingest(p.id).await.expect(name);
-            let mut known = tx.load(&touched(&["W1"], &["O1"])).await.expect(name);
+            let mut known = pii
+                .open_loaded(p.id, tx.load(&touched(&["W1"], &["O1"])).await.expect(name))
+                .expect(name);
             let plan = crosscheck::decide(
                 &rules(&p, &book),
                 candidates(&p, &["W1"], &[("O1", "W1")]),
@@ -170,6 +172,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             );
             tx.write(
                 &plan,
+                &pii.seal_writes(p.id, &plan),
                 oip_gateway::forward::outbox::items(
                     &plan,
                     &p,
@@ -184,7 +187,9 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
             .expect(name);
         }
         let mut tx = store.begin_ingest(p.id).await.expect(name);
-        let known = tx.load(&touched(&["W1"], &["O1"])).await.expect(name);
+        let known = pii
+            .open_loaded(p.id, tx.load(&touched(&["W1"], &["O1"])).await.expect(name))
+            .expect(name);
         assert!(
             known.workers.is_empty() && known.orders.is_empty(),
             "{name}: rolled back"
@@ -199,6 +204,7 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
         assert_eq!(plan.rejections.len(), 1);
         tx.write(
             &plan,
+            &pii.seal_writes(p.id, &plan),
             oip_gateway::forward::outbox::items(
                 &plan,
                 &p,
@@ -214,9 +220,13 @@ async fn an_ingest_is_all_or_nothing_and_visible_after_commit() {
         tx.commit().await.expect(name);
 
         let mut tx = store.begin_ingest(p.id).await.expect(name);
-        let known = tx
-            .load(&touched(&["W1", "W2", "W3"], &["O1", "O2"]))
-            .await
+        let known = pii
+            .open_loaded(
+                p.id,
+                tx.load(&touched(&["W1", "W2", "W3"], &["O1", "O2"]))
+                    .await
+                    .expect(name),
+            )
             .expect(name);
         assert_eq!(known.workers.len(), 2, "{name}");
         assert_eq!(known.orders.len(), 1, "{name}");
@@ -310,9 +320,15 @@ async fn the_outbox_delivers_in_order_and_dead_letters() {
         let mut tx = store.begin_ingest(p.id).await.expect(name);
         let plan = batch::Plan::default();
         let items = [item("r1", 1), item("r2", 1), item("r1", 2), item("r3", 1)];
-        tx.write(&plan, items.to_vec(), 10, &mut Laps::start())
-            .await
-            .expect(name);
+        tx.write(
+            &plan,
+            &Default::default(),
+            items.to_vec(),
+            10,
+            &mut Laps::start(),
+        )
+        .await
+        .expect(name);
         tx.commit().await.expect(name);
 
         // r1/2 waits behind r1/1: a correction never overtakes its original.
@@ -441,9 +457,15 @@ async fn newer_derived_versions_supersede_and_dead_letters_are_handled() {
             let store = store.clone();
             async move {
                 let mut tx = store.begin_ingest(p.id).await.expect("begin");
-                tx.write(&batch::Plan::default(), items, at, &mut Laps::start())
-                    .await
-                    .expect("write");
+                tx.write(
+                    &batch::Plan::default(),
+                    &Default::default(),
+                    items,
+                    at,
+                    &mut Laps::start(),
+                )
+                .await
+                .expect("write");
                 tx.commit().await.expect("commit");
             }
         };
@@ -790,9 +812,7 @@ async fn an_upgrade_chains_the_daily_enrolment_items_already_stored() {
         .expect("enrolment");
         pool.close().await;
     }
-    let store = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
-        .await
-        .expect("upgrade");
+    let store = SqliteStore::open(&url).await.expect("upgrade");
     let uscc = oip_gateway::certs::DEMO_PLATFORM_A;
     let listed = |key: String| {
         let store = &store;
@@ -867,9 +887,7 @@ async fn an_upgrade_keys_daily_enrolments_by_day_and_keeps_every_row() {
         }
         pool.close().await;
     }
-    let store = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
-        .await
-        .expect("upgrade");
+    let store = SqliteStore::open(&url).await.expect("upgrade");
     let counted: Vec<(String, String, i64)> = store
         .all_enrolments(1)
         .await
@@ -907,9 +925,7 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
     use oip_gateway::store::{DeadLetterAction, DeadLetterSelection, DeliveryOutcome, Destination};
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("chain.db").display());
-    let store = SqliteStore::open(&url, oip_gateway::vault::Vault::for_test())
-        .await
-        .expect("open");
+    let store = SqliteStore::open(&url).await.expect("open");
     let p = store
         .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
         .await
@@ -948,7 +964,9 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
             }));
             let ids: Vec<&str> = orders.iter().map(|(id, _)| *id).collect();
             let mut tx = store.begin_ingest(p.id).await.expect("begin");
-            let mut known = tx.load(&touched(&["W1"], &ids)).await.expect("load");
+            let mut known = Pii::for_test()
+                .open_loaded(p.id, tx.load(&touched(&["W1"], &ids)).await.expect("load"))
+                .expect("open");
             let plan = crosscheck::decide(&rules(p, book), cands, &mut known);
             assert!(plan.rejections.is_empty(), "{:?}", plan.rejections);
             let items = oip_gateway::forward::outbox::items(
@@ -958,9 +976,15 @@ async fn an_orders_items_stay_in_order_across_the_chain_upgrade() {
                 1,
                 &Default::default(),
             );
-            tx.write(&plan, items.to_vec(), 10, &mut Laps::start())
-                .await
-                .expect("write");
+            tx.write(
+                &plan,
+                &Pii::for_test().seal_writes(p.id, &plan),
+                items.to_vec(),
+                10,
+                &mut Laps::start(),
+            )
+            .await
+            .expect("write");
             tx.commit().await.expect("commit");
         }
     };

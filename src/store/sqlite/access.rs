@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{AAD_ID_NUMBER, AAD_NAME, SqliteStore, clear_payload, corrupt, db_err, sealed_err};
+use super::{SqliteStore, corrupt, db_err};
 use crate::domain::audit::{AuditEntry, GENESIS};
 use crate::domain::grant::{Grant, Role};
 use crate::domain::time::Millis;
@@ -349,7 +349,7 @@ impl PullRepo for SqliteStore {
                     Ok(JournalEntry {
                         seq,
                         record_key,
-                        payload: clear_payload(&self.vault, payload)?,
+                        payload,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -381,11 +381,8 @@ impl PullRepo for SqliteStore {
                     (uscc, worker_id),
                     Person {
                         id_type,
-                        id_number: self
-                            .vault
-                            .open_str(&id_number, AAD_ID_NUMBER)
-                            .map_err(sealed_err)?,
-                        name: self.vault.open_str(&name, AAD_NAME).map_err(sealed_err)?,
+                        id_number,
+                        name,
                     },
                 ))
             })
