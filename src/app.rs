@@ -3,7 +3,7 @@
 //! listener is bound, with its address; the gateway runs until shut down.
 
 use crate::pii::Pii;
-use crate::store::{GrantRepo, PlatformRepo, Store};
+use crate::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,7 +31,6 @@ use crate::proto::social_security_backend_client::SocialSecurityBackendClient;
 use crate::proto::social_security_service_server::SocialSecurityServiceServer;
 use crate::proto::tax_backend_client::TaxBackendClient;
 use crate::proto::tax_service_server::TaxServiceServer;
-use crate::store::sqlite::SqliteStore;
 use crate::{proto, tls};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -166,10 +165,10 @@ async fn start_forwarding(
 pub async fn prepare_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Pii)> {
     let reference = config.reference()?;
     let pii = Pii::new(config.vault()?);
-    let store = SqliteStore::open(&config.database_url)
+    let store = crate::store::connect(&config.database_url)
         .await
         .with_context(|| format!("database_url {}", config.database_url))?;
-    crate::pii::reseal::reseal(&pii, &store)
+    crate::pii::reseal::reseal(&pii, &*store)
         .await
         .context("bringing personal data under the current key")?;
     let now = crate::domain::time::now_millis();
@@ -207,7 +206,7 @@ pub async fn prepare_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, P
     store
         .put_grants(&seeds, crate::store::access::CONFIGURATION, now)
         .await?;
-    Ok((Arc::new(store), pii))
+    Ok((store, pii))
 }
 
 /// Appends the configured rate tables where they differ from the newest stored

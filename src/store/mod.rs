@@ -26,6 +26,21 @@ pub mod access;
 pub mod sim;
 pub mod sqlite;
 
+/// Opens the store `url` names and applies its migrations: `sqlite:PATH` (or
+/// `sqlite://PATH`) is the embedded SQLite file, created if missing. The one place
+/// that picks a backend: everything above the store holds the `Arc<dyn Store>` it
+/// returns. Fails with `StoreError::Unavailable` for a URL of no known backend, or
+/// when the database cannot be opened or migrated.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    Err(StoreError::Unavailable(format!(
+        "database_url: no store for the scheme {scheme:?} (sqlite: is supported)"
+    )))
+}
+
 /// Prepares a SQLite database file readable by its owner only: its directory is
 /// created owner-only when missing, the file is created with mode 0600 when missing
 /// (SQLite gives its `-wal` and `-shm` files the same mode), and existing files of an

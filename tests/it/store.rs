@@ -15,7 +15,7 @@ use oip_gateway::domain::{PlatformProfile, Record, RecordKind};
 use oip_gateway::pii::Pii;
 use oip_gateway::reference::Reference;
 use oip_gateway::store::sqlite::SqliteStore;
-use oip_gateway::store::{Laps, PageRequest, PlatformRegistration, Store};
+use oip_gateway::store::{Laps, PageRequest, PlatformRegistration, Store, StoreError};
 use oip_gateway::validate;
 
 use crate::common::{order, worker};
@@ -38,11 +38,30 @@ fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
     }
 }
 
+/// Every backend, each on a fresh database, opened as the gateway opens its store
+/// (`store::connect`).
 async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("conf.db").display());
-    let sqlite = SqliteStore::open(&url).await.expect("open sqlite");
-    vec![("sqlite", Arc::new(sqlite), dir)]
+    let sqlite = oip_gateway::store::connect(&url)
+        .await
+        .expect("open sqlite");
+    vec![("sqlite", sqlite, dir)]
+}
+
+#[tokio::test]
+async fn a_database_url_of_no_known_backend_is_refused_by_name() {
+    for url in ["mysql://db/oip", "postgresql://db/oip", "oip.db"] {
+        let err = oip_gateway::store::connect(url)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url}: opened"));
+        let scheme = url.split(':').next().unwrap_or_default();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains(&format!("{scheme:?}")) && m.contains("sqlite:")),
+            "{url}: {err:?}"
+        );
+    }
 }
 
 fn registration(uscc: &str) -> PlatformRegistration {
