@@ -152,7 +152,7 @@ struct Settler {
 }
 
 /// What is delivered and not yet settled: the span of each call, first seq to last
-/// (what the store leaves out: [`Store::due_items`]). Every item read is outside them,
+/// (what the store leaves out: [`crate::store::OutboxRepo::due_items`]). Every item read is outside them,
 /// so no item of a call is read again.
 type Unsettled = Vec<RangeInclusive<i64>>;
 

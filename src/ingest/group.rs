@@ -18,7 +18,7 @@
 //!   nobody is answered before the commit.
 //!
 //! The lane only coalesces; it does not serialise. The store serialises a platform's
-//! transactions (`Store::begin_ingest`: SQLite's single writer; on PostgreSQL, a
+//! transactions (`IngestRepo::begin_ingest`: SQLite's single writer; on PostgreSQL, a
 //! per-platform lock taken first in the transaction), so several processes may each
 //! run a leader for the same platform and still compute what one process would.
 //!

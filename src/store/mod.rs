@@ -2,7 +2,7 @@
 //! PostgreSQL implementation for several replicas comes next (roadmap), and the
 //! conformance suite in `tests/it/store.rs` is written against the trait.
 //!
-//! An ingest is one transaction: [`Store::begin_ingest`] opens it, the caller loads
+//! An ingest is one transaction: [`IngestRepo::begin_ingest`] opens it, the caller loads
 //! what the rules need ([`IngestTx::load`]), decides with `crosscheck`, writes the
 //! resulting plan and commits; the answer goes out only after the commit.
 
@@ -356,7 +356,7 @@ pub struct DeadLetterSelection {
     pub seqs: Vec<i64>,
 }
 
-/// What [`Store::handle_dead_letters`] did.
+/// What [`OutboxRepo::handle_dead_letters`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeadLettersHandled {
     /// Dead letters replayed (pending again) or discarded.
@@ -837,7 +837,7 @@ pub trait IngestTx: Send {
 
 /// The seqs outside every `excluded` range (inclusive, in any order, overlapping or
 /// not), as inclusive ranges in ascending order, over all of `i64`: what
-/// [`Store::due_items`] reads, one range after the other, so that an excluded item is
+/// [`OutboxRepo::due_items`] reads, one range after the other, so that an excluded item is
 /// neither read nor looked up.
 pub(crate) fn outside(excluded: &[RangeInclusive<i64>]) -> Vec<RangeInclusive<i64>> {
     let mut sorted: Vec<(i64, i64)> = excluded
