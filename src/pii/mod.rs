@@ -1,7 +1,7 @@
 //! Personal data at rest (README, "Personal data at rest"), sealed above the store.
 //!
 //! A worker's ID number, name, mobile and birth date, an accident's description, and
-//! the social-security outbox items that carry them are sealed (AES-256-GCM,
+//! the social-security outbox items that carry them are sealed (XChaCha20-Poly1305,
 //! [`Vault`]) with associated data naming their column; an ID number also gets a
 //! keyed lookup hash; the content hashes of workers and accidents are stored masked
 //! for their row (a plain hash of a record whose values can be guessed would confirm

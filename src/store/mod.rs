@@ -205,7 +205,7 @@ pub struct WorkerRow {
     pub received_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OrderRow {
     pub order_id: String,
     pub revision: u32,
@@ -219,7 +219,7 @@ pub struct OrderRow {
     pub received_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RejectionRecord {
     pub seq: i64,
     pub kind: String,
@@ -410,7 +410,7 @@ pub struct DeclarationRow {
     pub superseded: bool,
 }
 
-/// Bytes sealed above the store by `pii` (AES-256-GCM under a key the store never
+/// Bytes sealed above the store by `pii` (XChaCha20-Poly1305 under a key the store never
 /// holds), or a value in clear in a database written before sealing: the store keeps
 /// and returns them as they are.
 pub type Sealed = Vec<u8>;

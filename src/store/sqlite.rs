@@ -485,23 +485,40 @@ impl IngestRepo for SqliteStore {
     }
 }
 
+/// A worker as the listing reads it (industries joined, personal data sealed).
+#[derive(sqlx::FromRow)]
+struct WorkerListing {
+    worker_id: String,
+    revision: u32,
+    id_type: String,
+    id_number: Vec<u8>,
+    name: Vec<u8>,
+    mobile: Vec<u8>,
+    industries: String,
+    registered_at: i64,
+    status: String,
+    left_at: Option<i64>,
+    received_at: i64,
+}
+
+/// A declaration as the listing reads it (the period as stored, `YYYY-MM`).
+#[derive(sqlx::FromRow)]
+struct DeclarationListing {
+    declaration_id: String,
+    revision: u32,
+    period: String,
+    division_code: String,
+    industry: String,
+    order_count: i64,
+    amount_fen: i64,
+    received_at: i64,
+    superseded: bool,
+}
+
 #[async_trait]
 impl ListingRepo for SqliteStore {
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>> {
-        type Row = (
-            String,
-            i64,
-            String,
-            Vec<u8>,
-            Vec<u8>,
-            Vec<u8>,
-            String,
-            i64,
-            String,
-            Option<i64>,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<WorkerListing> = sqlx::query_as(
             "SELECT worker_id, revision, id_type, id_number, name, mobile, industries, registered_at, status, left_at, received_at
              FROM workers WHERE platform_id = ?1 AND worker_id > ?2 AND (?3 IS NULL OR worker_id = ?3)
              ORDER BY worker_id LIMIT ?4",
@@ -513,41 +530,27 @@ impl ListingRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        let items = rows
+        let items: Vec<WorkerRow> = rows
             .into_iter()
-            .map(|r| {
-                Ok(WorkerRow {
-                    worker_id: r.0,
-                    revision: revision_of(r.1)?,
-                    id_type: r.2,
-                    id_number: r.3,
-                    name: r.4,
-                    mobile: r.5,
-                    industries: split(&r.6),
-                    registered_at: r.7,
-                    status: r.8,
-                    left_at: r.9,
-                    received_at: r.10,
-                })
+            .map(|r| WorkerRow {
+                worker_id: r.worker_id,
+                revision: r.revision,
+                id_type: r.id_type,
+                id_number: r.id_number,
+                name: r.name,
+                mobile: r.mobile,
+                industries: split(&r.industries),
+                registered_at: r.registered_at,
+                status: r.status,
+                left_at: r.left_at,
+                received_at: r.received_at,
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(page_of(items, page.limit, |w| w.worker_id.clone()))
     }
 
     async fn list_orders(&self, platform_id: i64, page: &PageRequest) -> Result<Page<OrderRow>> {
-        type Row = (
-            String,
-            i64,
-            String,
-            String,
-            String,
-            i64,
-            Option<i64>,
-            String,
-            Option<String>,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let items: Vec<OrderRow> = sqlx::query_as(
             "SELECT order_id, revision, worker_id, industry, division_code, accepted_at, completed_at, status, vehicle_plate, received_at
              FROM orders WHERE platform_id = ?1 AND order_id > ?2 AND (?3 IS NULL OR order_id = ?3)
              ORDER BY order_id LIMIT ?4",
@@ -559,23 +562,6 @@ impl ListingRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        let items = rows
-            .into_iter()
-            .map(|r| {
-                Ok(OrderRow {
-                    order_id: r.0,
-                    revision: revision_of(r.1)?,
-                    worker_id: r.2,
-                    industry: r.3,
-                    division_code: r.4,
-                    accepted_at: r.5,
-                    completed_at: r.6,
-                    status: r.7,
-                    vehicle_plate: r.8,
-                    received_at: r.9,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(page_of(items, page.limit, |o| o.order_id.clone()))
     }
 
@@ -588,8 +574,7 @@ impl ListingRepo for SqliteStore {
             None => 0,
             Some(s) => s.parse().map_err(|_| corrupt("bad rejection cursor"))?,
         };
-        type Row = (i64, String, String, i64, String, String, String, i64);
-        let rows: Vec<Row> = sqlx::query_as(
+        let items: Vec<RejectionRecord> = sqlx::query_as(
             "SELECT seq, kind, record_id, revision, code, field, message, received_at
              FROM rejections WHERE platform_id = ?1 AND seq > ?2 AND (?3 IS NULL OR record_id = ?3)
              ORDER BY seq LIMIT ?4",
@@ -601,21 +586,6 @@ impl ListingRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        let items = rows
-            .into_iter()
-            .map(|r| {
-                Ok(RejectionRecord {
-                    seq: r.0,
-                    kind: r.1,
-                    record_id: r.2,
-                    revision: revision_of(r.3)?,
-                    code: r.4,
-                    field: r.5,
-                    message: r.6,
-                    received_at: r.7,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(page_of(items, page.limit, |r| r.seq.to_string()))
     }
 
@@ -624,14 +594,13 @@ impl ListingRepo for SqliteStore {
         platform_id: i64,
         page: &PageRequest,
     ) -> Result<Page<DeclarationRow>> {
-        type Row = (String, i64, String, String, String, i64, i64, i64, i64);
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<DeclarationListing> = sqlx::query_as(
             "SELECT d.declaration_id, d.revision, d.period, d.division_code, d.industry, d.order_count, d.amount_fen,
                     d.received_at,
                     EXISTS (SELECT 1 FROM declarations n
                             WHERE n.platform_id = d.platform_id AND n.period = d.period AND n.industry = d.industry
                               AND n.division_code = d.division_code
-                              AND n.arrival > d.arrival)
+                              AND n.arrival > d.arrival) AS superseded
              FROM declarations d
              WHERE d.platform_id = ?1 AND d.declaration_id > ?2 AND (?3 IS NULL OR d.declaration_id = ?3)
              ORDER BY d.declaration_id LIMIT ?4",
@@ -647,15 +616,15 @@ impl ListingRepo for SqliteStore {
             .into_iter()
             .map(|r| {
                 Ok(DeclarationRow {
-                    declaration_id: r.0,
-                    revision: revision_of(r.1)?,
-                    period: period_of(&r.2)?,
-                    division_code: r.3,
-                    industry: r.4,
-                    order_count: r.5,
-                    amount_fen: r.6,
-                    received_at: r.7,
-                    superseded: r.8 != 0,
+                    declaration_id: r.declaration_id,
+                    revision: r.revision,
+                    period: period_of(&r.period)?,
+                    division_code: r.division_code,
+                    industry: r.industry,
+                    order_count: r.order_count,
+                    amount_fen: r.amount_fen,
+                    received_at: r.received_at,
+                    superseded: r.superseded,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
