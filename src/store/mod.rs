@@ -316,7 +316,7 @@ pub enum DeliveryOutcome {
 }
 
 /// One outbox item of a record, as its platform reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub idempotency_key: String,
     pub destination: String,
@@ -337,7 +337,7 @@ pub struct QueueDepth {
 
 /// A dead-lettered outbox item, as an administrator reads it (keys and the
 /// backend's reason; never the payload, which may hold personal data).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeadLetter {
     pub seq: i64,
     pub destination: String,

@@ -796,15 +796,6 @@ impl OutboxRepo for SqliteStore {
     }
 
     async fn deliveries(&self, record_key: &str) -> Result<Vec<DeliveryRow>> {
-        type Row = (
-            String,
-            String,
-            String,
-            i64,
-            Option<String>,
-            i64,
-            Option<i64>,
-        );
         // Daily enrolments' and orders' items are not in `outbox_by_record`: they are
         // chained from their record's row (`latest_item`, then each item's
         // `previous`). A key is `<uscc>/enrolment/<worker>/<YYYY-MM-DD>/<division>` or
@@ -817,7 +808,7 @@ impl OutboxRepo for SqliteStore {
         });
         let (worker, day, division) = enrolment.unwrap_or_default();
         let order = rest.strip_prefix("order/");
-        let rows: Vec<Row> = sqlx::query_as(
+        sqlx::query_as(
             "WITH RECURSIVE chain(seq) AS (
                SELECT e.latest_item FROM daily_enrolments e JOIN platforms p ON p.id = e.platform_id
                 WHERE ?2 AND p.uscc = ?3 AND e.worker_id = ?4 AND e.day = ?5 AND e.division_code = ?6
@@ -843,31 +834,7 @@ impl OutboxRepo for SqliteStore {
         .bind(order)
         .fetch_all(&self.reader)
         .await
-        .map_err(db_err)?;
-        rows.into_iter()
-            .map(
-                |(
-                    idempotency_key,
-                    destination,
-                    state,
-                    attempts,
-                    last_error,
-                    created_at,
-                    delivered_at,
-                )| {
-                    Ok(DeliveryRow {
-                        idempotency_key,
-                        destination,
-                        state,
-                        attempts: u32::try_from(attempts)
-                            .map_err(|_| corrupt("attempts out of range"))?,
-                        last_error,
-                        created_at,
-                        delivered_at,
-                    })
-                },
-            )
-            .collect()
+        .map_err(db_err)
     }
 
     async fn dead_letters(
@@ -876,8 +843,7 @@ impl OutboxRepo for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<DeadLetter>> {
-        type Row = (i64, String, String, String, i64, Option<String>, i64);
-        let rows: Vec<Row> = sqlx::query_as(
+        sqlx::query_as(
             "SELECT seq, destination, record_key, idempotency_key, attempts, last_error, created_at FROM outbox
              WHERE state IN ('pending', 'dead') AND state = 'dead'
                AND destination IN (SELECT value FROM json_each(?1)) AND seq > ?2 ORDER BY seq LIMIT ?3",
@@ -887,31 +853,7 @@ impl OutboxRepo for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await
-        .map_err(db_err)?;
-        rows.into_iter()
-            .map(
-                |(
-                    seq,
-                    destination,
-                    record_key,
-                    idempotency_key,
-                    attempts,
-                    last_error,
-                    created_at,
-                )| {
-                    Ok(DeadLetter {
-                        seq,
-                        destination,
-                        record_key,
-                        idempotency_key,
-                        attempts: u32::try_from(attempts)
-                            .map_err(|_| corrupt("attempts out of range"))?,
-                        last_error,
-                        created_at,
-                    })
-                },
-            )
-            .collect()
+        .map_err(db_err)
     }
 
     async fn handle_dead_letters(
