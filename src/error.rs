@@ -188,12 +188,12 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = %m, "storage unavailable");
                 Status::new(
                     Code::Unavailable,
-                    "storage temporarily unavailable; retry the call, nothing was stored",
+                    "storage temporarily unavailable; retry the call (it changed nothing)",
                 )
             }
             ApiError::Store(other) => {
                 tracing::error!(error = %other, "storage failure");
-                Status::internal("internal storage error; nothing was stored")
+                Status::internal("internal storage error; the call changed nothing")
             }
         }
     }

@@ -306,31 +306,31 @@ impl Puller {
                     return;
                 }
                 let scan = u32::try_from(end - cursor).unwrap_or(SCAN).min(SCAN);
-                let journal =
-                    match store
-                        .journal(destination, cursor, scan)
-                        .await
-                        .and_then(|mut j| {
-                            for e in &mut j.entries {
-                                e.payload = pii.open_payload(std::mem::take(&mut e.payload))?;
-                            }
-                            Ok(j)
-                        }) {
-                        Ok(j) => j,
-                        Err(e) => {
-                            let _ = tx.send(Err(ApiError::from(e).into())).await;
-                            return;
-                        }
-                    };
+                let mut journal = match store.journal(destination, cursor, scan).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                };
                 let mut divisions = BTreeSet::new();
                 let mut selected = Vec::new();
                 let mut scanned_to = journal.scanned_to.min(end);
                 // An unreadable entry ends the pull after the items before it.
                 let mut failure = None;
-                for entry in journal.entries.iter().filter(|e| e.seq <= end) {
+                for entry in journal.entries.iter_mut().filter(|e| e.seq <= end) {
                     if limit.is_some_and(|l| sent + selected.len() as u64 >= l) {
                         scanned_to = selected.last().map(|(s, _)| *s).unwrap_or(cursor);
                         break;
+                    }
+                    // Opened one by one: an entry that does not open ends the pull
+                    // after the items before it, like one that does not decode.
+                    match pii.open_payload(std::mem::take(&mut entry.payload)) {
+                        Ok(clear) => entry.payload = clear,
+                        Err(_) => {
+                            failure = Some(unreadable(entry));
+                            break;
+                        }
                     }
                     match select(entry, &filter) {
                         Ok(Some((division, m))) => {

@@ -22,7 +22,7 @@ use crate::proto::{
     self, social_security_backend_client::SocialSecurityBackendClient,
     tax_backend_client::TaxBackendClient,
 };
-use crate::store::{DeliveryOutcome, Destination, DueItem, Store, StoreError};
+use crate::store::{DeliveryOutcome, Destination, DueItem, Store};
 
 /// Dispatcher settings (from `[forward]` in the configuration).
 #[derive(Debug, Clone, Copy)]
@@ -60,42 +60,96 @@ impl Backend {
         }
     }
 
-    /// Delivers the items; the answer has one result per item, in order.
+    /// Delivers the items; the answer has one result per item, in order. Nothing is
+    /// sent when a stored item does not decode ([`Failure::Unreadable`]).
     async fn deliver(
         &mut self,
         items: &[DueItem],
         timeout: Duration,
-    ) -> Result<proto::DeliverResponse, String> {
+    ) -> Result<proto::DeliverResponse, Failure> {
+        let unavailable =
+            |s: tonic::Status| Failure::Backend(format!("{}: {}", s.code(), s.message()));
         let call = async {
             match self {
                 Backend::SocialSecurity(c) => {
-                    let items = items
-                        .iter()
-                        .map(|i| proto::SocialSecurityItem::decode(i.payload.as_slice()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("stored item does not decode: {e}"))?;
+                    let items = decoded::<proto::SocialSecurityItem>(items)?;
                     c.deliver(proto::DeliverSocialSecurityRequest { items })
                         .await
                         .map(tonic::Response::into_inner)
-                        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+                        .map_err(unavailable)
                 }
                 Backend::Tax(c) => {
-                    let items = items
-                        .iter()
-                        .map(|i| proto::TaxItem::decode(i.payload.as_slice()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("stored item does not decode: {e}"))?;
+                    let items = decoded::<proto::TaxItem>(items)?;
                     c.deliver(proto::DeliverTaxRequest { items })
                         .await
                         .map(tonic::Response::into_inner)
-                        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+                        .map_err(unavailable)
                 }
             }
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(Failure::Backend(format!("no answer within {timeout:?}"))),
         }
+    }
+}
+
+/// Why a call was not delivered.
+enum Failure {
+    /// These stored items (seqs) do not decode: they are dead-lettered, the others
+    /// are sent again at once.
+    Unreadable(Vec<i64>),
+    /// The backend did not answer, or answered with an error: retried with backoff.
+    Backend(String),
+}
+
+/// The items decoded, or the seqs of those that do not decode.
+fn decoded<M: Message + Default>(items: &[DueItem]) -> Result<Vec<M>, Failure> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
+    for i in items {
+        match M::decode(i.payload.as_slice()) {
+            Ok(m) => out.push(m),
+            Err(_) => bad.push(i.seq),
+        }
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        Err(Failure::Unreadable(bad))
+    }
+}
+
+/// Why an unreadable item is dead-lettered (the administrator's dead-letter list
+/// shows it; no personal data).
+const UNREADABLE: &str =
+    "the stored item cannot be read (its payload does not open or decode): repair or discard it";
+
+/// Dead-letters stored items that cannot be read, at once: retrying cannot help, and
+/// left pending they would hold back every item after them. Logged by seq.
+async fn dead_letter_unreadable(store: &dyn Store, destination: Destination, seqs: &[i64]) {
+    tracing::error!(
+        destination = destination.as_str(),
+        ?seqs,
+        "stored items cannot be read; dead-lettered"
+    );
+    let now = now_millis();
+    let outcomes: Vec<_> = seqs
+        .iter()
+        .map(|&seq| {
+            (
+                seq,
+                DeliveryOutcome::Invalid {
+                    reason: UNREADABLE.to_string(),
+                    retry_at: now,
+                },
+            )
+        })
+        .collect();
+    // One attempt: the item is dead at once. If this fails the items stay pending
+    // and are found unreadable again at the next read.
+    if let Err(e) = store.settle(&outcomes, 1, now).await {
+        tracing::warn!(destination = destination.as_str(), error = %e, "cannot dead-letter unreadable items");
     }
 }
 
@@ -343,8 +397,9 @@ fn short(due: &[DueItem], batch: usize, max_bytes: usize) -> bool {
 /// Reads the due items of `destination` outside the calls in `skip` (which the store
 /// leaves out, so their payloads are not read again: issue 13's profile found the
 /// readers busier than the writer re-reading them) and keeps those of the next call
-/// (`next_call`), their payloads opened by `pii`; none when the outbox cannot be read
-/// (logged; the dispatcher tries again).
+/// (`next_call`), their payloads opened by `pii` (one that does not open is
+/// dead-lettered); none when the outbox cannot be read (logged; the dispatcher tries
+/// again).
 async fn take(
     store: &dyn Store,
     pii: &Pii,
@@ -353,19 +408,27 @@ async fn take(
     batch: usize,
 ) -> Vec<DueItem> {
     let limit = u32::try_from(batch).unwrap_or(u32::MAX);
-    let due = store
+    match store
         .due_items(destination, now_millis(), limit, skip)
         .await
-        .and_then(|due| {
-            due.into_iter()
-                .map(|mut i| {
-                    i.payload = pii.open_payload(std::mem::take(&mut i.payload))?;
-                    Ok(i)
-                })
-                .collect::<Result<Vec<_>, StoreError>>()
-        });
-    match due {
-        Ok(d) => next_call(d, batch, MAX_CALL_BYTES),
+    {
+        Ok(due) => {
+            let mut readable = Vec::with_capacity(due.len());
+            let mut unreadable = Vec::new();
+            for mut i in due {
+                match pii.open_payload(std::mem::take(&mut i.payload)) {
+                    Ok(clear) => {
+                        i.payload = clear;
+                        readable.push(i);
+                    }
+                    Err(_) => unreadable.push(i.seq),
+                }
+            }
+            if !unreadable.is_empty() {
+                dead_letter_unreadable(store, destination, &unreadable).await;
+            }
+            next_call(readable, batch, MAX_CALL_BYTES)
+        }
         Err(e) => {
             tracing::warn!(destination = destination.as_str(), error = %e, "outbox unreadable");
             Vec::new()
@@ -429,7 +492,11 @@ async fn deliver(
             );
             Some(backoff.step())
         }
-        Err(e) => {
+        Err(Failure::Unreadable(seqs)) => {
+            dead_letter_unreadable(settler.store.as_ref(), destination, &seqs).await;
+            Some(Duration::ZERO)
+        }
+        Err(Failure::Backend(e)) => {
             let wait = backoff.step();
             tracing::warn!(destination = destination.as_str(), error = %e, retry_in_ms = wait.as_millis() as u64,
                 "backend unavailable; retrying");

@@ -76,6 +76,15 @@ fn resealed(vault: &Vault, value: &[u8], aad: &[u8]) -> Result<Option<Vec<u8>>> 
     Ok(Some(vault.seal(&clear_of(vault, value, aad)?, aad)))
 }
 
+/// Names where a value that does not open was found (never the value, nor a record
+/// id, which may be a mobile or an ID number).
+fn at(place: String) -> impl FnOnce(StoreError) -> StoreError {
+    move |e| match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{place}: {m}")),
+        other => other,
+    }
+}
+
 /// A stored content hash as it must be stored now: masked, and masked once (a row
 /// from before sealing has a plain one).
 fn masked_hash(vault: &Vault, row: &[u8], stored: &[u8], was_clear: bool) -> Result<Vec<u8>> {
@@ -103,6 +112,10 @@ pub async fn reseal<S: SealedRepo + PullRepo + ?Sized>(pii: &Pii, store: &S) -> 
         key = %current,
         "bringing personal data under the current key before serving (progress is logged every 10 s)"
     );
+    // No key recorded while values move: a re-sealing stopped half-way leaves some
+    // under the new key, and the next start must scan again (and fail naming a key it
+    // lacks) whatever key it is given, not trust a key recorded before.
+    store.set_sealed_with("").await?;
     let (workers, clear_workers) = reseal_workers(pii, store).await?;
     let (accidents, clear_accidents) = reseal_accidents(pii, store).await?;
     let (payloads, clear_payloads) = reseal_payloads(pii, store).await?;
@@ -135,11 +148,12 @@ async fn reseal_workers<S: SealedRepo + ?Sized>(pii: &Pii, store: &S) -> Result<
         after = (last.platform_id, last.worker_id.clone());
         let mut replaced = Vec::new();
         for mut row in rows {
-            let new_id = resealed(vault, &row.id_number, AAD_ID_NUMBER)?;
-            let new_name = resealed(vault, &row.name, AAD_NAME)?;
-            let new_mobile = resealed(vault, &row.mobile, AAD_MOBILE)?;
+            let place = || format!("a worker of platform {}", row.platform_id);
+            let new_id = resealed(vault, &row.id_number, AAD_ID_NUMBER).map_err(at(place()))?;
+            let new_name = resealed(vault, &row.name, AAD_NAME).map_err(at(place()))?;
+            let new_mobile = resealed(vault, &row.mobile, AAD_MOBILE).map_err(at(place()))?;
             let new_birth = match &row.birth_date {
-                Some(b) => resealed(vault, b, AAD_BIRTH_DATE)?,
+                Some(b) => resealed(vault, b, AAD_BIRTH_DATE).map_err(at(place()))?,
                 None => None,
             };
             if new_id.is_none() && new_name.is_none() && new_mobile.is_none() && new_birth.is_none()
@@ -155,9 +169,8 @@ async fn reseal_workers<S: SealedRepo + ?Sized>(pii: &Pii, store: &S) -> Result<
                 &row.content_hash,
                 was_clear,
             )?;
-            row.id_number_hash = vault
-                .lookup_hash(&clear_of(vault, &row.id_number, AAD_ID_NUMBER)?)
-                .to_vec();
+            let clear_id = clear_of(vault, &row.id_number, AAD_ID_NUMBER).map_err(at(place()))?;
+            row.id_number_hash = vault.lookup_hash(&clear_id).to_vec();
             if let Some(v) = new_id {
                 row.id_number = v;
             }
@@ -190,7 +203,10 @@ async fn reseal_accidents<S: SealedRepo + ?Sized>(pii: &Pii, store: &S) -> Resul
         after = (last.platform_id, last.report_id.clone());
         let mut replaced = Vec::new();
         for mut row in rows {
-            if let Some(new) = resealed(vault, &row.description, AAD_DESCRIPTION)? {
+            let place = format!("an accident of platform {}", row.platform_id);
+            if let Some(new) =
+                resealed(vault, &row.description, AAD_DESCRIPTION).map_err(at(place))?
+            {
                 let was_clear = Vault::key_id(&row.description).is_none();
                 clear += u64::from(was_clear);
                 row.content_hash = masked_hash(
@@ -234,7 +250,8 @@ async fn reseal_payloads<S: SealedRepo + PullRepo + ?Sized>(
             if !sealed && !carries_personal_data(Destination::SocialSecurity, &row.record_key) {
                 continue;
             }
-            if let Some(new) = resealed(vault, &row.payload, AAD_PAYLOAD)? {
+            let place = format!("outbox item {}", row.seq);
+            if let Some(new) = resealed(vault, &row.payload, AAD_PAYLOAD).map_err(at(place))? {
                 clear += u64::from(!sealed);
                 replaced.push((row.seq, new));
             }

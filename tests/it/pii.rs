@@ -367,3 +367,136 @@ async fn values_stored_in_clear_by_an_older_version_are_sealed_at_start() {
         "the lookup hash is restored"
     );
 }
+
+/// Replaces the stored payload of the social-security item of `record` (a record key
+/// suffix such as `/worker/W-1`) with what `damage` makes of it, the gateway stopped.
+async fn damage_item(db: &Path, record: &str, damage: impl Fn(&mut Vec<u8>)) {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(db))
+        .await
+        .expect("open");
+    let (seq, mut payload): (i64, Vec<u8>) = sqlx::query_as(
+        "SELECT seq, payload FROM outbox WHERE destination = 'social-security' AND record_key LIKE ?1",
+    )
+    .bind(format!("%{record}"))
+    .fetch_one(&pool)
+    .await
+    .expect("the item");
+    damage(&mut payload);
+    sqlx::query("UPDATE outbox SET payload = ?2 WHERE seq = ?1")
+        .bind(seq)
+        .bind(payload)
+        .execute(&pool)
+        .await
+        .expect("damage");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn an_item_that_cannot_be_read_is_dead_lettered_and_the_others_are_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("oip.db");
+    // Queued while forwarding is off, so that the items are still pending when damaged.
+    let url = format!("sqlite:{}", db.display());
+    let mut config = Config::for_test(url, tls_files(), test_platforms());
+    config.forward.enabled = false;
+    let gw = Gateway::start(config).await.expect("start");
+    let mut a = client(gw.addr, "platform-a").await;
+    let workers = vec![the_worker(), worker("W-bad-seal"), worker("W-bad-bytes")];
+    assert_eq!(brief(&register(&mut a, workers).await), vec![accepted(); 3]);
+    report(&mut a, vec![order("O-pii", "W-pii")]).await;
+    gw.shutdown().await.expect("stop");
+    // A sealed payload whose tag no longer verifies, and bytes that are no item.
+    damage_item(&db, "/worker/W-bad-seal", |p| {
+        if let Some(last) = p.last_mut() {
+            *last ^= 1;
+        }
+    })
+    .await;
+    damage_item(&db, "/worker/W-bad-bytes", |p| *p = vec![0xff; 3]).await;
+
+    let gw = start(dir.path(), PiiConfig::for_test())
+        .await
+        .expect("start");
+    let mut a = client(gw.addr, "platform-a").await;
+    await_delivery_states(&mut a, "worker", "W-pii", &["DELIVERED"]).await;
+    await_delivery_states(&mut a, "order", "O-pii", &["DELIVERED"]).await;
+    for id in ["W-bad-seal", "W-bad-bytes"] {
+        await_delivery_states(&mut a, "worker", id, &["DEAD_LETTERED"]).await;
+        let d = deliveries(&mut a, "worker", id).await;
+        assert!(
+            d[0].last_error.contains("cannot be read"),
+            "{id}: {:?}",
+            d[0].last_error
+        );
+    }
+
+    // A pull stops at the unreadable entry, after the items before it, and names it.
+    let mut admin = Admin::new(role_channel(gw.addr, "admin").await);
+    grant(&mut admin, SS_ID, "social-security", &["320000"]).await;
+    let mut ss = SocialSecurity::new(role_channel(gw.addr, "social-security").await);
+    let mut stream = ss
+        .pull_social_security(proto::PullRequest::default())
+        .await
+        .expect("pull")
+        .into_inner();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the pull ended without reaching the unreadable entry"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("journal entry"), "{err:?}");
+    gw.shutdown().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_rotation_stopped_half_way_is_not_trusted_at_the_next_start() {
+    let k1 = "11".repeat(32);
+    let k2 = "22".repeat(32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("oip.db");
+    let gw = start(dir.path(), pii(&[("k1", &k1)], "k1"))
+        .await
+        .expect("start");
+    submit_and_forward(gw.addr).await;
+    gw.shutdown().await.expect("stop");
+    // An item that no longer opens stops the rotation after the workers were re-sealed.
+    damage_item(&db, "/accident/A-pii", |p| {
+        if let Some(last) = p.last_mut() {
+            *last ^= 1;
+        }
+    })
+    .await;
+    let err = start(dir.path(), pii(&[("k1", &k1), ("k2", &k2)], "k2"))
+        .await
+        .err()
+        .expect("the damaged item stops the rotation");
+    let text = format!("{err:#}");
+    assert!(text.contains("outbox item"), "{text}");
+    let keys = key_ids(dir.path()).await;
+    assert!(
+        keys.contains_key("k1") && keys.contains_key("k2"),
+        "half-way: {keys:?}"
+    );
+    // Back to k1 alone: start-up does not trust the key recorded before the
+    // rotation, finds the values under k2 and names the key it lacks.
+    let err = start(dir.path(), pii(&[("k1", &k1)], "k1"))
+        .await
+        .err()
+        .expect("values under k2 cannot be opened with k1");
+    let text = format!("{err:#}");
+    assert!(text.contains("\"k2\""), "{text}");
+    for (what, secret) in secrets() {
+        assert!(
+            !text
+                .as_bytes()
+                .windows(secret.len())
+                .any(|w| w == secret.as_slice()),
+            "the error shows the {what}: {text}"
+        );
+    }
+}
