@@ -37,6 +37,8 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
+    /// What the rules keep of a worker just accepted (its birth date from the ID
+    /// number, GB 11643).
     pub fn of(w: &Worker) -> Self {
         Self {
             stored: Stored {
@@ -68,6 +70,7 @@ pub struct OrderFacts {
 }
 
 impl OrderFacts {
+    /// What the aggregates keep of an order just accepted.
     pub fn of(o: &Order) -> Self {
         Self {
             worker_id: o.worker_id.clone(),
@@ -179,6 +182,8 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// The ids the candidates name, each once: workers (of workers, orders and
+    /// accidents), orders (of orders and accidents), declarations and accidents.
     pub fn of<'a>(candidates: impl IntoIterator<Item = &'a Candidate>) -> Self {
         let mut t = Touched::default();
         let mut seen = HashSet::new();

@@ -70,6 +70,7 @@ pub fn carries_personal_data(destination: Destination, record_key: &str) -> bool
 }
 
 impl Pii {
+    /// Seals and opens with `vault`'s keys (`Config::vault`).
     pub fn new(vault: Vault) -> Self {
         Self {
             vault: Arc::new(vault),
