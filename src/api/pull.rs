@@ -88,6 +88,13 @@ fn select_tax(
         .then_some((division, item)))
 }
 
+/// Whether a social-security pull returns the record of this key
+/// (`<uscc>/<kind>/...`): worker records are not pulled (the enrolment carries the
+/// person), so their items, sealed, are neither opened nor decoded.
+fn social_security_pulls(record_key: &str) -> bool {
+    record_key.split('/').nth(1) != Some("worker")
+}
+
 /// Enrolments, orders and accidents (worker records are not pulled: the enrolment
 /// carries the person).
 fn select_ss(
@@ -322,6 +329,11 @@ impl Puller {
                     if limit.is_some_and(|l| sent + selected.len() as u64 >= l) {
                         scanned_to = selected.last().map(|(s, _)| *s).unwrap_or(cursor);
                         break;
+                    }
+                    if destination == Destination::SocialSecurity
+                        && !social_security_pulls(&entry.record_key)
+                    {
+                        continue;
                     }
                     // Opened one by one: an entry that does not open ends the pull
                     // after the items before it, like one that does not decode.

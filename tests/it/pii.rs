@@ -406,7 +406,17 @@ async fn an_item_that_cannot_be_read_is_dead_lettered_and_the_others_are_deliver
     let workers = vec![the_worker(), worker("W-bad-seal"), worker("W-bad-bytes")];
     assert_eq!(brief(&register(&mut a, workers).await), vec![accepted(); 3]);
     report(&mut a, vec![order("O-pii", "W-pii")]).await;
+    assert_eq!(
+        brief(&report_accidents(&mut a, vec![accident("A-bad", "W-pii", "O-pii")]).await),
+        vec![accepted()]
+    );
     gw.shutdown().await.expect("stop");
+    damage_item(&db, "/accident/A-bad", |p| {
+        if let Some(last) = p.last_mut() {
+            *last ^= 1;
+        }
+    })
+    .await;
     // A sealed payload whose tag no longer verifies, and bytes that are no item.
     damage_item(&db, "/worker/W-bad-seal", |p| {
         if let Some(last) = p.last_mut() {
@@ -422,9 +432,13 @@ async fn an_item_that_cannot_be_read_is_dead_lettered_and_the_others_are_deliver
     let mut a = client(gw.addr, "platform-a").await;
     await_delivery_states(&mut a, "worker", "W-pii", &["DELIVERED"]).await;
     await_delivery_states(&mut a, "order", "O-pii", &["DELIVERED"]).await;
-    for id in ["W-bad-seal", "W-bad-bytes"] {
-        await_delivery_states(&mut a, "worker", id, &["DEAD_LETTERED"]).await;
-        let d = deliveries(&mut a, "worker", id).await;
+    for (kind, id) in [
+        ("worker", "W-bad-seal"),
+        ("worker", "W-bad-bytes"),
+        ("accident", "A-bad"),
+    ] {
+        await_delivery_states(&mut a, kind, id, &["DEAD_LETTERED"]).await;
+        let d = deliveries(&mut a, kind, id).await;
         assert!(
             d[0].last_error.contains("cannot be read"),
             "{id}: {:?}",
@@ -432,7 +446,8 @@ async fn an_item_that_cannot_be_read_is_dead_lettered_and_the_others_are_deliver
         );
     }
 
-    // A pull stops at the unreadable entry, after the items before it, and names it.
+    // A pull passes the worker items (not pulled, so not opened), sends the order and
+    // its enrolment, and stops at the unreadable accident, naming it.
     let mut admin = Admin::new(role_channel(gw.addr, "admin").await);
     grant(&mut admin, SS_ID, "social-security", &["320000"]).await;
     let mut ss = SocialSecurity::new(role_channel(gw.addr, "social-security").await);
@@ -441,15 +456,17 @@ async fn an_item_that_cannot_be_read_is_dead_lettered_and_the_others_are_deliver
         .await
         .expect("pull")
         .into_inner();
+    let mut items = 0;
     let err = loop {
         match stream.message().await {
-            Ok(Some(_)) => {}
+            Ok(Some(m)) => items += usize::from(m.item.is_some()),
             Ok(None) => panic!("the pull ended without reaching the unreadable entry"),
             Err(e) => break e,
         }
     };
     assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
     assert!(err.message().contains("journal entry"), "{err:?}");
+    assert_eq!(items, 2, "the order and its enrolment before it");
     gw.shutdown().await.expect("stop");
 }
 
