@@ -259,12 +259,15 @@ impl Puller {
         })
     }
 
-    /// Streams pages of matching items; `page` turns selected journal entries into
-    /// messages (it may read more, e.g. persons), returning the messages and the
-    /// audit action of the page.
+    /// Streams pages of matching items. `pulled` says from its record key whether an
+    /// entry may be pulled at all (the others are skipped unopened); `select` keeps an
+    /// entry that passes the filter, as a message; `page` turns selected entries into
+    /// messages (it may read more, e.g. persons), returning the messages and the audit
+    /// action of the page.
     fn run<M, S, P, Fut>(
         &self,
         pull: Pull,
+        pulled: fn(&str) -> bool,
         select: S,
         page: P,
         checkpoint: impl Fn(String) -> M + Send + 'static,
@@ -330,9 +333,7 @@ impl Puller {
                         scanned_to = selected.last().map(|(s, _)| *s).unwrap_or(cursor);
                         break;
                     }
-                    if destination == Destination::SocialSecurity
-                        && !social_security_pulls(&entry.record_key)
-                    {
+                    if !pulled(&entry.record_key) {
                         continue;
                     }
                     // Opened one by one: an entry that does not open ends the pull
@@ -443,6 +444,7 @@ impl TaxService for TaxApi {
         let pull = self.0.start(&req, Role::Tax, Destination::Tax).await?;
         Ok(Response::new(self.0.run(
             pull,
+            |_| true,
             |entry, filter| {
                 Ok(select_tax(entry, filter)?.map(|(d, item)| {
                     (
@@ -509,6 +511,7 @@ impl SocialSecurityService for SocialSecurityApi {
             .await?;
         Ok(Response::new(self.0.run(
             pull,
+            social_security_pulls,
             |entry, filter| {
                 Ok(select_ss(entry, filter)?.map(|(d, item)| {
                     (

@@ -368,6 +368,13 @@ async fn values_stored_in_clear_by_an_older_version_are_sealed_at_start() {
     );
 }
 
+/// Damages a sealed value so that its tag no longer verifies.
+fn flip_last_byte(p: &mut [u8]) {
+    if let Some(last) = p.last_mut() {
+        *last ^= 1;
+    }
+}
+
 /// Replaces the stored payload of the social-security item of `record` (a record key
 /// suffix such as `/worker/W-1`) with what `damage` makes of it, the gateway stopped.
 async fn damage_item(db: &Path, record: &str, damage: impl Fn(&mut Vec<u8>)) {
@@ -411,19 +418,9 @@ async fn an_item_that_cannot_be_read_is_dead_lettered_and_the_others_are_deliver
         vec![accepted()]
     );
     gw.shutdown().await.expect("stop");
-    damage_item(&db, "/accident/A-bad", |p| {
-        if let Some(last) = p.last_mut() {
-            *last ^= 1;
-        }
-    })
-    .await;
+    damage_item(&db, "/accident/A-bad", |p| flip_last_byte(p)).await;
     // A sealed payload whose tag no longer verifies, and bytes that are no item.
-    damage_item(&db, "/worker/W-bad-seal", |p| {
-        if let Some(last) = p.last_mut() {
-            *last ^= 1;
-        }
-    })
-    .await;
+    damage_item(&db, "/worker/W-bad-seal", |p| flip_last_byte(p)).await;
     damage_item(&db, "/worker/W-bad-bytes", |p| *p = vec![0xff; 3]).await;
 
     let gw = start(dir.path(), PiiConfig::for_test())
@@ -482,12 +479,7 @@ async fn a_rotation_stopped_half_way_is_not_trusted_at_the_next_start() {
     submit_and_forward(gw.addr).await;
     gw.shutdown().await.expect("stop");
     // An item that no longer opens stops the rotation after the workers were re-sealed.
-    damage_item(&db, "/accident/A-pii", |p| {
-        if let Some(last) = p.last_mut() {
-            *last ^= 1;
-        }
-    })
-    .await;
+    damage_item(&db, "/accident/A-pii", |p| flip_last_byte(p)).await;
     let err = start(dir.path(), pii(&[("k1", &k1), ("k2", &k2)], "k2"))
         .await
         .err()

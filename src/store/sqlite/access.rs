@@ -55,6 +55,17 @@ fn entry_of(row: AuditRow) -> Result<(AuditEntry, [u8; 32])> {
     ))
 }
 
+/// A stored grant row as a [`Grant`]; a role the gateway does not know is a corrupt
+/// store.
+fn grant_of(identity: String, role: &str, scope: String, expires_at: Option<i64>) -> Result<Grant> {
+    Ok(Grant {
+        identity,
+        role: Role::parse(role).ok_or_else(|| corrupt("unknown role in grants"))?,
+        scope,
+        expires_at,
+    })
+}
+
 #[async_trait]
 impl GrantRepo for SqliteStore {
     async fn put_grant(&self, grant: &Grant) -> Result<()> {
@@ -82,14 +93,7 @@ impl GrantRepo for SqliteStore {
         .await
         .map_err(db_err)?;
         rows.into_iter()
-            .map(|(identity, role, scope, expires_at)| {
-                Ok(Grant {
-                    identity,
-                    role: Role::parse(&role).ok_or_else(|| corrupt("unknown role in grants"))?,
-                    scope,
-                    expires_at,
-                })
-            })
+            .map(|(identity, role, scope, expires_at)| grant_of(identity, &role, scope, expires_at))
             .collect()
     }
 
@@ -148,13 +152,7 @@ impl GrantRepo for SqliteStore {
             .map(
                 |(identity, role, scope, expires_at, granted_at, granted_by)| {
                     Ok(GrantRow {
-                        grant: Grant {
-                            identity,
-                            role: Role::parse(&role)
-                                .ok_or_else(|| corrupt("unknown role in grants"))?,
-                            scope,
-                            expires_at,
-                        },
+                        grant: grant_of(identity, &role, scope, expires_at)?,
                         granted_at,
                         granted_by,
                     })
