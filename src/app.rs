@@ -64,6 +64,11 @@ pub struct Gateway {
 
 /// `sqlite:dir/oip.db` → `sqlite:dir/backend-sim.db`.
 fn sibling_database(url: &str) -> String {
+    if crate::store::is_postgres(url) {
+        // Several replicas deliver to one simulator of their own (`backend-sim
+        // serve`, README); this one is for a single replica trying PostgreSQL.
+        return "sqlite:data/backend-sim.db".to_string();
+    }
     let path = std::path::Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
     format!("sqlite:{}", path.with_file_name("backend-sim.db").display())
 }
@@ -165,9 +170,14 @@ async fn start_forwarding(
 pub async fn prepare_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Pii)> {
     let reference = config.reference()?;
     let pii = Pii::new(config.vault()?);
-    let store = crate::store::connect(&config.database_url)
+    let store = crate::store::connect_with(&config.database_url, &config.database)
         .await
-        .with_context(|| format!("database_url {}", config.database_url))?;
+        .with_context(|| {
+            format!(
+                "database_url {}",
+                crate::store::redacted(&config.database_url)
+            )
+        })?;
     crate::pii::reseal::reseal(&pii, &*store)
         .await
         .context("bringing personal data under the current key")?;

@@ -42,10 +42,16 @@ pub struct Config {
     /// `127.0.0.1:50051`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// `sqlite:PATH` (the embedded default); created with its directory if missing.
-    /// Default `sqlite:data/oip.db`.
+    /// `sqlite:PATH` (the embedded default; created with its directory if missing,
+    /// one gateway process) or `postgres://user@host:port/database` (several
+    /// replicas may share it). `OIP_DATABASE_URL` overrides it. Default
+    /// `sqlite:data/oip.db`.
     #[serde(default = "default_database_url")]
     pub database_url: String,
+    /// PostgreSQL only: the connection pool of each replica and the lease of an
+    /// outbox item claimed for delivery.
+    #[serde(default)]
+    pub database: crate::store::StoreOptions,
     /// Default: the example certificates of `certs-example/` (announced at start).
     #[serde(default)]
     pub tls: TlsFiles,
@@ -613,6 +619,7 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url,
+            database: crate::store::StoreOptions::default(),
             tls,
             reference: ReferenceConfig::default(),
             limits: Limits::default(),
@@ -782,10 +789,27 @@ impl Config {
             crate::tls::Purpose::Server,
         )
         .map_err(file_problem)?;
-        if !self.database_url.starts_with("sqlite:") {
+        if !self.database_url.starts_with("sqlite:")
+            && !crate::store::is_postgres(&self.database_url)
+        {
             return Err(invalid(
                 "database_url",
-                "must start with sqlite: (PostgreSQL support comes next)",
+                "must start with sqlite: (the embedded file) or postgres:// (several replicas)",
+            ));
+        }
+        if self.database.max_connections < 2 {
+            return Err(invalid(
+                "database.max_connections",
+                "must be at least 2 (ingest and delivery each hold one)",
+            ));
+        }
+        if self.database.lease_ms <= self.forward.request_timeout_ms {
+            return Err(invalid(
+                "database.lease_ms",
+                format!(
+                    "must be longer than forward.request_timeout_ms ({} ms): a lease that ends while its delivery runs lets another replica send the same items",
+                    self.forward.request_timeout_ms
+                ),
             ));
         }
         if let Some(p) = self

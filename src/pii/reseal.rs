@@ -105,6 +105,8 @@ fn masked_hash(vault: &Vault, row: &[u8], stored: &[u8], was_clear: bool) -> Res
 /// or the store fails.
 pub async fn reseal<S: SealedRepo + PullRepo + ?Sized>(pii: &Pii, store: &S) -> Result<()> {
     let current = pii.current_key().to_string();
+    // One replica at a time: the others wait here, then find the work done.
+    let _only = store.lock_resealing().await?;
     if store.sealed_with().await?.is_some_and(|k| k == current) {
         return Ok(());
     }

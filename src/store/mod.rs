@@ -23,22 +23,104 @@ use crate::domain::time::Millis;
 use access::{AuditQuery, ChainRows, GrantRow, JournalPage, Person, RateLimitRow};
 
 pub mod access;
+mod chain;
+pub mod postgres;
+mod rows;
 pub mod sim;
 pub mod sqlite;
 
-/// Opens the store `url` names and applies its migrations: `sqlite:PATH` (or
-/// `sqlite://PATH`) is the embedded SQLite file, created if missing. The one place
-/// that picks a backend: everything above the store holds the `Arc<dyn Store>` it
-/// returns. Fails with `StoreError::Unavailable` for a URL of no known backend, or
-/// when the database cannot be opened or migrated.
+/// Opens the store `url` names with the default [`StoreOptions`] (see [`connect_with`]).
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    connect_with(url, &StoreOptions::default()).await
+}
+
+/// Opens the store `url` names and applies its migrations: `sqlite:PATH` (or
+/// `sqlite://PATH`) is the embedded SQLite file, created if missing;
+/// `postgres://…` (or `postgresql://…`) is a PostgreSQL database that several
+/// replicas may share. The one place that picks a backend: everything above the
+/// store holds the `Arc<dyn Store>` it returns. Fails with `StoreError::Unavailable`
+/// for a URL of no known backend, or when the database cannot be reached, and
+/// `StoreError::Migrate` when its schema cannot be brought up to date.
+pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?));
     }
+    if is_postgres(url) {
+        return Ok(std::sync::Arc::new(
+            postgres::PgStore::open(url, options).await?,
+        ));
+    }
     let scheme = url.split(':').next().unwrap_or_default();
     Err(StoreError::Unavailable(format!(
-        "database_url: no store for the scheme {scheme:?} (sqlite: is supported)"
+        "database_url: no store for the scheme {scheme:?} (sqlite: and postgres:// are supported)"
     )))
+}
+
+/// `url` as it may be shown (logs, errors): a password in it is replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// How a store that many replicas share works: its connection pool and the leases
+/// of outbox deliveries (`[database]` in the configuration). SQLite ignores them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreOptions {
+    /// Connections to PostgreSQL per replica, at most (at least 2).
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing UNAVAILABLE, in
+    /// milliseconds.
+    pub acquire_timeout_ms: u64,
+    /// How long an outbox item claimed for delivery stays this replica's, in
+    /// milliseconds: after it, another replica may deliver it (again, under the same
+    /// idempotency key). Longer than a delivery call and its settlement take.
+    pub lease_ms: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout_ms: 10_000,
+            lease_ms: 60_000,
+        }
+    }
+}
+
+/// Once-only work held by this process across every replica until dropped
+/// ([`SealedRepo::lock_resealing`]): on PostgreSQL a session advisory lock on a
+/// connection of its own, released when the guard drops or the process dies; on
+/// SQLite nothing (one process owns the file: [`lock_database`]).
+pub struct JobLock {
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl JobLock {
+    /// A lock that holds nothing (the backend has one process).
+    pub fn none() -> Self {
+        Self { _held: None }
+    }
+
+    /// A lock held as long as `held` lives.
+    pub fn holding(held: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        Self { _held: Some(held) }
+    }
 }
 
 /// Prepares a SQLite database file readable by its owner only: its directory is
@@ -111,7 +193,8 @@ pub struct DatabaseLock {
 /// (named with its process id and what to do), or the lock file cannot be made.
 pub fn lock_database(url: &str) -> anyhow::Result<DatabaseLock> {
     use std::io::{Read as _, Seek as _, Write as _};
-    let Some(path) = sqlite_path(url) else {
+    let Some(path) = sqlite_path(url).filter(|_| url.starts_with("sqlite:")) else {
+        // PostgreSQL: replicas share the database by design.
         return Ok(DatabaseLock { _file: None });
     };
     owner_only_database(&path)
@@ -208,6 +291,7 @@ pub struct WorkerRow {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OrderRow {
     pub order_id: String,
+    #[sqlx(try_from = "i64")]
     pub revision: u32,
     pub worker_id: String,
     pub industry: String,
@@ -224,6 +308,7 @@ pub struct RejectionRecord {
     pub seq: i64,
     pub kind: String,
     pub record_id: String,
+    #[sqlx(try_from = "i64")]
     pub revision: u32,
     pub code: String,
     pub field: String,
@@ -321,6 +406,7 @@ pub struct DeliveryRow {
     pub idempotency_key: String,
     pub destination: String,
     pub state: String,
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
     pub last_error: Option<String>,
     pub created_at: Millis,
@@ -343,6 +429,7 @@ pub struct DeadLetter {
     pub destination: String,
     pub record_key: String,
     pub idempotency_key: String,
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
     pub last_error: Option<String>,
     pub created_at: Millis,
@@ -750,6 +837,10 @@ impl Laps {
 /// and unsealed above the store; these methods move bytes.
 #[async_trait]
 pub trait SealedRepo: Send + Sync {
+    /// Waits until this process is the only one re-sealing, and holds that until the
+    /// returned lock drops (replicas starting together re-seal once; one that dies
+    /// half-way leaves the rest to the next).
+    async fn lock_resealing(&self) -> Result<JobLock>;
     /// The key everything was last brought under (None: never recorded).
     async fn sealed_with(&self) -> Result<Option<String>>;
     /// Records the key everything is now under.

@@ -6,14 +6,14 @@
 //! reads through a pool. Batch writes are multi-row statements; id look-ups pass
 //! the ids as one JSON array parameter (`json_each`), whatever the batch size.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::chain::{Anchors, Links, Newest, link};
 use async_trait::async_trait;
-use chrono::NaiveDate;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use writer::{WriteTx, Writer};
@@ -25,23 +25,27 @@ use super::{
     PlatformRepo, QueueDepth, RejectionRecord, Result, SealedWrites, Store, StoreError,
     UnreleasedMonth, WorkerRow,
 };
+use crate::domain::OrderStatus;
 use crate::domain::batch::{
     EnrolmentKey, Known, OrderFacts, Plan, Stored, StoredDeclaration, StoredOrder, Touched,
     WorkerState,
 };
-use crate::domain::fees::{BaseRate, Figures, FloatRate, Multiplier, RateBook};
-use crate::domain::ids::CreditCode;
+use crate::domain::fees::{BaseRate, FloatRate, RateBook};
 use crate::domain::period::Period;
-use crate::domain::platform::DeliveryTier;
 use crate::domain::reconcile::{StatementKey, Statements};
 use crate::domain::records::ContentHash;
 use crate::domain::time::Millis;
-use crate::domain::{Declaration, OrderStatus};
 use crate::domain::{PlatformProfile, WorkerStatus};
 
 mod access;
 mod seal;
 mod writer;
+
+use super::rows::{
+    DeclarationListing, DeclaredRow, WorkerListing, add_declared, base_rate_of, corrupt, db_err,
+    enrolment_of, float_rate_of, join, page_of, period_of, profile_of, revision_of, split,
+    statements_of,
+};
 
 /// Rows per multi-row INSERT (kept well under SQLite's 32,766 bound parameters).
 ///
@@ -74,24 +78,6 @@ pub struct SqliteStore {
     writer: Writer,
     /// The database file (its `-wal` beside it).
     path: std::path::PathBuf,
-}
-
-fn db_err(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::RowNotFound
-        | sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() || d.is_unique_violation() => {
-            StoreError::Corrupt(d.to_string())
-        }
-        other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(what.to_string())
 }
 
 impl SqliteStore {
@@ -173,31 +159,6 @@ async fn replace_division_rows(
             .map_err(db_err)?;
     }
     Ok(())
-}
-
-fn join(items: &[String]) -> String {
-    items.join(",")
-}
-
-fn split(s: &str) -> Vec<String> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-fn revision_of(v: i64) -> Result<u32> {
-    u32::try_from(v).map_err(|_| corrupt("revision out of range"))
-}
-
-fn page_of<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(key)
-    } else {
-        None
-    };
-    Page { items, next }
 }
 
 #[async_trait]
@@ -307,9 +268,10 @@ impl PlatformRepo for SqliteStore {
         .fetch_optional(&self.reader)
         .await
         .map_err(db_err)?;
-        let Some((id, uscc, name, industries, tier)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
+        let id = row.0;
         let divisions: Vec<(String, String)> = sqlx::query_as(
             "SELECT division_code, pilot_start FROM platform_divisions WHERE platform_id = ?1",
         )
@@ -317,12 +279,6 @@ impl PlatformRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        let mut pilot_starts = BTreeMap::new();
-        for (code, start) in divisions {
-            let date =
-                NaiveDate::from_str(&start).map_err(|_| corrupt("pilot_start is not a date"))?;
-            pilot_starts.insert(code, date);
-        }
         let tiers: Vec<(String, String)> = sqlx::query_as(
             "SELECT division_code, tier FROM platform_delivery_tiers WHERE platform_id = ?1",
         )
@@ -330,25 +286,7 @@ impl PlatformRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        let delivery_tiers = tiers
-            .into_iter()
-            .map(|(code, t)| {
-                Ok((
-                    code,
-                    DeliveryTier::parse(&t).ok_or_else(|| corrupt("unknown delivery tier"))?,
-                ))
-            })
-            .collect::<Result<BTreeMap<_, _>>>()?;
-        Ok(Some(PlatformProfile {
-            delivery_tiers,
-            id,
-            uscc: CreditCode::parse(&uscc).map_err(|_| corrupt("stored USCC is invalid"))?,
-            name,
-            industries: split(&industries).into_iter().collect(),
-            pilot_starts,
-            delivery_tier: DeliveryTier::parse(&tier)
-                .ok_or_else(|| corrupt("unknown delivery tier"))?,
-        }))
+        profile_of(row, divisions, tiers).map(Some)
     }
 
     async fn platforms(&self) -> Result<Vec<PlatformProfile>> {
@@ -379,37 +317,10 @@ impl PlatformRepo for SqliteStore {
         .await
         .map_err(db_err)?;
         Ok(RateBook {
-            bases: bases
-                .into_iter()
-                .map(|(industry, tier, from, fen, at)| {
-                    Ok(BaseRate {
-                        industry,
-                        tier: if tier.is_empty() {
-                            None
-                        } else {
-                            Some(
-                                DeliveryTier::parse(&tier)
-                                    .ok_or_else(|| corrupt("unknown tier in base_rates"))?,
-                            )
-                        },
-                        effective_from: NaiveDate::from_str(&from)
-                            .map_err(|_| corrupt("effective_from is not a date"))?,
-                        fen_per_order: fen,
-                        recorded_at: at,
-                    })
-                })
-                .collect::<Result<_>>()?,
+            bases: bases.into_iter().map(base_rate_of).collect::<Result<_>>()?,
             floats: floats
                 .into_iter()
-                .map(|(uscc, division_code, year, m, at)| {
-                    Ok(FloatRate {
-                        uscc,
-                        division_code,
-                        year: i32::try_from(year).map_err(|_| corrupt("year out of range"))?,
-                        multiplier: Multiplier::from_ten_thousandths(m),
-                        recorded_at: at,
-                    })
-                })
+                .map(float_rate_of)
                 .collect::<Result<_>>()?,
         })
     }
@@ -485,36 +396,6 @@ impl IngestRepo for SqliteStore {
     }
 }
 
-/// A worker as the listing reads it (industries joined, personal data sealed).
-#[derive(sqlx::FromRow)]
-struct WorkerListing {
-    worker_id: String,
-    revision: u32,
-    id_type: String,
-    id_number: Vec<u8>,
-    name: Vec<u8>,
-    mobile: Vec<u8>,
-    industries: String,
-    registered_at: i64,
-    status: String,
-    left_at: Option<i64>,
-    received_at: i64,
-}
-
-/// A declaration as the listing reads it (the period as stored, `YYYY-MM`).
-#[derive(sqlx::FromRow)]
-struct DeclarationListing {
-    declaration_id: String,
-    revision: u32,
-    period: String,
-    division_code: String,
-    industry: String,
-    order_count: i64,
-    amount_fen: i64,
-    received_at: i64,
-    superseded: bool,
-}
-
 #[async_trait]
 impl ListingRepo for SqliteStore {
     async fn list_workers(&self, platform_id: i64, page: &PageRequest) -> Result<Page<WorkerRow>> {
@@ -530,22 +411,7 @@ impl ListingRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        let items: Vec<WorkerRow> = rows
-            .into_iter()
-            .map(|r| WorkerRow {
-                worker_id: r.worker_id,
-                revision: r.revision,
-                id_type: r.id_type,
-                id_number: r.id_number,
-                name: r.name,
-                mobile: r.mobile,
-                industries: split(&r.industries),
-                registered_at: r.registered_at,
-                status: r.status,
-                left_at: r.left_at,
-                received_at: r.received_at,
-            })
-            .collect();
+        let items: Vec<WorkerRow> = rows.into_iter().map(WorkerRow::from).collect();
         Ok(page_of(items, page.limit, |w| w.worker_id.clone()))
     }
 
@@ -614,19 +480,7 @@ impl ListingRepo for SqliteStore {
         .map_err(db_err)?;
         let items = rows
             .into_iter()
-            .map(|r| {
-                Ok(DeclarationRow {
-                    declaration_id: r.declaration_id,
-                    revision: r.revision,
-                    period: period_of(&r.period)?,
-                    division_code: r.division_code,
-                    industry: r.industry,
-                    order_count: r.order_count,
-                    amount_fen: r.amount_fen,
-                    received_at: r.received_at,
-                    superseded: r.superseded,
-                })
-            })
+            .map(DeclarationListing::row)
             .collect::<Result<Vec<_>>>()?;
         Ok(page_of(items, page.limit, |d| d.declaration_id.clone()))
     }
@@ -800,14 +654,8 @@ impl OutboxRepo for SqliteStore {
         // chained from their record's row (`latest_item`, then each item's
         // `previous`). A key is `<uscc>/enrolment/<worker>/<YYYY-MM-DD>/<division>` or
         // `<uscc>/order/<order>`; a worker or order id may hold '/', a USCC may not.
-        let (uscc, rest) = record_key.split_once('/').unwrap_or_default();
-        let enrolment = rest.strip_prefix("enrolment/").and_then(|rest| {
-            let mut parts = rest.rsplitn(3, '/');
-            let (division, day, worker) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((worker, day, division))
-        });
+        let (uscc, enrolment, order) = super::chain::chained_key(record_key);
         let (worker, day, division) = enrolment.unwrap_or_default();
-        let order = rest.strip_prefix("order/");
         sqlx::query_as(
             "WITH RECURSIVE chain(seq) AS (
                SELECT e.latest_item FROM daily_enrolments e JOIN platforms p ON p.id = e.platform_id
@@ -1005,15 +853,8 @@ async fn queue<'a>(
     // Each enrolment's newest stored item: the one a new item supersedes (if still
     // open) and names as its `previous` (the chain a listing walks back); each
     // order's, which its next item names.
-    anchors.read_missing(tx, platform_id, outbox).await?;
-    let keys: Vec<&EnrolmentKey> = outbox
-        .iter()
-        .filter_map(|i| i.daily_enrolment.as_ref())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let latest = |k: &EnrolmentKey| anchors.enrolments.get(k).copied().flatten();
-    let open: Vec<i64> = keys.iter().filter_map(|k| latest(k)).collect();
+    read_missing(anchors, tx, platform_id, outbox).await?;
+    let open = anchors.open_enrolment_items(outbox);
     for chunk in open.chunks(ROWS_PER_STATEMENT) {
         sqlx::query(
             "UPDATE outbox SET state = 'superseded', handled_at = ?2
@@ -1027,38 +868,16 @@ async fn queue<'a>(
     }
     // An item that a later one of the same list supersedes (the calls of one group
     // commit, queued together) is stored superseded, as if queued before it.
-    let mut later: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
-    let mut obsolete = vec![false; outbox.len()];
-    for (i, item) in outbox.iter().enumerate().rev() {
-        let key = (item.destination.as_str(), item.record_key.as_str());
-        obsolete[i] = later
-            .get(&key)
-            .is_some_and(|prefixes| prefixes.iter().any(|p| item.idempotency_key.starts_with(p)));
-        if let Some(p) = item.supersedes.as_deref() {
-            later.entry(key).or_default().push(p);
-        }
-    }
-    let latest_of_order = |id: &str| anchors.orders.get(id).copied().flatten();
     let (last,): (i64,) = sqlx::query_as("SELECT coalesce(max(seq), 0) FROM outbox")
         .fetch_one(&mut **tx)
         .await
         .map_err(db_err)?;
     let seqs: Vec<i64> = (last + 1..).take(outbox.len()).collect();
-    let mut newest = Newest::default();
-    let previous: Vec<Option<i64>> = outbox
-        .iter()
-        .zip(&seqs)
-        .map(|(item, seq)| {
-            if let Some(k) = item.daily_enrolment.as_ref() {
-                return newest.enrolments.insert(k, *seq).or_else(|| latest(k));
-            }
-            let id = item.order_id.as_deref()?;
-            newest
-                .orders
-                .insert(id, *seq)
-                .or_else(|| latest_of_order(id))
-        })
-        .collect();
+    let Links {
+        obsolete,
+        previous,
+        newest,
+    } = link(outbox, &seqs, anchors);
     let mut rows = outbox
         .iter()
         .zip(payloads)
@@ -1159,13 +978,6 @@ async fn in_chunks<'q, T>(
     run.finish(tx).await
 }
 
-/// The newest item queued by `queue` of each daily enrolment and each order.
-#[derive(Default)]
-struct Newest<'a> {
-    enrolments: HashMap<&'a EnrolmentKey, i64>,
-    orders: HashMap<&'a str, i64>,
-}
-
 struct SqliteIngest {
     tx: WriteTx,
     platform_id: i64,
@@ -1173,67 +985,40 @@ struct SqliteIngest {
     anchors: Anchors,
 }
 
-/// The newest stored item (`latest_item`) of each order `load` looked for and each
-/// daily enrolment `enrolment_counts` looked for; None when the row is not stored or
-/// names no item. `queue` chains a new item to it (and supersedes an enrolment's)
-/// without reading the row again.
-#[derive(Default)]
-struct Anchors {
-    orders: HashMap<String, Option<i64>>,
-    enrolments: HashMap<EnrolmentKey, Option<i64>>,
-}
-
-impl Anchors {
-    /// Reads the newest items of the orders and enrolments of `outbox` not read yet
-    /// (a caller that wrote items without loading their records first).
-    async fn read_missing(
-        &mut self,
-        tx: &mut WriteTx,
-        platform_id: i64,
-        outbox: &[OutboxItem],
-    ) -> Result<()> {
-        let keys = unread(
-            outbox.iter().filter_map(|i| i.daily_enrolment.as_ref()),
-            &self.enrolments,
-        );
-        if !keys.is_empty() {
-            let rows = stored_enrolments(tx, platform_id, &keys).await?;
-            self.enrolments
-                .extend(keys.iter().map(|k| ((*k).clone(), None)));
-            self.enrolments
-                .extend(rows.into_iter().map(|(k, _, item)| (k, item)));
-        }
-        let orders = unread(
-            outbox.iter().filter_map(|i| i.order_id.as_deref()),
-            &self.orders,
-        );
-        if !orders.is_empty() {
-            let rows: Vec<(String, Option<i64>)> = fetch_json(
-                &mut **tx,
-                "SELECT json_group_array(json_array(r.order_id, r.latest_item))
-                 FROM json_each(?2) j CROSS JOIN orders r ON r.platform_id = ?1 AND r.order_id = j.value",
-                platform_id,
-                serde_json::to_string(&orders).map_err(|e| corrupt(&e.to_string()))?,
-            )
-            .await?;
-            self.orders
-                .extend(orders.iter().map(|id| (id.to_string(), None)));
-            self.orders.extend(rows);
-        }
-        Ok(())
+/// Reads the newest items of the orders and enrolments of `outbox` not read yet
+/// (a caller that wrote items without loading their records first).
+async fn read_missing(
+    anchors: &mut Anchors,
+    tx: &mut WriteTx,
+    platform_id: i64,
+    outbox: &[OutboxItem],
+) -> Result<()> {
+    let keys = anchors.unread_enrolments(outbox);
+    if !keys.is_empty() {
+        let rows = stored_enrolments(tx, platform_id, &keys).await?;
+        anchors
+            .enrolments
+            .extend(keys.iter().map(|k| ((*k).clone(), None)));
+        anchors
+            .enrolments
+            .extend(rows.into_iter().map(|(k, _, item)| (k, item)));
     }
-}
-
-/// The distinct keys of `keys` that `read` does not hold yet.
-fn unread<'a, K, Q>(keys: impl Iterator<Item = &'a Q>, read: &HashMap<K, Option<i64>>) -> Vec<&'a Q>
-where
-    K: std::borrow::Borrow<Q> + Eq + std::hash::Hash,
-    Q: Eq + std::hash::Hash + ?Sized + 'a,
-{
-    keys.filter(|k| !read.contains_key(*k))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect()
+    let orders = anchors.unread_orders(outbox);
+    if !orders.is_empty() {
+        let rows: Vec<(String, Option<i64>)> = fetch_json(
+            &mut **tx,
+            "SELECT json_group_array(json_array(r.order_id, r.latest_item))
+             FROM json_each(?2) j CROSS JOIN orders r ON r.platform_id = ?1 AND r.order_id = j.value",
+            platform_id,
+            serde_json::to_string(&orders).map_err(|e| corrupt(&e.to_string()))?,
+        )
+        .await?;
+        anchors
+            .orders
+            .extend(orders.iter().map(|id| (id.to_string(), None)));
+        anchors.orders.extend(rows);
+    }
+    Ok(())
 }
 
 fn stored(revision: i64, hash: &str) -> Result<Stored> {
@@ -1293,10 +1078,6 @@ fn scope_json(scope: &[(Period, String)]) -> Result<String> {
         .map(|(p, i)| (p.to_string(), i.as_str()))
         .collect();
     serde_json::to_string(&pairs).map_err(|e| corrupt(&e.to_string()))
-}
-
-fn period_of(s: &str) -> Result<Period> {
-    Period::parse(s).ok_or_else(|| corrupt("stored period is not YYYY-MM"))
 }
 
 /// The volume statements of a platform (?1) in a scope (?2, `[[period, industry], …]`).
@@ -1372,7 +1153,6 @@ const SCOPE_STATE: &str = concat!(
                AND c.period IN (SELECT json_extract(value, '$[0]') FROM json_each(?2)))))"
 );
 
-/// A `(worker_id, day, division_code, order_count)` row as an enrolment and its count.
 /// The stored rows among `keys` of a platform's daily enrolments: each key with its
 /// order count and newest item (`latest_item`). Keys without a row are left out.
 async fn stored_enrolments(
@@ -1405,35 +1185,6 @@ async fn stored_enrolments(
     .await?;
     rows.into_iter()
         .map(|(w, d, c, count, item)| Ok((enrolment_of((w, d, c, count))?.0, count, item)))
-        .collect()
-}
-
-fn enrolment_of(
-    (worker_id, day, division_code, count): (String, String, String, i64),
-) -> Result<(EnrolmentKey, i64)> {
-    let day = NaiveDate::from_str(&day).map_err(|_| corrupt("enrolment day is not a date"))?;
-    Ok((
-        EnrolmentKey {
-            worker_id,
-            day,
-            division_code,
-        },
-        count,
-    ))
-}
-
-fn statements_of(rows: Vec<(String, String, String, i64)>) -> Result<Statements> {
-    rows.into_iter()
-        .map(|(period, division_code, industry, count)| {
-            Ok((
-                StatementKey {
-                    period: period_of(&period)?,
-                    division_code,
-                    industry,
-                },
-                count,
-            ))
-        })
         .collect()
 }
 
@@ -1568,10 +1319,9 @@ impl IngestTx for SqliteIngest {
         if scope.is_empty() {
             return Ok(());
         }
-        type Declared = (String, i64, String, String, String, i64, i64, i64);
         let (rows, declared, released, closed): (
             Vec<(String, String, String, i64)>,
-            Vec<Declared>,
+            Vec<DeclaredRow>,
             Vec<String>,
             Vec<(String, i64)>,
         ) = fetch_json_value(
@@ -1582,41 +1332,7 @@ impl IngestTx for SqliteIngest {
         )
         .await?;
         known.statements.extend(statements_of(rows)?);
-        let mut latest: HashMap<StatementKey, i64> = HashMap::new();
-        for (
-            declaration_id,
-            revision,
-            period,
-            division_code,
-            industry,
-            order_count,
-            amount_fen,
-            arrival,
-        ) in declared
-        {
-            let key = StatementKey {
-                period: period_of(&period)?,
-                division_code,
-                industry,
-            };
-            *known.declared.entry(key.clone()).or_default() += 1;
-            if latest.get(&key).is_some_and(|a| *a > arrival) {
-                continue;
-            }
-            latest.insert(key.clone(), arrival);
-            let declaration = Declaration {
-                declaration_id,
-                revision: revision_of(revision)?,
-                period: key.period,
-                division_code: key.division_code.clone(),
-                industry: key.industry.clone(),
-                figures: Figures {
-                    order_count,
-                    amount_fen,
-                },
-            };
-            known.current_declarations.insert(key, declaration);
-        }
+        add_declared(known, declared)?;
         for period in released {
             known.released.insert(period_of(&period)?);
         }

@@ -1,5 +1,5 @@
 //! The store conformance suite: written against the `Store` trait, run against every
-//! backend (SQLite today; PostgreSQL joins the list when it lands).
+//! backend (SQLite and PostgreSQL), each on a fresh database.
 
 use oip_gateway::store::{IngestRepo, ListingRepo, OutboxRepo, PlatformRepo};
 use std::sync::Arc;
@@ -38,27 +38,39 @@ fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
     }
 }
 
+/// What keeps a backend's database alive for a test (a temporary directory, a
+/// PostgreSQL database dropped afterwards).
+type Keep = Box<dyn std::any::Any>;
+
 /// Every backend, each on a fresh database, opened as the gateway opens its store
-/// (`store::connect`).
-async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
+/// (`store::connect`): SQLite in a temporary directory, PostgreSQL in a database of
+/// its own on the tests' server (`common::FreshPostgres`).
+async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Keep)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("conf.db").display());
     let sqlite = oip_gateway::store::connect(&url)
         .await
         .expect("open sqlite");
-    vec![("sqlite", sqlite, dir)]
+    let pg = crate::common::FreshPostgres::new().await;
+    let postgres = oip_gateway::store::connect(&pg.url)
+        .await
+        .expect("open postgres");
+    vec![
+        ("sqlite", sqlite, Box::new(dir)),
+        ("postgres", postgres, Box::new(pg)),
+    ]
 }
 
 #[tokio::test]
 async fn a_database_url_of_no_known_backend_is_refused_by_name() {
-    for url in ["mysql://db/oip", "postgresql://db/oip", "oip.db"] {
+    for url in ["mysql://db/oip", "oracle://db/oip", "oip.db"] {
         let err = oip_gateway::store::connect(url)
             .await
             .err()
             .unwrap_or_else(|| panic!("{url}: opened"));
         let scheme = url.split(':').next().unwrap_or_default();
         assert!(
-            matches!(&err, StoreError::Unavailable(m) if m.contains(&format!("{scheme:?}")) && m.contains("sqlite:")),
+            matches!(&err, StoreError::Unavailable(m) if m.contains(&format!("{scheme:?}")) && m.contains("sqlite:") && m.contains("postgres://")),
             "{url}: {err:?}"
         );
     }

@@ -8,63 +8,15 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{SqliteStore, corrupt, db_err};
+use super::{SqliteStore, db_err};
 use crate::domain::audit::{AuditEntry, GENESIS};
 use crate::domain::grant::{Grant, Role};
 use crate::domain::time::Millis;
 use crate::store::access::{AuditQuery, ChainRows, GrantRow, JournalEntry, JournalPage, Person};
+use crate::store::rows::{
+    AUDIT_COLUMNS, AuditRow, corrupt, entry_of, grant_of, hash32, rate_limit_of,
+};
 use crate::store::{AuditRepo, Destination, GrantRepo, PullRepo, Result};
-
-type AuditRow = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Vec<u8>,
-);
-
-const AUDIT_COLUMNS: &str =
-    "seq, at, identity, role, action, scope, records, outcome, trace_id, hash";
-
-fn hash32(bytes: &[u8]) -> Result<[u8; 32]> {
-    bytes
-        .try_into()
-        .map_err(|_| corrupt("audit hash is not 32 bytes"))
-}
-
-fn entry_of(row: AuditRow) -> Result<(AuditEntry, [u8; 32])> {
-    let (seq, at, identity, role, action, scope, records, outcome, trace_id, hash) = row;
-    Ok((
-        AuditEntry {
-            seq,
-            at,
-            identity,
-            role,
-            action,
-            scope,
-            records,
-            outcome,
-            trace_id,
-        },
-        hash32(&hash)?,
-    ))
-}
-
-/// A stored grant row as a [`Grant`]; a role the gateway does not know is a corrupt
-/// store.
-fn grant_of(identity: String, role: &str, scope: String, expires_at: Option<i64>) -> Result<Grant> {
-    Ok(Grant {
-        identity,
-        role: Role::parse(role).ok_or_else(|| corrupt("unknown role in grants"))?,
-        scope,
-        expires_at,
-    })
-}
 
 #[async_trait]
 impl GrantRepo for SqliteStore {
@@ -196,19 +148,7 @@ impl GrantRepo for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        rows.into_iter()
-            .map(|(identity, calls, records, set_by, set_at)| {
-                Ok(RateLimitRow {
-                    identity,
-                    calls_per_second: u32::try_from(calls)
-                        .map_err(|_| corrupt("rate out of range in rate_limits"))?,
-                    records_per_second: u32::try_from(records)
-                        .map_err(|_| corrupt("rate out of range in rate_limits"))?,
-                    set_by,
-                    set_at,
-                })
-            })
-            .collect()
+        rows.into_iter().map(rate_limit_of).collect()
     }
 }
 

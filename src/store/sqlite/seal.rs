@@ -32,6 +32,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl SealedRepo for SqliteStore {
+    async fn lock_resealing(&self) -> Result<crate::store::JobLock> {
+        Ok(crate::store::JobLock::none())
+    }
+
     async fn sealed_with(&self) -> Result<Option<String>> {
         let state: Option<(String,)> =
             sqlx::query_as("SELECT sealed_with FROM pii_state WHERE id = 1")

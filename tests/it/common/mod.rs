@@ -83,6 +83,26 @@ pub struct TestGateway {
     pub ops_addr: Option<SocketAddr>,
     pub dir: TempDir,
     gateway: Option<Gateway>,
+    /// The PostgreSQL database of a gateway on PostgreSQL ([`TestGateway::spawn_on`]).
+    pub postgres: Option<FreshPostgres>,
+}
+
+/// Which store a test gateway uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The run's default: `OIP_TEST_STORE=postgres` runs every in-process gateway on
+    /// PostgreSQL; anything else, SQLite.
+    pub fn of_run() -> Self {
+        match std::env::var("OIP_TEST_STORE").as_deref() {
+            Ok("postgres") => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
 }
 
 impl TestGateway {
@@ -90,10 +110,29 @@ impl TestGateway {
         Self::spawn_with(|_| {}).await
     }
 
+    /// A gateway on the default store of the run: SQLite, or PostgreSQL when
+    /// `OIP_TEST_STORE=postgres` (the whole suite on PostgreSQL).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(Backend::of_run(), adjust).await
+    }
+
+    /// A gateway on `backend` (PostgreSQL: a fresh database of its own).
+    pub async fn spawn_on(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite:{}", dir.path().join("oip.db").display());
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(FreshPostgres::new().await),
+        };
+        let url = match &postgres {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite:{}", dir.path().join("oip.db").display()),
+        };
         let mut config = Config::for_test(url, tls_files(), test_platforms());
+        // The embedded simulator's file where the tests look for it, on either store.
+        config.forward.simulator_database_url = Some(format!(
+            "sqlite:{}",
+            dir.path().join("backend-sim.db").display()
+        ));
         // Fast retries in tests.
         config.forward.min_backoff_ms = 20;
         config.forward.max_backoff_ms = 200;
@@ -105,6 +144,7 @@ impl TestGateway {
             ops_addr: gateway.ops_addr,
             dir,
             gateway: Some(gateway),
+            postgres,
         }
     }
 
@@ -868,4 +908,76 @@ pub async fn hold_write_lock(
     });
     is_held.await.expect("held");
     (release, locker)
+}
+
+/// The PostgreSQL server the tests use: `OIP_TEST_POSTGRES` (a URL of a database on
+/// it that the tests may create databases from), else the local server as `.ci/run`
+/// starts it (127.0.0.1:5432, user postgres, trust authentication).
+pub fn postgres_server() -> String {
+    std::env::var("OIP_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database of its own for one test on the tests' PostgreSQL server, dropped with
+/// the value. Panics, saying how to start the server, when it cannot be reached: the
+/// suite needs it (`.ci/run` starts it).
+pub struct FreshPostgres {
+    pub url: String,
+    name: String,
+}
+
+impl FreshPostgres {
+    pub async fn new() -> Self {
+        use sqlx::Connection as _;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let server = postgres_server();
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {server} cannot be reached ({e}): start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                 or set OIP_TEST_POSTGRES (.ci/run starts it)"
+                )
+            });
+        let name = format!(
+            "oip_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            oip_gateway::domain::time::now_millis()
+        );
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for FreshPostgres {
+    fn drop(&mut self) {
+        let (server, name) = (postgres_server(), self.name.clone());
+        // A runtime of its own: the test's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection as _;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
