@@ -30,6 +30,7 @@ mod proto_docs;
 mod pulls;
 mod readme;
 mod records;
+mod replicas;
 mod revisions;
 mod revocation;
 mod roles_cli;

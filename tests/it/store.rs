@@ -20,7 +20,7 @@ use oip_gateway::validate;
 
 use crate::common::{order, worker};
 
-fn touched(workers: &[&str], orders: &[&str]) -> Touched {
+pub(crate) fn touched(workers: &[&str], orders: &[&str]) -> Touched {
     Touched {
         worker_ids: workers.iter().map(|s| s.to_string()).collect(),
         order_ids: orders.iter().map(|s| s.to_string()).collect(),
@@ -28,7 +28,7 @@ fn touched(workers: &[&str], orders: &[&str]) -> Touched {
     }
 }
 
-fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
+pub(crate) fn rules<'a>(p: &'a PlatformProfile, book: &'a RateBook) -> Rules<'a> {
     Rules {
         platform: p,
         rates: book,
@@ -76,7 +76,7 @@ async fn a_database_url_of_no_known_backend_is_refused_by_name() {
     }
 }
 
-fn registration(uscc: &str) -> PlatformRegistration {
+pub(crate) fn registration(uscc: &str) -> PlatformRegistration {
     PlatformRegistration {
         uscc: uscc.into(),
         name: "P".into(),
@@ -91,7 +91,7 @@ fn registration(uscc: &str) -> PlatformRegistration {
 }
 
 /// Candidates from wire records, validated as the API would.
-fn candidates(
+pub(crate) fn candidates(
     platform: &PlatformProfile,
     workers: &[&str],
     orders: &[(&str, &str)],
