@@ -13,10 +13,7 @@ use oip_gateway::domain::PlatformProfile;
 use oip_gateway::domain::fees::RateBook;
 use oip_gateway::domain::time::now_millis;
 use oip_gateway::pii::Pii;
-use oip_gateway::store::{
-    DeliveryOutcome, Destination, IngestRepo, IngestTx, Laps, OutboxRepo, PlatformRepo, PullRepo,
-    Store, StoreOptions,
-};
+use oip_gateway::store::{DeliveryOutcome, Destination, IngestTx, Laps, Store, StoreOptions};
 
 use crate::common::FreshPostgres;
 use crate::store::{candidates, registration, rules, touched};
