@@ -273,3 +273,571 @@ async fn two_replicas_appending_together_keep_one_audit_chain() {
     assert_eq!(verified.problem, None);
     assert_eq!(verified.checked, 80);
 }
+
+// ---------------------------------------------------------------------------
+// Real processes: replicas of `oip-gateway serve` on one database, one `backend-sim`.
+
+mod processes {
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use oip_gateway::proto::{self, backend_sim_control_client::BackendSimControlClient};
+    use prost::Message as _;
+    use tokio::sync::Mutex;
+
+    use crate::common::*;
+
+    /// The backend simulator as a process of its own.
+    struct Sim {
+        child: Child,
+        addr: std::net::SocketAddr,
+    }
+
+    impl Sim {
+        fn start(dir: &std::path::Path) -> Self {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_oip-gateway"))
+                .args([
+                    "backend-sim",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--database-url",
+                ])
+                .arg(format!("sqlite:{}", dir.join("backend-sim.db").display()))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn the simulator");
+            let stdout = child.stdout.take().expect("stdout");
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("the simulator's address");
+            let addr = line
+                .trim()
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .parse()
+                .expect("address");
+            Self { child, addr }
+        }
+    }
+
+    impl Drop for Sim {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The environment of a replica: the shared database, the simulator, short leases
+    /// (a killed replica's items are delivered by the other within seconds).
+    fn replica_env(database: &str, sim: &Sim) -> Vec<(String, String)> {
+        let backend = format!("https://{}", sim.addr);
+        [
+            ("OIP_DATABASE_URL", database.to_string()),
+            ("OIP_FORWARD__SIMULATE", "false".into()),
+            ("OIP_FORWARD__SOCIAL_SECURITY_ENDPOINT", backend.clone()),
+            ("OIP_FORWARD__TAX_ENDPOINT", backend),
+            ("OIP_FORWARD__REQUEST_TIMEOUT_MS", "1500".into()),
+            ("OIP_FORWARD__MIN_BACKOFF_MS", "20".into()),
+            ("OIP_FORWARD__MAX_BACKOFF_MS", "200".into()),
+            ("OIP_DATABASE__LEASE_MS", "2000".into()),
+            ("RUST_LOG", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn spawn_replica(dir: &std::path::Path, env: &[(String, String)]) -> GatewayProcess {
+        std::fs::create_dir_all(dir).expect("replica dir");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        GatewayProcess::spawn_in(dir, &dir.join("unused.db"), &env)
+    }
+
+    /// One platform's calls, in the order they are sent: workers, then orders in
+    /// chunks, corrections of some (cancelled), a chunk sent twice, a record that is
+    /// rejected, and the month's declaration.
+    fn calls(prefix: &str, workers: usize, orders: usize) -> Vec<Vec<proto::Record>> {
+        let (period, at) = previous_month(10);
+        let worker_id = |i: usize| format!("{prefix}W{i:03}");
+        let order_id = |i: usize| format!("{prefix}O{i:04}");
+        let mut calls: Vec<Vec<proto::Record>> = (0..workers)
+            .collect::<Vec<_>>()
+            .chunks(20)
+            .map(|c| {
+                c.iter()
+                    .map(|&i| rec_worker(worker(&worker_id(i))))
+                    .collect()
+            })
+            .collect();
+        let order_of = |i: usize| {
+            rec_order(order_at(
+                &order_id(i),
+                &worker_id(i % workers),
+                "INSTANT_DELIVERY",
+                "320100",
+                &at,
+            ))
+        };
+        for chunk in (0..orders).collect::<Vec<_>>().chunks(40) {
+            calls.push(chunk.iter().map(|&i| order_of(i)).collect());
+        }
+        // The third chunk again (all DUPLICATE), a record that is rejected, and
+        // corrections: the first ten orders cancelled.
+        calls.push((80..120).map(order_of).collect());
+        calls.push(vec![rec_order(order_at(
+            &order_id(9999),
+            &format!("{prefix}NOBODY"),
+            "INSTANT_DELIVERY",
+            "320100",
+            &at,
+        ))]);
+        calls.push(
+            (0..10)
+                .map(|i| {
+                    let mut o = order_at(
+                        &order_id(i),
+                        &worker_id(i % workers),
+                        "INSTANT_DELIVERY",
+                        "320100",
+                        &at,
+                    );
+                    o.revision = Some(2);
+                    o.status = "CANCELLED".into();
+                    rec_order(o)
+                })
+                .collect(),
+        );
+        let billable = (orders - 10) as i64;
+        calls.push(vec![rec_declaration(declaration(
+            &format!("{prefix}D1"),
+            &period,
+            "320100",
+            "INSTANT_DELIVERY",
+            billable,
+            billable * 20,
+        ))]);
+        calls
+    }
+
+    /// What a replica answered to each call of a platform, and whether the call was
+    /// sent again to the other replica after a failure (its records may then be
+    /// DUPLICATE where they were first applied by the call that failed).
+    type Answers = Vec<(proto::BatchOutcome, bool)>;
+
+    /// Sends `calls` one after another, call `i` to replica `i % 2`; a call that
+    /// fails (its replica killed) is sent again to the other, until answered.
+    async fn send(
+        replicas: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+        stem: &'static str,
+        calls: Vec<Vec<proto::Record>>,
+        progress: tokio::sync::watch::Sender<usize>,
+    ) -> Answers {
+        let mut answers = Vec::new();
+        for (i, records) in calls.into_iter().enumerate() {
+            let mut target = i % 2;
+            let mut retried = false;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let addr = replicas.lock().await[target];
+                let answer = match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    channel(addr, client_tls(Some(stem), "ca.pem")),
+                )
+                .await
+                {
+                    Ok(Ok(ch)) => PlatformClient::new(ch)
+                        .submit(proto::SubmitRequest {
+                            records: records.clone(),
+                        })
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| s.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("connect timed out".into()),
+                };
+                match answer {
+                    Ok(a) => {
+                        answers.push((a, retried));
+                        break;
+                    }
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "call {i} never answered: {e}");
+                        retried = true;
+                        target = 1 - target;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            let _ = progress.send(i + 1);
+        }
+        answers
+    }
+
+    type PlatformClient =
+        proto::platform_service_client::PlatformServiceClient<tonic::transport::Channel>;
+
+    /// Every contribution change of a tax pull from `since` on (at most `max`), and
+    /// the cursor to resume from.
+    async fn tax_pull(addr: std::net::SocketAddr, since: &str, max: u32) -> (Vec<Vec<u8>>, String) {
+        let mut tax = Tax::new(role_channel(addr, "tax").await);
+        let stream = tax
+            .pull_contributions(proto::PullRequest {
+                since: since.into(),
+                max_records: max,
+                ..Default::default()
+            })
+            .await
+            .expect("pull")
+            .into_inner();
+        let messages = drain(stream).await.expect("pulled");
+        let cursor = messages
+            .last()
+            .map(|m| m.cursor.clone())
+            .unwrap_or_default();
+        let items = messages
+            .into_iter()
+            .filter_map(|m| m.item)
+            .map(|i| i.encode_to_vec())
+            .collect();
+        (items, cursor)
+    }
+
+    async fn statements(addr: std::net::SocketAddr, stem: &str, period: &str) -> Vec<Vec<u8>> {
+        let mut c = PlatformClient::new(role_channel(addr, stem).await);
+        c.list_volume_statements(proto::ListVolumeStatementsRequest {
+            period: period.into(),
+        })
+        .await
+        .expect("statements")
+        .into_inner()
+        .statements
+        .into_iter()
+        .map(|s| s.encode_to_vec())
+        .collect()
+    }
+
+    async fn declarations(addr: std::net::SocketAddr, stem: &str) -> Vec<Vec<u8>> {
+        let mut c = PlatformClient::new(role_channel(addr, stem).await);
+        c.list_declarations(proto::ListRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("declarations")
+        .into_inner()
+        .declarations
+        .into_iter()
+        .map(|d| {
+            let mut d = d;
+            d.received_at_ms = 0;
+            d.encode_to_vec()
+        })
+        .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_on_one_database_with_one_killed_mid_load_store_and_deliver_every_record_once()
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = FreshPostgres::new().await;
+        let sim = Sim::start(dir.path());
+        let env = replica_env(&pg.url, &sim);
+        let mut r0 = spawn_replica(&dir.path().join("r0"), &env);
+        let mut r1 = Some(spawn_replica(&dir.path().join("r1"), &env));
+        let replicas = Arc::new(Mutex::new(vec![
+            r0.addr,
+            r1.as_ref().map(|r| r.addr).expect("r1"),
+        ]));
+        let mut admin = Admin::new(role_channel(r0.addr, "admin").await);
+        grant(&mut admin, TAX_ID, "tax", &["320000"]).await;
+
+        let a_calls = calls("A", 60, 600);
+        let b_calls = calls("B", 40, 400);
+        let (a_progress, mut a_seen) = tokio::sync::watch::channel(0);
+        let (b_progress, _) = tokio::sync::watch::channel(0);
+        let a = tokio::spawn(send(
+            replicas.clone(),
+            "platform-a",
+            a_calls.clone(),
+            a_progress,
+        ));
+        let b = tokio::spawn(send(
+            replicas.clone(),
+            "platform-b",
+            b_calls.clone(),
+            b_progress,
+        ));
+        // Mid-load: replica 1 is killed (SIGKILL), and started again a few calls later.
+        a_seen.wait_for(|n| *n >= 7).await.expect("progress");
+        if let Some(mut r) = r1.take() {
+            r.kill();
+        }
+        a_seen.wait_for(|n| *n >= 12).await.expect("progress");
+        let restarted = spawn_replica(&dir.path().join("r1"), &env);
+        replicas.lock().await[1] = restarted.addr;
+        let r1 = restarted;
+        let a_answers = a.await.expect("platform A's calls");
+        let b_answers = b.await.expect("platform B's calls");
+        assert!(
+            a_answers.iter().any(|(_, retried)| *retried),
+            "calls meant for the killed replica were sent to the other"
+        );
+
+        // One SQLite gateway fed the same calls in the same order.
+        let single = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
+        for (stem, calls, answers) in [
+            ("platform-a", &a_calls, &a_answers),
+            ("platform-b", &b_calls, &b_answers),
+        ] {
+            let mut c = single.client(stem).await;
+            for (i, (records, (answer, retried))) in calls.iter().zip(answers).enumerate() {
+                let want = submit(&mut c, records.clone()).await;
+                let (got, want) = (brief(answer), brief(&want));
+                if *retried {
+                    // Applied by the call that failed, then DUPLICATE on its resend.
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            g == w || (g.0 == "DUPLICATE" && w.0 != "REJECTED"),
+                            "{stem} call {i} (resent): {g:?} where one gateway gave {w:?}"
+                        );
+                    }
+                    assert_eq!(got.len(), want.len());
+                } else {
+                    assert_eq!(got, want, "{stem} call {i}");
+                }
+            }
+        }
+        let r = [r0.addr, r1.addr];
+        let (period, _) = previous_month(10);
+        for stem in ["platform-a", "platform-b"] {
+            for addr in r {
+                assert_eq!(
+                    statements(addr, stem, &period).await,
+                    statements(single.addr, stem, &period).await,
+                    "{stem}: the volume statements of one gateway"
+                );
+                assert_eq!(
+                    declarations(addr, stem).await,
+                    declarations(single.addr, stem).await,
+                    "{stem}: the declarations and their reconciliation"
+                );
+            }
+        }
+        // A resend of everything, to either replica: every stored record DUPLICATE,
+        // every rejected one rejected again.
+        for (stem, calls) in [("platform-a", &a_calls), ("platform-b", &b_calls)] {
+            let mut c = single.client(stem).await;
+            let mut again = client(r[1], stem).await;
+            for records in calls {
+                let once = brief(&submit(&mut c, records.clone()).await);
+                let replica = brief(&submit(&mut again, records.clone()).await);
+                assert_eq!(replica, once, "{stem}: a resend");
+                assert!(
+                    replica
+                        .iter()
+                        .all(|o| o.0 == "DUPLICATE" || o.0 == "REJECTED"),
+                    "{stem}: {replica:?}"
+                );
+            }
+        }
+
+        // Delivery: the outbox empties, and the simulator applied each delivered item
+        // once (items a killed replica had claimed were delivered again by the other,
+        // and dropped there as repeats).
+        let pool = sqlx::PgPool::connect(&pg.url).await.expect("database");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let delivered = loop {
+            let (pending, delivered): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE state = 'pending'),
+                        count(*) FILTER (WHERE state = 'delivered') FROM outbox",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("outbox");
+            if pending == 0 {
+                break delivered;
+            }
+            assert!(Instant::now() < deadline, "still {pending} pending");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut control = BackendSimControlClient::new(
+            channel(sim.addr, client_tls(Some("admin"), "ca.pem"))
+                .await
+                .expect("connect"),
+        );
+        let stats = control
+            .stats(proto::StatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        let applied: BTreeMap<String, u64> = stats
+            .applied
+            .iter()
+            .map(|k| (k.kind.clone(), k.count))
+            .collect();
+        assert_eq!(
+            applied.values().sum::<u64>(),
+            delivered as u64,
+            "each delivered item applied once: {applied:?}"
+        );
+        assert_eq!(stats.invalid_items, 0);
+
+        // A tax pull resumed on the other replica from a cursor of the first gives
+        // every item once.
+        let (whole, _) = tax_pull(r[0], "", 0).await;
+        assert!(!whole.is_empty());
+        let (first, cursor) = tax_pull(r[0], "", (whole.len() / 3) as u32).await;
+        let (rest, _) = tax_pull(r[1], &cursor, 0).await;
+        let mut resumed = first;
+        resumed.extend(rest);
+        assert_eq!(resumed, whole);
+        r0.kill();
+    }
+}
+
+mod outage {
+    use std::time::{Duration, Instant};
+
+    use oip_gateway::proto;
+    use sqlx::Connection as _;
+
+    use crate::common::*;
+
+    /// Cuts a database off as a restart of its server does, without touching the
+    /// server's other databases (the rest of the suite uses them): new connections
+    /// are refused and every open one is ended, transactions in flight with them;
+    /// `restore` lets connections in again.
+    async fn cut(server: &str, database: &str) {
+        let mut admin = sqlx::PgConnection::connect(server).await.expect("admin");
+        sqlx::query(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("refuse connections");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(database)
+        .execute(&mut admin)
+        .await
+        .expect("end connections");
+    }
+
+    async fn restore(server: &str, database: &str) {
+        let mut admin = sqlx::PgConnection::connect(server).await.expect("admin");
+        sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+            .execute(&mut admin)
+            .await
+            .expect("allow connections");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_outage_under_load_fails_calls_unavailable_loses_nothing_and_heals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = FreshPostgres::new().await;
+        let database = pg.url.rsplit('/').next().expect("name").to_string();
+        let mut gw = GatewayProcess::spawn_in(
+            dir.path(),
+            &dir.path().join("unused.db"),
+            &[
+                ("OIP_DATABASE_URL", pg.url.as_str()),
+                ("OIP_DATABASE__ACQUIRE_TIMEOUT_MS", "1000"),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        let ops = gw.ops_addr.expect("operations listener");
+        let mut c = client(gw.addr, "platform-a").await;
+        let workers: Vec<proto::Worker> = (0..20).map(|i| worker(&format!("W{i}"))).collect();
+        register(&mut c, workers).await;
+
+        let load = {
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                let mut c = client(addr, "platform-a").await;
+                let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+                let started = Instant::now();
+                let mut n = 0;
+                while started.elapsed() < Duration::from_secs(8) {
+                    let ids: Vec<String> = (0..20).map(|k| format!("O{n}-{k}")).collect();
+                    n += 1;
+                    let orders = ids
+                        .iter()
+                        .enumerate()
+                        .map(|(k, id)| order(id, &format!("W{k}")))
+                        .collect();
+                    match c.report_orders(proto::ReportOrdersRequest { orders }).await {
+                        Ok(a) => {
+                            let a = a.into_inner();
+                            assert!(brief(&a).iter().all(|o| *o == accepted()), "{a:?}");
+                            acknowledged.extend(ids);
+                        }
+                        Err(s) => refused.push((s.code(), ids)),
+                    }
+                }
+                (acknowledged, refused)
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cut(&postgres_server(), &database).await;
+        // While the database is away the gateway is not ready.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _, _) = http_get(ops, "/ready").await;
+            if status == 503 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "/ready still {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        restore(&postgres_server(), &database).await;
+        let (acknowledged, refused) = load.await.expect("load");
+        assert!(
+            !refused.is_empty(),
+            "calls were made while the database was away"
+        );
+        for (code, _) in &refused {
+            assert_eq!(*code, tonic::Code::Unavailable, "a refused call says so");
+        }
+        // Healed without a restart: ready again, and calls succeed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, _) = http_get(ops, "/ready").await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "/ready still {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = report(&mut c, vec![order("AFTER", "W1")]).await;
+        assert_eq!(brief(&after), vec![accepted()]);
+        // Every acknowledged order is stored. A refused call stored all of its orders
+        // or none (nearly always none; all only when the connection was lost after its
+        // commit was made and before it was confirmed), and nothing else is stored.
+        let stored: std::collections::BTreeSet<String> =
+            stored_order_ids(&mut c).await.into_iter().collect();
+        for id in &acknowledged {
+            assert!(stored.contains(id), "acknowledged {id} is stored");
+        }
+        let mut refused_stored = 0;
+        for (_, ids) in &refused {
+            let here = ids.iter().filter(|id| stored.contains(*id)).count();
+            assert!(
+                here == 0 || here == ids.len(),
+                "a call is applied whole or not at all"
+            );
+            refused_stored += here;
+        }
+        assert_eq!(stored.len(), acknowledged.len() + refused_stored + 1);
+        gw.kill();
+    }
+}
