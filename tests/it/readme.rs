@@ -6,7 +6,10 @@
 //!
 //! Conventions the README keeps: ` ```sh ` blocks hold commands exactly as a user types
 //! them (`cargo run --release -- …` or `oip-gateway …`, the installed binary); ` ```text `
-//! blocks hold templates with placeholders, which are not run. `cargo test` and
+//! blocks hold templates with placeholders, which are not run; ` ```bash ` blocks hold
+//! recipes of several processes at once (replicas behind HAProxy, run in the
+//! background), which this test cannot run line by line: the replica tests
+//! (`tests/it/replicas.rs`) run the same setup as real processes. `cargo test` and
 //! `cargo bench` lines are not run here (the suite is what runs this; benchmarks run
 //! for minutes). The well-known ports 50051 (gateway), 50052 (operations) and 50061
 //! (simulator) become free
