@@ -21,7 +21,7 @@ async fn verify(admin: &mut Admin) -> proto::VerifyAuditResponse {
 
 #[tokio::test]
 async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     for i in 0..5 {
         register(&mut a, vec![worker(&format!("W{i}"))]).await;
@@ -112,7 +112,7 @@ async fn verify_passes_on_an_untouched_log_and_names_an_altered_or_deleted_entry
 
 #[tokio::test]
 async fn a_call_whose_audit_entry_cannot_be_written_fails_instead() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     let pool = gw.sql().await;
@@ -312,7 +312,7 @@ async fn entries_of(
 /// the answer, and the audit writer commits no group for those streams.
 #[tokio::test]
 async fn a_client_stream_ending_with_its_last_part_is_audited_in_that_parts_transaction() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     let ops = gw.ops_addr.expect("operations listener");
@@ -364,7 +364,7 @@ async fn a_client_stream_ending_with_its_last_part_is_audited_in_that_parts_tran
 
 #[tokio::test]
 async fn a_streamed_call_is_audited_in_causal_order_with_its_total_last() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     let chunk = |ids: &[&str]| proto::SubmitRequest {
         records: ids.iter().map(|id| rec_worker(worker(id))).collect(),

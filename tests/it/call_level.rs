@@ -89,7 +89,7 @@ fn workers(n: usize) -> Vec<proto::Worker> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_that_passes_before_the_commit_rolls_the_batch_back() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     let mut req = tonic::Request::new(proto::RegisterWorkersRequest {
         workers: workers(10_000),
@@ -294,7 +294,7 @@ async fn raw_call(
 
 #[tokio::test]
 async fn undecodable_requests_are_invalid_argument_naming_the_record() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     const REGISTER: &str = "/oip.v1.PlatformService/RegisterWorkers";
     // Random bytes.
     let err = raw_call(&gw, REGISTER, vec![0xFF, 0xFF, 0xFF, 0xFF, 0x0F])

@@ -720,7 +720,10 @@ async fn connections_are_aged_out_and_dead_peers_dropped_by_keepalive() {
 /// with the last part); that look must not start the idle timer for the commit.
 #[tokio::test]
 async fn a_slow_commit_never_counts_against_a_client_streams_idle_timeout() {
-    let gw = TestGateway::spawn_with(|c| c.connections.idle_stream_timeout_ms = 400).await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |c| {
+        c.connections.idle_stream_timeout_ms = 400
+    })
+    .await;
     let mut a = gw.client("platform-a").await;
     let pool = gw.sql().await;
     let (release, locker) = hold_write_lock(&pool).await;

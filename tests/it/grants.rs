@@ -396,7 +396,7 @@ async fn set_state(
 #[tokio::test]
 async fn every_role_reaches_only_its_own_rpcs_in_its_own_scope_and_every_denial_is_audited() {
     // Grants are changed in the database behind the gateway's back: nothing cached.
-    let gw = TestGateway::spawn_with(|c| c.access.cache_ms = 0).await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |c| c.access.cache_ms = 0).await;
     let pool = gw.sql().await;
     let rpcs = rpcs();
     assert_eq!(rpcs.len(), 30, "every RPC of every service");
@@ -456,7 +456,7 @@ async fn every_role_reaches_only_its_own_rpcs_in_its_own_scope_and_every_denial_
 
 #[tokio::test]
 async fn a_grant_change_takes_effect_on_the_next_call_and_is_audited() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut admin = gw.admin().await;
     let mut tax = gw.tax().await;
     let pull = |divisions: &[&str]| proto::PullRequest {

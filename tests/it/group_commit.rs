@@ -27,7 +27,7 @@ async fn install_commit_fault(gw: &TestGateway) {
 
 /// A gateway with the commit fault installed, and platform A's client with worker W1.
 async fn with_commit_fault() -> (TestGateway, Client) {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     install_commit_fault(&gw).await;
@@ -454,7 +454,7 @@ async fn every_small_call_keeps_duplicate_and_revision_semantics() {
 
 #[tokio::test]
 async fn concurrent_calls_keep_duplicate_and_revision_semantics() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1"), worker("W2")]).await;
 
@@ -586,7 +586,7 @@ fn small_load(
 #[tokio::test]
 async fn the_load_generator_drives_each_kind_of_small_call() {
     use oip_gateway::cli::load::{Mode, run};
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let channel = role_channel(gw.addr, "platform-a").await;
     let mut total = 0;
     for (n, mode) in [Mode::Unary, Mode::Stream, Mode::SubmitStream]
@@ -930,7 +930,10 @@ async fn stored_like(pool: &sqlx::SqlitePool, prefix: &str) -> i64 {
 /// chunk's commit takes longer than the idle timeout, is answered for both.
 #[tokio::test]
 async fn submit_stream_idle_time_does_not_count_while_its_chunks_are_applied() {
-    let gw = TestGateway::spawn_with(|c| c.connections.idle_stream_timeout_ms = 400).await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |c| {
+        c.connections.idle_stream_timeout_ms = 400
+    })
+    .await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     let pool = gw.sql().await;
@@ -964,7 +967,7 @@ async fn submit_stream_idle_time_does_not_count_while_its_chunks_are_applied() {
 /// could be told), and the other call is.
 #[tokio::test]
 async fn submit_stream_chunks_queued_when_the_caller_goes_away_are_not_applied() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut a = gw.client("platform-a").await;
     register(&mut a, vec![worker("W1")]).await;
     let pool = gw.sql().await;

@@ -300,7 +300,7 @@ async fn a_tax_pull_resumed_from_its_cursor_returns_every_record_exactly_once() 
 
 #[tokio::test]
 async fn a_social_security_pull_names_the_insured_and_is_audited_as_a_personal_data_read() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut admin = gw.admin().await;
     grant(&mut admin, SS_ID, "social-security", &["320100"]).await;
     let mut a = gw.client("platform-a").await;
@@ -393,7 +393,7 @@ fn ss_cursors(msgs: &[proto::SocialSecurityChange]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_long_filtered_pull_crosses_scan_pages_without_gaps_or_repeats() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let mut admin = gw.admin().await;
     grant(&mut admin, SS_ID, "social-security", &["320100"]).await;
     let mut a = gw.client("platform-a").await;

@@ -37,7 +37,7 @@ fn next_cursor(stdout: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_runs_its_commands() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_on(Backend::Sqlite, |_| {}).await;
     let e = gw.endpoint();
 
     // Administrator: register a platform, grant it and the tax office, set a float.
