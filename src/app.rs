@@ -73,6 +73,45 @@ fn sibling_database(url: &str) -> String {
     format!("sqlite:{}", path.with_file_name("backend-sim.db").display())
 }
 
+/// Several replicas: what an administrator changes through one replica (the rate
+/// tables, per-identity rate limits) reaches the others within `every` (`access.cache_ms`,
+/// at least 250 ms): each replica reads them from the database that often and applies
+/// them when they changed (unchanged limits keep their callers' token buckets).
+fn spawn_shared_settings(
+    store: Arc<dyn Store>,
+    ingest: Ingest,
+    admission: Arc<crate::admission::Admission>,
+    (limits, every): (Vec<crate::store::access::RateLimitRow>, Duration),
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut limits = Some(limits);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            match store.rate_book().await {
+                Ok(book) if *ingest.rates() != book => {
+                    tracing::info!("rate tables changed by another replica: applied");
+                    ingest.set_rates(book);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the rate tables"),
+            }
+            match store.rate_limits().await {
+                Ok(rows) if limits.as_ref() != Some(&rows) => {
+                    tracing::info!("rate limits changed by another replica: applied");
+                    admission.load(&rows);
+                    limits = Some(rows);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the rate limits"),
+            }
+        }
+    })
+}
+
 /// Starts the forwarding dispatchers (and the simulator they deliver to when no real
 /// endpoints are configured).
 async fn start_forwarding(
@@ -526,7 +565,8 @@ impl Gateway {
         let stop_rx_audit = stop_rx;
         let admission =
             crate::admission::Admission::new(limits.clone(), config.rate_limits.clone());
-        admission.load(&store.rate_limits().await?);
+        let loaded_limits = store.rate_limits().await?;
+        admission.load(&loaded_limits);
         let (auditor, audit_writer) = Auditor::spawn(store.clone(), metrics.clone());
         background.push(audit_writer);
         background.push(audit::spawn_retention(
@@ -546,6 +586,18 @@ impl Gateway {
             max_page_bytes: config.limits.max_page_bytes,
             admission: admission.clone(),
         });
+        if crate::store::is_postgres(&config.database_url) {
+            background.push(spawn_shared_settings(
+                store.clone(),
+                ingest.clone(),
+                admission.clone(),
+                (
+                    loaded_limits.clone(),
+                    Duration::from_millis(config.access.cache_ms.max(250)),
+                ),
+                stop_rx_probe.clone(),
+            ));
+        }
         let evicting = admission.clone();
         background.push(tokio::spawn(async move {
             // Rate state of callers not seen for a while is dropped (bounded state).

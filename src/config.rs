@@ -723,6 +723,7 @@ impl Config {
             *v = "<redacted>".into();
         }
         shown.pii.lookup_key = "<redacted>".into();
+        shown.database_url = crate::store::redacted(&shown.database_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
@@ -795,6 +796,12 @@ impl Config {
             return Err(invalid(
                 "database_url",
                 "must start with sqlite: (the embedded file) or postgres:// (several replicas)",
+            ));
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return Err(invalid(
+                "database.acquire_timeout_ms",
+                "must be at least 1 (milliseconds a call waits for a database connection)",
             ));
         }
         if self.database.max_connections < 2 {

@@ -56,20 +56,41 @@ pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<std::sync
     )))
 }
 
-/// `url` as it may be shown (logs, errors): a password in it is replaced by `***`.
+/// `url` as it may be shown (logs, errors, `serve --print-config`): a password in it
+/// is replaced by `***`, whether in the user information (`user:secret@`, the secret
+/// running to the last `@`, so a `/` or `@` in it is covered too) or in the query
+/// (`password=secret`, `sslpassword=secret`).
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***@")),
+                None => out.push_str(&format!("{userinfo}@")),
+            }
+            out.push_str(host);
         }
-        _ => url.to_string(),
+        None => out.push_str(rest),
     }
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -959,6 +980,28 @@ pub(crate) fn outside(excluded: &[RangeInclusive<i64>]) -> Vec<RangeInclusive<i6
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_password_in_a_database_url_is_never_shown() {
+        for (url, shown) in [
+            (
+                "postgres://oip:s3cret@db:5432/oip",
+                "postgres://oip:***@db:5432/oip",
+            ),
+            ("postgres://oip:se/cr@t@db/oip", "postgres://oip:***@db/oip"),
+            (
+                "postgres://oip@db/oip?password=s3cret&sslmode=require",
+                "postgres://oip@db/oip?password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/oip?user=oip&PASSWORD=s3cret",
+                "postgres://db/oip?user=oip&PASSWORD=***",
+            ),
+            ("sqlite:data/oip.db", "sqlite:data/oip.db"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn the_seqs_outside_the_ranges_of_unsettled_calls() {

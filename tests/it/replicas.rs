@@ -205,7 +205,7 @@ async fn a_claimed_item_has_one_sender_until_its_lease_runs_out() {
     );
     // The first replica's lease runs out (it died): the other replica delivers.
     let later = stores[1]
-        .due_items(ss, now + 2_001, 1000, &[])
+        .due_items(ss, now + 3_000, 1000, &[])
         .await
         .expect("due after the lease");
     let seqs = |d: &[oip_gateway::store::DueItem]| d.iter().map(|i| i.seq).collect::<Vec<_>>();
@@ -213,7 +213,7 @@ async fn a_claimed_item_has_one_sender_until_its_lease_runs_out() {
     // Now the second replica's: the first no longer gets them, even reading again.
     assert!(
         stores[0]
-            .due_items(ss, now + 2_002, 1000, &[])
+            .due_items(ss, now + 3_001, 1000, &[])
             .await
             .expect("due")
             .is_empty()
@@ -863,5 +863,124 @@ mod outage {
         }
         assert_eq!(stored.len(), acknowledged.len() + refused_stored + 1);
         gw.kill();
+    }
+}
+
+mod shared_settings {
+    use std::time::{Duration, Instant};
+
+    use oip_gateway::proto;
+
+    use crate::common::*;
+
+    fn spawn(dir: &std::path::Path, url: &str) -> GatewayProcess {
+        std::fs::create_dir_all(dir).expect("dir");
+        GatewayProcess::spawn_in(
+            dir,
+            &dir.join("unused.db"),
+            &[
+                ("OIP_DATABASE_URL", url),
+                ("OIP_FORWARD__ENABLED", "false"),
+                ("OIP_ACCESS__CACHE_MS", "250"),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+    }
+
+    /// Polls `check` until it holds, for at most 10 seconds.
+    async fn within_seconds<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rates_and_rate_limits_set_through_one_replica_apply_on_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = FreshPostgres::new().await;
+        let r0 = spawn(&dir.path().join("r0"), &pg.url);
+        let r1 = spawn(&dir.path().join("r1"), &pg.url);
+        let mut admin = Admin::new(role_channel(r0.addr, "admin").await);
+
+        // Rates: a float for platform A, added through replica 0, rates the statements
+        // replica 1 shows.
+        let (period, at) = previous_month(10);
+        let mut a1 = client(r1.addr, "platform-a").await;
+        register(&mut a1, vec![worker("W1")]).await;
+        let o = order_at("O1", "W1", "INSTANT_DELIVERY", "320100", &at);
+        assert_eq!(brief(&report(&mut a1, vec![o]).await), vec![accepted()]);
+        let amount = |addr| {
+            let period = period.clone();
+            async move {
+                let mut c = client(addr, "platform-a").await;
+                c.list_volume_statements(proto::ListVolumeStatementsRequest { period })
+                    .await
+                    .expect("statements")
+                    .into_inner()
+                    .statements
+                    .first()
+                    .map(|s| (s.multiplier.clone(), s.amount_fen))
+                    .expect("a statement")
+            }
+        };
+        let (multiplier, before) = amount(r1.addr).await;
+        assert_eq!(multiplier, "1.0000");
+        admin
+            .append_rates(proto::RateTables {
+                base_rates: vec![],
+                floats: vec![proto::FloatRow {
+                    uscc: oip_gateway::certs::DEMO_PLATFORM_A.into(),
+                    division_code: "320100".into(),
+                    year: Some(period[..4].parse().expect("year")),
+                    multiplier: "2".into(),
+                    recorded_at: String::new(),
+                }],
+            })
+            .await
+            .expect("append a float");
+        within_seconds("the float on replica 1", || async {
+            amount(r1.addr).await == ("2.0000".to_string(), before * 2)
+        })
+        .await;
+
+        // Rate limits: one call a second for platform A, set through replica 0, refuses
+        // a burst on replica 1; cleared through replica 0, the burst passes there again.
+        let burst = |addr| async move {
+            let mut c = client(addr, "platform-a").await;
+            let mut refused = false;
+            for _ in 0..5 {
+                if let Err(s) = c.list_workers(proto::ListRequest::default()).await {
+                    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                    refused = true;
+                }
+            }
+            refused
+        };
+        assert!(!burst(r1.addr).await, "no limit yet");
+        admin
+            .put_rate_limit(proto::RateLimit {
+                identity: PLATFORM_A_ID.into(),
+                calls_per_second: Some(1),
+                records_per_second: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .expect("put a limit");
+        within_seconds("the limit on replica 1", || burst(r1.addr)).await;
+        admin
+            .clear_rate_limit(proto::ClearRateLimitRequest {
+                identity: PLATFORM_A_ID.into(),
+            })
+            .await
+            .expect("clear the limit");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        within_seconds("no limit on replica 1", || async { !burst(r1.addr).await }).await;
+        drop((r0, r1));
     }
 }
