@@ -150,6 +150,7 @@ async fn reseal_workers<S: SealedRepo + ?Sized>(pii: &Pii, store: &S) -> Result<
         after = (last.platform_id, last.worker_id.clone());
         let mut replaced = Vec::new();
         for mut row in rows {
+            let read = row.id_number.clone();
             let place = || format!("a worker of platform {}", row.platform_id);
             let new_id = resealed(vault, &row.id_number, AAD_ID_NUMBER).map_err(at(place()))?;
             let new_name = resealed(vault, &row.name, AAD_NAME).map_err(at(place()))?;
@@ -185,7 +186,7 @@ async fn reseal_workers<S: SealedRepo + ?Sized>(pii: &Pii, store: &S) -> Result<
             if new_birth.is_some() {
                 row.birth_date = new_birth;
             }
-            replaced.push(row);
+            replaced.push((read, row));
         }
         store.replace_sealed_workers(&replaced).await?;
         changed += replaced.len() as u64;
@@ -217,8 +218,8 @@ async fn reseal_accidents<S: SealedRepo + ?Sized>(pii: &Pii, store: &S) -> Resul
                     &row.content_hash,
                     was_clear,
                 )?;
-                row.description = new;
-                replaced.push(row);
+                let read = std::mem::replace(&mut row.description, new);
+                replaced.push((read, row));
             }
         }
         store.replace_sealed_accidents(&replaced).await?;

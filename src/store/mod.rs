@@ -873,16 +873,20 @@ pub trait SealedRepo: Send + Sync {
         limit: u32,
     ) -> Result<Vec<SealedWorkerRow>>;
     /// Replaces the sealed values, hashes and lookup hashes of these workers, in one
-    /// transaction.
-    async fn replace_sealed_workers(&self, rows: &[SealedWorkerRow]) -> Result<()>;
+    /// transaction; each is given with its sealed ID number as read, and a worker whose
+    /// stored ID number is no longer that one (written since by an ingest, on another
+    /// replica) is left as it is.
+    async fn replace_sealed_workers(&self, rows: &[(Sealed, SealedWorkerRow)]) -> Result<()>;
     /// Up to `limit` accidents after `after` (platform id, report id), in that order.
     async fn sealed_accidents(
         &self,
         after: &(i64, String),
         limit: u32,
     ) -> Result<Vec<SealedAccidentRow>>;
-    /// Replaces the descriptions and hashes of these accidents, in one transaction.
-    async fn replace_sealed_accidents(&self, rows: &[SealedAccidentRow]) -> Result<()>;
+    /// Replaces the descriptions and hashes of these accidents, in one transaction;
+    /// each is given with its description as read, and an accident whose stored
+    /// description is no longer that one (written since) is left as it is.
+    async fn replace_sealed_accidents(&self, rows: &[(Sealed, SealedAccidentRow)]) -> Result<()>;
     /// Up to `limit` outbox items after seq `after`, in seq order.
     async fn stored_payloads(&self, after: i64, limit: u32) -> Result<Vec<StoredPayload>>;
     /// Replaces these items' payloads (seq, payload), in one transaction.

@@ -13,6 +13,7 @@ use oip_gateway::domain::grant::{Grant, Role};
 use oip_gateway::domain::platform::DeliveryTier;
 use oip_gateway::domain::{PlatformProfile, Record, RecordKind};
 use oip_gateway::pii::Pii;
+use oip_gateway::proto;
 use oip_gateway::reference::Reference;
 use oip_gateway::store::sqlite::SqliteStore;
 use oip_gateway::store::{Laps, PageRequest, PlatformRegistration, Store, StoreError};
@@ -91,6 +92,29 @@ pub(crate) fn registration(uscc: &str) -> PlatformRegistration {
 }
 
 /// Candidates from wire records, validated as the API would.
+/// Worker candidates from wire workers, validated as the API would.
+fn worker_candidates(platform: &PlatformProfile, workers: &[proto::Worker]) -> Vec<Candidate> {
+    let reference = Reference::builtin();
+    let ctx = validate::Context {
+        now: oip_gateway::domain::time::now_millis(),
+        bounds: oip_gateway::validate::Bounds {
+            max_future_ms: 0,
+            ..Default::default()
+        },
+        reference: &reference,
+        platform,
+    };
+    workers
+        .iter()
+        .map(|w| Candidate {
+            kind: Some(RecordKind::Worker),
+            id: w.worker_id.clone(),
+            revision: w.revision.unwrap_or(1),
+            record: validate::worker(w, &ctx).map(Record::Worker),
+        })
+        .collect()
+}
+
 pub(crate) fn candidates(
     platform: &PlatformProfile,
     workers: &[&str],
@@ -1300,4 +1324,85 @@ async fn the_embedded_sqlite_shares_no_page_cache_or_allocation_lock_between_con
         options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
         "{options:?}"
     );
+}
+
+/// Re-sealing at one replica's start while another replica writes: a worker written
+/// after its page was read keeps what was written (its newer revision), on every
+/// backend.
+#[tokio::test]
+async fn re_sealing_leaves_a_worker_written_since_its_page_was_read() {
+    let pii = Pii::for_test();
+    for (name, store, _keep) in backends().await {
+        let p = store
+            .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
+            .await
+            .expect(name);
+        let book = RateBook::default();
+        let write = |workers: Vec<oip_gateway::proto::Worker>| {
+            let (store, pii, p, book) = (store.clone(), pii.clone(), p.clone(), book.clone());
+            async move {
+                let mut tx = store.begin_ingest(p.id).await.expect("begin");
+                let mut known = pii
+                    .open_loaded(p.id, tx.load(&touched(&["W1"], &[])).await.expect("load"))
+                    .expect("open");
+                let plan = crosscheck::decide(
+                    &rules(&p, &book),
+                    worker_candidates(&p, &workers),
+                    &mut known,
+                );
+                assert!(plan.rejections.is_empty(), "{:?}", plan.rejections);
+                tx.write(
+                    &plan,
+                    &pii.seal_writes(p.id, &plan),
+                    vec![],
+                    1,
+                    &mut Laps::start(),
+                )
+                .await
+                .expect("write");
+                tx.commit().await.expect("commit");
+            }
+        };
+        write(vec![worker("W1")]).await;
+        let page = store
+            .sealed_workers(&(i64::MIN, String::new()), 10)
+            .await
+            .expect(name);
+        let stale = page[0].clone();
+        // Revision 2 arrives (on another replica) after the page was read.
+        let mut second = worker("W1");
+        second.revision = Some(2);
+        second.name = "李四".into();
+        write(vec![second]).await;
+        let written = store
+            .sealed_workers(&(i64::MIN, String::new()), 10)
+            .await
+            .expect(name)[0]
+            .clone();
+        // The re-sealer writes back what it read, re-sealed: nothing changes.
+        store
+            .replace_sealed_workers(&[(stale.id_number.clone(), stale.clone())])
+            .await
+            .expect(name);
+        let after = store
+            .sealed_workers(&(i64::MIN, String::new()), 10)
+            .await
+            .expect(name)[0]
+            .clone();
+        assert_eq!(after, written, "{name}: revision 2 is kept whole");
+        assert_eq!(pii.open_name(&after.name).expect("open"), "李四", "{name}");
+        // A row unchanged since it was read is replaced.
+        let mut resealed = written.clone();
+        resealed.mobile = stale.mobile.clone();
+        store
+            .replace_sealed_workers(&[(written.id_number.clone(), resealed.clone())])
+            .await
+            .expect(name);
+        let replaced = store
+            .sealed_workers(&(i64::MIN, String::new()), 10)
+            .await
+            .expect(name)[0]
+            .clone();
+        assert_eq!(replaced, resealed, "{name}");
+    }
 }

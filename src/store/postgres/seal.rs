@@ -64,15 +64,18 @@ impl SealedRepo for PgStore {
         .map_err(db_err)
     }
 
-    async fn replace_sealed_workers(&self, rows: &[SealedWorkerRow]) -> Result<()> {
-        let r = rows;
+    async fn replace_sealed_workers(&self, rows: &[(Sealed, SealedWorkerRow)]) -> Result<()> {
+        let read: Vec<&[u8]> = rows.iter().map(|(r, _)| r.as_slice()).collect();
+        let r: Vec<&SealedWorkerRow> = rows.iter().map(|(_, w)| w).collect();
         sqlx::query(
             "UPDATE workers w SET id_number = x.id_number, name = x.name, mobile = x.mobile,
                id_number_hash = x.id_number_hash, birth_date = x.birth_date, content_hash = x.content_hash
              FROM UNNEST($1::int8[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[],
-                         $7::bytea[], $8::bytea[])
-               AS x(platform_id, worker_id, id_number, name, mobile, id_number_hash, birth_date, content_hash)
-             WHERE w.platform_id = x.platform_id AND w.worker_id = x.worker_id",
+                         $7::bytea[], $8::bytea[], $9::bytea[])
+               AS x(platform_id, worker_id, id_number, name, mobile, id_number_hash, birth_date, content_hash,
+                    read_id_number)
+             WHERE w.platform_id = x.platform_id AND w.worker_id = x.worker_id
+               AND w.id_number = x.read_id_number",
         )
         .bind(r.iter().map(|r| r.platform_id).collect::<Vec<_>>())
         .bind(r.iter().map(|r| r.worker_id.as_str()).collect::<Vec<_>>())
@@ -90,6 +93,7 @@ impl SealedRepo for PgStore {
                 .map(|r| r.content_hash.as_slice())
                 .collect::<Vec<_>>(),
         )
+        .bind(read)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -114,13 +118,15 @@ impl SealedRepo for PgStore {
         .map_err(db_err)
     }
 
-    async fn replace_sealed_accidents(&self, rows: &[SealedAccidentRow]) -> Result<()> {
-        let r = rows;
+    async fn replace_sealed_accidents(&self, rows: &[(Sealed, SealedAccidentRow)]) -> Result<()> {
+        let read: Vec<&[u8]> = rows.iter().map(|(r, _)| r.as_slice()).collect();
+        let r: Vec<&SealedAccidentRow> = rows.iter().map(|(_, a)| a).collect();
         sqlx::query(
             "UPDATE accidents a SET description = x.description, content_hash = x.content_hash
-             FROM UNNEST($1::int8[], $2::text[], $3::bytea[], $4::bytea[])
-               AS x(platform_id, report_id, description, content_hash)
-             WHERE a.platform_id = x.platform_id AND a.report_id = x.report_id",
+             FROM UNNEST($1::int8[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[])
+               AS x(platform_id, report_id, description, content_hash, read_description)
+             WHERE a.platform_id = x.platform_id AND a.report_id = x.report_id
+               AND a.description = x.read_description",
         )
         .bind(r.iter().map(|r| r.platform_id).collect::<Vec<_>>())
         .bind(r.iter().map(|r| r.report_id.as_str()).collect::<Vec<_>>())
@@ -134,6 +140,7 @@ impl SealedRepo for PgStore {
                 .map(|r| r.content_hash.as_slice())
                 .collect::<Vec<_>>(),
         )
+        .bind(read)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;

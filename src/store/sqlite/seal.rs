@@ -76,13 +76,13 @@ impl SealedRepo for SqliteStore {
         .await
     }
 
-    async fn replace_sealed_workers(&self, rows: &[SealedWorkerRow]) -> Result<()> {
+    async fn replace_sealed_workers(&self, rows: &[(Sealed, SealedWorkerRow)]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        for row in rows {
+        for (read, row) in rows {
             sqlx::query(
                 "UPDATE workers SET id_number = ?3, name = ?4, mobile = ?5, id_number_hash = ?6,
                    birth_date = ?7, content_hash = ?8
-                 WHERE platform_id = ?1 AND worker_id = ?2",
+                 WHERE platform_id = ?1 AND worker_id = ?2 AND CAST(id_number AS BLOB) = ?9",
             )
             .bind(row.platform_id)
             .bind(&row.worker_id)
@@ -92,6 +92,7 @@ impl SealedRepo for SqliteStore {
             .bind(&row.id_number_hash)
             .bind(&row.birth_date)
             .bind(&row.content_hash)
+            .bind(read)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -114,17 +115,18 @@ impl SealedRepo for SqliteStore {
         .await
     }
 
-    async fn replace_sealed_accidents(&self, rows: &[SealedAccidentRow]) -> Result<()> {
+    async fn replace_sealed_accidents(&self, rows: &[(Sealed, SealedAccidentRow)]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        for row in rows {
+        for (read, row) in rows {
             sqlx::query(
                 "UPDATE accidents SET description = ?3, content_hash = ?4
-                 WHERE platform_id = ?1 AND report_id = ?2",
+                 WHERE platform_id = ?1 AND report_id = ?2 AND CAST(description AS BLOB) = ?5",
             )
             .bind(row.platform_id)
             .bind(&row.report_id)
             .bind(&row.description)
             .bind(&row.content_hash)
+            .bind(read)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
