@@ -1364,31 +1364,26 @@ async fn re_sealing_leaves_a_worker_written_since_its_page_was_read() {
             }
         };
         write(vec![worker("W1")]).await;
-        let page = store
-            .sealed_workers(&(i64::MIN, String::new()), 10)
-            .await
-            .expect(name);
-        let stale = page[0].clone();
+        let stored = || async {
+            store
+                .sealed_workers(&(i64::MIN, String::new()), 10)
+                .await
+                .expect("sealed workers")[0]
+                .clone()
+        };
+        let stale = stored().await;
         // Revision 2 arrives (on another replica) after the page was read.
         let mut second = worker("W1");
         second.revision = Some(2);
         second.name = "李四".into();
         write(vec![second]).await;
-        let written = store
-            .sealed_workers(&(i64::MIN, String::new()), 10)
-            .await
-            .expect(name)[0]
-            .clone();
+        let written = stored().await;
         // The re-sealer writes back what it read, re-sealed: nothing changes.
         store
             .replace_sealed_workers(&[(stale.id_number.clone(), stale.clone())])
             .await
             .expect(name);
-        let after = store
-            .sealed_workers(&(i64::MIN, String::new()), 10)
-            .await
-            .expect(name)[0]
-            .clone();
+        let after = stored().await;
         assert_eq!(after, written, "{name}: revision 2 is kept whole");
         assert_eq!(pii.open_name(&after.name).expect("open"), "李四", "{name}");
         // A row unchanged since it was read is replaced.
@@ -1398,11 +1393,7 @@ async fn re_sealing_leaves_a_worker_written_since_its_page_was_read() {
             .replace_sealed_workers(&[(written.id_number.clone(), resealed.clone())])
             .await
             .expect(name);
-        let replaced = store
-            .sealed_workers(&(i64::MIN, String::new()), 10)
-            .await
-            .expect(name)[0]
-            .clone();
+        let replaced = stored().await;
         assert_eq!(replaced, resealed, "{name}");
     }
 }
