@@ -274,6 +274,58 @@ async fn two_replicas_appending_together_keep_one_audit_chain() {
     assert_eq!(verified.checked, 80);
 }
 
+#[tokio::test]
+async fn a_month_released_by_two_replicas_at_once_is_released_once() {
+    let (stores, _pg) = replicas(2, 60_000).await;
+    let pii = Pii::for_test();
+    let a = stores[0]
+        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
+        .await
+        .expect("a");
+    written(&*stores[0], &pii, &a, &["W1", "W2"])
+        .await
+        .commit()
+        .await
+        .expect("commit");
+    let period = oip_gateway::domain::period::Period::parse("2025-07").expect("period");
+    let policy = || oip_gateway::ingest::Policy {
+        declaration_deadline_day: 15,
+        accident_margin_ms: 0,
+    };
+    let ingests: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            oip_gateway::ingest::Ingest::new(
+                s.clone(),
+                pii.clone(),
+                Arc::new(RateBook::default()),
+                policy(),
+            )
+        })
+        .collect();
+    let (first, second) = tokio::join!(
+        ingests[0].release_month(&a, period),
+        ingests[1].release_month(&a, period)
+    );
+    let (first, second) = (first.expect("release"), second.expect("release"));
+    assert_eq!(
+        (first.min(second), first.max(second)),
+        (0, 1),
+        "one replica releases the month's one statement, the other finds it released"
+    );
+    let end = stores[1].journal_end().await.expect("end");
+    let page = stores[1]
+        .journal(Destination::Tax, 0, u32::try_from(end).expect("end"))
+        .await
+        .expect("journal");
+    let statements = page
+        .entries
+        .iter()
+        .filter(|e| e.record_key.contains("/statement/"))
+        .count();
+    assert_eq!(statements, 1, "the statement is queued once");
+}
+
 // ---------------------------------------------------------------------------
 // Real processes: replicas of `oip-gateway serve` on one database, one `backend-sim`.
 
