@@ -36,6 +36,14 @@ async fn replicas(n: usize, lease_ms: u64) -> (Vec<Arc<dyn Store>>, FreshPostgre
     (stores, pg)
 }
 
+/// Platform `uscc` as registered in `store`.
+async fn registered(store: &dyn Store, uscc: &str) -> PlatformProfile {
+    store
+        .upsert_platform(&registration(uscc))
+        .await
+        .expect("register the platform")
+}
+
 /// Opens a batch of `p` registering `workers` and reporting an order for each, and
 /// writes it; the transaction is returned uncommitted.
 async fn written(
@@ -96,14 +104,8 @@ async fn pull(store: &dyn Store, destination: Destination, after: i64) -> (Vec<S
 async fn a_pull_never_passes_an_item_that_commits_after_a_later_one() {
     let (stores, _pg) = replicas(2, 60_000).await;
     let pii = Pii::for_test();
-    let a = stores[0]
-        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
-        .await
-        .expect("a");
-    let b = stores[1]
-        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_B))
-        .await
-        .expect("b");
+    let a = registered(&*stores[0], oip_gateway::certs::DEMO_PLATFORM_A).await;
+    let b = registered(&*stores[1], oip_gateway::certs::DEMO_PLATFORM_B).await;
     // A queues its items first (lower seqs) and holds its transaction open; B queues
     // after it and commits first.
     let tx_a = written(&*stores[0], &pii, &a, &["WA1", "WA2"]).await;
@@ -138,14 +140,8 @@ async fn a_pull_never_passes_an_item_that_commits_after_a_later_one() {
 async fn one_platforms_batches_wait_for_each_other_across_replicas_and_others_do_not() {
     let (stores, _pg) = replicas(2, 60_000).await;
     let pii = Pii::for_test();
-    let a = stores[0]
-        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
-        .await
-        .expect("a");
-    let b = stores[0]
-        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_B))
-        .await
-        .expect("b");
+    let a = registered(&*stores[0], oip_gateway::certs::DEMO_PLATFORM_A).await;
+    let b = registered(&*stores[0], oip_gateway::certs::DEMO_PLATFORM_B).await;
     let first = written(&*stores[0], &pii, &a, &["W1"]).await;
     // The same platform on the other replica waits for the first batch's commit.
     let second = {
@@ -181,10 +177,7 @@ async fn one_platforms_batches_wait_for_each_other_across_replicas_and_others_do
 async fn a_claimed_item_has_one_sender_until_its_lease_runs_out() {
     let (stores, _pg) = replicas(2, 2_000).await;
     let pii = Pii::for_test();
-    let a = stores[0]
-        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
-        .await
-        .expect("a");
+    let a = registered(&*stores[0], oip_gateway::certs::DEMO_PLATFORM_A).await;
     written(&*stores[0], &pii, &a, &["W1", "W2", "W3"])
         .await
         .commit()
@@ -278,10 +271,7 @@ async fn two_replicas_appending_together_keep_one_audit_chain() {
 async fn a_month_released_by_two_replicas_at_once_is_released_once() {
     let (stores, _pg) = replicas(2, 60_000).await;
     let pii = Pii::for_test();
-    let a = stores[0]
-        .upsert_platform(&registration(oip_gateway::certs::DEMO_PLATFORM_A))
-        .await
-        .expect("a");
+    let a = registered(&*stores[0], oip_gateway::certs::DEMO_PLATFORM_A).await;
     written(&*stores[0], &pii, &a, &["W1", "W2"])
         .await
         .commit()
