@@ -87,6 +87,15 @@ impl PgStore {
             // generic plan made while the outbox was empty claimed 2000 items among
             // 40,000 in minutes (a helper's attack on issue 14).
             .options([("plan_cache_mode", "force_custom_plan")]);
+        // One connection first: its error says what is wrong (refused, unknown host,
+        // authentication, no such database), where the pool would only time out.
+        {
+            use sqlx::Connection as _;
+            let first = sqlx::PgConnection::connect_with(&connect)
+                .await
+                .map_err(db_err)?;
+            let _ = first.close().await;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms.max(1)))
