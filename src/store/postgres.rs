@@ -881,7 +881,7 @@ impl PgIngest {
         }
         let rows = std::mem::take(&mut self.queued);
         let count = rows.len() as i64;
-        self.lock_heads().await?;
+        // The UPDATE locks the `heads` row itself, until the commit.
         let (last,): (i64,) = sqlx::query_as(
             "UPDATE heads SET journal_pos = journal_pos + $1 WHERE id = 1 RETURNING journal_pos",
         )
@@ -889,6 +889,7 @@ impl PgIngest {
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_err)?;
+        self.heads_locked = true;
         let first = last - count + 1;
         let mut c = OutboxColumns::with_capacity(rows.len());
         for (pos, r) in (first..).zip(rows) {

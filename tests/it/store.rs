@@ -92,8 +92,8 @@ pub(crate) fn registration(uscc: &str) -> PlatformRegistration {
 }
 
 /// Candidates from wire records, validated as the API would.
-/// Worker candidates from wire workers, validated as the API would.
-fn worker_candidates(platform: &PlatformProfile, workers: &[proto::Worker]) -> Vec<Candidate> {
+/// Validates with the API's rules (no clock skew allowed) for `platform`.
+fn validated<T>(platform: &PlatformProfile, f: impl FnOnce(&validate::Context) -> T) -> T {
     let reference = Reference::builtin();
     let ctx = validate::Context {
         now: oip_gateway::domain::time::now_millis(),
@@ -104,15 +104,22 @@ fn worker_candidates(platform: &PlatformProfile, workers: &[proto::Worker]) -> V
         reference: &reference,
         platform,
     };
-    workers
-        .iter()
-        .map(|w| Candidate {
-            kind: Some(RecordKind::Worker),
-            id: w.worker_id.clone(),
-            revision: w.revision.unwrap_or(1),
-            record: validate::worker(w, &ctx).map(Record::Worker),
-        })
-        .collect()
+    f(&ctx)
+}
+
+/// Worker candidates from wire workers, validated as the API would.
+fn worker_candidates(platform: &PlatformProfile, workers: &[proto::Worker]) -> Vec<Candidate> {
+    validated(platform, |ctx| {
+        workers
+            .iter()
+            .map(|w| Candidate {
+                kind: Some(RecordKind::Worker),
+                id: w.worker_id.clone(),
+                revision: w.revision.unwrap_or(1),
+                record: validate::worker(w, ctx).map(Record::Worker),
+            })
+            .collect()
+    })
 }
 
 pub(crate) fn candidates(
@@ -120,29 +127,17 @@ pub(crate) fn candidates(
     workers: &[&str],
     orders: &[(&str, &str)],
 ) -> Vec<Candidate> {
-    let reference = Reference::builtin();
-    let ctx = validate::Context {
-        now: oip_gateway::domain::time::now_millis(),
-        bounds: oip_gateway::validate::Bounds {
-            max_future_ms: 0,
-            ..Default::default()
-        },
-        reference: &reference,
-        platform,
-    };
-    let ws = workers.iter().map(|id| Candidate {
-        kind: Some(RecordKind::Worker),
-        id: id.to_string(),
-        revision: 1,
-        record: validate::worker(&worker(id), &ctx).map(Record::Worker),
+    let wire: Vec<proto::Worker> = workers.iter().map(|id| worker(id)).collect();
+    let mut all = worker_candidates(platform, &wire);
+    validated(platform, |ctx| {
+        all.extend(orders.iter().map(|(id, w)| Candidate {
+            kind: Some(RecordKind::Order),
+            id: id.to_string(),
+            revision: 1,
+            record: validate::order(&order(id, w), ctx).map(Record::Order),
+        }))
     });
-    let os = orders.iter().map(|(id, w)| Candidate {
-        kind: Some(RecordKind::Order),
-        id: id.to_string(),
-        revision: 1,
-        record: validate::order(&order(id, w), &ctx).map(Record::Order),
-    });
-    ws.chain(os).collect()
+    all
 }
 
 #[tokio::test]

@@ -12,6 +12,28 @@ use crate::store::{
     JobLock, Result, Sealed, SealedAccidentRow, SealedRepo, SealedWorkerRow, StoredPayload,
 };
 
+impl PgStore {
+    /// The rows of `sql` after the key `after` (platform id, record id), at most
+    /// `limit`: `sql` takes the key as $1 and $2 and the limit as $3.
+    async fn page_after<T>(
+        &self,
+        sql: &'static str,
+        after: &(i64, String),
+        limit: u32,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql)
+            .bind(after.0)
+            .bind(&after.1)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+}
+
 #[async_trait]
 impl SealedRepo for PgStore {
     async fn lock_resealing(&self) -> Result<JobLock> {
@@ -50,18 +72,15 @@ impl SealedRepo for PgStore {
         after: &(i64, String),
         limit: u32,
     ) -> Result<Vec<SealedWorkerRow>> {
-        sqlx::query_as(
+        self.page_after(
             "SELECT platform_id, worker_id, id_number, name, mobile, birth_date, content_hash,
                     coalesce(id_number_hash, '\\x'::bytea) AS id_number_hash
              FROM workers WHERE (platform_id, worker_id) > ($1, $2)
              ORDER BY platform_id, worker_id LIMIT $3",
+            after,
+            limit,
         )
-        .bind(after.0)
-        .bind(&after.1)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
         .await
-        .map_err(db_err)
     }
 
     async fn replace_sealed_workers(&self, rows: &[(Sealed, SealedWorkerRow)]) -> Result<()> {
@@ -105,17 +124,14 @@ impl SealedRepo for PgStore {
         after: &(i64, String),
         limit: u32,
     ) -> Result<Vec<SealedAccidentRow>> {
-        sqlx::query_as(
+        self.page_after(
             "SELECT platform_id, report_id, description, content_hash
              FROM accidents WHERE (platform_id, report_id) > ($1, $2)
              ORDER BY platform_id, report_id LIMIT $3",
+            after,
+            limit,
         )
-        .bind(after.0)
-        .bind(&after.1)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
         .await
-        .map_err(db_err)
     }
 
     async fn replace_sealed_accidents(&self, rows: &[(Sealed, SealedAccidentRow)]) -> Result<()> {
